@@ -1,0 +1,86 @@
+"""The lab's WebSocket: a snapshot on connect, then the monitor's frames (docs/live-protocol.md)."""
+
+from __future__ import annotations
+
+import json
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from labconsole.flow.stream import LabStream
+
+from . import selectors, services
+from .models import LabSession
+
+ACCEPTED = ("ping", "snapshot")
+
+
+@database_sync_to_async
+def _load(lab_id: str, user) -> tuple[LabSession | None, bool]:
+    session = LabSession.objects.select_related("exercise").filter(pk=lab_id).first()
+    return session, bool(session and selectors.can_view_lab(user, session))
+
+
+@database_sync_to_async
+def _state(session: LabSession) -> dict:
+    session.refresh_from_db()
+    services.lab_session_touch(session=session)
+    return selectors.lab_state(session)
+
+
+class LabConsumer(AsyncWebsocketConsumer):
+    stream: LabStream | None = None
+
+    async def connect(self) -> None:
+        lab_id = self.scope["url_route"]["kwargs"]["lab_id"]
+        self.session, allowed = await _load(lab_id, self.scope.get("user"))
+        if self.session is None:
+            await self.close(code=4404)
+            return
+        if not allowed:
+            await self.close(code=4403)
+            return
+        await self.accept()
+        self.stream = LabStream(self.session.id, self.send_json)
+        await self.stream.open()
+        await self.send_snapshot()
+
+    async def disconnect(self, code: int) -> None:
+        if self.stream is not None:
+            await self.stream.close()
+
+    async def send_json(self, data: dict) -> None:
+        await self.send(text_data=json.dumps(data, default=str))
+
+    async def send_snapshot(self) -> None:
+        state = await _state(self.session)
+        numbers = {"counters": {}, "queues": {}, "exchanges": {}, "events": []}
+        if state["lab"]["state"] == LabSession.State.RUNNING:
+            numbers.update(await self.stream.monitor_snapshot() or {})
+            numbers["checks"] = {**numbers.get("checks", {}), **state["checks"]}
+        numbers.pop("type", None)
+        await self.send_json({"type": "snapshot", **state, **numbers})
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            await self.error("binary frames are not accepted; send JSON text")
+            return
+        try:
+            message = json.loads(text_data)
+        except ValueError as exc:
+            await self.error(f"frame is not valid JSON: {exc}")
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await self.error('frame must be a JSON object with a "type", e.g. {"type": "ping"}')
+            return
+        kind = message["type"]
+        if kind == "ping":
+            await _state(self.session)
+            await self.send_json({"type": "pong"})
+        elif kind == "snapshot":
+            await self.send_snapshot()
+        else:
+            await self.error(f"unknown type {kind!r}; expected one of: {', '.join(ACCEPTED)}")
+
+    async def error(self, message: str) -> None:
+        await self.send_json({"type": "error", "message": message})

@@ -1,0 +1,77 @@
+"""Forms for the lab's controls: every value a learner types is checked here first."""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+
+
+class ProducerForm(forms.Form):
+    rate = forms.FloatField(min_value=0.2, max_value=10000, label="rate (msg/s)")
+    routing_key = forms.CharField(max_length=255, required=False, strip=False)
+
+
+class ConsumerForm(forms.Form):
+    prefetch = forms.IntegerField(min_value=0, max_value=65535)
+    ack = forms.ChoiceField(choices=[("manual", "manual"), ("auto", "auto")])
+    fail = forms.FloatField(min_value=0, max_value=1)
+    on_fail = forms.ChoiceField(choices=[("reject", "reject"), ("nack", "nack")])
+    requeue = forms.BooleanField(required=False)
+    processing_ms = forms.IntegerField(min_value=0, max_value=600000)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("ack") == "auto" and data.get("fail"):
+            raise forms.ValidationError(
+                "an auto-ack consumer cannot fail messages: the broker counts them as "
+                "acknowledged when it sends them. Set fail to 0 or use manual ack."
+            )
+        return data
+
+
+class PublishForm(forms.Form):
+    exchange = forms.CharField(max_length=255, required=False, strip=False)
+    routing_key = forms.CharField(max_length=255, required=False, strip=False)
+    headers = forms.CharField(required=False, widget=forms.Textarea)
+    body = forms.CharField(required=False, widget=forms.Textarea, max_length=64 * 1024)
+    persistent = forms.BooleanField(required=False)
+    priority = forms.IntegerField(min_value=0, max_value=255, required=False)
+    expiration = forms.IntegerField(min_value=0, required=False, label="expiration (ms)")
+    mandatory = forms.BooleanField(required=False)
+
+    def __init__(self, *args, exchanges: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.exchanges = exchanges
+
+    def clean_exchange(self):
+        exchange = self.cleaned_data["exchange"]
+        if exchange not in self.exchanges:
+            raise forms.ValidationError(f"'{exchange}' is not an exchange of this lab")
+        return exchange
+
+    def clean_headers(self):
+        """`key=value` per line; numbers stay numbers, so x-match and friends work."""
+        headers = {}
+        for number, line in enumerate(self.cleaned_data["headers"].splitlines(), 1):
+            if not line.strip():
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip():
+                raise forms.ValidationError(f"line {number}: write key=value, got {line!r}")
+            value = value.strip()
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = value
+            headers[key.strip()] = parsed if isinstance(parsed, int | float | bool) else value
+        return headers
+
+
+def form_errors(form: forms.Form) -> str:
+    """One line per problem, naming the field: what a person needs to fix it."""
+    lines = []
+    for field, errors in form.errors.items():
+        label = "" if field == "__all__" else f"{form.fields[field].label or field}: "
+        lines.extend(f"{label}{e}" for e in errors)
+    return "; ".join(lines)

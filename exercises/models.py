@@ -1,0 +1,131 @@
+import secrets
+import string
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils.functional import cached_property
+
+
+class Exercise(models.Model):
+    """An exercise as a versioned YAML document; the columns are read from it for listing."""
+
+    slug = models.SlugField(max_length=63, unique=True)
+    title = models.CharField(max_length=200)
+    level = models.CharField(max_length=20)
+    minutes = models.PositiveIntegerField(default=15)
+    tags = models.JSONField(default=list, blank=True)
+    source = models.TextField(help_text="The exercise as YAML (docs/exercise-format.md).")
+    version = models.PositiveIntegerField(default=1, editable=False)
+    builtin = models.BooleanField(default=False, editable=False)
+    published = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["level", "title"]
+
+    def __str__(self) -> str:
+        return self.title
+
+    def get_absolute_url(self) -> str:
+        return reverse("exercise", args=[self.slug])
+
+    @cached_property
+    def spec(self):
+        from .spec import parse_spec
+
+        return parse_spec(self.source, source=self.slug)
+
+
+def _session_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(10))
+
+
+class LabSession(models.Model):
+    class State(models.TextChoices):
+        STARTING = "starting"
+        RUNNING = "running"
+        ENDED = "ended"
+
+    id = models.CharField(primary_key=True, max_length=16, default=_session_id, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="labs"
+    )
+    exercise = models.ForeignKey(Exercise, on_delete=models.PROTECT, related_name="sessions")
+    # The exercise as it was when the lab started: edits in the admin do not reach it.
+    exercise_version = models.PositiveIntegerField()
+    source = models.TextField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.STARTING)
+    # Bumped by every reset: tasks of an earlier incarnation see it and stop.
+    generation = models.PositiveIntegerField(default=1)
+    rabbit_password = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.vhost} ({self.exercise.slug}, {self.state})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("lab", args=[self.id])
+
+    @property
+    def vhost(self) -> str:
+        return f"lab-{self.id}"
+
+    @property
+    def rabbit_user(self) -> str:
+        return f"lab-{self.id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state != self.State.ENDED
+
+    @cached_property
+    def spec(self):
+        from .spec import parse_spec
+
+        return parse_spec(self.source, source=self.vhost)
+
+
+class Workload(models.Model):
+    """A producer or consumer of a lab; `settings` is what the learner can change live."""
+
+    class Kind(models.TextChoices):
+        PRODUCER = "producer"
+        CONSUMER = "consumer"
+
+    session = models.ForeignKey(LabSession, on_delete=models.CASCADE, related_name="workloads")
+    name = models.CharField(max_length=63)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    settings = models.JSONField(default=dict)
+    running = models.BooleanField(default=False)
+    # Bumped each time the workload is started: a late task of an earlier run exits.
+    run = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["kind", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "name"], name="unique_workload_name")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+class CheckpointResult(models.Model):
+    session = models.ForeignKey(LabSession, on_delete=models.CASCADE, related_name="results")
+    checkpoint = models.CharField(max_length=63)
+    passed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["session", "checkpoint"], name="unique_checkpoint")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}: {self.checkpoint}"

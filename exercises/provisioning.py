@@ -1,0 +1,94 @@
+"""From an exercise spec to a lab's vhost, user and topology on the broker."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from labconsole.broker.management import ManagementClient
+
+from .spec import ExerciseSpec
+
+
+def lab_definitions(spec: ExerciseSpec, *, vhost: str, user: str, password: str) -> dict:
+    """A definitions document (https://www.rabbitmq.com/docs/definitions) for the lab: one
+    POST declares the user, its permissions, the vhost limits and the whole topology."""
+    t = spec.topology
+    return {
+        "users": [{"name": user, "password": password, "tags": ""}],
+        "permissions": [
+            {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+        ],
+        "parameters": [
+            {
+                "vhost": vhost,
+                "component": "vhost-limits",
+                "name": "limits",
+                "value": {
+                    "max-queues": settings.LAB_MAX_QUEUES,
+                    "max-connections": settings.LAB_MAX_CONNECTIONS,
+                },
+            }
+        ],
+        "policies": [
+            {
+                "vhost": vhost,
+                "name": p.name,
+                "pattern": p.pattern,
+                "apply-to": p.apply_to,
+                "priority": p.priority,
+                "definition": p.definition,
+            }
+            for p in t.policies
+        ],
+        "exchanges": [
+            {
+                "vhost": vhost,
+                "name": x.name,
+                "type": x.type,
+                "durable": x.durable,
+                "auto_delete": x.auto_delete,
+                "internal": x.internal,
+                "arguments": x.arguments,
+            }
+            for x in t.exchanges
+        ],
+        "queues": [
+            {
+                "vhost": vhost,
+                "name": q.name,
+                "durable": q.durable,
+                "auto_delete": q.auto_delete,
+                "arguments": {**q.arguments, "x-queue-type": q.type},
+            }
+            for q in t.queues
+        ],
+        "bindings": [
+            {
+                "vhost": vhost,
+                "source": b.source,
+                "destination": b.destination,
+                "destination_type": b.destination_type,
+                "routing_key": b.routing_key,
+                "arguments": b.arguments,
+            }
+            for b in t.bindings
+        ],
+    }
+
+
+def provision(spec: ExerciseSpec, *, vhost: str, user: str, password: str) -> None:
+    """Creates the vhost with the firehose on, then imports everything else in one call.
+    On any failure it removes what it made and re-raises the broker's refusal."""
+    api = ManagementClient()
+    try:
+        api.put_vhost(vhost, tracing=True, description=f"lab: {spec.slug}")
+        api.import_definitions(lab_definitions(spec, vhost=vhost, user=user, password=password))
+    except Exception:
+        teardown(vhost=vhost, user=user)
+        raise
+
+
+def teardown(*, vhost: str, user: str) -> None:
+    api = ManagementClient()
+    api.delete_vhost(vhost)
+    api.delete_user(user)

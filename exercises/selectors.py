@@ -1,0 +1,106 @@
+"""Reads: what a user may see, shaped for the pages and the stream."""
+
+from __future__ import annotations
+
+import markdown
+import nh3
+from django.utils.safestring import SafeString, mark_safe
+
+from .models import Exercise, LabSession
+from .topology import lab_graph
+
+LEVELS = ["beginner", "intermediate", "advanced"]
+
+
+def can_view_lab(user, session: LabSession) -> bool:
+    """The owner only, for now; teams and instructors will be added here."""
+    return user.is_authenticated and session.owner_id == user.pk
+
+
+def markdown_html(text: str) -> SafeString:
+    html = markdown.markdown(text, extensions=["fenced_code", "tables", "sane_lists"])
+    return mark_safe(nh3.clean(html))  # noqa: S308 - sanitised by nh3 just above
+
+
+def exercise_card(exercise: Exercise, lang: str) -> dict:
+    spec = exercise.spec
+    return {
+        "slug": exercise.slug,
+        "title": spec.title.get(lang),
+        "summary": spec.summary.get(lang),
+        "level": spec.level,
+        "minutes": spec.minutes,
+        "tags": list(spec.tags),
+        "url": exercise.get_absolute_url(),
+    }
+
+
+def exercise_cards(*, lang: str, tag: str = "", level: str = "") -> tuple[list[dict], list[str]]:
+    """Cards matching the filters, and every tag there is (for the filter)."""
+    exercises = list(Exercise.objects.filter(published=True))
+    exercises.sort(key=lambda e: (LEVELS.index(e.level) if e.level in LEVELS else 9, e.title))
+    tags = sorted({t for e in exercises for t in e.tags})
+    cards = [
+        exercise_card(e, lang)
+        for e in exercises
+        if (not tag or tag in e.tags) and (not level or e.level == level)
+    ]
+    return cards, tags
+
+
+def exercise_detail(exercise: Exercise, lang: str) -> dict:
+    spec = exercise.spec
+    return {
+        **exercise_card(exercise, lang),
+        "description_html": markdown_html(spec.description.get(lang)),
+        "steps": [{"title": s.title.get(lang)} for s in spec.steps],
+    }
+
+
+def lab_steps(session: LabSession, lang: str, passed: set[str]) -> list[dict]:
+    return [
+        {
+            "id": step.id,
+            "title": step.title.get(lang),
+            "instructions_html": markdown_html(step.instructions.get(lang)),
+            "hints": [markdown_html(h.get(lang)) for h in step.hints],
+            "checkpoints": [
+                {"id": cp.id, "description": cp.description.get(lang), "passed": cp.id in passed}
+                for cp in step.checkpoints
+            ],
+        }
+        for step in session.spec.steps
+    ]
+
+
+def lab_exchanges(session: LabSession) -> list[str]:
+    return ["", *(x.name for x in session.spec.topology.exchanges)]
+
+
+def lab_workload_view(workload, url: str, error: str = "") -> dict:
+    return {
+        "name": workload.name,
+        "kind": workload.kind,
+        "running": workload.running,
+        "settings": workload.settings,
+        "url": url,
+        "error": error,
+    }
+
+
+def lab_state(session: LabSession) -> dict:
+    """What a viewer needs at once on (re)connecting, before the monitor's numbers."""
+    return {
+        "lab": {
+            "id": session.id,
+            "state": session.state,
+            "exercise": session.exercise.slug,
+            "vhost": session.vhost,
+        },
+        "graph": lab_graph(session.spec),
+        "workloads": {
+            w.name: {"kind": w.kind, "running": w.running, "settings": w.settings}
+            for w in session.workloads.all()
+        },
+        "checks": {cp: True for cp in session.results.values_list("checkpoint", flat=True)},
+    }

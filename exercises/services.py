@@ -1,0 +1,330 @@
+"""Lab sessions and their workloads: everything that changes state goes through here."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions as px
+from django.db import transaction
+from django.utils import timezone
+
+from labconsole.broker import amqp, control
+from labconsole.broker.management import BrokerError
+
+from . import provisioning
+from .models import CheckpointResult, Exercise, LabSession, Workload
+from .spec import ExerciseSpec, SpecError, load_spec_file, parse_spec
+
+log = logging.getLogger(__name__)
+
+CATALOGUE_DIR = Path(__file__).resolve().parent / "catalogue"
+
+
+class LabError(Exception):
+    """A lab could not be started or changed; the message says why, for a person."""
+
+
+# --- exercises -----------------------------------------------------------------------------
+
+
+def exercise_save(*, source: str, builtin: bool = False) -> tuple[Exercise, bool]:
+    """Creates or updates the exercise the YAML describes. Returns (exercise, changed); the
+    version goes up only when the source changed. Raises SpecError for a bad document."""
+    spec = parse_spec(source)
+    exercise = Exercise.objects.filter(slug=spec.slug).first()
+    if exercise is not None and exercise.source == source:
+        return exercise, False
+    fields = {
+        "title": spec.title.en,
+        "level": spec.level,
+        "minutes": spec.minutes,
+        "tags": list(spec.tags),
+        "source": source,
+        "builtin": builtin,
+    }
+    if exercise is None:
+        return Exercise.objects.create(slug=spec.slug, **fields), True
+    for name, value in fields.items():
+        setattr(exercise, name, value)
+    exercise.version += 1
+    exercise.save()
+    return exercise, True
+
+
+def exercise_load_builtin(*, directory: Path = CATALOGUE_DIR) -> list[tuple[Exercise, bool]]:
+    """Loads every YAML file of the built-in catalogue; all are validated before any is saved."""
+    sources = []
+    errors = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            load_spec_file(path)
+        except SpecError as exc:
+            errors.extend(f"{path.name}: {e}" for e in exc.errors)
+        sources.append(path.read_text(encoding="utf-8"))
+    if errors:
+        raise SpecError(errors)
+    with transaction.atomic():
+        return [exercise_save(source=s, builtin=True) for s in sources]
+
+
+# --- lab sessions --------------------------------------------------------------------------
+
+
+def _workload_settings(spec: ExerciseSpec) -> list[tuple[str, str, dict, bool]]:
+    rows = []
+    for p in spec.workloads.producers:
+        data = p.model_dump(exclude={"name", "autostart"})
+        rows.append((p.name, Workload.Kind.PRODUCER, data, p.autostart))
+    for c in spec.workloads.consumers:
+        data = c.model_dump(exclude={"name", "autostart", "behaviour"})
+        data.update(c.behaviour.model_dump())
+        rows.append((c.name, Workload.Kind.CONSUMER, data, c.autostart))
+    return rows
+
+
+def _provision(session: LabSession) -> None:
+    try:
+        provisioning.provision(
+            session.spec,
+            vhost=session.vhost,
+            user=session.rabbit_user,
+            password=session.rabbit_password,
+        )
+    except BrokerError as exc:
+        raise LabError(f"the broker refused the lab's topology: {exc.reason}") from exc
+
+
+def _create_workloads(session: LabSession) -> None:
+    Workload.objects.bulk_create(
+        Workload(session=session, name=name, kind=kind, settings=data)
+        for name, kind, data, _ in _workload_settings(session.spec)
+    )
+
+
+def _start_tasks(session: LabSession, *, run_workloads: bool) -> None:
+    from .tasks import run_monitor
+
+    run_monitor.apply_async(args=[session.id, session.generation])
+    if run_workloads:
+        autostart = {name for name, _, _, auto in _workload_settings(session.spec) if auto}
+        for workload in session.workloads.filter(name__in=autostart):
+            workload_start(workload=workload)
+
+
+def lab_session_start(
+    *, exercise: Exercise, owner, run: bool = True, source: str | None = None
+) -> LabSession:
+    """Provisions a lab for `exercise` (its current version) and starts its monitor and,
+    with `run`, the workloads that start by themselves. Nothing is left behind on failure."""
+    session = LabSession(
+        owner=owner,
+        exercise=exercise,
+        exercise_version=exercise.version,
+        source=source or exercise.source,
+        rabbit_password=secrets.token_urlsafe(24),
+    )
+    try:
+        session.spec  # noqa: B018 - a bad document fails here, before anything is made
+    except SpecError as exc:
+        raise LabError(f"the exercise is not valid:\n{exc}") from exc
+    session.save()
+    try:
+        _provision(session)
+        _create_workloads(session)
+    except BaseException:
+        session.delete()
+        raise
+    session.state = LabSession.State.RUNNING
+    session.save(update_fields=["state"])
+    _start_tasks(session, run_workloads=run)
+    return session
+
+
+def _stop_tasks(session: LabSession) -> None:
+    for workload in session.workloads.filter(running=True):
+        _send_quietly(control.workload_key(workload.id), {"op": "stop"})
+    session.workloads.update(running=False)
+    _send_quietly(control.monitor_key(session.id), {"op": "stop"})
+
+
+def _announce(session: LabSession, kind: str, message: dict) -> None:
+    """Tells every viewer of the lab (their WebSockets) what changed."""
+    _send_quietly(
+        f"lab.{session.id}.{kind}", {"type": kind, **message}, exchange=amqp.flow_exchange()
+    )
+
+
+def _announce_workload(workload: Workload) -> None:
+    _announce(
+        workload.session,
+        "workload",
+        {
+            "name": workload.name,
+            "kind": workload.kind,
+            "running": workload.running,
+            "settings": workload.settings,
+        },
+    )
+
+
+def _send_quietly(key: str, message: dict, exchange: str | None = None) -> None:
+    try:
+        control.send(key, message, exchange=exchange)
+    except (px.AMQPError, OSError):
+        # Deleting the vhost ends every task of the lab anyway; this only makes it faster.
+        log.warning("control message %s to %s not sent", message, key, exc_info=True)
+
+
+def lab_session_stop(*, session: LabSession) -> LabSession:
+    """Stops the workloads and the monitor and deletes the vhost and user. Idempotent."""
+    if session.state != LabSession.State.ENDED:
+        session.state = LabSession.State.ENDED
+        session.ended_at = timezone.now()
+        session.save(update_fields=["state", "ended_at"])
+    _stop_tasks(session)
+    provisioning.teardown(vhost=session.vhost, user=session.rabbit_user)
+    _announce(session, "status", {"state": "ended", "message": "This lab has ended."})
+    return session
+
+
+def lab_session_reset(*, session: LabSession) -> LabSession:
+    """Stop and start again with the same spec, in the same session (its page stays)."""
+    if not session.is_active:
+        raise LabError("this lab has ended; start a new one from the exercise page")
+    _stop_tasks(session)
+    provisioning.teardown(vhost=session.vhost, user=session.rabbit_user)
+    session.generation += 1
+    session.rabbit_password = secrets.token_urlsafe(24)
+    session.state = LabSession.State.STARTING
+    session.save(update_fields=["generation", "rabbit_password", "state"])
+    session.workloads.all().delete()
+    CheckpointResult.objects.filter(session=session).delete()
+    _provision(session)
+    _create_workloads(session)
+    session.state = LabSession.State.RUNNING
+    session.save(update_fields=["state"])
+    _start_tasks(session, run_workloads=True)
+    _announce(session, "status", {"state": "reset", "message": "The lab was reset."})
+    return session
+
+
+def lab_session_touch(*, session: LabSession) -> None:
+    LabSession.objects.filter(pk=session.pk).update(last_seen_at=timezone.now())
+
+
+def lab_sessions_sweep_idle(*, idle_minutes: int) -> list[str]:
+    """Ends the labs nobody has looked at for `idle_minutes`; returns their ids."""
+    cutoff = timezone.now() - timezone.timedelta(minutes=idle_minutes)
+    ended = []
+    for session in LabSession.objects.exclude(state=LabSession.State.ENDED).filter(
+        last_seen_at__lt=cutoff
+    ):
+        lab_session_stop(session=session)
+        ended.append(session.id)
+    return ended
+
+
+# --- workloads -----------------------------------------------------------------------------
+
+PRODUCER_FIELDS = {"rate", "routing_key", "confirms", "mandatory"}
+CONSUMER_FIELDS = {"prefetch", "ack", "fail", "on_fail", "requeue", "processing_ms"}
+
+
+def workload_start(*, workload: Workload) -> Workload:
+    from .tasks import run_workload
+
+    if not workload.session.is_active:
+        raise LabError("this lab has ended")
+    if workload.running:
+        return workload
+    workload.run += 1
+    workload.running = True
+    workload.save(update_fields=["run", "running"])
+    run_workload.apply_async(args=[workload.id, workload.run])
+    _announce_workload(workload)
+    return workload
+
+
+def workload_stop(*, workload: Workload) -> Workload:
+    if workload.running:
+        workload.running = False
+        workload.save(update_fields=["running"])
+        _send_quietly(control.workload_key(workload.id), {"op": "stop"})
+        _announce_workload(workload)
+    return workload
+
+
+def workload_update(*, workload: Workload, changes: dict[str, Any]) -> Workload:
+    """Applies validated changes (see exercises.forms) to the settings, live if running."""
+    allowed = PRODUCER_FIELDS if workload.kind == Workload.Kind.PRODUCER else CONSUMER_FIELDS
+    unknown = set(changes) - allowed
+    if unknown:
+        raise LabError(f"{workload.name}: cannot change {', '.join(sorted(unknown))}")
+    changes = {k: v for k, v in changes.items() if workload.settings.get(k) != v}
+    if not changes:
+        return workload
+    workload.settings = {**workload.settings, **changes}
+    workload.save(update_fields=["settings"])
+    if workload.running:
+        _send_quietly(control.workload_key(workload.id), {"op": "update", "settings": changes})
+    _announce_workload(workload)
+    return workload
+
+
+# --- one message from the page ---------------------------------------------------------------
+
+
+def lab_publish(
+    *,
+    session: LabSession,
+    exchange: str,
+    routing_key: str,
+    body: str,
+    headers: dict[str, Any] | None = None,
+    persistent: bool = False,
+    priority: int | None = None,
+    expiration: int | None = None,
+    mandatory: bool = False,
+) -> str:
+    """Publishes one message as the lab's user, with publisher confirms. Returns what
+    happened, in words; raises LabError when the broker refused it."""
+    if not session.is_active:
+        raise LabError("this lab has ended")
+    params = amqp.parameters(
+        vhost=session.vhost,
+        user=session.rabbit_user,
+        password=session.rabbit_password,
+        name="labconsole-publish",
+    )
+    props = pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=2 if persistent else 1,
+        priority=priority,
+        expiration=str(expiration) if expiration is not None else None,
+        message_id=secrets.token_hex(8),
+        headers=headers or None,
+        app_id="@you",
+    )
+    where = f"exchange '{exchange or '(default)'}' with key '{routing_key}'"
+    try:
+        connection = amqp.connect(params)
+    except px.AMQPError as exc:
+        raise LabError(f"could not connect to the lab's vhost: {exc!r}") from exc
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(exchange, routing_key, body.encode(), props, mandatory=mandatory)
+    except px.UnroutableError:
+        return f"returned: no queue is bound to {where} (mandatory)"
+    except px.NackError:
+        raise LabError(f"the broker nacked the message to {where}") from None
+    except px.ChannelClosedByBroker as exc:
+        raise LabError(f"the broker refused it: {exc.reply_code} {exc.reply_text}") from exc
+    finally:
+        if connection.is_open:
+            connection.close()
+    return f"published to {where}; message id {props.message_id}"

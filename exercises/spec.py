@@ -1,0 +1,1380 @@
+"""The exercise format: one versioned YAML document per exercise.
+
+An exercise declares a RabbitMQ topology (exchanges, queues, bindings, policies), the
+workloads that run against it (producers and consumers with their behaviour) and the steps
+a learner follows, each with checkpoints that the console evaluates automatically.
+
+Public API:
+
+- `parse_spec(text, source=...)`: YAML text to a validated `ExerciseSpec`.
+- `load_spec_file(path)`: the same for a file.
+- `validate_data(data)`: an already parsed mapping to a validated `ExerciseSpec`.
+
+Every problem is reported at once in one `SpecError`, each message as
+`path: message` where the path is dotted with `[i]` for list items, for example
+`topology.queues[2].arguments.x-max-priority: must be an integer from 1 to 255`.
+The format is described for authors in `docs/exercise-format.md`.
+"""
+
+import contextlib
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from labconsole.workloads.payload import TemplateError, compile_template
+
+__all__ = [
+    "BUILTIN_EXCHANGES",
+    "CHECK_TYPES",
+    "AckedCheck",
+    "Behaviour",
+    "Binding",
+    "BindingAbsentCheck",
+    "BindingExistsCheck",
+    "Check",
+    "Checkpoint",
+    "Consumer",
+    "DeadLetteredCheck",
+    "DeliveredCheck",
+    "Exchange",
+    "ExerciseSpec",
+    "LocalizedText",
+    "MessageProperties",
+    "Policy",
+    "Producer",
+    "PublishedCheck",
+    "Queue",
+    "QueueMessagesCheck",
+    "RoutedOnlyToCheck",
+    "SpecError",
+    "Step",
+    "Topology",
+    "WorkloadSettingCheck",
+    "Workloads",
+    "load_spec_file",
+    "parse_spec",
+    "validate_data",
+]
+
+
+class SpecError(Exception):
+    """An exercise document is not valid. `errors` holds every problem as "path: message"."""
+
+    def __init__(self, errors: Iterable[str]):
+        self.errors: list[str] = list(errors)
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+# --------------------------------------------------------------------------------------
+# Shared vocabulary
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+WORKLOAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+_PATTERN_MESSAGES = {
+    SLUG_PATTERN: (
+        "must be 2 to 63 characters of lowercase letters, digits and hyphens, "
+        "starting with a letter or digit"
+    ),
+    WORKLOAD_NAME_PATTERN: (
+        "must be 1 to 63 characters of lowercase letters, digits, '_', '.' and '-', "
+        "starting with a letter or digit"
+    ),
+    ID_PATTERN: (
+        "must be 1 to 63 characters of lowercase letters, digits and hyphens, "
+        "starting with a letter or digit"
+    ),
+}
+
+#: Exchanges every virtual host has, with their types. They may be used as binding
+#: sources and as the exchange a producer publishes to, but not declared.
+BUILTIN_EXCHANGES: dict[str, str] = {
+    "amq.direct": "direct",
+    "amq.fanout": "fanout",
+    "amq.topic": "topic",
+    "amq.headers": "headers",
+    "amq.match": "headers",
+}
+
+X_MATCH_VALUES = ("all", "any", "all-with-x", "any-with-x")
+MAX_NAME_LENGTH = 255
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _names(values: Iterable[str]) -> str:
+    return ", ".join(values) or "none"
+
+
+def _number_to_str(value: Any) -> Any:
+    """YAML reads `routing_key: 2` as a number; routing keys are text."""
+    if _is_number(value):
+        return str(value)
+    return value
+
+
+RoutingKey = Annotated[str, BeforeValidator(_number_to_str)]
+
+
+def _spec_items(items: list[tuple[tuple[str | int, ...], str]]) -> PydanticCustomError:
+    """Several problems found by one validator, each with a path relative to its model."""
+    return PydanticCustomError("spec_items", "{summary}", {"summary": "invalid", "items": items})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# --------------------------------------------------------------------------------------
+# Text
+
+
+class LocalizedText(_Model):
+    """Text in English (required) and optionally Russian. A plain string means English."""
+
+    en: str
+    ru: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"en": value}
+        return value
+
+    @field_validator("en")
+    @classmethod
+    def _en_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    def get(self, lang: str) -> str:
+        """The text in `lang` ("ru", "ru-RU", "en", ...), falling back to English."""
+        code = (lang or "en").split("-")[0].split("_")[0].lower()
+        if code != "en":
+            text = getattr(self, code, None) if code in type(self).model_fields else None
+            if text and text.strip():
+                return text
+        return self.en
+
+    def __str__(self) -> str:
+        return self.en
+
+
+# --------------------------------------------------------------------------------------
+# Topology
+
+
+def _check_object_name(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    if value.startswith("amq."):
+        raise ValueError("names starting with 'amq.' are reserved by the broker")
+    if len(value.encode()) > MAX_NAME_LENGTH:
+        raise ValueError(f"must be at most {MAX_NAME_LENGTH} bytes long")
+    return value
+
+
+EXCHANGE_ARGUMENTS = ("alternate-exchange", "hash-header", "hash-property")
+HASH_PROPERTIES = ("message_id", "correlation_id", "timestamp")
+
+
+class Exchange(_Model):
+    name: str
+    type: Literal["direct", "fanout", "topic", "headers", "x-consistent-hash"]
+    durable: bool = True
+    auto_delete: bool = False
+    internal: bool = False
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_object_name(value)
+
+    @model_validator(mode="after")
+    def _arguments(self) -> "Exchange":
+        items = []
+        for key, value in self.arguments.items():
+            path = ("arguments", key)
+            if key == "alternate-exchange":
+                if not isinstance(value, str) or not value:
+                    items.append((path, "must be the name of a declared exchange"))
+            elif key in ("hash-header", "hash-property"):
+                if self.type != "x-consistent-hash":
+                    items.append((path, "only x-consistent-hash exchanges take this argument"))
+                elif key == "hash-header" and (not isinstance(value, str) or not value):
+                    items.append((path, "must be a header name"))
+                elif key == "hash-property" and value not in HASH_PROPERTIES:
+                    items.append((path, f"must be one of: {_names(HASH_PROPERTIES)}"))
+                elif key == "hash-property" and "hash-header" in self.arguments:
+                    items.append((path, "use either hash-header or hash-property, not both"))
+            else:
+                expected = _names(EXCHANGE_ARGUMENTS)
+                items.append((path, f"unknown exchange argument (expected one of: {expected})"))
+        if items:
+            raise _spec_items(items)
+        return self
+
+
+QUEUE_ARGUMENTS = (
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-max-priority",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-delivery-limit",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-single-active-consumer",
+    "x-queue-mode",
+)
+OVERFLOW_VALUES = ("drop-head", "reject-publish", "reject-publish-dlx")
+QUEUE_MODES = ("default", "lazy")
+MAX_AGE_RE = re.compile(r"^\d+(Y|M|D|h|m|s)$")
+#: Arguments a stream does not accept (streams keep messages by retention, never drop or
+#: dead-letter them).
+STREAM_FORBIDDEN = (
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-overflow",
+    "x-max-priority",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-queue-mode",
+)
+
+
+def _queue_argument_problem(key: str, value: Any, queue_type: str) -> str | None:
+    """What is wrong with one queue argument, or None."""
+    if key == "x-queue-type":
+        return "not allowed in arguments: use the queue's type field"
+    if key not in QUEUE_ARGUMENTS:
+        if key.startswith("x-"):
+            return f"unknown queue argument (expected one of: {_names(QUEUE_ARGUMENTS)})"
+        return f"queue arguments start with 'x-' (expected one of: {_names(QUEUE_ARGUMENTS)})"
+
+    if queue_type == "stream" and key in STREAM_FORBIDDEN:
+        return "stream queues do not support this argument"
+    if key in ("x-delivery-limit",) and queue_type != "quorum":
+        return f"only quorum queues support a delivery limit (this queue is {queue_type})"
+    if key in ("x-max-age", "x-stream-max-segment-size-bytes") and queue_type != "stream":
+        return f"only stream queues support this argument (this queue is {queue_type})"
+    if key in ("x-max-priority", "x-queue-mode") and queue_type != "classic":
+        return f"only classic queues support this argument (this queue is {queue_type})"
+
+    if key == "x-message-ttl":
+        if not (_is_int(value) and value >= 0):
+            return "must be an integer number of milliseconds, 0 or more"
+    elif key == "x-expires":
+        if not (_is_int(value) and value >= 1):
+            return "must be an integer number of milliseconds, 1 or more"
+    elif key in ("x-max-length", "x-max-length-bytes", "x-delivery-limit"):
+        if not (_is_int(value) and value >= 0):
+            return "must be an integer, 0 or more"
+    elif key == "x-stream-max-segment-size-bytes":
+        if not (_is_int(value) and value >= 1):
+            return "must be an integer number of bytes, 1 or more"
+    elif key == "x-overflow":
+        if value not in OVERFLOW_VALUES:
+            return f"must be one of: {_names(OVERFLOW_VALUES)}"
+        if queue_type == "quorum" and value == "reject-publish-dlx":
+            return "quorum queues support only drop-head and reject-publish"
+    elif key == "x-max-priority":
+        if not (_is_int(value) and 1 <= value <= 255):
+            return "must be an integer from 1 to 255"
+    elif key == "x-dead-letter-exchange":
+        if not isinstance(value, str):
+            return 'must be the name of a declared exchange, or "" for the default exchange'
+    elif key == "x-dead-letter-routing-key":
+        if not isinstance(value, str):
+            return "must be a string"
+    elif key == "x-max-age":
+        if not (isinstance(value, str) and MAX_AGE_RE.match(value)):
+            return 'must be a number followed by a unit Y, M, D, h, m or s, like "7D" or "1h"'
+    elif key == "x-single-active-consumer":
+        if not isinstance(value, bool):
+            return "must be true or false"
+    elif key == "x-queue-mode" and value not in QUEUE_MODES:
+        return f"must be one of: {_names(QUEUE_MODES)}"
+    return None
+
+
+class Queue(_Model):
+    name: str
+    type: Literal["classic", "quorum", "stream"] = "classic"
+    durable: bool = True
+    auto_delete: bool = False
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_object_name(value)
+
+    @model_validator(mode="after")
+    def _rules(self) -> "Queue":
+        items: list[tuple[tuple[str | int, ...], str]] = []
+        if self.type in ("quorum", "stream"):
+            if not self.durable:
+                items.append((("durable",), f"{self.type} queues must be durable"))
+            if self.auto_delete:
+                items.append((("auto_delete",), f"{self.type} queues cannot be auto-delete"))
+        for key, value in self.arguments.items():
+            problem = _queue_argument_problem(key, value, self.type)
+            if problem:
+                items.append((("arguments", key), problem))
+        if (
+            "x-dead-letter-routing-key" in self.arguments
+            and "x-dead-letter-exchange" not in self.arguments
+            and self.type != "stream"
+        ):
+            items.append(
+                (
+                    ("arguments", "x-dead-letter-routing-key"),
+                    "needs x-dead-letter-exchange as well",
+                )
+            )
+        if items:
+            raise _spec_items(items)
+        return self
+
+
+class Binding(_Model):
+    source: str
+    destination: str
+    destination_type: Literal["queue", "exchange"] = "queue"
+    routing_key: RoutingKey = ""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+
+POLICY_INT_KEYS = {
+    "message-ttl": 0,
+    "max-length": 0,
+    "max-length-bytes": 0,
+    "delivery-limit": 0,
+    "expires": 1,
+}
+
+
+class Policy(_Model):
+    name: str
+    pattern: str
+    apply_to: Literal["queues", "exchanges", "all"] = "queues"
+    priority: int = 0
+    definition: dict[str, Any]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"is not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("definition")
+    @classmethod
+    def _definition(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("must set at least one key, like message-ttl or max-length")
+        items = []
+        for key, minimum in POLICY_INT_KEYS.items():
+            if key in value and not (_is_int(value[key]) and value[key] >= minimum):
+                items.append(((key,), f"must be an integer, {minimum} or more"))
+        if items:
+            raise _spec_items(items)
+        return value
+
+
+class Topology(_Model):
+    exchanges: list[Exchange] = Field(default_factory=list)
+    queues: list[Queue] = Field(default_factory=list)
+    bindings: list[Binding] = Field(default_factory=list)
+    policies: list[Policy] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# Workloads
+
+WorkloadName = Annotated[str, Field(pattern=WORKLOAD_NAME_PATTERN)]
+HeaderValue = str | int | float | bool
+
+
+class MessageProperties(_Model):
+    persistent: bool = False
+    priority: int | None = Field(default=None, ge=0, le=255)
+    expiration: int | None = Field(default=None, ge=0)
+    content_type: str = "application/json"
+    message_id: Literal["uuid", "sequence"] = "uuid"
+
+
+DEFAULT_PAYLOAD = '{"n": {n}}'
+
+
+class Producer(_Model):
+    name: WorkloadName
+    exchange: str = ""
+    routing_key: RoutingKey = ""
+    routing_keys: list[RoutingKey] = Field(default_factory=list)
+    headers: dict[str, HeaderValue] = Field(default_factory=dict)
+    rate: float = Field(default=1.0, ge=0.2, le=10000)
+    count: int | None = Field(default=None, ge=1)
+    duration: float | None = Field(default=None, gt=0)
+    payload: str = DEFAULT_PAYLOAD
+    properties: MessageProperties = Field(default_factory=MessageProperties)
+    mandatory: bool = False
+    confirms: bool = False
+    autostart: bool = True
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            items = [
+                ((key,), "must be a string, a number or true/false")
+                for key, item in value.items()
+                if not isinstance(item, str | int | float | bool)
+            ]
+            if items:
+                raise _spec_items(items)
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, value: str) -> str:
+        try:
+            compile_template(value)
+        except TemplateError as exc:
+            raise _spec_items([((), str(exc))]) from None
+        return value
+
+    @model_validator(mode="after")
+    def _keys(self) -> "Producer":
+        if self.routing_key and self.routing_keys:
+            raise _spec_items(
+                [
+                    (
+                        ("routing_keys",),
+                        "use either routing_key or routing_keys, not both",
+                    )
+                ]
+            )
+        return self
+
+    def keys(self) -> list[str]:
+        """The routing keys this producer publishes with, in order."""
+        return list(self.routing_keys) or [self.routing_key]
+
+
+class Behaviour(_Model):
+    """What a consumer does with each delivery.
+
+    A delivery is processed for `processing_ms`, then acked, or, for a fraction `fail` of
+    deliveries, rejected (`on_fail: reject`) or nacked (`on_fail: nack`) with the `requeue`
+    flag. With `crash_after`, the consumer drops its connection abruptly after that many
+    deliveries, leaving unacked messages to be redelivered.
+
+    Parking (the retry pattern): `count` is the highest `count` among the delivery's
+    `x-death` entries whose `queue` is this consumer's queue (0 without `x-death`). When
+    `count >= park_after`, the consumer publishes the message unchanged (body, properties
+    and headers, `x-death` included) to `park_exchange` with `park_routing_key` and acks
+    it, instead of processing it.
+    """
+
+    processing_ms: int = Field(default=0, ge=0, le=600000)
+    fail: float = Field(default=0.0, ge=0, le=1)
+    on_fail: Literal["reject", "nack"] = "reject"
+    requeue: bool = False
+    crash_after: int | None = Field(default=None, ge=1)
+    park_after: int | None = Field(default=None, ge=1)
+    park_exchange: str = ""
+    park_routing_key: RoutingKey = ""
+
+    @model_validator(mode="after")
+    def _park(self) -> "Behaviour":
+        if self.park_after is not None and not self.park_routing_key:
+            raise _spec_items([(("park_routing_key",), "required when park_after is set")])
+        return self
+
+
+class Consumer(_Model):
+    name: WorkloadName
+    queue: str
+    prefetch: int = Field(default=0, ge=0, le=65535)
+    ack: Literal["manual", "auto"] = "manual"
+    behaviour: Behaviour = Field(default_factory=Behaviour)
+    autostart: bool = True
+
+    @model_validator(mode="after")
+    def _auto_ack(self) -> "Consumer":
+        if self.ack == "auto":
+            items = []
+            if self.behaviour.fail:
+                items.append(
+                    (("behaviour", "fail"), "auto-ack consumers cannot fail or park messages")
+                )
+            if self.behaviour.park_after is not None:
+                items.append(
+                    (
+                        ("behaviour", "park_after"),
+                        "auto-ack consumers cannot fail or park messages",
+                    )
+                )
+            if items:
+                raise _spec_items(items)
+        return self
+
+
+class Workloads(_Model):
+    producers: list[Producer] = Field(default_factory=list)
+    consumers: list[Consumer] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# Checks
+
+
+class QueueMessagesCheck(_Model):
+    """Ready messages in `queue`, read from the broker, are within [min, max]."""
+
+    type: Literal["queue_messages"]
+    queue: str
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "QueueMessagesCheck":
+        if self.min is None and self.max is None:
+            raise _spec_items([(("min",), "give min, max or both")])
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _spec_items([(("max",), f"must not be less than min ({self.min})")])
+        return self
+
+
+class _BindingCheck(_Model):
+    source: str
+    destination: str
+    destination_type: Literal["queue", "exchange"] = "queue"
+    routing_key: RoutingKey | None = None
+
+    @field_validator("source", "destination")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+
+class BindingExistsCheck(_BindingCheck):
+    """The broker has a binding from `source` to `destination` (with `routing_key`, or any
+    key when it is omitted)."""
+
+    type: Literal["binding_exists"]
+
+
+class BindingAbsentCheck(_BindingCheck):
+    """The broker has no binding from `source` to `destination` (with `routing_key`, or with
+    any key when it is omitted)."""
+
+    type: Literal["binding_absent"]
+
+
+class RoutedOnlyToCheck(_Model):
+    """From the recorded flow: at least `min_messages` messages were published to `exchange`
+    with `routing_key`, and every one of them was routed to exactly the set `queues`
+    (an empty list means unroutable)."""
+
+    type: Literal["routed_only_to"]
+    exchange: str = ""
+    routing_key: RoutingKey
+    queues: list[str]
+    min_messages: int = Field(default=1, ge=1)
+
+    @field_validator("queues")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        items = [
+            ((i,), f"'{name}' is listed twice") for i, name in enumerate(value) if name in value[:i]
+        ]
+        if items:
+            raise _spec_items(items)
+        return value
+
+
+class DeliveredCheck(_Model):
+    """From the recorded flow: at least `min` deliveries from `queue` to consumers."""
+
+    type: Literal["delivered"]
+    queue: str
+    min: int = Field(default=1, ge=1)
+
+
+class AckedCheck(_Model):
+    """From the recorded flow: consumer `workload` acknowledged at least `min` messages."""
+
+    type: Literal["acked"]
+    workload: str
+    min: int = Field(default=1, ge=1)
+
+
+class DeadLetteredCheck(_Model):
+    """From the recorded flow: at least `min` distinct messages were seen arriving in `queue`
+    carrying an `x-death` header that matches.
+
+    A message matches when its `x-death` has at least one entry with `reason` (any entry
+    when `reason` is omitted) and, when `retries` is given, when the highest `count` among
+    those entries equals `retries` exactly. With the retry pattern (reject, wait in a TTL
+    queue, come back), the `rejected` entry's count is the number of failed attempts.
+    """
+
+    type: Literal["dead_lettered"]
+    queue: str
+    min: int = Field(default=1, ge=1)
+    reason: Literal["rejected", "expired", "maxlen", "delivery_limit"] | None = None
+    retries: int | None = Field(default=None, ge=1)
+
+
+PRODUCER_SETTINGS = ("rate", "running", "routing_key")
+CONSUMER_SETTINGS = ("prefetch", "ack", "running", "fail", "on_fail", "requeue")
+WORKLOAD_SETTINGS = (
+    "rate",
+    "prefetch",
+    "ack",
+    "running",
+    "routing_key",
+    "fail",
+    "on_fail",
+    "requeue",
+)
+
+
+def _setting_value_problem(field: str, value: Any) -> str | None:
+    if field == "rate":
+        if not (_is_number(value) and 0.2 <= value <= 10000):
+            return "rate must be a number from 0.2 to 10000"
+    elif field == "prefetch":
+        if not (_is_int(value) and 0 <= value <= 65535):
+            return "prefetch must be an integer from 0 to 65535"
+    elif field == "ack":
+        if value not in ("manual", "auto"):
+            return "ack must be manual or auto"
+    elif field in ("running", "requeue"):
+        if not isinstance(value, bool):
+            return f"{field} must be true or false"
+    elif field == "routing_key":
+        if not isinstance(value, str):
+            return "routing_key must be a string"
+    elif field == "fail":
+        if not (_is_number(value) and 0 <= value <= 1):
+            return "fail must be a number from 0 to 1"
+    elif field == "on_fail" and value not in ("reject", "nack"):
+        return "on_fail must be reject or nack"
+    return None
+
+
+class WorkloadSettingCheck(_Model):
+    """The live setting `field` of `workload`, as the learner set it, equals `equals`."""
+
+    type: Literal["workload_setting"]
+    workload: str
+    field: Literal[
+        "rate", "prefetch", "ack", "running", "routing_key", "fail", "on_fail", "requeue"
+    ]
+    equals: Any
+
+    @model_validator(mode="after")
+    def _value(self) -> "WorkloadSettingCheck":
+        problem = _setting_value_problem(self.field, self.equals)
+        if problem:
+            raise _spec_items([(("equals",), problem)])
+        return self
+
+
+class PublishedCheck(_Model):
+    """From the recorded flow: producer `workload` published at least `min` messages."""
+
+    type: Literal["published"]
+    workload: str
+    min: int = Field(default=1, ge=1)
+
+
+Check = Annotated[
+    QueueMessagesCheck
+    | BindingExistsCheck
+    | BindingAbsentCheck
+    | RoutedOnlyToCheck
+    | DeliveredCheck
+    | AckedCheck
+    | DeadLetteredCheck
+    | WorkloadSettingCheck
+    | PublishedCheck,
+    Field(discriminator="type"),
+]
+
+CHECK_TYPES: dict[str, type[_Model]] = {
+    get_args(cls.model_fields["type"].annotation)[0]: cls for cls in get_args(get_args(Check)[0])
+}
+
+
+# --------------------------------------------------------------------------------------
+# Steps
+
+
+class Checkpoint(_Model):
+    id: Annotated[str, Field(pattern=ID_PATTERN)]
+    description: LocalizedText
+    check: Check
+
+
+class Step(_Model):
+    id: Annotated[str, Field(pattern=ID_PATTERN)]
+    title: LocalizedText
+    instructions: LocalizedText
+    hints: list[LocalizedText] = Field(default_factory=list)
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# The exercise
+
+
+class ExerciseSpec(_Model):
+    version: Literal[1]
+    slug: Annotated[str, Field(pattern=SLUG_PATTERN)]
+    title: LocalizedText
+    summary: LocalizedText
+    description: LocalizedText
+    level: Literal["beginner", "intermediate", "advanced"]
+    minutes: int = Field(ge=1, le=240)
+    tags: list[str] = Field(default_factory=list)
+    topology: Topology
+    workloads: Workloads = Field(default_factory=Workloads)
+    steps: list[Step] = Field(default_factory=list)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        items = [((i,), "must not be empty") for i, tag in enumerate(value) if not tag.strip()]
+        if items:
+            raise _spec_items(items)
+        return value
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def queue(self, name: str) -> Queue | None:
+        return next((q for q in self.topology.queues if q.name == name), None)
+
+    def exchange(self, name: str) -> Exchange | None:
+        return next((x for x in self.topology.exchanges if x.name == name), None)
+
+    def producer(self, name: str) -> Producer | None:
+        return next((p for p in self.workloads.producers if p.name == name), None)
+
+    def consumer(self, name: str) -> Consumer | None:
+        return next((c for c in self.workloads.consumers if c.name == name), None)
+
+    def workload(self, name: str) -> Producer | Consumer | None:
+        return self.producer(name) or self.consumer(name)
+
+    def all_checkpoints(self) -> list[tuple[Step, Checkpoint]]:
+        return [(step, checkpoint) for step in self.steps for checkpoint in step.checkpoints]
+
+    # -- cross references --------------------------------------------------------------
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "ExerciseSpec":
+        errors = _CrossReferences(self).run()
+        if errors:
+            raise SpecError(errors)
+        return self
+
+
+class _CrossReferences:
+    """Checks that need the whole document: names that must exist, names that must be
+    unique, rules that depend on another object's type."""
+
+    def __init__(self, spec: ExerciseSpec):
+        self.spec = spec
+        self.errors: list[str] = []
+        self.exchanges = {x.name: x for x in spec.topology.exchanges}
+        self.queues = {q.name: q for q in spec.topology.queues}
+        self.producers = {p.name: p for p in spec.workloads.producers}
+        self.consumers = {c.name: c for c in spec.workloads.consumers}
+
+    def add(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}")
+
+    def run(self) -> list[str]:
+        self.unique_names()
+        self.topology()
+        self.workloads()
+        self.steps()
+        return self.errors
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def unique(self, entries: Iterable[tuple[str, str]], what: str) -> None:
+        seen: dict[str, str] = {}
+        for path, name in entries:
+            if name in seen:
+                self.add(path, f"duplicate {what} '{name}' (first at {seen[name]})")
+            else:
+                seen[name] = path
+
+    def queue_problem(self, name: str) -> str | None:
+        if name in self.queues:
+            return None
+        return f"'{name}' is not a declared queue (declared queues: {_names(self.queues)})"
+
+    def exchange_problem(self, name: str, *, default_ok: bool, builtin_ok: bool) -> str | None:
+        if name in self.exchanges:
+            return None
+        if name == "" and default_ok:
+            return None
+        if name in BUILTIN_EXCHANGES and builtin_ok:
+            return None
+        return f"'{name}' is not a declared exchange (declared exchanges: {_names(self.exchanges)})"
+
+    def exchange_type(self, name: str) -> str | None:
+        if name in self.exchanges:
+            return self.exchanges[name].type
+        return BUILTIN_EXCHANGES.get(name)
+
+    # -- the checks --------------------------------------------------------------------
+
+    def unique_names(self) -> None:
+        spec = self.spec
+        self.unique(
+            (
+                (f"topology.exchanges[{i}].name", x.name)
+                for i, x in enumerate(spec.topology.exchanges)
+            ),
+            "exchange name",
+        )
+        self.unique(
+            ((f"topology.queues[{i}].name", q.name) for i, q in enumerate(spec.topology.queues)),
+            "queue name",
+        )
+        self.unique(
+            (
+                (f"topology.policies[{i}].name", p.name)
+                for i, p in enumerate(spec.topology.policies)
+            ),
+            "policy name",
+        )
+        self.unique(
+            [
+                (f"workloads.producers[{i}].name", p.name)
+                for i, p in enumerate(spec.workloads.producers)
+            ]
+            + [
+                (f"workloads.consumers[{i}].name", c.name)
+                for i, c in enumerate(spec.workloads.consumers)
+            ],
+            "workload name",
+        )
+        self.unique(((f"steps[{i}].id", s.id) for i, s in enumerate(spec.steps)), "step id")
+        self.unique(
+            (
+                (f"steps[{i}].checkpoints[{j}].id", c.id)
+                for i, s in enumerate(spec.steps)
+                for j, c in enumerate(s.checkpoints)
+            ),
+            "checkpoint id",
+        )
+
+    def topology(self) -> None:
+        spec = self.spec
+        for i, exchange in enumerate(spec.topology.exchanges):
+            alternate = exchange.arguments.get("alternate-exchange")
+            if isinstance(alternate, str) and alternate:
+                problem = self.exchange_problem(alternate, default_ok=False, builtin_ok=False)
+                if problem:
+                    self.add(f"topology.exchanges[{i}].arguments.alternate-exchange", problem)
+                elif alternate == exchange.name:
+                    self.add(
+                        f"topology.exchanges[{i}].arguments.alternate-exchange",
+                        "an exchange cannot be its own alternate exchange",
+                    )
+
+        for i, queue in enumerate(spec.topology.queues):
+            dlx = queue.arguments.get("x-dead-letter-exchange")
+            if isinstance(dlx, str) and dlx:
+                problem = self.exchange_problem(dlx, default_ok=True, builtin_ok=False)
+                if problem:
+                    self.add(f"topology.queues[{i}].arguments.x-dead-letter-exchange", problem)
+
+        seen_bindings: dict[tuple, int] = {}
+        for i, binding in enumerate(spec.topology.bindings):
+            path = f"topology.bindings[{i}]"
+            prefix = f"binding from '{binding.source}' to '{binding.destination}'"
+            if binding.source == "":
+                self.add(
+                    f"{path}.source",
+                    f"binding from the default exchange to '{binding.destination}': "
+                    "the default exchange cannot be bound (it routes by queue name)",
+                )
+            elif binding.source not in self.exchanges and binding.source not in BUILTIN_EXCHANGES:
+                self.add(
+                    f"{path}.source",
+                    f"{prefix}: '{binding.source}' is not a declared exchange "
+                    f"(declared exchanges: {_names(self.exchanges)})",
+                )
+            if binding.destination_type == "queue":
+                if binding.destination not in self.queues:
+                    self.add(
+                        f"{path}.destination",
+                        f"{prefix}: '{binding.destination}' is not a declared queue "
+                        f"(declared queues: {_names(self.queues)})",
+                    )
+            elif binding.destination not in self.exchanges:
+                self.add(
+                    f"{path}.destination",
+                    f"{prefix}: '{binding.destination}' is not a declared exchange "
+                    f"(declared exchanges: {_names(self.exchanges)})",
+                )
+            x_match = binding.arguments.get("x-match", "all")
+            if self.exchange_type(binding.source) == "headers" and x_match not in X_MATCH_VALUES:
+                self.add(
+                    f"{path}.arguments.x-match",
+                    f"must be one of: {_names(X_MATCH_VALUES)}",
+                )
+            identity = (
+                binding.source,
+                binding.destination,
+                binding.destination_type,
+                binding.routing_key,
+                json.dumps(binding.arguments, sort_keys=True, default=str),
+            )
+            if identity in seen_bindings:
+                self.add(
+                    path,
+                    f"{prefix}: the same binding is already declared at "
+                    f"topology.bindings[{seen_bindings[identity]}]",
+                )
+            else:
+                seen_bindings[identity] = i
+
+    def workloads(self) -> None:
+        for i, producer in enumerate(self.spec.workloads.producers):
+            path = f"workloads.producers[{i}]"
+            problem = self.exchange_problem(producer.exchange, default_ok=True, builtin_ok=True)
+            if problem:
+                self.add(f"{path}.exchange", problem)
+            elif producer.exchange in self.exchanges and self.exchanges[producer.exchange].internal:
+                self.add(
+                    f"{path}.exchange",
+                    f"'{producer.exchange}' is an internal exchange: it only receives messages "
+                    "from other exchanges, and clients cannot publish to it",
+                )
+            elif producer.exchange == "":
+                if producer.routing_keys:
+                    keys = [
+                        (f"{path}.routing_keys[{j}]", k)
+                        for j, k in enumerate(producer.routing_keys)
+                    ]
+                else:
+                    keys = [(f"{path}.routing_key", producer.routing_key)]
+                for key_path, key in keys:
+                    if key not in self.queues:
+                        self.add(
+                            key_path,
+                            f"the default exchange routes by queue name; '{key}' is not a "
+                            f"declared queue (declared queues: {_names(self.queues)})",
+                        )
+
+        for i, consumer in enumerate(self.spec.workloads.consumers):
+            path = f"workloads.consumers[{i}]"
+            problem = self.queue_problem(consumer.queue)
+            if problem:
+                self.add(f"{path}.queue", problem)
+            behaviour = consumer.behaviour
+            problem = self.exchange_problem(
+                behaviour.park_exchange, default_ok=True, builtin_ok=True
+            )
+            if problem:
+                self.add(f"{path}.behaviour.park_exchange", problem)
+            elif (
+                behaviour.park_after is not None
+                and behaviour.park_exchange == ""
+                and behaviour.park_routing_key
+                and behaviour.park_routing_key not in self.queues
+            ):
+                self.add(
+                    f"{path}.behaviour.park_routing_key",
+                    'with the default exchange (park_exchange "") this names the parking '
+                    f"queue; '{behaviour.park_routing_key}' is not a declared queue "
+                    f"(declared queues: {_names(self.queues)})",
+                )
+
+    def steps(self) -> None:
+        for i, step in enumerate(self.spec.steps):
+            for j, checkpoint in enumerate(step.checkpoints):
+                self.check(f"steps[{i}].checkpoints[{j}].check", checkpoint.check)
+
+    def check(self, path: str, check: Any) -> None:
+        if isinstance(check, QueueMessagesCheck | DeliveredCheck | DeadLetteredCheck):
+            problem = self.queue_problem(check.queue)
+            if problem:
+                self.add(f"{path}.queue", problem)
+        elif isinstance(check, RoutedOnlyToCheck):
+            problem = self.exchange_problem(check.exchange, default_ok=True, builtin_ok=True)
+            if problem:
+                self.add(f"{path}.exchange", problem)
+            for k, name in enumerate(check.queues):
+                problem = self.queue_problem(name)
+                if problem:
+                    self.add(f"{path}.queues[{k}]", problem)
+        elif isinstance(check, AckedCheck):
+            if check.workload not in self.consumers:
+                self.add(f"{path}.workload", self.not_a("consumer", check.workload))
+        elif isinstance(check, PublishedCheck):
+            if check.workload not in self.producers:
+                self.add(f"{path}.workload", self.not_a("producer", check.workload))
+        elif isinstance(check, WorkloadSettingCheck):
+            if check.workload in self.producers:
+                if check.field not in PRODUCER_SETTINGS:
+                    self.add(
+                        f"{path}.field",
+                        f"producers have no setting '{check.field}' "
+                        f"(producer settings: {_names(PRODUCER_SETTINGS)})",
+                    )
+            elif check.workload in self.consumers:
+                if check.field not in CONSUMER_SETTINGS:
+                    self.add(
+                        f"{path}.field",
+                        f"consumers have no setting '{check.field}' "
+                        f"(consumer settings: {_names(CONSUMER_SETTINGS)})",
+                    )
+            else:
+                self.add(
+                    f"{path}.workload",
+                    f"'{check.workload}' is not a declared workload "
+                    f"(declared workloads: {_names([*self.producers, *self.consumers])})",
+                )
+        # binding_exists / binding_absent read the live broker: the learner may create the
+        # objects at run time, so their names need not be declared.
+
+    def not_a(self, kind: str, name: str) -> str:
+        names = self.consumers if kind == "consumer" else self.producers
+        if name in self.producers or name in self.consumers:
+            return f"'{name}' is not a {kind} (declared {kind}s: {_names(names)})"
+        return f"'{name}' is not a declared {kind} (declared {kind}s: {_names(names)})"
+
+
+# --------------------------------------------------------------------------------------
+# Turning pydantic's errors into "path: message"
+
+
+def _format_path(loc: Iterable[str | int]) -> str:
+    out = ""
+    for item in loc:
+        if isinstance(item, int):
+            out += f"[{item}]"
+        elif re.fullmatch(r"[A-Za-z0-9_\-]+", item):
+            out += f".{item}" if out else item
+        else:
+            out += f"[{json.dumps(item, ensure_ascii=False)}]"
+    return out
+
+
+def _strip_optional(tp: Any) -> Any:
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+            continue
+        if origin in (Union, type(int | None)):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            if len(args) == 1:
+                tp = args[0]
+                continue
+        return tp
+
+
+class _Location:
+    """Walks an error location through the models: the display path (without the check
+    type tag pydantic inserts) and the model, field and type found at its end."""
+
+    def __init__(self, loc: tuple):
+        self.path: list[str | int] = []
+        self.type: Any = ExerciseSpec
+        self.field: Any = None  # FieldInfo of the last model field passed
+        self.is_key = False
+        self.parent_model: type[BaseModel] | None = None
+        tags: dict[str, type] | None = None
+        for item in loc:
+            if item == "[key]":
+                self.is_key = True
+                continue
+            if tags is not None:
+                if item in tags:
+                    self.type, tags = tags[item], None
+                    continue
+                tags = None
+            tp = _strip_optional(self.type)
+            self.path.append(str(item) if get_origin(tp) is dict else item)
+            self.parent_model = None
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                self.parent_model = tp
+                info = tp.model_fields.get(item) if isinstance(item, str) else None
+                self.field = info
+                self.type = info.annotation if info else None
+                if info is not None and info.discriminator:
+                    tags = {
+                        get_args(m.model_fields["type"].annotation)[0]: m
+                        for m in get_args(_strip_optional(info.annotation))
+                    }
+            elif get_origin(tp) is list:
+                self.type = get_args(tp)[0]
+                self.field = None
+            elif get_origin(tp) is dict:
+                self.type = get_args(tp)[1]
+                self.field = None
+            else:
+                self.type = None
+                self.field = None
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value, ensure_ascii=False)}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _bounds(field: Any) -> dict[str, Any]:
+    """The numeric bounds (ge, gt, le, lt) declared on a model field."""
+    found: dict[str, Any] = {}
+    for meta in getattr(field, "metadata", None) or []:
+        for name in ("ge", "gt", "le", "lt"):
+            if getattr(meta, name, None) is not None:
+                found[name] = getattr(meta, name)
+    return found
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _range_message(field: Any, err: dict) -> str:
+    bounds = _bounds(field)
+    annotation = _strip_optional(getattr(field, "annotation", None))
+    kind = "an integer" if annotation is int else "a number"
+    got = f" (got {_num(err.get('input'))})"
+    if "ge" in bounds and "le" in bounds:
+        return f"must be {kind} from {_num(bounds['ge'])} to {_num(bounds['le'])}{got}"
+    ctx = err.get("ctx", {})
+    if "ge" in ctx:
+        return f"must be at least {_num(ctx['ge'])}{got}"
+    if "gt" in ctx:
+        return f"must be greater than {_num(ctx['gt'])}{got}"
+    if "le" in ctx:
+        return f"must be at most {_num(ctx['le'])}{got}"
+    if "lt" in ctx:
+        return f"must be less than {_num(ctx['lt'])}{got}"
+    return err["msg"]
+
+
+def _message(err: dict, where: _Location) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    got = f" (got {_describe(value)})"
+    if where.is_key:
+        return f"names must be strings{got}"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        parent = where.parent_model
+        expected = _names(parent.model_fields) if parent else "?"
+        return f"unknown field (expected one of: {expected})"
+    if kind == "literal_error":
+        options = [v for v in get_args(_strip_optional(where.type))] if where.type else []
+        if where.path == ["version"]:
+            return f"unsupported format version {value!r}; this console reads version 1"
+        if len(options) == 1:
+            return f"must be {options[0]!r}{got}"
+        if options:
+            return f"must be one of: {_names(str(o) for o in options)}{got}"
+        return f"must be one of: {err.get('ctx', {}).get('expected', '?')}{got}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer{got}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number{got}"
+    if kind == "finite_number":
+        return "must be a finite number"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false{got}"
+    if kind == "string_type":
+        return f"must be a string{got}"
+    if kind == "list_type":
+        return f"must be a list{got}"
+    if kind == "dict_type":
+        return f"must be a mapping{got}"
+    if kind in ("model_type", "model_attributes_type"):
+        if _strip_optional(where.type) is LocalizedText:
+            return f"must be a string, or a mapping with en (and optionally ru){got}"
+        return f"must be a mapping of fields{got}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return _range_message(where.field, err)
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_pattern_mismatch":
+        pattern = err.get("ctx", {}).get("pattern")
+        return _PATTERN_MESSAGES.get(pattern, f"must match {pattern}") + got
+    if kind in ("value_error", "assertion_error"):
+        error = err.get("ctx", {}).get("error")
+        return str(error) if error is not None else err["msg"]
+    if kind == "union_tag_invalid":
+        return f"unknown check type {value.get('type')!r} (expected one of: {_names(CHECK_TYPES)})"
+    if kind == "union_tag_not_found":
+        return f"required field is missing (one of: {_names(CHECK_TYPES)})"
+    return err["msg"]
+
+
+def _errors_from_validation(exc: ValidationError) -> list[str]:
+    out: list[str] = []
+    for err in exc.errors(include_url=False):
+        where = _Location(err["loc"])
+        path = list(where.path)
+        if err["type"] == "spec_items":
+            for subpath, message in err["ctx"]["items"]:
+                out.append(f"{_format_path([*path, *subpath]) or '(document)'}: {message}")
+            continue
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            path.append("type")
+        out.append(f"{_format_path(path) or '(document)'}: {_message(err, where)}")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Entry points
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe YAML loader that refuses duplicate keys in a mapping."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, _value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            duplicate = False
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {seen[key].line + 1})",
+                key_node.start_mark,
+            )
+        with contextlib.suppress(TypeError):  # an unhashable key: YAML reports it itself
+            seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+        context = f"{context} started at line {context_mark.line + 1}"
+    detail = f"{problem} ({context})" if context else problem
+    return f"{source}: YAML syntax error{where}: {detail}"
+
+
+def _validate(data: Any, source: str) -> ExerciseSpec:
+    if not isinstance(data, dict):
+        message = "the document must be a mapping of fields, like 'version: 1'"
+        raise SpecError([f"{source}: {message} (got {_describe(data)})"])
+    try:
+        return ExerciseSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_errors_from_validation(exc)) from None
+
+
+def parse_spec(text: str, *, source: str = "<string>") -> ExerciseSpec:
+    """Parse and validate one exercise document (YAML). Raises SpecError."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
+    except yaml.YAMLError as exc:
+        raise SpecError([_yaml_error(exc, source)]) from None
+    return _validate(data, source)
+
+
+def load_spec_file(path: str | Path) -> ExerciseSpec:
+    """Read, parse and validate an exercise file. Raises SpecError (also if unreadable)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{path}: cannot read the file: {exc}"]) from None
+    return parse_spec(text, source=str(path))
+
+
+def validate_data(data: dict) -> ExerciseSpec:
+    """Validate an already parsed exercise document (a mapping). Raises SpecError."""
+    return _validate(data, "<data>")

@@ -1,0 +1,14 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.catalogue, name="catalogue"),
+    path("exercises/<slug:slug>/", views.exercise, name="exercise"),
+    path("exercises/<slug:slug>/start/", views.lab_start, name="lab-start"),
+    path("labs/<str:lab_id>/", views.lab, name="lab"),
+    path("labs/<str:lab_id>/workloads/<str:name>/", views.lab_workload, name="lab-workload"),
+    path("labs/<str:lab_id>/publish/", views.lab_publish, name="lab-publish"),
+    path("labs/<str:lab_id>/reset/", views.lab_reset, name="lab-reset"),
+    path("labs/<str:lab_id>/end/", views.lab_end, name="lab-end"),
+]

@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from . import selectors, services
+from .forms import ConsumerForm, ProducerForm, PublishForm, form_errors
+from .models import Exercise, LabSession, Workload
+
+
+def _lang(request: HttpRequest) -> str:
+    """?lang= switches and is remembered; otherwise the browser's language."""
+    if request.GET.get("lang") in ("en", "ru"):
+        request.session["lang"] = request.GET["lang"]
+    lang = request.session.get("lang") or getattr(request, "LANGUAGE_CODE", "en")
+    return "ru" if lang.startswith("ru") else "en"
+
+
+def _redirect(request: HttpRequest, url: str) -> HttpResponse:
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+def _own_lab(request: HttpRequest, lab_id: str) -> LabSession:
+    session = get_object_or_404(LabSession.objects.select_related("exercise"), pk=lab_id)
+    if not selectors.can_view_lab(request.user, session):
+        raise PermissionDenied("this lab belongs to someone else")
+    return session
+
+
+@require_GET
+@login_required
+def catalogue(request: HttpRequest) -> HttpResponse:
+    lang = _lang(request)
+    tag, level = request.GET.get("tag", ""), request.GET.get("level", "")
+    cards, tags = selectors.exercise_cards(lang=lang, tag=tag, level=level)
+    context = {
+        "lang": lang,
+        "cards": cards,
+        "tags": tags,
+        "levels": selectors.LEVELS,
+        "selected_tag": tag,
+        "selected_level": level,
+    }
+    template = "exercises/catalogue.html#cards" if request.htmx else "exercises/catalogue.html"
+    return render(request, template, context)
+
+
+@require_GET
+@login_required
+def exercise(request: HttpRequest, slug: str) -> HttpResponse:
+    lang = _lang(request)
+    ex = get_object_or_404(Exercise, slug=slug, published=True)
+    active = (
+        LabSession.objects.filter(owner=request.user, exercise=ex)
+        .exclude(state=LabSession.State.ENDED)
+        .first()
+    )
+    return render(
+        request,
+        "exercises/exercise.html",
+        {
+            "lang": lang,
+            "exercise": selectors.exercise_detail(ex, lang),
+            "active_lab": {"id": active.id, "url": active.get_absolute_url()} if active else None,
+        },
+    )
+
+
+@require_POST
+@login_required
+def lab_start(request: HttpRequest, slug: str) -> HttpResponse:
+    ex = get_object_or_404(Exercise, slug=slug, published=True)
+    try:
+        session = services.lab_session_start(exercise=ex, owner=request.user)
+    except services.LabError as exc:
+        return render(
+            request,
+            "exercises/exercise.html#start-error",
+            {"error": str(exc), "lang": _lang(request)},
+        )
+    return _redirect(request, session.get_absolute_url())
+
+
+def _workload_context(session: LabSession, workload: Workload, error: str = "") -> dict:
+    url = reverse("lab-workload", args=[session.id, workload.name])
+    return selectors.lab_workload_view(workload, url, error)
+
+
+@require_GET
+@login_required
+def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
+    lang = _lang(request)
+    session = _own_lab(request, lab_id)
+    services.lab_session_touch(session=session)
+    passed = set(session.results.values_list("checkpoint", flat=True))
+    state = selectors.lab_state(session)
+    return render(
+        request,
+        "exercises/lab.html",
+        {
+            "lang": lang,
+            "lab": {
+                "id": session.id,
+                "vhost": session.vhost,
+                "state": session.state,
+                "exercise_title": session.spec.title.get(lang),
+                "exercise_slug": session.exercise.slug,
+                "started_at": session.created_at,
+                "end_url": reverse("lab-end", args=[session.id]),
+                "reset_url": reverse("lab-reset", args=[session.id]),
+                "publish_url": reverse("lab-publish", args=[session.id]),
+            },
+            "steps": selectors.lab_steps(session, lang, passed),
+            "workloads": [_workload_context(session, w) for w in session.workloads.all()],
+            "exchanges": selectors.lab_exchanges(session),
+            "lab_config": {
+                "ws_url": f"/ws/labs/{session.id}/",
+                "lab_id": session.id,
+                "graph": state["graph"],
+            },
+        },
+    )
+
+
+@require_POST
+@login_required
+def lab_workload(request: HttpRequest, lab_id: str, name: str) -> HttpResponse:
+    session = _own_lab(request, lab_id)
+    workload = get_object_or_404(Workload, session=session, name=name)
+    action = request.POST.get("action", "update")
+    error = ""
+    try:
+        if action == "start":
+            services.workload_start(workload=workload)
+        elif action == "stop":
+            services.workload_stop(workload=workload)
+        elif action == "update":
+            form_class = ProducerForm if workload.kind == Workload.Kind.PRODUCER else ConsumerForm
+            form = form_class(request.POST)
+            if form.is_valid():
+                services.workload_update(workload=workload, changes=form.cleaned_data)
+            else:
+                error = form_errors(form)
+        else:
+            error = f"unknown action '{action}' (expected start, stop or update)"
+    except services.LabError as exc:
+        error = str(exc)
+    workload.refresh_from_db()
+    return render(
+        request,
+        "exercises/lab.html#workload-card",
+        {
+            "w": _workload_context(session, workload, error),
+            "lang": _lang(request),
+            "lab": {"state": session.state},
+        },
+        status=400 if error else 200,
+    )
+
+
+@require_POST
+@login_required
+def lab_publish(request: HttpRequest, lab_id: str) -> HttpResponse:
+    session = _own_lab(request, lab_id)
+    form = PublishForm(request.POST, exchanges=selectors.lab_exchanges(session))
+    if not form.is_valid():
+        result = {"ok": False, "message": form_errors(form)}
+    else:
+        d = form.cleaned_data
+        try:
+            message = services.lab_publish(session=session, **d)
+            result = {"ok": not message.startswith("returned"), "message": message}
+        except services.LabError as exc:
+            result = {"ok": False, "message": str(exc)}
+    return render(
+        request,
+        "exercises/lab.html#publish-result",
+        {"result": result, "lang": _lang(request)},
+        status=200 if result["ok"] or result["message"].startswith("returned") else 400,
+    )
+
+
+@require_POST
+@login_required
+def lab_reset(request: HttpRequest, lab_id: str) -> HttpResponse:
+    session = _own_lab(request, lab_id)
+    if not session.is_active:
+        return _redirect(request, reverse("exercise", args=[session.exercise.slug]))
+    services.lab_session_reset(session=session)
+    return _redirect(request, session.get_absolute_url())
+
+
+@require_POST
+@login_required
+def lab_end(request: HttpRequest, lab_id: str) -> HttpResponse:
+    session = _own_lab(request, lab_id)
+    services.lab_session_stop(session=session)
+    return _redirect(request, reverse("exercise", args=[session.exercise.slug]))

@@ -1,0 +1,90 @@
+"""AMQP connection helpers: every pika connection the console opens is made here."""
+
+from __future__ import annotations
+
+import contextlib
+from urllib.parse import quote, unquote, urlsplit
+
+import pika
+from django.conf import settings
+
+
+def _nodes() -> list[tuple[str, int]]:
+    """Hosts of RABBITMQ_URL; a comma-separated list of host:port names several nodes."""
+    netloc = urlsplit(settings.RABBITMQ_URL).netloc.rsplit("@", 1)[-1]
+    nodes = []
+    for part in netloc.split(","):
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+        nodes.append((host or part, int(port or 5672)))
+    return nodes
+
+
+def console_vhost() -> str:
+    path = urlsplit(settings.RABBITMQ_URL).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def console_credentials() -> tuple[str, str]:
+    url = urlsplit(settings.RABBITMQ_URL)
+    return unquote(url.username or "guest"), unquote(url.password or "guest")
+
+
+def parameters(
+    *, vhost: str, user: str, password: str, name: str = "labconsole", heartbeat: int = 30
+) -> list[pika.ConnectionParameters]:
+    """Parameters for every node, so that pika.BlockingConnection tries them in turn."""
+    credentials = pika.PlainCredentials(user, password)
+    return [
+        pika.ConnectionParameters(
+            host=host,
+            port=port,
+            virtual_host=vhost,
+            credentials=credentials,
+            heartbeat=heartbeat,
+            blocked_connection_timeout=60,
+            connection_attempts=1,
+            client_properties={"connection_name": name},
+        )
+        for host, port in _nodes()
+    ]
+
+
+def console_parameters(*, name: str = "labconsole") -> list[pika.ConnectionParameters]:
+    user, password = console_credentials()
+    return parameters(vhost=console_vhost(), user=user, password=password, name=name)
+
+
+def connect(params: list[pika.ConnectionParameters]) -> pika.BlockingConnection:
+    return pika.BlockingConnection(params)
+
+
+def aio_url(*, vhost: str | None = None) -> str:
+    """An aio-pika URL for the console's vhost (the first node)."""
+    user, password = console_credentials()
+    host, port = _nodes()[0]
+    return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/" + quote(
+        vhost if vhost is not None else console_vhost(), safe=""
+    )
+
+
+def flow_exchange() -> str:
+    """Topic exchange in the console vhost carrying reports and frames: lab.<id>.<kind>."""
+    return f"{settings.LABCONSOLE_PREFIX}.flow"
+
+
+def control_exchange() -> str:
+    """Topic exchange in the console vhost carrying control messages to running tasks."""
+    return f"{settings.LABCONSOLE_PREFIX}.control"
+
+
+def declare_console_exchanges(channel) -> None:
+    channel.exchange_declare(flow_exchange(), "topic", durable=True)
+    channel.exchange_declare(control_exchange(), "topic", durable=True)
+
+
+def close_quietly(connection: pika.BlockingConnection | None) -> None:
+    """Closes a connection that may already be gone (the vhost was deleted, the broker
+    restarted): at the end of a run, a failure to close is not news."""
+    if connection is not None and connection.is_open:
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            connection.close()

@@ -1,0 +1,116 @@
+"""Client for the RabbitMQ management HTTP API: vhosts, users, definitions, statistics.
+
+https://www.rabbitmq.com/docs/http-api-reference
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from django.conf import settings
+
+
+class BrokerError(Exception):
+    """The broker refused a request; `reason` is its own words, decoded."""
+
+    def __init__(self, status: int, reason: str, *, path: str = ""):
+        self.status = status
+        self.reason = reason
+        self.path = path
+        super().__init__(f"RabbitMQ refused {path}: {reason}" if path else reason)
+
+
+def _decode_reason(reason: Any) -> str:
+    """The API sometimes returns an Erlang term as JSON: strings become lists of code points."""
+    if isinstance(reason, str):
+        return reason
+    if isinstance(reason, list):
+        if reason and all(isinstance(c, int) for c in reason):
+            return bytes(reason).decode("utf-8", "replace")
+        parts = [_decode_reason(r) for r in reason]
+        # ["amqp_error", "precondition_failed", "<text>", "none"]: the text is what matters.
+        texts = [p for p in parts if " " in p]
+        return texts[0] if texts else ", ".join(p for p in parts if p and p != "none")
+    return json.dumps(reason)
+
+
+def _q(name: str) -> str:
+    return quote(name, safe="")
+
+
+class ManagementClient:
+    def __init__(
+        self, url: str | None = None, user: str | None = None, password: str | None = None
+    ):
+        self.url = (url or settings.RABBITMQ_API_URL).rstrip("/")
+        self.session = requests.Session()
+        self.session.auth = (
+            user or settings.RABBITMQ_API_USER,
+            password or settings.RABBITMQ_API_PASSWORD,
+        )
+
+    def request(self, method: str, path: str, body: Any = None, *, ok_missing: bool = False) -> Any:
+        try:
+            response = self.session.request(method, f"{self.url}/api/{path}", json=body, timeout=30)
+        except requests.RequestException as exc:
+            raise BrokerError(0, f"management API at {self.url} did not answer ({exc})") from exc
+        if response.status_code == 404 and ok_missing:
+            return None
+        if response.status_code >= 400:
+            try:
+                reason = _decode_reason(response.json().get("reason", response.text))
+            except ValueError:
+                reason = response.text or response.reason
+            raise BrokerError(response.status_code, reason, path=f"{method} /api/{path}")
+        if response.content and response.headers.get("content-type", "").startswith(
+            "application/json"
+        ):
+            return response.json()
+        return None
+
+    # --- vhosts and users -----------------------------------------------------------------
+    def vhost_names(self) -> list[str]:
+        return [v["name"] for v in self.request("GET", "vhosts?columns=name")]
+
+    def vhost_exists(self, name: str) -> bool:
+        return self.request("GET", f"vhosts/{_q(name)}", ok_missing=True) is not None
+
+    def user_exists(self, name: str) -> bool:
+        return self.request("GET", f"users/{_q(name)}", ok_missing=True) is not None
+
+    def put_vhost(self, name: str, *, tracing: bool = False, description: str = "") -> None:
+        self.request("PUT", f"vhosts/{_q(name)}", {"tracing": tracing, "description": description})
+
+    def delete_vhost(self, name: str) -> None:
+        """Deletes the vhost and everything in it, closing its connections; absent is fine."""
+        self.request("DELETE", f"vhosts/{_q(name)}", ok_missing=True)
+
+    def delete_user(self, name: str) -> None:
+        self.request("DELETE", f"users/{_q(name)}", ok_missing=True)
+
+    def import_definitions(self, definitions: dict) -> None:
+        """One call for users, permissions, topology and limits (the fastest way)."""
+        self.request("POST", "definitions", definitions)
+
+    # --- topology and statistics ----------------------------------------------------------
+    def queues(self, vhost: str) -> list[dict]:
+        return self.request(
+            "GET",
+            f"queues/{_q(vhost)}?disable_stats=false&columns=name,type,messages,messages_ready,"
+            "messages_unacknowledged,consumers,message_stats,arguments",
+        )
+
+    def exchanges(self, vhost: str) -> list[dict]:
+        return self.request("GET", f"exchanges/{_q(vhost)}")
+
+    def bindings(self, vhost: str) -> list[dict]:
+        return self.request("GET", f"bindings/{_q(vhost)}")
+
+    def connections(self, vhost: str) -> list[dict]:
+        return self.request("GET", f"vhosts/{_q(vhost)}/connections")
+
+    def permissions(self, vhost: str) -> list[dict]:
+        return self.request("GET", f"vhosts/{_q(vhost)}/permissions")

@@ -1,0 +1,99 @@
+"""The async side of the flow: one shared aio-pika connection per event loop, and a
+bounded queue per viewer bound to one lab's frames."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+from django.conf import settings
+
+from labconsole.broker import amqp
+
+_connections: dict[asyncio.AbstractEventLoop, aio_pika.abc.AbstractRobustConnection] = {}
+
+
+async def shared_connection() -> aio_pika.abc.AbstractRobustConnection:
+    loop = asyncio.get_running_loop()
+    connection = _connections.get(loop)
+    if connection is None or connection.is_closed:
+        connection = await aio_pika.connect_robust(
+            amqp.aio_url(), client_properties={"connection_name": "labconsole stream"}
+        )
+        _connections[loop] = connection
+    return connection
+
+
+class LabStream:
+    """Frames of one lab for one viewer. The queue is exclusive and auto-delete, and holds
+    at most FLOW_VIEWER_QUEUE_LENGTH messages: when the viewer is slow, the broker drops
+    the oldest (https://www.rabbitmq.com/docs/maxlength)."""
+
+    def __init__(self, session_id: str, deliver: Callable[[dict], Awaitable[None]]):
+        self.session_id = session_id
+        self.deliver = deliver
+        self.channel: aio_pika.abc.AbstractChannel | None = None
+        self.queue = None
+        self.last_frame = 0
+        self.dropped = 0
+        self.snapshot_wait: asyncio.Future | None = None
+
+    async def open(self) -> None:
+        connection = await shared_connection()
+        self.channel = await connection.channel()
+        exchange = await self.channel.declare_exchange(
+            amqp.flow_exchange(), aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        await self.channel.declare_exchange(
+            amqp.control_exchange(), aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self.queue = await self.channel.declare_queue(
+            exclusive=True,
+            auto_delete=True,
+            arguments={
+                "x-max-length": settings.FLOW_VIEWER_QUEUE_LENGTH,
+                "x-overflow": "drop-head",
+            },
+        )
+        for kind in ("frame", "status", "workload"):
+            await self.queue.bind(exchange, f"lab.{self.session_id}.{kind}")
+        await self.queue.consume(self._on_message, no_ack=True)
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        data = json.loads(message.body)
+        if message.correlation_id and self.snapshot_wait and not self.snapshot_wait.done():
+            self.snapshot_wait.set_result(data)
+            return
+        if data.get("type") == "frame":
+            seq = data.get("seq", 0)
+            if self.last_frame and seq > self.last_frame + 1:
+                self.dropped += seq - self.last_frame - 1
+            self.last_frame = max(self.last_frame, seq)
+            data["dropped"] = self.dropped
+        await self.deliver(data)
+
+    async def monitor_snapshot(self, timeout: float = 1.5) -> dict | None:
+        """Asks the lab's monitor for its numbers and recent events (RPC over RabbitMQ)."""
+        self.snapshot_wait = asyncio.get_running_loop().create_future()
+        exchange = await self.channel.get_exchange(amqp.control_exchange())
+        await exchange.publish(
+            aio_pika.Message(
+                json.dumps({"op": "snapshot"}).encode(),
+                reply_to=self.queue.name,
+                correlation_id=uuid.uuid4().hex,
+            ),
+            routing_key=f"lab.{self.session_id}.monitor",
+        )
+        try:
+            return await asyncio.wait_for(self.snapshot_wait, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self.snapshot_wait = None
+
+    async def close(self) -> None:
+        if self.channel is not None and not self.channel.is_closed:
+            await self.channel.close()

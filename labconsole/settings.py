@@ -1,0 +1,164 @@
+"""Settings for the RabbitMQ Lab Console.
+
+Everything comes from environment variables (see `.env.example`) with defaults that need
+no configuration: SQLite, and the local RabbitMQ on 5672 with its management API on 15672.
+"""
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import environ
+from kombu import Exchange, Queue
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=True)
+SECRET_KEY = env(
+    "SECRET_KEY", default="insecure-development-key-change-me-in-production-0123456789"
+)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "exercises",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "labconsole.urls"
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "labconsole.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    }
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Workloads, the flow monitor and the web process write from several threads and
+    # processes: WAL and IMMEDIATE transactions avoid "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20}
+    )
+    if test_name := env("TEST_DATABASE_NAME", default=""):
+        DATABASES["default"]["TEST"] = {"NAME": test_name}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "catalogue"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("ru", "Русский")]
+USE_I18N = True
+TIME_ZONE = "UTC"
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- RabbitMQ --------------------------------------------------------------------------
+# The console's own vhost is the one in RABBITMQ_URL: Celery, flow events and workload
+# control live there. Every lab gets a vhost of its own (`lab-<id>`).
+RABBITMQ_URL = env("RABBITMQ_URL", default="amqp://guest:guest@127.0.0.1:5672/")
+RABBITMQ_API_URL = env("RABBITMQ_API_URL", default="http://127.0.0.1:15672/")
+_amqp = urlsplit(RABBITMQ_URL)
+RABBITMQ_API_USER = env("RABBITMQ_API_USER", default=_amqp.username or "guest")
+RABBITMQ_API_PASSWORD = env("RABBITMQ_API_PASSWORD", default=_amqp.password or "guest")
+
+# Names of the console's own exchanges and Celery queues start with this prefix, so that
+# two consoles (say, the test suite and a developer's `make run`) can share one broker.
+LABCONSOLE_PREFIX = env("LABCONSOLE_PREFIX", default="labconsole")
+
+# Limits every lab vhost gets (https://www.rabbitmq.com/docs/vhosts#limits).
+LAB_MAX_QUEUES = env.int("LAB_MAX_QUEUES", default=64)
+LAB_MAX_CONNECTIONS = env.int("LAB_MAX_CONNECTIONS", default=64)
+# A lab nobody has looked at for this long is ended by the sweeper.
+LAB_IDLE_MINUTES = env.int("LAB_IDLE_MINUTES", default=30)
+# How often workloads flush their reports, and how many updates a second a browser gets.
+FLOW_BATCH_MS = env.int("FLOW_BATCH_MS", default=100)
+FLOW_FRAMES_PER_SECOND = env.int("FLOW_FRAMES_PER_SECOND", default=20)
+# Events a viewer's queue holds before the oldest are dropped (x-max-length, drop-head).
+FLOW_VIEWER_QUEUE_LENGTH = env.int("FLOW_VIEWER_QUEUE_LENGTH", default=2000)
+
+# --- Celery ------------------------------------------------------------------------------
+CELERY_BROKER_URL = RABBITMQ_URL
+CELERY_TASK_DEFAULT_QUEUE = f"{LABCONSOLE_PREFIX}.tasks"
+LABCONSOLE_WORKLOAD_QUEUE = f"{LABCONSOLE_PREFIX}.workloads"
+# A worker started without -Q consumes both: short tasks, and the long-running workloads.
+CELERY_TASK_QUEUES = [
+    Queue(name, Exchange(name), routing_key=name)
+    for name in (CELERY_TASK_DEFAULT_QUEUE, LABCONSOLE_WORKLOAD_QUEUE)
+]
+CELERY_TASK_ROUTES = {"labconsole.workloads.*": {"queue": LABCONSOLE_WORKLOAD_QUEUE}}
+# Workloads are long-running: they are acknowledged when they end, so that a worker that
+# dies mid-run hands its workloads to another worker (see labconsole/workloads/tasks.py).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Workloads and monitors hold a thread each for as long as they run.
+CELERY_WORKER_POOL = "threads"
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=100)
+CELERY_BEAT_SCHEDULE_FILENAME = env(
+    "CELERY_BEAT_SCHEDULE_FILENAME", default=str(BASE_DIR / ".celerybeat-schedule")
+)
+CELERY_BEAT_SCHEDULE = {"sweep-idle-labs": {"task": "exercises.sweep_idle_labs", "schedule": 60.0}}
+
+# --- Channels ----------------------------------------------------------------------------
+# Live updates travel over RabbitMQ (labconsole/flow), so no channel layer is needed.
+CHANNEL_LAYERS = {}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"pika": {"level": "WARNING"}, "aiormq": {"level": "WARNING"}},
+}

@@ -1,0 +1,109 @@
+"""A lab's vhost, user and topology on the real broker: made, torn down, rolled back."""
+
+import pytest
+
+from exercises.models import LabSession, Workload
+from exercises.services import LabError, lab_session_reset, lab_session_start, lab_session_stop
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_start_provisions_vhost_user_limits_and_topology(api, catalogue, learner, labs):
+    """The vhost has the firehose on and limits; the user may use that vhost only."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    vhost = api.request("GET", f"vhosts/{session.vhost}")
+    assert vhost["tracing"] is True
+    limits = api.request("GET", f"vhost-limits/{session.vhost}")[0]["value"]
+    assert limits["max-queues"] > 0 and limits["max-connections"] > 0
+    permissions = api.request("GET", f"users/{session.rabbit_user}/permissions")
+    assert [(p["vhost"], p["configure"]) for p in permissions] == [(session.vhost, ".*")]
+    queues = {q["name"] for q in api.queues(session.vhost)}
+    assert {"temperature", "pressure"} <= queues
+    bindings = {
+        (b["source"], b["destination"], b["routing_key"])
+        for b in api.bindings(session.vhost)
+        if b["source"]
+    }
+    assert bindings == {
+        ("sensors", "temperature", "temperature"),
+        ("sensors", "pressure", "pressure"),
+    }
+    assert session.state == LabSession.State.RUNNING
+    assert set(Workload.objects.filter(session=session).values_list("name", flat=True)) == {
+        "temperature-sensor",
+        "pressure-sensor",
+        "temperature-display",
+        "pressure-display",
+    }
+
+
+def test_stop_deletes_vhost_and_user(api, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=False)
+    assert api.vhost_exists(session.vhost) and api.user_exists(session.rabbit_user)
+    lab_session_stop(session=session)
+    assert not api.vhost_exists(session.vhost)
+    assert not api.user_exists(session.rabbit_user)
+    session.refresh_from_db()
+    assert session.state == LabSession.State.ENDED and session.ended_at is not None
+
+
+def test_quorum_and_dead_letter_arguments_reach_the_broker(api, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=False)
+    queues = {q["name"]: q for q in api.queues(session.vhost)}
+    assert queues["orders"]["arguments"]["x-dead-letter-exchange"] == "orders.retry"
+    assert queues["orders.retry"]["arguments"]["x-message-ttl"] == 2000
+
+
+BROKER_REFUSES = """
+version: 1
+slug: refused
+title: Refused
+summary: The broker refuses a policy
+description: A policy setting RabbitMQ does not know.
+level: beginner
+minutes: 5
+topology:
+  queues:
+    - name: work
+  policies:
+    - name: odd
+      pattern: "^work$"
+      definition: {no-such-setting: 1}
+"""
+
+
+def test_broker_refusal_rolls_back_everything(api, catalogue, learner, labs):
+    """A spec that passes validation but that the broker refuses leaves nothing behind."""
+    before_vhosts, before_users = (
+        set(api.vhost_names()),
+        {u["name"] for u in api.request("GET", "users")},
+    )
+    with pytest.raises(LabError) as excinfo:
+        lab_session_start(
+            exercise=catalogue["direct-routing"], owner=learner, source=BROKER_REFUSES
+        )
+    assert "broker refused" in str(excinfo.value)
+    assert "no-such-setting" in str(excinfo.value)
+    assert set(api.vhost_names()) == before_vhosts
+    assert {u["name"] for u in api.request("GET", "users")} == before_users
+    assert not LabSession.objects.exists() and not Workload.objects.exists()
+
+
+def test_invalid_source_is_refused_before_anything_is_made(api, catalogue, learner, labs):
+    before = set(api.vhost_names())
+    with pytest.raises(LabError, match=r"topology\.queues\[0\]"):
+        lab_session_start(
+            exercise=catalogue["direct-routing"],
+            owner=learner,
+            source=BROKER_REFUSES.replace("- name: work", "- name: ''"),
+        )
+    assert set(api.vhost_names()) == before and not LabSession.objects.exists()
+
+
+def test_reset_recreates_the_lab_in_the_same_session(api, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    old_password = session.rabbit_password
+    api.request("DELETE", f"queues/{session.vhost}/pressure")
+    lab_session_reset(session=session)
+    assert session.generation == 2 and session.rabbit_password != old_password
+    assert "pressure" in {q["name"] for q in api.queues(session.vhost)}

@@ -1,0 +1,762 @@
+"""Validation of exercise documents: pure unit tests, no database and no broker."""
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exercises.spec import (
+    CHECK_TYPES,
+    DeadLetteredCheck,
+    ExerciseSpec,
+    LocalizedText,
+    SpecError,
+    load_spec_file,
+    parse_spec,
+    validate_data,
+)
+from labconsole.workloads.payload import compile_template
+
+CATALOGUE = Path(__file__).resolve().parents[2] / "exercises" / "catalogue"
+
+BASE_YAML = """
+version: 1
+slug: tiny
+title: Tiny
+summary: {en: A tiny exercise, ru: Крошечное упражнение}
+description: Some *Markdown*.
+level: beginner
+minutes: 5
+topology:
+  exchanges:
+    - {name: logs, type: direct}
+  queues:
+    - {name: errors}
+    - {name: infos}
+  bindings:
+    - {source: logs, destination: errors, routing_key: error}
+    - {source: logs, destination: infos, routing_key: info}
+workloads:
+  producers:
+    - {name: app, exchange: logs, routing_key: error}
+  consumers:
+    - {name: reader, queue: errors}
+steps:
+  - id: one
+    title: One
+    instructions: Do it.
+    checkpoints:
+      - id: got-some
+        description: Some arrived
+        check: {type: delivered, queue: errors, min: 1}
+"""
+
+
+def base() -> dict:
+    return yaml.safe_load(BASE_YAML)
+
+
+def errors(data: dict) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        validate_data(data)
+    return info.value.errors
+
+
+def the_error(data: dict) -> str:
+    found = errors(data)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def has(found: list[str], path: str, phrase: str) -> bool:
+    return any(e.startswith(f"{path}: ") and phrase in e for e in found)
+
+
+# -- valid documents ------------------------------------------------------------------
+
+
+def test_base_document_is_valid():
+    spec = validate_data(base())
+    assert isinstance(spec, ExerciseSpec)
+    assert spec.title.en == "Tiny" and spec.title.ru is None
+    assert spec.summary.get("ru") == "Крошечное упражнение"
+    assert spec.title.get("ru") == "Tiny"  # falls back to English
+    assert spec.queue("errors").type == "classic"
+    assert spec.queue("nope") is None
+    assert spec.exchange("logs").type == "direct"
+    assert spec.producer("app").rate == 1.0
+    assert spec.consumer("reader").ack == "manual"
+    assert [(s.id, c.id) for s, c in spec.all_checkpoints()] == [("one", "got-some")]
+
+
+def test_defaults():
+    spec = validate_data(base())
+    producer = spec.producer("app")
+    assert producer.payload == '{"n": {n}}'
+    assert compile_template(producer.payload)(1, "error", "app") == '{"n": 1}'
+    assert producer.properties.content_type == "application/json"
+    assert producer.properties.message_id == "uuid"
+    behaviour = spec.consumer("reader").behaviour
+    assert behaviour.fail == 0.0 and behaviour.on_fail == "reject" and not behaviour.requeue
+    assert spec.tags == []
+    assert spec.topology.policies == []
+
+
+def test_dump_round_trips():
+    spec = validate_data(base())
+    assert validate_data(spec.model_dump()) == spec
+    assert validate_data(spec.model_dump(mode="json")) == spec
+
+
+def test_numeric_routing_key_is_read_as_text():
+    data = base()
+    data["topology"]["bindings"][0]["routing_key"] = 2
+    assert validate_data(data).topology.bindings[0].routing_key == "2"
+
+
+def test_parse_spec_reads_yaml():
+    spec = parse_spec(BASE_YAML, source="tiny.yaml")
+    assert spec.slug == "tiny"
+
+
+def test_localized_text_get():
+    text = LocalizedText(en="Hello", ru="Привет")
+    assert text.get("ru") == "Привет"
+    assert text.get("ru-RU") == "Привет"
+    assert text.get("de") == "Hello"
+    assert str(text) == "Hello"
+
+
+def test_render_payload_placeholders():
+    render = compile_template(
+        '{"n": {n}, "k": "{routing_key}", "p": "{producer}", "r": {random:3:3}, '
+        '"c": "{choice:x}", "o": {"x": {}}}'
+    )
+    assert render(4, "a.b", "shop") == (
+        '{"n": 4, "k": "a.b", "p": "shop", "r": 3, "c": "x", "o": {"x": {}}}'
+    )
+
+
+def test_producer_routing_keys():
+    data = base()
+    data["workloads"]["producers"][0].update(routing_key="", routing_keys=["error", "info"])
+    producer = validate_data(data).producer("app")
+    assert producer.keys() == ["error", "info"]
+
+
+def test_check_types_are_all_known():
+    assert set(CHECK_TYPES) == {
+        "queue_messages",
+        "binding_exists",
+        "binding_absent",
+        "routed_only_to",
+        "delivered",
+        "acked",
+        "dead_lettered",
+        "workload_setting",
+        "published",
+    }
+    assert CHECK_TYPES["dead_lettered"] is DeadLetteredCheck
+
+
+# -- the catalogue ----------------------------------------------------------------------
+
+
+CATALOGUE_FILES = sorted(CATALOGUE.glob("*.yaml"))
+
+
+def test_catalogue_is_not_empty():
+    names = {path.name for path in CATALOGUE_FILES}
+    assert {"direct-routing.yaml", "dlq-retries.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CATALOGUE_FILES, ids=lambda p: p.name)
+def test_catalogue_file_validates(path):
+    spec = load_spec_file(path)
+    assert spec.slug == path.stem
+    assert len(spec.steps) >= 2
+    for step in spec.steps:
+        assert step.checkpoints, f"step {step.id} has no checkpoint"
+        assert step.title.ru and step.instructions.ru, f"step {step.id} lacks Russian"
+        for checkpoint in step.checkpoints:
+            assert checkpoint.description.ru, f"checkpoint {checkpoint.id} lacks Russian"
+    for text in (spec.title, spec.summary, spec.description):
+        assert text.ru
+
+
+def test_docs_complete_example_validates():
+    text = (CATALOGUE.parents[1] / "docs" / "exercise-format.md").read_text(encoding="utf-8")
+    example = re.findall(r"```yaml\n(.*?)```", text, re.S)[-1]
+    spec = parse_spec(example, source="docs/exercise-format.md")
+    catalogue = load_spec_file(CATALOGUE / "direct-routing.yaml")
+    assert spec.slug == catalogue.slug
+    assert spec.topology == catalogue.topology
+    assert spec.workloads == catalogue.workloads
+    assert [c.check for _s, c in spec.all_checkpoints()] == [
+        c.check for _s, c in catalogue.all_checkpoints()
+    ]
+
+
+def test_dlq_exercise_parks_after_three_rejections():
+    spec = load_spec_file(CATALOGUE / "dlq-retries.yaml")
+    behaviour = spec.consumer("processor").behaviour
+    assert behaviour.park_after == 3
+    checks = [c.check for _s, c in spec.all_checkpoints() if c.check.type == "dead_lettered"]
+    parked = [c for c in checks if c.queue == "orders.parking"]
+    assert parked and parked[0].reason == "rejected" and parked[0].retries == 3
+
+
+# -- document-level errors --------------------------------------------------------------
+
+
+def test_yaml_syntax_error_has_line_and_column():
+    text = "version: 1\nslug: [tiny\ntitle: x\n"
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, source="bad.yaml")
+    (message,) = info.value.errors
+    assert message.startswith("bad.yaml: YAML syntax error at line ")
+    assert "column" in message
+
+
+def test_yaml_bad_indentation_reports_its_line():
+    with pytest.raises(SpecError) as info:
+        parse_spec("version: 1\nslug: tiny\n  level: beginner\n", source="x.yaml")
+    assert "YAML syntax error at line 3, column 8" in str(info.value)
+
+
+def test_yaml_duplicate_key():
+    with pytest.raises(SpecError) as info:
+        parse_spec("version: 1\nslug: a\nslug: b\n", source="dup.yaml")
+    assert str(info.value) == (
+        "dup.yaml: YAML syntax error at line 3, column 1: duplicate key 'slug' (first at line 2)"
+    )
+
+
+def test_top_level_list_is_refused():
+    with pytest.raises(SpecError) as info:
+        parse_spec("- version: 1\n- slug: x\n", source="list.yaml")
+    assert info.value.errors == [
+        "list.yaml: the document must be a mapping of fields, like 'version: 1' (got a list)"
+    ]
+
+
+def test_empty_document_is_refused():
+    with pytest.raises(SpecError) as info:
+        parse_spec("", source="empty.yaml")
+    assert "must be a mapping" in str(info.value)
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(SpecError) as info:
+        load_spec_file(tmp_path / "missing.yaml")
+    assert "cannot read the file" in str(info.value)
+
+
+# -- field errors -----------------------------------------------------------------------
+
+
+def test_unknown_top_level_field():
+    data = base()
+    data["colour"] = "blue"
+    assert the_error(data) == (
+        "colour: unknown field (expected one of: version, slug, title, summary, description, "
+        "level, minutes, tags, topology, workloads, steps)"
+    )
+
+
+def test_unknown_field_in_a_check_lists_that_check_type_fields():
+    data = base()
+    data["steps"][0]["checkpoints"][0]["check"]["queues"] = ["errors"]
+    assert the_error(data) == (
+        "steps[0].checkpoints[0].check.queues: unknown field (expected one of: type, queue, min)"
+    )
+
+
+def test_max_priority_out_of_range():
+    data = base()
+    data["topology"]["queues"].append({"name": "vip", "arguments": {"x-max-priority": 300}})
+    assert the_error(data) == (
+        "topology.queues[2].arguments.x-max-priority: must be an integer from 1 to 255"
+    )
+
+
+def test_max_priority_is_classic_only():
+    data = base()
+    data["topology"]["queues"].append(
+        {"name": "vip", "type": "quorum", "arguments": {"x-max-priority": 5}}
+    )
+    assert the_error(data).startswith(
+        "topology.queues[2].arguments.x-max-priority: only classic queues support"
+    )
+
+
+def test_delivery_limit_is_quorum_only():
+    data = base()
+    data["topology"]["queues"][0]["arguments"] = {"x-delivery-limit": 3}
+    assert the_error(data) == (
+        "topology.queues[0].arguments.x-delivery-limit: only quorum queues support a delivery "
+        "limit (this queue is classic)"
+    )
+
+
+def test_stream_cannot_be_auto_delete_nor_dead_letter():
+    data = base()
+    data["topology"]["queues"].append(
+        {
+            "name": "events",
+            "type": "stream",
+            "auto_delete": True,
+            "arguments": {"x-dead-letter-exchange": "logs", "x-max-age": "7D"},
+        }
+    )
+    found = errors(data)
+    assert found == [
+        "topology.queues[2].auto_delete: stream queues cannot be auto-delete",
+        (
+            "topology.queues[2].arguments.x-dead-letter-exchange: stream queues do not support "
+            "this argument"
+        ),
+    ]
+
+
+def test_quorum_must_be_durable():
+    data = base()
+    data["topology"]["queues"][1].update(type="quorum", durable=False)
+    assert the_error(data) == "topology.queues[1].durable: quorum queues must be durable"
+
+
+def test_queue_type_in_arguments_is_refused():
+    data = base()
+    data["topology"]["queues"][0]["arguments"] = {"x-queue-type": "quorum"}
+    assert the_error(data) == (
+        "topology.queues[0].arguments.x-queue-type: not allowed in arguments: use the queue's "
+        "type field"
+    )
+
+
+def test_unknown_queue_argument_lists_known_ones():
+    data = base()
+    data["topology"]["queues"][0]["arguments"] = {"x-max-lenght": 5}
+    message = the_error(data)
+    assert message.startswith("topology.queues[0].arguments.x-max-lenght: unknown queue argument")
+    assert "x-max-length, x-max-length-bytes" in message
+
+
+def test_bad_argument_values():
+    data = base()
+    data["topology"]["queues"][0]["arguments"] = {
+        "x-message-ttl": -1,
+        "x-overflow": "drop-tail",
+        "x-max-age": "7D",
+    }
+    found = errors(data)
+    assert has(found, "topology.queues[0].arguments.x-message-ttl", "0 or more")
+    assert has(found, "topology.queues[0].arguments.x-overflow", "drop-head, reject-publish")
+    assert has(found, "topology.queues[0].arguments.x-max-age", "only stream queues")
+
+
+def test_reserved_exchange_name():
+    data = base()
+    data["topology"]["exchanges"][0]["name"] = "amq.logs"
+    found = errors(data)
+    assert has(found, "topology.exchanges[0].name", "reserved by the broker")
+
+
+def test_bad_slug_and_level_and_minutes_reported_together():
+    data = base()
+    data.update(slug="Tiny Exercise", level="expert", minutes=0, version=2)
+    found = errors(data)
+    assert len(found) == 4
+    assert has(found, "version", "unsupported format version 2")
+    assert has(found, "slug", "lowercase letters, digits and hyphens")
+    assert has(found, "level", "must be one of: beginner, intermediate, advanced")
+    assert "minutes: must be an integer from 1 to 240 (got 0)" in found
+
+
+def test_localized_text_needs_english():
+    data = base()
+    data["summary"] = {"ru": "Только по-русски"}
+    data["description"] = "   "
+    found = errors(data)
+    assert "summary.en: required field is missing" in found
+    assert "description.en: must not be empty" in found
+
+
+def test_wrong_types_are_named():
+    data = base()
+    data["workloads"]["consumers"][0]["prefetch"] = "10"
+    data["topology"]["queues"][0]["durable"] = "yes"
+    found = errors(data)
+    assert 'workloads.consumers[0].prefetch: must be an integer (got the string "10")' in found
+    assert 'topology.queues[0].durable: must be true or false (got the string "yes")' in found
+
+
+def test_rate_out_of_range():
+    data = base()
+    data["workloads"]["producers"][0]["rate"] = 0.1
+    assert the_error(data) == (
+        "workloads.producers[0].rate: must be a number from 0.2 to 10000 (got 0.1)"
+    )
+
+
+def test_routing_key_and_routing_keys_are_exclusive():
+    data = base()
+    data["workloads"]["producers"][0]["routing_keys"] = ["error", "info"]
+    assert the_error(data) == (
+        "workloads.producers[0].routing_keys: use either routing_key or routing_keys, not both"
+    )
+
+
+def test_bad_template_placeholder():
+    data = base()
+    data["workloads"]["producers"][0]["payload"] = '{"t": {temperature}}'
+    message = the_error(data)
+    assert message.startswith("workloads.producers[0].payload: unknown placeholder {temperature}")
+
+
+def test_json_braces_in_template_are_text():
+    data = base()
+    data["workloads"]["producers"][0]["payload"] = '{"n": {n}, "nested": {"a": [1, {}]}}'
+    assert validate_data(data).producer("app").payload.startswith('{"n"')
+
+
+@pytest.mark.parametrize("placeholder", ["{random:5:1}", "{random:a:b}", "{choice:}", "{rand}"])
+def test_malformed_placeholders(placeholder):
+    data = base()
+    data["workloads"]["producers"][0]["payload"] = f"x {placeholder} y"
+    assert the_error(data).startswith("workloads.producers[0].payload: ")
+
+
+def test_bad_header_value():
+    data = base()
+    data["workloads"]["producers"][0]["headers"] = {"format": "pdf", "tags": ["a"]}
+    assert the_error(data) == (
+        "workloads.producers[0].headers.tags: must be a string, a number or true/false"
+    )
+
+
+def test_auto_ack_consumer_cannot_fail():
+    data = base()
+    data["workloads"]["consumers"][0].update(ack="auto", behaviour={"fail": 0.5})
+    assert the_error(data) == (
+        "workloads.consumers[0].behaviour.fail: auto-ack consumers cannot fail or park messages"
+    )
+
+
+def test_park_after_needs_a_routing_key():
+    data = base()
+    data["workloads"]["consumers"][0]["behaviour"] = {"park_after": 3}
+    assert the_error(data) == (
+        "workloads.consumers[0].behaviour.park_routing_key: required when park_after is set"
+    )
+
+
+def test_fail_fraction_bounds():
+    data = base()
+    data["workloads"]["consumers"][0]["behaviour"] = {"fail": 1.5}
+    assert the_error(data) == (
+        "workloads.consumers[0].behaviour.fail: must be a number from 0 to 1 (got 1.5)"
+    )
+
+
+def test_unknown_check_type():
+    data = base()
+    data["steps"][0]["checkpoints"][0]["check"] = {"type": "queue_len", "queue": "errors"}
+    message = the_error(data)
+    assert message.startswith(
+        "steps[0].checkpoints[0].check.type: unknown check type 'queue_len' (expected one of: "
+    )
+
+
+def test_check_without_type():
+    data = base()
+    data["steps"][0]["checkpoints"][0]["check"] = {"queue": "errors"}
+    assert the_error(data).startswith(
+        "steps[0].checkpoints[0].check.type: required field is missing"
+    )
+
+
+def test_queue_messages_needs_a_bound():
+    data = base()
+    data["steps"][0]["checkpoints"][0]["check"] = {"type": "queue_messages", "queue": "errors"}
+    assert the_error(data) == "steps[0].checkpoints[0].check.min: give min, max or both"
+
+
+def test_workload_setting_value_must_fit_the_field():
+    data = base()
+    data["steps"][0]["checkpoints"][0]["check"] = {
+        "type": "workload_setting",
+        "workload": "reader",
+        "field": "prefetch",
+        "equals": -1,
+    }
+    assert the_error(data) == (
+        "steps[0].checkpoints[0].check.equals: prefetch must be an integer from 0 to 65535"
+    )
+
+
+def test_bad_step_id():
+    data = base()
+    data["steps"][0]["id"] = "Step One"
+    assert the_error(data).startswith("steps[0].id: must be 1 to 63 characters")
+
+
+def test_policy_pattern_and_definition():
+    data = base()
+    data["topology"]["policies"] = [
+        {"name": "ttl", "pattern": "^(logs", "definition": {"message-ttl": "1s"}}
+    ]
+    found = errors(data)
+    assert has(found, "topology.policies[0].pattern", "is not a valid regular expression")
+    assert "topology.policies[0].definition.message-ttl: must be an integer, 0 or more" in found
+
+
+def test_field_errors_are_all_reported_at_once():
+    data = base()
+    data["minutes"] = 500
+    data["topology"]["queues"][0]["arguments"] = {"x-max-priority": 0}
+    data["workloads"]["producers"][0]["rate"] = 0
+    data["workloads"]["consumers"][0]["ack"] = "sometimes"
+    data["steps"][0]["checkpoints"][0]["check"]["min"] = 0
+    found = errors(data)
+    assert len(found) == 5
+    assert [e.split(":")[0] for e in found] == [
+        "minutes",
+        "topology.queues[0].arguments.x-max-priority",
+        "workloads.producers[0].rate",
+        "workloads.consumers[0].ack",
+        "steps[0].checkpoints[0].check.min",
+    ]
+
+
+# -- cross-reference errors -------------------------------------------------------------
+
+
+def test_binding_to_undeclared_queue():
+    data = base()
+    data["topology"]["bindings"].append({"source": "logs", "destination": "warnings"})
+    assert the_error(data) == (
+        "topology.bindings[2].destination: binding from 'logs' to 'warnings': 'warnings' is not "
+        "a declared queue (declared queues: errors, infos)"
+    )
+
+
+def test_binding_from_undeclared_exchange():
+    data = base()
+    data["topology"]["bindings"][0]["source"] = "log"
+    assert the_error(data).startswith(
+        "topology.bindings[0].source: binding from 'log' to 'errors': 'log' is not a declared "
+        "exchange"
+    )
+
+
+def test_binding_from_builtin_exchange_is_fine_but_default_is_not():
+    data = base()
+    data["topology"]["bindings"][0]["source"] = "amq.direct"
+    validate_data(data)
+    data["topology"]["bindings"][0]["source"] = ""
+    assert the_error(data).startswith(
+        "topology.bindings[0].source: binding from the default exchange to 'errors': the "
+        "default exchange cannot be bound"
+    )
+
+
+def test_headers_binding_x_match():
+    data = base()
+    data["topology"]["exchanges"].append({"name": "reports", "type": "headers"})
+    data["topology"]["bindings"].append(
+        {
+            "source": "reports",
+            "destination": "infos",
+            "arguments": {"x-match": "most", "format": "pdf"},
+        }
+    )
+    assert the_error(data) == (
+        "topology.bindings[2].arguments.x-match: must be one of: all, any, all-with-x, any-with-x"
+    )
+
+
+def test_dead_letter_exchange_must_be_declared():
+    data = base()
+    data["topology"]["queues"][0]["arguments"] = {"x-dead-letter-exchange": "dlx"}
+    assert the_error(data).startswith(
+        "topology.queues[0].arguments.x-dead-letter-exchange: 'dlx' is not a declared exchange"
+    )
+    data["topology"]["queues"][0]["arguments"] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "infos",
+    }
+    validate_data(data)
+
+
+def test_alternate_exchange_must_be_declared():
+    data = base()
+    data["topology"]["exchanges"][0]["arguments"] = {"alternate-exchange": "unrouted"}
+    assert the_error(data).startswith(
+        "topology.exchanges[0].arguments.alternate-exchange: 'unrouted' is not a declared exchange"
+    )
+
+
+def test_producer_to_undeclared_exchange():
+    data = base()
+    data["workloads"]["producers"][0]["exchange"] = "log"
+    assert the_error(data) == (
+        "workloads.producers[0].exchange: 'log' is not a declared exchange "
+        "(declared exchanges: logs)"
+    )
+
+
+def test_producer_on_default_exchange_needs_a_queue_name():
+    data = base()
+    data["workloads"]["producers"][0].update(exchange="", routing_key="error")
+    assert the_error(data) == (
+        "workloads.producers[0].routing_key: the default exchange routes by queue name; "
+        "'error' is not a declared queue (declared queues: errors, infos)"
+    )
+    data["workloads"]["producers"][0].update(routing_key="", routing_keys=["errors", "warn"])
+    assert the_error(data).startswith(
+        "workloads.producers[0].routing_keys[1]: the default exchange routes by queue name; "
+        "'warn' is not a declared queue"
+    )
+
+
+def test_producer_cannot_publish_to_internal_exchange():
+    data = base()
+    data["topology"]["exchanges"][0]["internal"] = True
+    assert the_error(data).startswith(
+        "workloads.producers[0].exchange: 'logs' is an internal exchange"
+    )
+
+
+def test_consumer_of_undeclared_queue():
+    data = base()
+    data["workloads"]["consumers"][0]["queue"] = "error"
+    assert the_error(data).startswith(
+        "workloads.consumers[0].queue: 'error' is not a declared queue"
+    )
+
+
+def test_park_on_default_exchange_needs_a_queue():
+    data = base()
+    data["workloads"]["consumers"][0]["behaviour"] = {
+        "park_after": 2,
+        "park_routing_key": "parking",
+    }
+    assert the_error(data).startswith(
+        "workloads.consumers[0].behaviour.park_routing_key: with the default exchange"
+    )
+    data["workloads"]["consumers"][0]["behaviour"]["park_routing_key"] = "infos"
+    validate_data(data)
+
+
+def test_duplicate_names():
+    data = base()
+    data["topology"]["queues"].append({"name": "errors", "durable": False})
+    data["topology"]["exchanges"].append({"name": "logs", "type": "fanout"})
+    data["workloads"]["consumers"].append({"name": "app", "queue": "infos"})
+    found = errors(data)
+    assert (
+        "topology.queues[2].name: duplicate queue name 'errors' "
+        "(first at topology.queues[0].name)" in found
+    )
+    assert (
+        "topology.exchanges[1].name: duplicate exchange name 'logs' "
+        "(first at topology.exchanges[0].name)" in found
+    )
+    assert (
+        "workloads.consumers[1].name: duplicate workload name 'app' "
+        "(first at workloads.producers[0].name)" in found
+    )
+
+
+def test_duplicate_step_and_checkpoint_ids():
+    data = base()
+    step = copy.deepcopy(data["steps"][0])
+    data["steps"].append(step)
+    found = errors(data)
+    assert found == [
+        "steps[1].id: duplicate step id 'one' (first at steps[0].id)",
+        (
+            "steps[1].checkpoints[0].id: duplicate checkpoint id 'got-some' "
+            "(first at steps[0].checkpoints[0].id)"
+        ),
+    ]
+
+
+def test_checks_referencing_unknown_objects():
+    data = base()
+    data["steps"][0]["checkpoints"] = [
+        {
+            "id": "a",
+            "description": "a",
+            "check": {"type": "queue_messages", "queue": "x", "max": 0},
+        },
+        {"id": "b", "description": "b", "check": {"type": "acked", "workload": "app"}},
+        {"id": "c", "description": "c", "check": {"type": "published", "workload": "ghost"}},
+        {
+            "id": "d",
+            "description": "d",
+            "check": {"type": "routed_only_to", "routing_key": "k", "queues": ["errors", "y"]},
+        },
+        {
+            "id": "e",
+            "description": "e",
+            "check": {
+                "type": "workload_setting",
+                "workload": "app",
+                "field": "prefetch",
+                "equals": 1,
+            },
+        },
+        {
+            "id": "f",
+            "description": "f",
+            "check": {"type": "dead_lettered", "queue": "dlq", "reason": "rejected", "retries": 3},
+        },
+    ]
+    found = errors(data)
+    p = "steps[0].checkpoints"
+    assert has(found, f"{p}[0].check.queue", "'x' is not a declared queue")
+    assert has(
+        found, f"{p}[1].check.workload", "'app' is not a consumer (declared consumers: reader)"
+    )
+    assert has(found, f"{p}[2].check.workload", "'ghost' is not a declared producer")
+    assert has(found, f"{p}[3].check.queues[1]", "'y' is not a declared queue")
+    assert has(found, f"{p}[4].check.field", "producers have no setting 'prefetch'")
+    assert has(found, f"{p}[5].check.queue", "'dlq' is not a declared queue")
+    assert len(found) == 6
+
+
+def test_binding_checks_need_not_be_declared():
+    data = base()
+    data["steps"][0]["checkpoints"][0]["check"] = {
+        "type": "binding_exists",
+        "source": "logs",
+        "destination": "created-at-run-time",
+        "routing_key": "warn",
+    }
+    spec = validate_data(data)
+    assert spec.steps[0].checkpoints[0].check.routing_key == "warn"
+
+
+def test_cross_reference_errors_are_all_reported_at_once():
+    data = base()
+    data["topology"]["bindings"][1]["destination"] = "info"
+    data["workloads"]["producers"][0]["exchange"] = "log"
+    data["workloads"]["consumers"][0]["queue"] = "error"
+    data["steps"][0]["checkpoints"][0]["check"]["queue"] = "nowhere"
+    found = errors(data)
+    assert [e.split(":")[0] for e in found] == [
+        "topology.bindings[1].destination",
+        "workloads.producers[0].exchange",
+        "workloads.consumers[0].queue",
+        "steps[0].checkpoints[0].check.queue",
+    ]
+
+
+def test_spec_error_str_joins_messages():
+    error = SpecError(["a: one", "b: two"])
+    assert str(error) == "a: one\nb: two"
+    assert error.errors == ["a: one", "b: two"]

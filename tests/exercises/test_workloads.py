@@ -1,0 +1,189 @@
+"""Workloads as Celery tasks moving real messages, counted through the management API."""
+
+import json
+
+import pytest
+
+from exercises.models import Exercise, Workload
+from exercises.services import (
+    exercise_save,
+    lab_session_start,
+    lab_session_stop,
+    workload_start,
+    workload_stop,
+    workload_update,
+)
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def queue_stats(api, session, name) -> dict:
+    return next(q for q in api.queues(session.vhost) if q["name"] == name)
+
+
+def peek(api, session, queue: str, count: int = 50) -> list[dict]:
+    """Messages in a queue, read through the API and put back."""
+    return api.request(
+        "POST",
+        f"queues/{session.vhost}/{queue}/get",
+        {"count": count, "ackmode": "ack_requeue_true", "encoding": "auto"},
+    )
+
+
+def depth(api, session, queue: str) -> int:
+    """Ready messages, counted exactly (a get with requeue), not from 5-second statistics."""
+    return len(peek(api, session, queue, count=10000))
+
+
+def running_workloads(session) -> set[str]:
+    return set(session.workloads.filter(running=True).values_list("name", flat=True))
+
+
+def test_direct_routing_puts_each_reading_only_in_its_queue(api, worker, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=True)
+    for name in ("temperature-display", "pressure-display"):
+        workload_stop(workload=session.workloads.get(name=name))
+    wait_for(
+        lambda: depth(api, session, "temperature") >= 6 and depth(api, session, "pressure") >= 3,
+        message="readings in both queues",
+    )
+    temperature = peek(api, session, "temperature")
+    pressure = peek(api, session, "pressure")
+    assert {m["routing_key"] for m in temperature} == {"temperature"}
+    assert all("celsius" in json.loads(m["payload"]) for m in temperature)
+    assert {m["routing_key"] for m in pressure} == {"pressure"}
+    assert all("hpa" in json.loads(m["payload"]) for m in pressure)
+
+
+def test_dead_letter_retries_end_in_the_parking_queue(api, worker, catalogue, learner, labs):
+    """Every order fails; after the configured retries it is parked with its x-death."""
+    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=True)
+    park_after = session.spec.consumer("processor").behaviour.park_after
+    parked = wait_for(lambda: peek(api, session, "orders.parking"), timeout=40, message="parked")
+    deaths = parked[0]["properties"]["headers"]["x-death"]
+    rejected = next(d for d in deaths if d["queue"] == "orders" and d["reason"] == "rejected")
+    expired = next(d for d in deaths if d["queue"] == "orders.retry" and d["reason"] == "expired")
+    assert rejected["count"] == park_after
+    assert expired["count"] == park_after
+
+
+SMALL = """
+version: 1
+slug: small
+title: Small
+summary: One queue
+description: One queue, one producer, one consumer.
+level: beginner
+minutes: 5
+topology:
+  queues:
+    - name: work
+workloads:
+  producers:
+    - name: maker
+      routing_key: work
+      rate: {rate}
+      count: {count}
+      autostart: {producer_autostart}
+  consumers:
+    - name: taker
+      queue: work
+      prefetch: 3
+      autostart: {consumer_autostart}
+      behaviour:
+        processing_ms: 60000
+"""
+
+
+def small(rate=200, count=20, producer_autostart=True, consumer_autostart=False) -> Exercise:
+    exercise, _ = exercise_save(
+        source=SMALL.format(
+            rate=rate,
+            count=count,
+            producer_autostart=str(producer_autostart).lower(),
+            consumer_autostart=str(consumer_autostart).lower(),
+        )
+    )
+    return exercise
+
+
+def test_producer_count_is_exact_and_it_stops_by_itself(api, worker, learner, labs):
+    session = lab_session_start(exercise=small(rate=200, count=37), owner=learner)
+    wait_for(lambda: "maker" not in running_workloads(session), message="producer finished")
+    assert depth(api, session, "work") == 37
+
+
+def test_consumer_honours_prefetch_and_live_changes(api, worker, learner, labs):
+    """A slow manual-ack consumer holds exactly `prefetch` unacked; a new prefetch applies
+    to the running consumer."""
+    session = lab_session_start(exercise=small(count=20, consumer_autostart=True), owner=learner)
+    taker = session.workloads.get(name="taker")
+
+    def unacked():
+        q = queue_stats(api, session, "work")
+        return q.get("messages_unacknowledged")
+
+    wait_for(lambda: depth(api, session, "work") == 17, message="17 ready, 3 held")
+    workload_update(workload=taker, changes={"prefetch": 5})
+    wait_for(lambda: depth(api, session, "work") == 15, timeout=5, message="prefetch 5 applied")
+    # The broker's own count of unacknowledged messages (its statistics lag by up to 5 s).
+    wait_for(lambda: unacked() == 5, timeout=15, message="5 unacked")
+
+
+def test_auto_ack_consumer_takes_everything(api, worker, learner, labs):
+    session = lab_session_start(exercise=small(count=20), owner=learner)
+    taker = session.workloads.get(name="taker")
+    wait_for(lambda: depth(api, session, "work") == 20, message="20 ready")
+    workload_update(workload=taker, changes={"ack": "auto"})
+    workload_start(workload=taker)
+    wait_for(lambda: depth(api, session, "work") == 0, message="auto-ack drains the queue")
+
+
+def test_rate_change_applies_to_a_running_producer(api, worker, learner, labs):
+    session = lab_session_start(exercise=small(rate=0.2, count=100000), owner=learner)
+    maker = session.workloads.get(name="maker")
+    wait_for(lambda: depth(api, session, "work") >= 1, message="first message")
+    assert depth(api, session, "work") <= 2
+    workload_update(workload=maker, changes={"rate": 100})
+    wait_for(lambda: depth(api, session, "work") >= 50, timeout=5, message="faster rate")
+
+
+def test_stop_ends_every_task_and_connection(api, worker, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=True)
+    wait_for(lambda: len(api.connections(session.vhost)) >= 5, message="workloads connected")
+    lab_session_stop(session=session)
+    assert not api.vhost_exists(session.vhost)
+    assert not Workload.objects.filter(session=session, running=True).exists()
+    prefix = f"{worker_prefix()}."
+
+    def control_queues_gone():
+        names = [q["name"] for q in api.request("GET", "queues/%2F?columns=name")]
+        return not [
+            n
+            for n in names
+            if n.startswith(prefix + "workload.") or n == f"{prefix}monitor.{session.id}"
+        ]
+
+    wait_for(control_queues_gone, message="every task of the lab ended")
+
+
+def worker_prefix() -> str:
+    from django.conf import settings
+
+    return settings.LABCONSOLE_PREFIX
+
+
+def test_killed_worker_hands_its_workloads_to_the_next(api, worker, learner, labs):
+    """SIGKILL mid-run: the task was not acknowledged, so a new worker runs it again."""
+    session = lab_session_start(exercise=small(rate=20, count=100000), owner=learner)
+    wait_for(lambda: depth(api, session, "work") >= 5, message="producing")
+    worker.kill()
+    worker.start()
+    before = depth(api, session, "work")
+    wait_for(
+        lambda: depth(api, session, "work") >= before + 20,
+        timeout=30,
+        message="producer running again on the new worker",
+    )
+    assert "maker" in running_workloads(session)

@@ -1,0 +1,19 @@
+"""Settings for the test suite: the console's own settings, with names of its own on the
+broker (so a console running beside the tests is not disturbed) and a file database that
+the Celery worker and daphne processes started by the fixtures share with the tests."""
+
+import os
+from pathlib import Path
+
+_root = Path(__file__).resolve().parent.parent
+os.environ.setdefault("LABCONSOLE_PREFIX", f"labconsole-test-{os.getpid()}")
+os.environ.setdefault("TEST_DATABASE_NAME", str(_root / "test-db.sqlite3"))
+os.environ.setdefault("LAB_IDLE_MINUTES", "30")
+
+from labconsole.settings import *  # noqa: E402,F403
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
