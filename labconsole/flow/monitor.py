@@ -30,6 +30,7 @@ EVENTS_PER_FRAME = 30
 SAMPLES_PER_FRAME = 40
 RECENT_EVENTS = 200
 FIREHOSE_QUEUE_LENGTH = 20000
+CHECK_INTERVAL = 0.5  # seconds between evaluations of the checkpoints, when anything moved
 
 
 @dataclass
@@ -410,7 +411,7 @@ class LabMonitor:
                 firehose.queue_bind(declared.method.queue, "amq.rabbitmq.trace", pattern)
             firehose.basic_consume(declared.method.queue, self._on_firehose, auto_ack=True)
             depths = self.lab.channel()
-            next_frame = next_depths = next_slow = time.monotonic()
+            next_frame = next_depths = next_slow = next_checks = time.monotonic()
             while self.stop is None:
                 self.lab.process_data_events(0.005)
                 self.console.process_data_events(0.005)
@@ -424,8 +425,10 @@ class LabMonitor:
                     if not self.still_current():
                         self.stop = "ended"
                     next_slow = now + 1.0
-                if now >= next_frame:
+                if now >= next_checks:
                     self.run_checks()
+                    next_checks = now + CHECK_INTERVAL
+                if now >= next_frame:
                     self.frame()
                     next_frame = now + self.frame_interval
                 if now >= deadline and self.stop is None:
