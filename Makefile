@@ -8,6 +8,7 @@ run:
 # The same preparation plus the test tools, then the whole suite.
 test:
 	scripts/setup --dev
+	.venv/bin/ruff check .
 	.venv/bin/pytest
 
 lint:

@@ -64,6 +64,7 @@ def monitor_lab(*, session_id: str, generation: int, state: dict | None = None) 
             if ok and checkpoint not in passed:
                 CheckpointResult.objects.get_or_create(session_id=session_id, checkpoint=checkpoint)
                 passed.add(checkpoint)
+                log.info("lab %s: checkpoint %s passed", session_id, checkpoint)
         return results
 
     console = amqp.connect(amqp.console_parameters(name=f"labconsole monitor {session_id}"))
@@ -85,6 +86,8 @@ def monitor_lab(*, session_id: str, generation: int, state: dict | None = None) 
             console=console,
             flow_exchange=amqp.flow_exchange(),
             control_queue=queue,
+            reports_queue=amqp.reports_queue(session_id),
+            firehose_queue=amqp.firehose_queue(),
             router=Router(graph),
             queues=[q.name for q in spec.topology.queues],
             consumers={c.name: c.queue for c in spec.workloads.consumers},

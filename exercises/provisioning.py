@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
 
 from .spec import ExerciseSpec
@@ -61,6 +62,18 @@ def lab_definitions(spec: ExerciseSpec, *, vhost: str, user: str, password: str)
                 "arguments": {**q.arguments, "x-queue-type": q.type},
             }
             for q in t.queues
+        ]
+        + [
+            {
+                "vhost": vhost,
+                "name": amqp.firehose_queue(),
+                "durable": False,
+                "auto_delete": False,
+                "arguments": {
+                    "x-max-length": amqp.FIREHOSE_QUEUE_LENGTH,
+                    "x-overflow": "drop-head",
+                },
+            }
         ],
         "bindings": [
             {
@@ -72,6 +85,17 @@ def lab_definitions(spec: ExerciseSpec, *, vhost: str, user: str, password: str)
                 "arguments": b.arguments,
             }
             for b in t.bindings
+        ]
+        + [
+            {
+                "vhost": vhost,
+                "source": "amq.rabbitmq.trace",
+                "destination": amqp.firehose_queue(),
+                "destination_type": "queue",
+                "routing_key": pattern,
+                "arguments": {},
+            }
+            for pattern in ("publish.#", "deliver.#")
         ],
     }
 

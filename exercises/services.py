@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from pathlib import Path
@@ -108,6 +109,7 @@ def _create_workloads(session: LabSession) -> None:
 def _start_tasks(session: LabSession, *, run_workloads: bool) -> None:
     from .tasks import run_monitor
 
+    control.declare_reports_queue(session.id)
     run_monitor.apply_async(args=[session.id, session.generation])
     if run_workloads:
         autostart = {name for name, _, _, auto in _workload_settings(session.spec) if auto}
@@ -149,6 +151,8 @@ def _stop_tasks(session: LabSession) -> None:
         _send_quietly(control.workload_key(workload.id), {"op": "stop"})
     session.workloads.update(running=False)
     _send_quietly(control.monitor_key(session.id), {"op": "stop"})
+    with contextlib.suppress(px.AMQPError, OSError):
+        control.delete_reports_queue(session.id)
 
 
 def _announce(session: LabSession, kind: str, message: dict) -> None:

@@ -5,7 +5,7 @@ no configuration: SQLite, and the local RabbitMQ on 5672 with its management API
 """
 
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import environ
 from kombu import Exchange, Queue
@@ -69,7 +69,11 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DATABASES = {
+    "default": environ.Env.db_url_config(
+        env("DATABASE_URL", default="") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+    )
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Workloads, the flow monitor and the web process write from several threads and
     # processes: WAL and IMMEDIATE transactions avoid "database is locked".
@@ -104,8 +108,11 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 RABBITMQ_URL = env("RABBITMQ_URL", default="amqp://guest:guest@127.0.0.1:5672/")
 RABBITMQ_API_URL = env("RABBITMQ_API_URL", default="http://127.0.0.1:15672/")
 _amqp = urlsplit(RABBITMQ_URL)
-RABBITMQ_API_USER = env("RABBITMQ_API_USER", default=_amqp.username or "guest")
-RABBITMQ_API_PASSWORD = env("RABBITMQ_API_PASSWORD", default=_amqp.password or "guest")
+# The management API's user: by default the user of RABBITMQ_URL.
+RABBITMQ_API_USER = env("RABBITMQ_API_USER", default="") or unquote(_amqp.username or "guest")
+RABBITMQ_API_PASSWORD = env("RABBITMQ_API_PASSWORD", default="") or unquote(
+    _amqp.password or "guest"
+)
 
 # Names of the console's own exchanges and Celery queues start with this prefix, so that
 # two consoles (say, the test suite and a developer's `make run`) can share one broker.

@@ -77,6 +77,20 @@ def control_exchange() -> str:
     return f"{settings.LABCONSOLE_PREFIX}.control"
 
 
+def firehose_queue() -> str:
+    """The queue in each lab's vhost that collects its firehose (amq.rabbitmq.trace). It is
+    declared with the lab, so nothing the lab does is missed while its monitor starts."""
+    return f"{settings.LABCONSOLE_PREFIX}.firehose"
+
+
+FIREHOSE_QUEUE_LENGTH = 20000
+
+
+def reports_queue(session_id: str) -> str:
+    """The queue in the console's vhost that collects one lab's workload reports."""
+    return f"{settings.LABCONSOLE_PREFIX}.reports.{session_id}"
+
+
 def declare_console_exchanges(channel) -> None:
     channel.exchange_declare(flow_exchange(), "topic", durable=True)
     channel.exchange_declare(control_exchange(), "topic", durable=True)

@@ -37,6 +37,20 @@ def send(routing_key: str, message: dict, *, exchange: str | None = None) -> Non
                 raise
 
 
+def declare_reports_queue(session_id: str) -> None:
+    """Collects the lab's workload reports from the moment it starts, so that none is lost
+    while its monitor starts or moves to another worker. It expires an hour after its
+    last consumer left, should a lab end without deleting it."""
+    channel = _channel()
+    name = amqp.reports_queue(session_id)
+    channel.queue_declare(name, durable=True, arguments={"x-expires": 3_600_000})
+    channel.queue_bind(name, amqp.flow_exchange(), f"lab.{session_id}.report")
+
+
+def delete_reports_queue(session_id: str) -> None:
+    _channel().queue_delete(amqp.reports_queue(session_id))
+
+
 def workload_key(workload_id: int) -> str:
     return f"workload.{workload_id}"
 

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 EVENTS_PER_FRAME = 30
 SAMPLES_PER_FRAME = 40
 RECENT_EVENTS = 200
-FIREHOSE_QUEUE_LENGTH = 20000
 CHECK_INTERVAL = 0.5  # seconds between evaluations of the checkpoints, when anything moved
 
 
@@ -104,6 +103,8 @@ class LabMonitor:
         console: pika.BlockingConnection,
         flow_exchange: str,
         control_queue: str,
+        reports_queue: str,
+        firehose_queue: str,
         router,
         queues: list[str],
         consumers: dict[str, str],
@@ -118,6 +119,7 @@ class LabMonitor:
         self.lab_params = lab_params
         self.console = console
         self.flow_exchange = flow_exchange
+        self.firehose_queue = firehose_queue
         self.router = router
         self.queue_names = queues
         self.consumer_queue = consumers  # consumer workload -> its queue
@@ -148,10 +150,7 @@ class LabMonitor:
         self.out = console.channel()
         control = console.channel()
         control.basic_consume(control_queue, self._on_control, auto_ack=True)
-        reports = console.channel()
-        declared = reports.queue_declare("", exclusive=True, auto_delete=True)
-        reports.queue_bind(declared.method.queue, flow_exchange, f"lab.{session}.report")
-        reports.basic_consume(declared.method.queue, self._on_report, auto_ack=True)
+        console.channel().basic_consume(reports_queue, self._on_report, auto_ack=True)
 
     # --- inputs ------------------------------------------------------------------------------
     def _on_control(self, channel, method, props, body: bytes) -> None:
@@ -400,16 +399,7 @@ class LabMonitor:
         deadline = time.monotonic() + self.slice_seconds
         self.lab = pika.BlockingConnection(self.lab_params)
         try:
-            firehose = self.lab.channel()
-            declared = firehose.queue_declare(
-                "",
-                exclusive=True,
-                auto_delete=True,
-                arguments={"x-max-length": FIREHOSE_QUEUE_LENGTH, "x-overflow": "drop-head"},
-            )
-            for pattern in ("publish.#", "deliver.#"):
-                firehose.queue_bind(declared.method.queue, "amq.rabbitmq.trace", pattern)
-            firehose.basic_consume(declared.method.queue, self._on_firehose, auto_ack=True)
+            self.lab.channel().basic_consume(self.firehose_queue, self._on_firehose, auto_ack=True)
             depths = self.lab.channel()
             next_frame = next_depths = next_slow = next_checks = time.monotonic()
             while self.stop is None:

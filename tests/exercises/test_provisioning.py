@@ -4,6 +4,7 @@ import pytest
 
 from exercises.models import LabSession, Workload
 from exercises.services import LabError, lab_session_reset, lab_session_start, lab_session_stop
+from labconsole.broker import amqp
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,9 +25,12 @@ def test_start_provisions_vhost_user_limits_and_topology(api, catalogue, learner
         for b in api.bindings(session.vhost)
         if b["source"]
     }
+    firehose = amqp.firehose_queue()
     assert bindings == {
         ("sensors", "temperature", "temperature"),
         ("sensors", "pressure", "pressure"),
+        ("amq.rabbitmq.trace", firehose, "publish.#"),
+        ("amq.rabbitmq.trace", firehose, "deliver.#"),
     }
     assert session.state == LabSession.State.RUNNING
     assert set(Workload.objects.filter(session=session).values_list("name", flat=True)) == {
