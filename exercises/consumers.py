@@ -12,7 +12,7 @@ from labconsole.flow.stream import LabStream
 from . import selectors, services
 from .models import LabSession
 
-ACCEPTED = ("ping", "snapshot")
+ACCEPTED = ("ack", "ping", "snapshot")
 
 
 @database_sync_to_async
@@ -74,7 +74,13 @@ class LabConsumer(AsyncWebsocketConsumer):
             await self.error('frame must be a JSON object with a "type", e.g. {"type": "ping"}')
             return
         kind = message["type"]
-        if kind == "ping":
+        if kind == "ack":
+            delivered = message.get("d")
+            if not isinstance(delivered, int) or isinstance(delivered, bool) or delivered < 0:
+                await self.error('"ack" needs "d": the number of the last message received')
+                return
+            await self.stream.ack(delivered)
+        elif kind == "ping":
             await _state(self.session)
             await self.send_json({"type": "pong"})
         elif kind == "snapshot":

@@ -127,7 +127,10 @@ LAB_IDLE_MINUTES = env.int("LAB_IDLE_MINUTES", default=30)
 FLOW_BATCH_MS = env.int("FLOW_BATCH_MS", default=100)
 FLOW_FRAMES_PER_SECOND = env.int("FLOW_FRAMES_PER_SECOND", default=20)
 # Events a viewer's queue holds before the oldest are dropped (x-max-length, drop-head).
-FLOW_VIEWER_QUEUE_LENGTH = env.int("FLOW_VIEWER_QUEUE_LENGTH", default=2000)
+FLOW_VIEWER_QUEUE_LENGTH = env.int("FLOW_VIEWER_QUEUE_LENGTH", default=200)
+# Messages sent to a browser and not yet acknowledged by it; past that, frames wait (and
+# the oldest are dropped) in the broker, not in the server's memory.
+FLOW_VIEWER_IN_FLIGHT = env.int("FLOW_VIEWER_IN_FLIGHT", default=40)
 
 # --- Celery ------------------------------------------------------------------------------
 CELERY_BROKER_URL = RABBITMQ_URL

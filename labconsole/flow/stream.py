@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import aio_pika
@@ -28,9 +29,16 @@ async def shared_connection() -> aio_pika.abc.AbstractRobustConnection:
 
 
 class LabStream:
-    """Frames of one lab for one viewer. The queue is exclusive and auto-delete, and holds
-    at most FLOW_VIEWER_QUEUE_LENGTH messages: when the viewer is slow, the broker drops
-    the oldest (https://www.rabbitmq.com/docs/maxlength)."""
+    """Frames of one lab for one viewer.
+
+    Memory stays bounded however slow the viewer is. The viewer acknowledges what it has
+    received (`{"type": "ack", "d": n}`); at most FLOW_VIEWER_IN_FLIGHT messages are sent
+    and not yet acknowledged, which is the prefetch of this consumer. Past that, frames
+    wait in the viewer's queue, which holds at most FLOW_VIEWER_QUEUE_LENGTH and drops
+    the oldest (https://www.rabbitmq.com/docs/maxlength): a paused browser loses old
+    frames, never server memory. Frames carry cumulative counters, so a lost frame loses
+    only animation; the gap in their numbers is reported as `dropped`.
+    """
 
     def __init__(self, session_id: str, deliver: Callable[[dict], Awaitable[None]]):
         self.session_id = session_id
@@ -39,11 +47,14 @@ class LabStream:
         self.queue = None
         self.last_frame = 0
         self.dropped = 0
+        self.sent = 0
+        self.in_flight: deque[tuple[int, aio_pika.abc.AbstractIncomingMessage]] = deque()
         self.snapshot_wait: asyncio.Future | None = None
 
     async def open(self) -> None:
         connection = await shared_connection()
         self.channel = await connection.channel()
+        await self.channel.set_qos(prefetch_count=settings.FLOW_VIEWER_IN_FLIGHT)
         exchange = await self.channel.declare_exchange(
             amqp.flow_exchange(), aio_pika.ExchangeType.TOPIC, durable=True
         )
@@ -60,13 +71,18 @@ class LabStream:
         )
         for kind in ("frame", "status", "workload"):
             await self.queue.bind(exchange, f"lab.{self.session_id}.{kind}")
-        await self.queue.consume(self._on_message, no_ack=True)
+        await self.queue.consume(self._on_message)
 
     async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         data = json.loads(message.body)
-        if message.correlation_id and self.snapshot_wait and not self.snapshot_wait.done():
-            self.snapshot_wait.set_result(data)
+        if message.correlation_id:
+            await message.ack()
+            if self.snapshot_wait and not self.snapshot_wait.done():
+                self.snapshot_wait.set_result(data)
             return
+        self.sent += 1
+        data["d"] = self.sent
+        self.in_flight.append((self.sent, message))
         if data.get("type") == "frame":
             seq = data.get("seq", 0)
             if self.last_frame and seq > self.last_frame + 1:
@@ -74,6 +90,14 @@ class LabStream:
             self.last_frame = max(self.last_frame, seq)
             data["dropped"] = self.dropped
         await self.deliver(data)
+
+    async def ack(self, delivered: int) -> None:
+        """The viewer has everything up to `delivered`: let the broker send more."""
+        last = None
+        while self.in_flight and self.in_flight[0][0] <= delivered:
+            last = self.in_flight.popleft()[1]
+        if last is not None and not self.channel.is_closed:
+            await last.ack(multiple=True)
 
     async def monitor_snapshot(self, timeout: float = 1.5) -> dict | None:
         """Asks the lab's monitor for its numbers and recent events (RPC over RabbitMQ)."""
@@ -97,3 +121,10 @@ class LabStream:
     async def close(self) -> None:
         if self.channel is not None and not self.channel.is_closed:
             await self.channel.close()
+
+
+async def close_shared_connections() -> None:
+    """Closes this event loop's connection (the test suite runs one loop per test)."""
+    connection = _connections.pop(asyncio.get_running_loop(), None)
+    if connection is not None:
+        await connection.close()
