@@ -1,0 +1,197 @@
+"""Benchmarks: each prints its figures as a ratio to a bare baseline taken in the same run,
+because the machines are shared and absolute times are noisy. Nothing is asserted.
+
+    .venv/bin/python benchmarks/run.py            (or: make bench)
+
+Needs the local RabbitMQ with the management plugin (scripts/ensure-rabbitmq).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "labconsole.settings")
+os.environ.setdefault("LABCONSOLE_PREFIX", f"labconsole-bench-{os.getpid()}")
+
+import django  # noqa: E402
+
+django.setup()
+
+import pika  # noqa: E402
+
+from exercises import provisioning  # noqa: E402
+from exercises.spec import load_spec_file  # noqa: E402
+from labconsole.broker import amqp  # noqa: E402
+from labconsole.broker.management import ManagementClient  # noqa: E402
+from labconsole.flow.reporter import FlowReporter  # noqa: E402
+from labconsole.workloads.runner import ProducerRun  # noqa: E402
+
+CATALOGUE = ROOT / "exercises" / "catalogue"
+ROUNDS = 9
+
+
+def median_ms(samples: list[float]) -> str:
+    return f"{statistics.median(samples) * 1000:.1f} ms"
+
+
+def bench_provisioning(api: ManagementClient) -> None:
+    """A lab's provisioning (vhost with tracing, user, permissions, limits, topology) against
+    a bare definitions import of the same objects in one call."""
+    spec = load_spec_file(CATALOGUE / "dlq-retries.yaml")
+    ours, bare = [], []
+    for _ in range(ROUNDS):
+        name = f"lab-bench{secrets.token_hex(4)}"
+        t = time.perf_counter()
+        provisioning.provision(spec, vhost=name, user=name, password="bench")
+        ours.append(time.perf_counter() - t)
+        provisioning.teardown(vhost=name, user=name)
+
+        defs = provisioning.lab_definitions(spec, vhost=name, user=name, password="bench")
+        defs["vhosts"] = [{"name": name}]
+        t = time.perf_counter()
+        api.import_definitions(defs)
+        bare.append(time.perf_counter() - t)
+        provisioning.teardown(vhost=name, user=name)
+    ratio = statistics.median(ours) / statistics.median(bare)
+    print(
+        f"provisioning: lab {median_ms(ours)}, bare definitions import {median_ms(bare)}, "
+        f"ratio {ratio:.2f} (target <= 1.5), median of {ROUNDS}"
+    )
+
+
+def _lab_vhost(api: ManagementClient) -> str:
+    name = f"lab-bench{secrets.token_hex(4)}"
+    api.put_vhost(name)
+    api.request(
+        "PUT", f"permissions/{name}/guest", {"configure": ".*", "write": ".*", "read": ".*"}
+    )
+    return name
+
+
+def _producer_run(params, console, control, **settings) -> ProducerRun:
+    return ProducerRun(
+        name="bench",
+        settings={"exchange": "", "routing_key": "work", "payload": '{"n": {n}}', **settings},
+        lab_params=params,
+        console=console,
+        control_queue=control,
+        reporter=FlowReporter(
+            console.channel(), exchange=amqp.flow_exchange(), session="bench", workload="bench"
+        ),
+    )
+
+
+def _purge(params) -> None:
+    connection = pika.BlockingConnection(params)
+    connection.channel().queue_purge("work")
+    connection.close()
+
+
+def bench_producer(api: ManagementClient, count: int = 20000) -> None:
+    """The producer workload with no rate limit against a bare pika loop publishing the
+    same bodies to the same queue (without and with confirms); then how closely it holds
+    a set rate."""
+    vhost = _lab_vhost(api)
+    user, password = amqp.console_credentials()
+    params = amqp.parameters(vhost=vhost, user=user, password=password, name="bench")
+    console = amqp.connect(amqp.console_parameters(name="bench console"))
+    try:
+        channel = console.channel()
+        amqp.declare_console_exchanges(channel)
+        control = channel.queue_declare("", exclusive=True).method.queue
+        for confirms in (False, True):
+            n = count if not confirms else count // 4
+            lab = pika.BlockingConnection(params)
+            lab_channel = lab.channel()
+            lab_channel.queue_declare("work")
+            if confirms:
+                lab_channel.confirm_delivery()
+            t = time.perf_counter()
+            for i in range(n):
+                lab_channel.basic_publish("", "work", b'{"n": %d}' % i)
+            lab.process_data_events(0)
+            bare = n / (time.perf_counter() - t)
+            lab.close()
+            _purge(params)
+            run = _producer_run(params, console, control, rate=1e9, count=n, confirms=confirms)
+            t = time.perf_counter()
+            outcome = run.run()
+            ours = outcome.progress["sent"] / (time.perf_counter() - t)
+            _purge(params)
+            label = "with confirms" if confirms else "no confirms"
+            print(
+                f"producer at full speed ({label}, {n} messages): workload {ours:,.0f} msg/s, "
+                f"bare pika loop {bare:,.0f} msg/s, ratio {ours / bare:.2f} (target >= 0.9)"
+            )
+        for rate, seconds in ((1, 5), (100, 3), (1000, 3), (5000, 3), (10000, 3)):
+            run = _producer_run(params, console, control, rate=rate, duration=seconds)
+            t = time.perf_counter()
+            sent = run.run().progress["sent"]
+            achieved = sent / (time.perf_counter() - t)
+            _purge(params)
+            print(
+                f"producer at {rate:,} msg/s for {seconds} s: {sent:,} sent, "
+                f"{achieved:,.1f} msg/s, {achieved / rate:.3f} of the set rate"
+            )
+    finally:
+        console.close()
+        api.delete_vhost(vhost)
+
+
+def bench_firehose(api: ManagementClient, count: int = 20000) -> None:
+    """Broker throughput for a bare publisher with the firehose on (and read) against off:
+    what the live view costs the broker."""
+    results = {}
+    user, password = amqp.console_credentials()
+    for tracing in (False, True):
+        vhost = _lab_vhost(api)
+        api.put_vhost(vhost, tracing=tracing)
+        params = amqp.parameters(vhost=vhost, user=user, password=password, name="bench")
+        conn = pika.BlockingConnection(params)
+        ch = conn.channel()
+        ch.queue_declare("work")
+        reader = None
+        if tracing:
+            reader = pika.BlockingConnection(params)
+            rch = reader.channel()
+            q = rch.queue_declare(
+                "", exclusive=True, arguments={"x-max-length": 20000, "x-overflow": "drop-head"}
+            ).method.queue
+            rch.queue_bind(q, "amq.rabbitmq.trace", "publish.#")
+        ch.confirm_delivery()
+        t = time.perf_counter()
+        for _ in range(count // 4):
+            ch.basic_publish("", "work", b'{"n": 1}')
+        results[tracing] = (count // 4) / (time.perf_counter() - t)
+        conn.close()
+        if reader:
+            reader.close()
+        api.delete_vhost(vhost)
+    ratio = results[True] / results[False]
+    print(
+        f"broker throughput with confirms: firehose off {results[False]:,.0f} msg/s, "
+        f"on {results[True]:,.0f} msg/s, ratio {ratio:.2f} (target >= 0.85)"
+    )
+
+
+def main() -> None:
+    api = ManagementClient()
+    print(f"RabbitMQ {api.request('GET', 'overview')['rabbitmq_version']}, {os.cpu_count()} cores")
+    bench_provisioning(api)
+    bench_producer(api)
+    bench_firehose(api)
+    for name in ("flow", "control"):
+        api.request(
+            "DELETE", f"exchanges/%2F/{os.environ['LABCONSOLE_PREFIX']}.{name}", ok_missing=True
+        )
+
+
+if __name__ == "__main__":
+    main()
