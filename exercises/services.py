@@ -32,26 +32,31 @@ class LabError(Exception):
 # --- exercises -----------------------------------------------------------------------------
 
 
-def exercise_save(*, source: str, builtin: bool = False) -> tuple[Exercise, bool]:
-    """Creates or updates the exercise the YAML describes. Returns (exercise, changed); the
-    version goes up only when the source changed. Raises SpecError for a bad document."""
+def exercise_apply_source(*, exercise: Exercise, source: str) -> Exercise:
+    """Sets the exercise's YAML and the columns read from it (not saved). A changed source
+    of a saved exercise is a new version; running labs keep the version they started with.
+    Raises SpecError for a bad document."""
     spec = parse_spec(source)
-    exercise = Exercise.objects.filter(slug=spec.slug).first()
-    if exercise is not None and exercise.source == source:
+    if exercise.pk and exercise.source != source:
+        exercise.version += 1
+    exercise.slug = spec.slug
+    exercise.title = spec.title.en
+    exercise.level = spec.level
+    exercise.minutes = spec.minutes
+    exercise.tags = list(spec.tags)
+    exercise.source = source
+    exercise.__dict__.pop("spec", None)
+    return exercise
+
+
+def exercise_save(*, source: str, builtin: bool = False) -> tuple[Exercise, bool]:
+    """Creates or updates the exercise the YAML describes (found by its slug). Returns
+    (exercise, changed). Raises SpecError for a bad document."""
+    slug = parse_spec(source).slug
+    exercise = Exercise.objects.filter(slug=slug).first() or Exercise(builtin=builtin)
+    if exercise.pk and exercise.source == source:
         return exercise, False
-    fields = {
-        "title": spec.title.en,
-        "level": spec.level,
-        "minutes": spec.minutes,
-        "tags": list(spec.tags),
-        "source": source,
-        "builtin": builtin,
-    }
-    if exercise is None:
-        return Exercise.objects.create(slug=spec.slug, **fields), True
-    for name, value in fields.items():
-        setattr(exercise, name, value)
-    exercise.version += 1
+    exercise_apply_source(exercise=exercise, source=source)
     exercise.save()
     return exercise, True
 
@@ -260,6 +265,11 @@ def workload_stop(*, workload: Workload) -> Workload:
         _send_quietly(control.workload_key(workload.id), {"op": "stop"})
         _announce_workload(workload)
     return workload
+
+
+def workload_ended(*, workload: Workload) -> None:
+    """A workload stopped by itself (its count or duration was reached, it crashed)."""
+    _announce_workload(workload)
 
 
 def workload_update(*, workload: Workload, changes: dict[str, Any]) -> Workload:

@@ -21,6 +21,7 @@ from labconsole.flow.reporter import FlowReporter
 from labconsole.workloads.runner import RUNS
 
 from .models import LabSession, Workload
+from .services import workload_ended
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ def run_workload(workload_id: int, run: int, progress: dict | None = None) -> st
         countdown = 1 if outcome.state == "lost" else 0
         run_workload.apply_async(args=[workload_id, run, outcome.progress], countdown=countdown)
         return outcome.state
-    Workload.objects.filter(pk=workload_id, run=run).update(running=False)
+    if Workload.objects.filter(pk=workload_id, run=run, running=True).update(running=False):
+        workload_ended(workload=Workload.objects.select_related("session").get(pk=workload_id))
     return outcome.state
 
 

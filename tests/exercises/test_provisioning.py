@@ -111,3 +111,17 @@ def test_reset_recreates_the_lab_in_the_same_session(api, catalogue, learner, la
     lab_session_reset(session=session)
     assert session.generation == 2 and session.rabbit_password != old_password
     assert "pressure" in {q["name"] for q in api.queues(session.vhost)}
+
+
+def test_idle_labs_are_ended(api, catalogue, learner, labs):
+    from django.utils import timezone
+
+    from exercises.services import lab_sessions_sweep_idle
+
+    idle = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    fresh = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=False)
+    LabSession.objects.filter(pk=idle.pk).update(
+        last_seen_at=timezone.now() - timezone.timedelta(minutes=31)
+    )
+    assert lab_sessions_sweep_idle(idle_minutes=30) == [idle.id]
+    assert not api.vhost_exists(idle.vhost) and api.vhost_exists(fresh.vhost)
