@@ -1,0 +1,1703 @@
+// RabbitMQ Lab Console: the live lab page.
+//
+// One WebSocket (docs/live-protocol.md) feeds everything on this page: the topology
+// diagram with its moving message dots, the queue and exchange badges, the workload
+// counters, the checkpoints, the event log and the message inspector. Plain ES2020 and
+// SVG: no framework, no build step. docs/front-end.md explains the layout algorithm and
+// how to add a node kind.
+(() => {
+  "use strict";
+
+  const configEl = document.getElementById("lab-config");
+  const labEl = document.getElementById("lab");
+  if (!configEl || !labEl) return;
+  const config = JSON.parse(configEl.textContent);
+
+  // ------------------------------------------------------------------ words
+  const LANG = document.documentElement.lang === "ru" ? "ru" : "en";
+  const T = {
+    en: {
+      conn: { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", disconnected: "Disconnected" },
+      connEnded: "Lab ended",
+      connRefused: { 4403: "Not your lab", 4404: "Lab not found" },
+      running: "running", stopped: "stopped",
+      ready: "ready", unacked: "unacked", in: "in", out: "out", perSec: "/s", msgPerSec: "msg/s",
+      sent: "sent", acked: "acked", unroutable: "unroutable",
+      defaultExchange: "(default)",
+      dropped: (n) => `${n} frame${n === 1 ? "" : "s"} dropped`,
+      pause: "Pause", resume: "Resume", resumeN: (n) => `Resume (${n} new)`,
+      producers: "Producers", consumers: "Consumers", consumersOnQueue: "consumers",
+      workload: "workload", exchange: "exchange", routingKey: "routing key", queue: "queue",
+      routedQueues: "routed to", redelivered: "redelivered", yes: "yes",
+      body: "Body", properties: "Properties", headers: "Headers", xDeath: "x-death",
+      journey: "This message in the log", truncated: "cut at 2 KiB", emptyBody: "(empty)",
+      notInLog: "This message is not in the log (any more).",
+      xDeathCols: ["count", "reason", "queue", "exchange", "routing keys", "time"],
+      stepComplete: (title) => `Step complete: ${title}`,
+      allComplete: "All steps complete. Well done!",
+      progress: (done, total) => `${done} / ${total} checks`,
+      refused: "The server refused a message",
+    },
+    ru: {
+      conn: { connecting: "Подключение…", live: "В эфире", reconnecting: "Переподключение…", disconnected: "Нет связи" },
+      connEnded: "Лаборатория завершена",
+      connRefused: { 4403: "Это не ваша лаборатория", 4404: "Лаборатория не найдена" },
+      running: "работает", stopped: "остановлен",
+      ready: "готово", unacked: "без ack", in: "вход", out: "выход", perSec: "/с", msgPerSec: "сообщ./с",
+      sent: "отпр.", acked: "ack", unroutable: "без маршрута",
+      defaultExchange: "(по умолчанию)",
+      dropped: (n) => `пропущено кадров: ${n}`,
+      pause: "Пауза", resume: "Продолжить", resumeN: (n) => `Продолжить (+${n})`,
+      producers: "Производители", consumers: "Потребители", consumersOnQueue: "потребителей",
+      workload: "клиент", exchange: "обменник", routingKey: "ключ", queue: "очередь",
+      routedQueues: "в очереди", redelivered: "повторная доставка", yes: "да",
+      body: "Тело", properties: "Свойства", headers: "Заголовки", xDeath: "x-death",
+      journey: "Это сообщение в журнале", truncated: "обрезано до 2 КиБ", emptyBody: "(пусто)",
+      notInLog: "Этого сообщения нет в журнале (уже или ещё).",
+      xDeathCols: ["раз", "причина", "очередь", "обменник", "ключи", "время"],
+      stepComplete: (title) => `Шаг выполнен: ${title}`,
+      allComplete: "Все шаги выполнены. Отлично!",
+      progress: (done, total) => `${done} / ${total} проверок`,
+      refused: "Сервер отклонил сообщение",
+    },
+  }[LANG];
+
+  // ------------------------------------------------------------------ constants
+  const MAX_EVENTS = 500; // rows kept in memory and in the DOM
+  const MAX_DOTS = 150; // dots in flight; extra samples are dropped
+  const HOP_MS = 350; // one edge of a trace
+  const PING_MS = 20000;
+  const BACKOFF_MS = [500, 1000, 2000, 4000, 5000];
+  const KNOWN_KINDS = [
+    "published", "confirmed", "returned", "routed", "unroutable", "delivered",
+    "acked", "nacked", "rejected", "dead-lettered", "expired", "parked", "error",
+  ];
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const ACK_EVERY = 10; // acknowledge at least every 10 messages...
+  const ACK_AFTER_MS = 250; // ...or this long after the first unacknowledged one
+  const isOver = (labState) => labState === "ended" || labState === "failed";
+
+  // ------------------------------------------------------------------ state
+  // Everything the server told us, as last told. End-to-end tests read this.
+  const state = {
+    connected: false,
+    connection: "connecting", // connecting | live | reconnecting | disconnected
+    labState: labEl.dataset.labState || "running",
+    counters: {}, // workload -> {published, confirmed, ...}
+    queues: {}, // queue -> {ready, unacked, consumers, rate_in, rate_out}
+    exchanges: {}, // exchange -> {rate_in, unroutable}
+    checks: {}, // checkpoint id -> bool
+    workloads: {}, // name -> {kind, running, settings}
+    events: [], // newest last, at most MAX_EVENTS
+    framesReceived: 0,
+    snapshotsReceived: 0,
+    dropped: 0,
+    dotsInFlight: 0,
+  };
+  let graph = config.graph || { nodes: [], edges: [] };
+  let layout = null; // see layoutGraph()
+
+  window.labConsole = {
+    state,
+    get graph() { return graph; },
+    get layout() { return layout; },
+    reconnect: () => { attempt = 0; connectNow(); },
+  };
+
+  // ------------------------------------------------------------------ helpers
+  const $ = (id) => document.getElementById(id);
+  const numberFormat = new Intl.NumberFormat(LANG === "ru" ? "ru-RU" : "en-US");
+  const fmtInt = (n) => (n == null || Number.isNaN(+n) ? "–" : numberFormat.format(Math.round(+n)));
+  const fmtRate = (r) => {
+    r = +r || 0;
+    const digits = r > 0 && r < 10 ? 1 : 0;
+    return r.toLocaleString(LANG === "ru" ? "ru-RU" : "en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  };
+  const toast = (message, kind) => window.consoleToast && window.consoleToast(message, kind);
+  const nameOf = (id) => id.slice(id.indexOf(":") + 1);
+
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v == null || v === false) continue;
+      if (k === "class") el.className = v;
+      else if (k === "dataset") Object.assign(el.dataset, v);
+      else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children.flat()) if (c != null && c !== false) el.append(c instanceof Node ? c : String(c));
+    return el;
+  }
+
+  function s(tag, attrs, parent) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) if (v != null) el.setAttribute(k, v);
+    if (parent) parent.append(el);
+    return el;
+  }
+
+  // Event times may come as epoch seconds, epoch milliseconds or seconds since the lab began.
+  function fmtTime(t) {
+    if (t == null) return "";
+    t = +t;
+    if (t < 1e8) return `+${t.toFixed(3)}s`;
+    const d = new Date(t > 1e11 ? t : t * 1000);
+    const p = (n, w = 2) => String(n).padStart(w, "0");
+    return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
+  }
+
+  // Text width for truncating labels inside nodes (SVG text does not ellipsize).
+  const measureCtx = document.createElement("canvas").getContext("2d");
+  const rootStyle = getComputedStyle(document.documentElement);
+  const FONT = rootStyle.getPropertyValue("--font").trim() || "sans-serif";
+  const MONO = rootStyle.getPropertyValue("--mono").trim() || "monospace";
+  function textWidth(text, font) {
+    measureCtx.font = font;
+    return measureCtx.measureText(text).width;
+  }
+  function fitText(text, font, maxWidth) {
+    text = String(text ?? "");
+    if (textWidth(text, font) <= maxWidth) return text;
+    let lo = 0, hi = text.length;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (textWidth(text.slice(0, mid) + "…", font) <= maxWidth) lo = mid;
+      else hi = mid - 1;
+    }
+    return text.slice(0, lo) + "…";
+  }
+
+  // ================================================================== layout
+  // Layered left-to-right layout: producers, exchanges (an exchange bound from another
+  // exchange, or used as its alternate, goes one column right of it), queues, consumers.
+  // Within a column nodes are ordered by barycenter sweeps to reduce crossings, then
+  // placed as close to their neighbours' heights as the ordering allows.
+  //
+  // Two densities: "normal", and "compact" (no detail row, tighter gaps) when the normal
+  // layout would have to shrink below 90 % to fit the box. Sizes are [minimum width,
+  // height]; a node grows (up to maxWidth) to show its whole name.
+  const DENSITY = {
+    normal: {
+      name: "normal", colGap: 100, rowGap: 16, maxWidth: 236,
+      size: { producer: [158, 58], exchange: [160, 58], queue: [176, 78], consumer: [158, 58] },
+    },
+    compact: {
+      name: "compact", colGap: 62, rowGap: 10, maxWidth: 204,
+      size: { producer: [140, 44], exchange: [144, 44], queue: [160, 62], consumer: [140, 44] },
+    },
+  };
+  // Room a node needs besides its name: the icon on the left and a margin on the right.
+  const LABEL_INSET = { producer: 44, exchange: 56, queue: 66, consumer: 50 };
+  const LABEL_FONT = () => `650 13px ${FONT}`;
+  const nodeName = (n) => (n.kind === "exchange" && !nameOf(n.id) ? T.defaultExchange : n.label || nameOf(n.id));
+  const KIND_COLUMN = { producer: 0, exchange: 1, queue: 2, consumer: 3 };
+  const PAD = 20;
+  const DEAD_LETTER_ORDER_WEIGHT = 0.3;
+
+  function layoutGraph(g, density) {
+    const { colGap: COL_GAP, rowGap: ROW_GAP } = density;
+    const nodes = new Map();
+    g.nodes.forEach((n, i) => {
+      const kind = KIND_COLUMN[n.kind] != null ? n.kind : "queue";
+      const [minW, h] = density.size[kind];
+      const need = Math.ceil(textWidth(nodeName(n), LABEL_FONT()) + LABEL_INSET[kind]);
+      const w = Math.max(minW, Math.min(density.maxWidth, need));
+      nodes.set(n.id, { w, h, data: n, kind, id: n.id, index: i, layer: 0, x: 0, y: 0, out: [], in: [] });
+    });
+    const edges = g.edges.filter((e) => nodes.has(e.source) && nodes.has(e.target));
+    for (const e of edges) {
+      nodes.get(e.source).out.push(e);
+      nodes.get(e.target).in.push(e);
+    }
+
+    // 1. Exchange depth: longest chain of exchange-to-exchange edges (bounded, so a cycle
+    //    of exchange bindings cannot loop forever).
+    const exchanges = [...nodes.values()].filter((n) => n.kind === "exchange");
+    const depth = new Map(exchanges.map((n) => [n.id, 0]));
+    const exEdges = edges.filter((e) => e.kind !== "dead-letter" && depth.has(e.source) && depth.has(e.target) && e.source !== e.target);
+    for (let round = 0; round < exchanges.length; round++) {
+      let changed = false;
+      for (const e of exEdges) {
+        const d = depth.get(e.source) + 1;
+        if (d > depth.get(e.target) && d < exchanges.length) {
+          depth.set(e.target, d);
+          changed = true;
+        }
+      }
+      if (!changed) break;
+    }
+    const maxDepth = Math.max(0, ...depth.values());
+    for (const n of nodes.values()) {
+      const base = KIND_COLUMN[n.kind];
+      n.layer = n.kind === "exchange" ? 1 + depth.get(n.id) : base <= 0 ? 0 : base + maxDepth;
+    }
+    // Drop empty columns (a lab without producers starts with exchanges).
+    const used = [...new Set([...nodes.values()].map((n) => n.layer))].sort((a, b) => a - b);
+    for (const n of nodes.values()) n.layer = used.indexOf(n.layer);
+    const layers = used.map(() => []);
+    for (const n of [...nodes.values()].sort((a, b) => a.index - b.index)) layers[n.layer].push(n);
+
+    // Neighbours with weights, for ordering and for vertical alignment.
+    const neighbours = new Map([...nodes.keys()].map((id) => [id, []]));
+    for (const e of edges) {
+      if (e.source === e.target) continue;
+      const w = e.kind === "dead-letter" ? DEAD_LETTER_ORDER_WEIGHT : 1;
+      neighbours.get(e.source).push({ node: nodes.get(e.target), w, dl: e.kind === "dead-letter" });
+      neighbours.get(e.target).push({ node: nodes.get(e.source), w, dl: e.kind === "dead-letter" });
+    }
+
+    // 2. Order within columns: barycenter sweeps, down then up, three times.
+    for (const layer of layers) layer.forEach((n, i) => (n.pos = i - (layer.length - 1) / 2));
+    const sweep = (layerIndexes, side) => {
+      for (const li of layerIndexes) {
+        const layer = layers[li];
+        for (const n of layer) {
+          let sum = 0, weight = 0;
+          for (const { node, w } of neighbours.get(n.id)) {
+            if (side < 0 ? node.layer < li : node.layer > li) {
+              sum += node.pos * w;
+              weight += w;
+            }
+          }
+          n.bary = weight ? sum / weight : n.pos;
+        }
+        layer.sort((a, b) => a.bary - b.bary || a.pos - b.pos);
+        layer.forEach((n, i) => (n.pos = i - (layer.length - 1) / 2));
+      }
+    };
+    const down = layers.map((_, i) => i).slice(1);
+    const up = layers.map((_, i) => i).reverse().slice(1);
+    for (let i = 0; i < 3; i++) {
+      sweep(down, -1);
+      sweep(up, +1);
+    }
+    sweep(down, -1);
+
+    // 3. x: one column per layer, as wide as its widest node; a gap wide enough for the
+    //    labels of the edges that cross it.
+    const gaps = layers.map(() => COL_GAP);
+    for (const e of edges) {
+      const a = nodes.get(e.source), b = nodes.get(e.target);
+      if (e.label && b.layer === a.layer + 1) gaps[a.layer] = Math.max(gaps[a.layer], edgeLabelWidth(e.label) + 28);
+    }
+    const colX = [];
+    let x = 0;
+    layers.forEach((layer, i) => {
+      const width = Math.max(...layer.map((n) => n.w));
+      colX.push(x);
+      for (const n of layer) n.x = x + (width - n.w) / 2;
+      x += width + gaps[i];
+    });
+
+    // 4. y: stack each column, then pull every node toward the mean height of its
+    //    neighbours, keeping the order and the gaps (isotonic regression, PAV).
+    for (const layer of layers) {
+      const total = layer.reduce((acc, n) => acc + n.h, 0) + ROW_GAP * (layer.length - 1);
+      let y = -total / 2;
+      for (const n of layer) {
+        n.y = y;
+        y += n.h + ROW_GAP;
+      }
+    }
+    const centre = (n) => n.y + n.h / 2;
+    for (let round = 0; round < 8; round++) {
+      const order = round % 2 ? [...layers].reverse() : layers;
+      for (const layer of order) {
+        const desired = layer.map((n) => {
+          let sum = 0, weight = 0;
+          for (const { node, dl } of neighbours.get(n.id)) {
+            if (dl || node.layer === n.layer) continue;
+            sum += centre(node);
+            weight += 1;
+          }
+          return weight ? sum / weight - n.h / 2 : n.y;
+        });
+        placeColumn(layer, desired, ROW_GAP);
+      }
+    }
+
+    const L = { nodes, edges, layers, colX, density };
+    L.routes = routeEdges(L);
+    return L;
+  }
+
+  // Place a column's nodes (already ordered) as close as possible to their desired tops
+  // while keeping the order and ROW_GAP: minimise the squared displacement with the
+  // pool-adjacent-violators algorithm on tops shifted by the cumulative minimum offsets.
+  function placeColumn(layer, desired, ROW_GAP) {
+    const offsets = [];
+    let acc = 0;
+    for (const n of layer) {
+      offsets.push(acc);
+      acc += n.h + ROW_GAP;
+    }
+    const blocks = [];
+    layer.forEach((_, i) => {
+      blocks.push({ sum: desired[i] - offsets[i], count: 1 });
+      while (blocks.length > 1) {
+        const b = blocks[blocks.length - 1], a = blocks[blocks.length - 2];
+        if (a.sum / a.count <= b.sum / b.count) break;
+        a.sum += b.sum;
+        a.count += b.count;
+        blocks.pop();
+      }
+    });
+    let i = 0;
+    for (const b of blocks) {
+      const z = b.sum / b.count;
+      for (let k = 0; k < b.count; k++, i++) layer[i].y = z + offsets[i];
+    }
+  }
+
+  // ================================================================== edge routing
+  // Forward edges are cubic Béziers from the right side of the source to the left side
+  // of the target, with ports spread along the side. An edge that goes backwards (a
+  // queue's dead-letter exchange sits to its left) leaves the source on its left side,
+  // drops down (or up) a channel in the column gap to a lane below (or above) every node
+  // between the two columns, and comes back up the channel left of the target: it never
+  // crosses a node. Edges within one column bulge out to the right.
+  function routeEdges(L) {
+    const ports = new Map(); // edge id -> {sy, ty}
+    for (const n of L.nodes.values()) {
+      const spread = (list, other, key) => {
+        list.sort((a, b) => centreY(L.nodes.get(a[other])) - centreY(L.nodes.get(b[other])));
+        const step = list.length > 1 ? Math.min(8, (n.h - 18) / (list.length - 1)) : 0;
+        list.forEach((e, i) => {
+          const p = ports.get(e.id) || {};
+          p[key] = n.y + n.h / 2 + (i - (list.length - 1) / 2) * step;
+          ports.set(e.id, p);
+        });
+      };
+      spread(n.out.filter((e) => L.nodes.get(e.target).layer > n.layer), "target", "sy");
+      spread(n.in.filter((e) => L.nodes.get(e.source).layer < n.layer), "source", "ty");
+    }
+
+    const all = [...L.nodes.values()];
+    const box = {
+      x1: Math.min(...all.map((n) => n.x)), y1: Math.min(...all.map((n) => n.y)),
+      x2: Math.max(...all.map((n) => n.x + n.w)), y2: Math.max(...all.map((n) => n.y + n.h)),
+    };
+    const grow = (x, y) => {
+      box.x1 = Math.min(box.x1, x); box.x2 = Math.max(box.x2, x);
+      box.y1 = Math.min(box.y1, y); box.y2 = Math.max(box.y2, y);
+    };
+    const lanes = { below: 0, above: 0, channel: new Map() };
+    const routes = new Map();
+    for (const e of L.edges) {
+      const a = L.nodes.get(e.source), b = L.nodes.get(e.target);
+      let d;
+      if (a === b) {
+        const x = a.x + a.w, y = centreY(a);
+        d = `M${x} ${y - 8} C${x + 40} ${y - 34} ${x + 40} ${y + 34} ${x + 2} ${y + 8}`;
+        grow(x + 34, y);
+      } else if (b.layer > a.layer) {
+        const p = ports.get(e.id);
+        const x1 = a.x + a.w, x2 = b.x - 2;
+        const dx = Math.max(30, (x2 - x1) * 0.5);
+        d = `M${x1} ${p.sy} C${x1 + dx} ${p.sy} ${x2 - dx} ${p.ty} ${x2} ${p.ty}`;
+      } else if (b.layer === a.layer) {
+        const x = Math.max(a.x + a.w, b.x + b.w);
+        const y1 = centreY(a), y2 = centreY(b);
+        const bulge = 36 + Math.abs(y2 - y1) * 0.12;
+        d = `M${a.x + a.w} ${y1} C${x + bulge} ${y1} ${x + bulge} ${y2} ${b.x + b.w + 2} ${y2}`;
+        grow(x + bulge * 0.75, y1);
+      } else {
+        const points = laneRoute(L, a, b, lanes);
+        points.forEach(([x, y]) => grow(x, y));
+        d = roundedPolyline(points, 9);
+      }
+      routes.set(e.id, d);
+    }
+    L.box = box;
+    return routes;
+  }
+
+  function laneRoute(L, a, b, lanes) {
+    const channel = (n) => {
+      const used = lanes.channel.get(n.layer) || 0;
+      lanes.channel.set(n.layer, used + 1);
+      return L.colX[n.layer] - 14 - used * 7;
+    };
+    const left = Math.min(a.x, b.x) - 30, right = Math.max(a.x + a.w, b.x + b.w);
+    let top = Infinity, bottom = -Infinity;
+    for (const n of L.nodes.values()) {
+      if (n.x + n.w < left || n.x > right) continue;
+      top = Math.min(top, n.y);
+      bottom = Math.max(bottom, n.y + n.h);
+    }
+    const below = bottom + 18 + lanes.below * 12;
+    const above = top - 18 - lanes.above * 12;
+    const ys = (dir) => (dir > 0 ? a.y + a.h * 0.75 : a.y + a.h * 0.25);
+    const yt = (dir) => (dir > 0 ? b.y + b.h * 0.75 : b.y + b.h * 0.25);
+    const costBelow = 2 * below - ys(1) - yt(1);
+    const costAbove = ys(-1) + yt(-1) - 2 * above;
+    const dir = costBelow <= costAbove * 1.1 ? 1 : -1;
+    dir > 0 ? lanes.below++ : lanes.above++;
+    const lane = dir > 0 ? below : above;
+    const cs = channel(a), ct = channel(b);
+    return [[a.x, ys(dir)], [cs, ys(dir)], [cs, lane], [ct, lane], [ct, yt(dir)], [b.x - 2, yt(dir)]];
+  }
+
+  // An orthogonal path with its corners rounded.
+  function roundedPolyline(points, radius) {
+    let d = `M${points[0][0]} ${points[0][1]}`;
+    for (let i = 1; i < points.length - 1; i++) {
+      const [px, py] = points[i - 1], [x, y] = points[i], [nx, ny] = points[i + 1];
+      const r = Math.min(radius, Math.hypot(x - px, y - py) / 2, Math.hypot(nx - x, ny - y) / 2);
+      const ux = Math.sign(x - px), uy = Math.sign(y - py), vx = Math.sign(nx - x), vy = Math.sign(ny - y);
+      d += ` L${x - ux * r} ${y - uy * r} Q${x} ${y} ${x + vx * r} ${y + vy * r}`;
+    }
+    const [lx, ly] = points[points.length - 1];
+    return `${d} L${lx} ${ly}`;
+  }
+
+  const centreY = (n) => n.y + n.h / 2;
+  const centreOf = (n) => ({ x: n.x + n.w / 2, y: n.y + n.h / 2 });
+
+  // ================================================================== drawing
+  const svg = $("topology");
+  const diagramEl = $("diagram");
+  let layers = {};
+  const nodeViews = new Map(); // node id -> {g, kind, texts...}
+  const edgeViews = new Map(); // edge id -> {path, samples, data}
+  const edgeIndex = new Map(); // "source>target" -> [edge id]
+  let graphKey = "";
+
+  // The box the diagram has, and the scale a layout would get in it.
+  const boxSize = () => [Math.floor(diagramEl.clientWidth), Math.floor(diagramEl.clientHeight)];
+  const fitScale = (L, [cw, ch]) => Math.min(cw / (L.box.x2 - L.box.x1 + 2 * PAD), ch / (L.box.y2 - L.box.y1 + 2 * PAD));
+
+  function chooseLayout(g) {
+    const size = boxSize();
+    const normal = layoutGraph(g, DENSITY.normal);
+    if (!size[0] || !size[1] || fitScale(normal, size) >= 0.9) return normal;
+    return layoutGraph(g, DENSITY.compact);
+  }
+
+  function renderGraph(g, force = false) {
+    const key = JSON.stringify(g);
+    if (key === graphKey && !force) return;
+    graphKey = key;
+    graph = g;
+    layout = chooseLayout(g);
+    nodeViews.clear();
+    edgeViews.clear();
+    edgeIndex.clear();
+    clearDots();
+    svg.replaceChildren();
+    svg.dataset.density = layout.density.name;
+
+    const defs = s("defs", {}, svg);
+    for (const kind of ["default", "dead-letter", "alternate"]) {
+      const m = s("marker", { id: `arrow-${kind}`, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 6.5, markerHeight: 6.5, orient: "auto-start-reverse", markerUnits: "strokeWidth" }, defs);
+      s("path", { d: "M0 0 L10 5 L0 10 z", class: `arrowhead arrowhead-${kind}` }, m);
+    }
+    const root = s("g", { class: "viewport" }, svg);
+    layers = {
+      edges: s("g", { class: "edges" }, root),
+      labels: s("g", { class: "edge-labels" }, root),
+      nodes: s("g", { class: "nodes" }, root),
+      fx: s("g", { class: "fx" }, root),
+      dots: s("g", { class: "dots" }, root),
+    };
+
+    for (const e of layout.edges) {
+      const kind = e.kind || "binding";
+      const marker = kind === "dead-letter" || kind === "alternate" ? kind : "default";
+      const path = s("path", { d: layout.routes.get(e.id), class: `edge edge-${kind}`, "data-edge": e.id, "marker-end": `url(#arrow-${marker})` }, layers.edges);
+      const title = s("title", {}, path);
+      title.textContent = `${kind}: ${nameOf(e.source) || T.defaultExchange} → ${nameOf(e.target) || T.defaultExchange}${e.label ? ` (${e.label})` : ""}`;
+      edgeViews.set(e.id, { data: e, path, samples: samplePath(path) });
+      const k = `${e.source}>${e.target}`;
+      if (!edgeIndex.has(k)) edgeIndex.set(k, []);
+      edgeIndex.get(k).push(e.id);
+    }
+    for (const n of layout.nodes.values()) drawNode(n);
+    drawEdgeLabels();
+    populateLogFilters();
+    renderStats();
+    applyAllWorkloadsToDiagram();
+    markSelectedNodes();
+    fitView();
+  }
+
+  function samplePath(path) {
+    const total = path.getTotalLength();
+    const count = Math.max(8, Math.min(96, Math.round(total / 6)));
+    const points = [];
+    for (let i = 0; i <= count; i++) {
+      const p = path.getPointAtLength((total * i) / count);
+      points.push([p.x, p.y]);
+    }
+    return points;
+  }
+
+  function pointAt(samples, t) {
+    const f = Math.max(0, Math.min(1, t)) * (samples.length - 1);
+    const i = Math.floor(f), r = f - i;
+    const a = samples[i], b = samples[Math.min(i + 1, samples.length - 1)];
+    return [a[0] + (b[0] - a[0]) * r, a[1] + (b[1] - a[1]) * r];
+  }
+
+  const EDGE_LABEL_FONT = () => `10.5px ${MONO}`;
+  const EDGE_LABEL_MAX = 130; // longer binding keys and header arguments are cut (full text in the tooltip)
+  const edgeLabelWidth = (label) => textWidth(fitText(label, EDGE_LABEL_FONT(), EDGE_LABEL_MAX), EDGE_LABEL_FONT()) + 12;
+
+  function drawEdgeLabels() {
+    const placed = [...layout.nodes.values()].map((n) => ({ x: n.x - 2, y: n.y - 2, w: n.w + 4, h: n.h + 4 }));
+    for (const { data: e, samples } of edgeViews.values()) {
+      if (!e.label) continue;
+      const text = fitText(e.label, EDGE_LABEL_FONT(), EDGE_LABEL_MAX);
+      const w = edgeLabelWidth(e.label), hgt = 17;
+      let spot = null;
+      for (const t of [0.5, 0.4, 0.6, 0.3, 0.7, 0.22, 0.78]) {
+        const [cx, cy] = pointAt(samples, t);
+        const box = { x: cx - w / 2, y: cy - hgt / 2, w, h: hgt };
+        if (!placed.some((p) => overlaps(p, box))) {
+          spot = box;
+          break;
+        }
+        spot ??= box;
+      }
+      placed.push(spot);
+      const g = s("g", { class: `edge-label edge-label-${e.kind}`, "data-edge": e.id }, layers.labels);
+      s("rect", { x: spot.x, y: spot.y, width: spot.w, height: spot.h, rx: 4 }, g);
+      const t = s("text", { x: spot.x + spot.w / 2, y: spot.y + spot.h / 2 + 3.6, "text-anchor": "middle" }, g);
+      t.textContent = text;
+      if (text !== e.label) s("title", {}, g).textContent = e.label;
+    }
+  }
+  const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+
+  // Each kind has its own outline and glyph; see docs/front-end.md to add a kind.
+  const SHAPES = {
+    producer: (n) => roundedRect(n.w, n.h, 10),
+    consumer: (n) => roundedRect(n.w, n.h, n.h / 2),
+    exchange: (n) => {
+      const k = 13, w = n.w, hh = n.h;
+      return `M0 ${hh / 2} L${k} 0 H${w - k} L${w} ${hh / 2} L${w - k} ${hh} H${k} Z`;
+    },
+    queue: (n) => roundedRect(n.w, n.h, 5),
+  };
+  const GLYPHS = {
+    producer: (g) => s("path", { d: "M-3.5 -5 L5 0 L-3.5 5 Z", class: "node-glyph" }, g),
+    exchange: (g) => s("path", { d: "M-5 -4 H1 M-5 4 H1 M1 -4 L5 0 L1 4", class: "node-glyph", fill: "none", "stroke-width": 1.8, "stroke-linecap": "round", "stroke-linejoin": "round" }, g),
+    queue: (g) => {
+      for (const dx of [-4, 0, 4]) s("rect", { x: dx - 1.3, y: -5, width: 2.6, height: 10, rx: 1, class: "node-glyph", stroke: "none" }, g);
+    },
+    consumer: (g) => s("circle", { r: 3.6, class: "node-glyph", fill: "none", "stroke-width": 2 }, g),
+  };
+  const roundedRect = (w, hh, r) =>
+    `M${r} 0 H${w - r} A${r} ${r} 0 0 1 ${w} ${r} V${hh - r} A${r} ${r} 0 0 1 ${w - r} ${hh} H${r} A${r} ${r} 0 0 1 0 ${hh - r} V${r} A${r} ${r} 0 0 1 ${r} 0 Z`;
+
+  // Baselines of the text rows inside a node, per density (queues have a bar and two
+  // stat rows; compact nodes drop the detail row, which stays in the tooltip).
+  const ROWS = {
+    normal: { node: { label: 21, detail: 35, stat: 49 }, queue: { label: 19, detail: 32, bar: 39, stat: 58, rates: 71 } },
+    compact: { node: { label: 18, stat: 33 }, queue: { label: 18, bar: 26, stat: 43, rates: 55 } },
+  };
+
+  function drawNode(n) {
+    const d = n.data;
+    const rows = ROWS[layout.density.name][n.kind === "queue" ? "queue" : "node"];
+    const name = nodeName(d);
+    const g = s("g", { class: `node node-${n.kind}`, "data-node": n.id, transform: `translate(${n.x} ${n.y})`, tabindex: 0 }, layers.nodes);
+    s("title", {}, g).textContent = `${n.kind} ${name}${d.detail ? ` — ${d.detail}` : ""}`;
+    s("path", { d: SHAPES[n.kind](n), class: "node-box" }, g);
+    const iconX = n.kind === "exchange" ? 25 : 19, iconY = n.kind === "queue" ? rows.label - 5 : n.h / 2;
+    const icon = s("g", { transform: `translate(${iconX} ${iconY})` }, g);
+    s("circle", { r: 9.5, class: "node-icon-bg" }, icon);
+    GLYPHS[n.kind](icon);
+
+    const textX = n.kind === "queue" ? iconX + 15 : iconX + 16;
+    const maxText = n.w - textX - (n.kind === "exchange" || n.kind === "consumer" ? 14 : 8);
+    const v = { g, kind: n.kind, node: n };
+    const label = s("text", { x: textX, y: rows.label, class: "node-label" }, g);
+    label.textContent = fitText(name, LABEL_FONT(), n.kind === "queue" ? n.w - textX - 30 : maxText);
+    if (rows.detail) {
+      const detail = s("text", { x: n.kind === "queue" ? 10 : textX, y: rows.detail, class: "node-detail" }, g);
+      detail.textContent = fitText(d.detail || n.kind, `10.5px ${FONT}`, n.kind === "queue" ? n.w - 20 : maxText);
+    }
+    if (n.kind === "queue") {
+      const bw = n.w - 20;
+      s("rect", { x: 10, y: rows.bar, width: bw, height: 5, rx: 2.5, class: "qbar-bg" }, g);
+      v.barReady = s("rect", { x: 10, y: rows.bar, width: 0, height: 5, rx: 2.5, class: "qbar-ready" }, g);
+      v.barUnacked = s("rect", { x: 10, y: rows.bar, width: 0, height: 5, rx: 2.5, class: "qbar-unacked" }, g);
+      v.barWidth = bw;
+      v.peak = 0;
+      v.stat = s("text", { x: 10, y: rows.stat, class: "node-stat" }, g);
+      v.rates = s("text", { x: 10, y: rows.rates, class: "node-stat node-rates" }, g);
+      // Consumers on the queue, top right: a ring like the consumer icon, and a count.
+      const cg = s("g", { class: "queue-consumers", transform: `translate(${n.w - 10} ${rows.label - 4})` }, g);
+      v.consumersTitle = s("title", {}, cg);
+      v.consumersIcon = s("circle", { cx: -3.5, cy: 0, r: 3.4, class: "queue-consumers-icon", visibility: "hidden" }, cg);
+      v.consumers = s("text", { x: -10, y: 3.8, "text-anchor": "end", class: "node-stat" }, cg);
+    } else {
+      v.stat = s("text", { x: textX, y: rows.stat, class: "node-stat" }, g);
+    }
+    // A red count in the corner: unroutable (exchange), returned (producer), nacked +
+    // rejected (consumer).
+    v.badge = s("g", { class: "node-badge", visibility: "hidden", transform: `translate(${n.w - 8} 0)` }, g);
+    v.badgeRect = s("rect", { x: -30, y: -9, width: 38, height: 18, rx: 9, class: "node-badge-bad" }, v.badge);
+    v.badgeText = s("text", { x: -11, y: 4, "text-anchor": "middle", class: "node-badge-text" }, v.badge);
+    nodeViews.set(n.id, v);
+  }
+
+  function setBadge(v, count, title, tone = "bad") {
+    if (!count) {
+      v.badge.setAttribute("visibility", "hidden");
+      return;
+    }
+    const text = `${tone === "warn" ? "↩" : "✕"} ${fmtInt(count)}`;
+    const w = Math.max(30, textWidth(text, `700 10px ${FONT}`) + 14);
+    v.badgeRect.setAttribute("x", 8 - w);
+    v.badgeRect.setAttribute("width", w);
+    v.badgeText.setAttribute("x", 8 - w / 2);
+    v.badgeText.textContent = text;
+    v.badgeRect.setAttribute("class", `node-badge-${tone}`);
+    v.badge.setAttribute("visibility", "visible");
+    let t = v.badge.querySelector("title") || s("title", {}, v.badge);
+    t.textContent = title;
+  }
+
+  // ------------------------------------------------------------------ badges
+  const rateHistory = []; // [{t, values: {workload: {published, handled}}}]
+
+  function recordRates() {
+    const now = performance.now();
+    const values = {};
+    for (const [name, c] of Object.entries(state.counters)) {
+      values[name] = { published: +c.published || 0, handled: (+c.acked || 0) + (+c.nacked || 0) + (+c.rejected || 0) };
+    }
+    rateHistory.push({ t: now, values });
+    while (rateHistory.length > 2 && now - rateHistory[1].t > 3000) rateHistory.shift();
+  }
+
+  function workloadRate(name, field) {
+    if (rateHistory.length < 2) return 0;
+    const a = rateHistory[0], b = rateHistory[rateHistory.length - 1];
+    const dt = (b.t - a.t) / 1000;
+    if (dt < 0.4 || !a.values[name] || !b.values[name]) return 0;
+    return Math.max(0, (b.values[name][field] - a.values[name][field]) / dt);
+  }
+
+  function renderStats() {
+    for (const v of nodeViews.values()) {
+      const name = nameOf(v.node.id);
+      if (v.kind === "queue") {
+        const q = state.queues[name] || {};
+        const ready = +q.ready || 0, unacked = +q.unacked || 0;
+        v.peak = Math.max(v.peak * 0.999, ready + unacked);
+        const scale = niceCeil(Math.max(10, v.peak));
+        const wr = (v.barWidth * Math.min(ready, scale)) / scale;
+        const wu = (v.barWidth * Math.min(unacked, scale - Math.min(ready, scale))) / scale;
+        v.barReady.setAttribute("width", wr.toFixed(1));
+        v.barUnacked.setAttribute("x", (10 + wr).toFixed(1));
+        v.barUnacked.setAttribute("width", wu.toFixed(1));
+        setStatText(v.stat, [[`${T.ready} `, ""], [fmtInt(ready), "strong"], [` · ${T.unacked} `, ""], [fmtInt(unacked), "strong"]]);
+        v.rates.textContent = `${T.in} ${fmtRate(q.rate_in)}${T.perSec} · ${T.out} ${fmtRate(q.rate_out)}${T.perSec}`;
+        const consumers = q.consumers == null ? "" : String(q.consumers);
+        if (v.consumers.textContent !== consumers) {
+          v.consumers.textContent = consumers;
+          v.consumersTitle.textContent = `${T.consumersOnQueue}: ${consumers}`;
+          v.consumersIcon.setAttribute("visibility", consumers ? "visible" : "hidden");
+        }
+      } else if (v.kind === "exchange") {
+        const x = state.exchanges[name] || {};
+        // Compact nodes have no detail row: the exchange type leads the stats instead.
+        const compact = layout.density.name === "compact";
+        const type = compact && v.node.data.detail ? `${v.node.data.detail} · ` : "";
+        setStatText(v.stat, [[type, ""], [fmtRate(x.rate_in), "strong"], [compact ? T.perSec : ` ${T.msgPerSec}`, ""]]);
+        setBadge(v, +x.unroutable || 0, `${fmtInt(x.unroutable)} ${T.unroutable}`);
+      } else if (v.kind === "producer") {
+        const c = state.counters[name] || {};
+        setStatText(v.stat, [[fmtRate(workloadRate(name, "published")), "strong"], [`${T.perSec} · ${T.sent} ${fmtInt(c.published || 0)}`, ""]]);
+        setBadge(v, +c.returned || 0, `returned ${fmtInt(c.returned)}`, "warn");
+      } else if (v.kind === "consumer") {
+        const c = state.counters[name] || {};
+        setStatText(v.stat, [[fmtRate(workloadRate(name, "handled")), "strong"], [`${T.perSec} · ${T.acked} ${fmtInt(c.acked || 0)}`, ""]]);
+        const failed = (+c.nacked || 0) + (+c.rejected || 0);
+        setBadge(v, failed, `nack ${fmtInt(c.nacked || 0)} · reject ${fmtInt(c.rejected || 0)}`);
+      }
+    }
+  }
+
+  function setStatText(el, parts) {
+    const key = parts.map((p) => p[0]).join("\u0000");
+    if (el._key === key) return;
+    el._key = key;
+    el.replaceChildren(
+      ...parts.map(([text, cls]) => {
+        const t = document.createElementNS(SVG_NS, "tspan");
+        if (cls) t.setAttribute("class", "node-stat-strong");
+        t.textContent = text;
+        return t;
+      }),
+    );
+  }
+
+  function niceCeil(v) {
+    const p = 10 ** Math.floor(Math.log10(v));
+    for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
+    return 10 * p;
+  }
+
+  // ------------------------------------------------------------------ fit to the box
+  // The viewBox scales the drawing to the box, between MIN_SCALE (below it, text is
+  // unreadable: the drawing grows past the box and scrolls) and MAX_SCALE (a small
+  // topology on a projector should not look like a poster).
+  const MIN_SCALE = 0.74; // below this a tall drawing scrolls vertically...
+  const MIN_SCALE_WIDTH = 0.6; // ...but a wide one shrinks this far first: sideways scrolling hides consumers
+  const MAX_SCALE = 1.25;
+
+  function fitView() {
+    if (!layout) return;
+    const [cw, ch] = boxSize();
+    if (!cw || !ch) return;
+    const { x1, y1, x2, y2 } = layout.box;
+    const gw = x2 - x1 + 2 * PAD, gh = y2 - y1 + 2 * PAD;
+    const scale = Math.max(MIN_SCALE_WIDTH, Math.min(MAX_SCALE, cw / gw, Math.max(MIN_SCALE, ch / gh)));
+    const sw = Math.max(cw, Math.ceil(gw * scale)), sh = Math.max(ch, Math.ceil(gh * scale));
+    const vw = sw / scale, vh = sh / scale;
+    svg.setAttribute("viewBox", `${x1 - PAD + (gw - vw) / 2} ${y1 - PAD + (gh - vh) / 2} ${vw} ${vh}`);
+    svg.style.width = sw > cw ? `${sw}px` : "";
+    svg.style.height = sh > ch ? `${sh}px` : "";
+    state.diagramScale = +scale.toFixed(3);
+  }
+
+  let resizeTimer = 0;
+  new ResizeObserver(() => {
+    fitView();
+    // A new size may call for the other density; wait until the resizing stops.
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      if (layout && chooseLayout(graph).density !== layout.density) renderGraph(graph, true);
+    }, 200);
+  }).observe(diagramEl);
+
+  // ------------------------------------------------------------------ interaction
+  // Hover a node: dim what is not connected to it. Click a queue or a workload: filter
+  // the log by it (click again to clear).
+  svg.addEventListener("pointerover", (ev) => {
+    const g = ev.target.closest(".node");
+    if (g) highlight(g.dataset.node);
+  });
+  svg.addEventListener("pointerout", (ev) => {
+    const g = ev.target.closest(".node");
+    if (g && !g.contains(ev.relatedTarget)) highlight(null);
+  });
+  svg.addEventListener("click", (ev) => {
+    const dot = ev.target.closest(".dot");
+    if (dot) {
+      inspectMessage(dot.dataset.messageId);
+      return;
+    }
+    const g = ev.target.closest(".node");
+    if (g) filterByNode(g.dataset.node);
+  });
+  svg.addEventListener("keydown", (ev) => {
+    const g = ev.target.closest(".node");
+    if (g && (ev.key === "Enter" || ev.key === " ")) {
+      ev.preventDefault();
+      filterByNode(g.dataset.node);
+    }
+  });
+
+  function highlight(id) {
+    if (!layout) return;
+    const keep = new Set(id ? [id] : []);
+    if (id) for (const e of layout.edges) if (e.source === id || e.target === id) keep.add(e.source).add(e.target);
+    for (const [nid, v] of nodeViews) v.g.classList.toggle("is-dim", !!id && !keep.has(nid));
+    for (const el of svg.querySelectorAll(".edge, .edge-label")) {
+      const e = edgeViews.get(el.dataset.edge)?.data;
+      el.classList.toggle("is-dim", !!id && !!e && e.source !== id && e.target !== id);
+    }
+  }
+
+  function filterByNode(id) {
+    const n = layout?.nodes.get(id);
+    if (!n) return;
+    const select = n.kind === "queue" ? filters.queue : n.kind === "producer" || n.kind === "consumer" ? filters.workload : null;
+    if (!select) return;
+    const value = nameOf(id);
+    select.value = select.value === value ? "" : value;
+    onFilterChange();
+  }
+
+  function markSelectedNodes() {
+    for (const [id, v] of nodeViews) {
+      const name = nameOf(id);
+      const on = (v.kind === "queue" && filters.queue.value === name) ||
+        ((v.kind === "producer" || v.kind === "consumer") && filters.workload.value === name);
+      v.g.classList.toggle("is-selected", on);
+    }
+  }
+
+  // ================================================================== animation
+  // One requestAnimationFrame loop moves every dot and plays every effect; it stops
+  // when nothing is moving.
+  const dots = [];
+  const effects = [];
+  let rafId = 0;
+  let lastFrameAt = 0;
+  let lastTick = 0;
+
+  function clearDots() {
+    dots.length = 0;
+    effects.length = 0;
+    state.dotsInFlight = 0;
+    layers.dots?.replaceChildren();
+    layers.fx?.replaceChildren();
+  }
+
+  function animateSamples(samples) {
+    if (!layout || document.hidden) return;
+    const now = performance.now();
+    // Spread a frame's samples over the time until the next frame, so they do not move in clumps.
+    const spreadMs = Math.min(200, Math.max(0, now - lastFrameAt || 50));
+    lastFrameAt = now;
+    samples.forEach((trace, i) => {
+      if (dots.length >= MAX_DOTS || !trace || !Array.isArray(trace.path) || !trace.path.length) return;
+      const hops = [];
+      for (let k = 0; k + 1 < trace.path.length; k++) {
+        const hop = hopBetween(trace.path[k], trace.path[k + 1], trace.kind);
+        if (hop) hops.push(hop);
+      }
+      const end = layout.nodes.get(trace.path[trace.path.length - 1]);
+      const start = now + (spreadMs * i) / samples.length;
+      if (!hops.length) {
+        if (end) effects.push(flashEffect(end, trace.kind, start));
+        return;
+      }
+      const g = s("g", { class: `dot flow-${trace.kind}`, "data-message-id": trace.id ?? "", visibility: "hidden" }, layers.dots);
+      s("circle", { r: 11, class: "dot-hit" }, g);
+      s("circle", { r: 5, class: "dot-core" }, g);
+      g.addEventListener("pointerenter", () => (dot.hold = true));
+      g.addEventListener("pointerleave", () => (dot.hold = false));
+      const dot = { g, hops, start, kind: trace.kind, end, hold: false };
+      dots.push(dot);
+    });
+    state.dotsInFlight = dots.length;
+    startLoop();
+  }
+
+  // The edge a message takes from one node to the next: the edge itself, or one the
+  // other way round travelled backwards (a return goes from the exchange back to the
+  // producer), or, when the topology has none, a straight line.
+  function hopBetween(from, to, kind) {
+    const pick = (ids) => {
+      if (!ids) return null;
+      const preferred = kind === "dead-lettered" || kind === "expired" ? "dead-letter" : null;
+      return edgeViews.get(ids.find((id) => edgeViews.get(id).data.kind === preferred) || ids[0]);
+    };
+    const fwd = pick(edgeIndex.get(`${from}>${to}`));
+    if (fwd) return { samples: fwd.samples, reverse: false, edge: fwd };
+    const back = pick(edgeIndex.get(`${to}>${from}`));
+    if (back) return { samples: back.samples, reverse: true, edge: back };
+    const a = layout.nodes.get(from), b = layout.nodes.get(to);
+    if (!a || !b) return null;
+    const pa = centreOf(a), pb = centreOf(b);
+    return { samples: [[pa.x, pa.y], [pb.x, pb.y]], reverse: false, edge: null };
+  }
+
+  function startLoop() {
+    if (!rafId) {
+      lastTick = performance.now();
+      rafId = requestAnimationFrame(tick);
+    }
+  }
+
+  const ease = (t) => t * t * (3 - 2 * t);
+
+  function tick(now) {
+    const dt = now - lastTick;
+    lastTick = now;
+    for (let i = dots.length - 1; i >= 0; i--) {
+      const dot = dots[i];
+      if (dot.hold) dot.start += dt;
+      const elapsed = now - dot.start;
+      if (elapsed < 0) continue;
+      const hopIndex = Math.floor(elapsed / HOP_MS);
+      if (hopIndex >= dot.hops.length) {
+        dot.g.remove();
+        dots.splice(i, 1);
+        if (dot.end) arrive(dot, now);
+        continue;
+      }
+      const hop = dot.hops[hopIndex];
+      const f = ease((elapsed - hopIndex * HOP_MS) / HOP_MS);
+      const [x, y] = pointAt(hop.samples, hop.reverse ? 1 - f : f);
+      dot.g.setAttribute("transform", `translate(${x.toFixed(1)} ${y.toFixed(1)})`);
+      dot.g.setAttribute("visibility", "visible");
+    }
+    for (let i = effects.length - 1; i >= 0; i--) {
+      if (!effects[i](now)) effects.splice(i, 1);
+    }
+    state.dotsInFlight = dots.length;
+    rafId = dots.length || effects.length ? requestAnimationFrame(tick) : 0;
+  }
+
+  function arrive(dot, now) {
+    if (dot.kind === "unroutable") {
+      const last = dot.hops[dot.hops.length - 1];
+      const [x, y] = pointAt(last.samples, last.reverse ? 0 : 1);
+      effects.push(burstEffect(x, y, now));
+    } else if (dot.kind !== "routed" && dot.kind !== "delivered") {
+      effects.push(flashEffect(dot.end, dot.kind, now));
+    }
+  }
+
+  // An outline around the node that grows and fades (acked, rejected, returned, ...).
+  function flashEffect(n, kind, start) {
+    const d = SHAPES[n.kind](n);
+    const el = s("path", { d, class: `fx-ring flow-${kind}`, visibility: "hidden" }, layers.fx);
+    const cx = n.x + n.w / 2, cy = n.y + n.h / 2;
+    return (now) => {
+      const t = (now - start) / 650;
+      if (t < 0) return true;
+      if (t >= 1) {
+        el.remove();
+        return false;
+      }
+      const k = 1 + 0.08 * ease(t);
+      el.setAttribute("visibility", "visible");
+      el.setAttribute("transform", `translate(${cx - (n.w * k) / 2} ${cy - (n.h * k) / 2}) scale(${k})`);
+      el.setAttribute("opacity", (1 - t).toFixed(2));
+      return true;
+    };
+  }
+
+  // Unroutable: a red ring bursts where the message hit the exchange, and an ✕ fades.
+  function burstEffect(x, y, start) {
+    const g = s("g", { class: "flow-unroutable", transform: `translate(${x} ${y})` }, layers.fx);
+    const ring = s("circle", { r: 5, class: "fx-ring" }, g);
+    const cross = s("text", { class: "fx-cross", x: 0, y: -16 }, g);
+    cross.textContent = "✕";
+    return (now) => {
+      const t = (now - start) / 800;
+      if (t >= 1) {
+        g.remove();
+        return false;
+      }
+      ring.setAttribute("r", (5 + 20 * ease(Math.min(1, t * 1.4))).toFixed(1));
+      ring.setAttribute("opacity", Math.max(0, 1 - t * 1.4).toFixed(2));
+      cross.setAttribute("opacity", (1 - t * t).toFixed(2));
+      cross.setAttribute("y", (-14 - 10 * t).toFixed(1));
+      return true;
+    };
+  }
+
+  // ================================================================== counters
+  function applyCounters() {
+    for (const el of document.querySelectorAll("[data-counter]")) {
+      const key = el.dataset.counter;
+      const dot = key.lastIndexOf(".");
+      const value = state.counters[key.slice(0, dot)]?.[key.slice(dot + 1)];
+      if (value == null) continue;
+      const text = fmtInt(value);
+      if (el.textContent !== text) {
+        el.textContent = text;
+        // The Web Animations API restarts the flash without forcing a layout per counter.
+        el.animate?.([{ color: "var(--accent)" }, {}], { duration: 450, easing: "ease-out" });
+      }
+    }
+  }
+
+  function setDropped(n) {
+    state.dropped = n;
+    const el = $("frames-dropped");
+    if (!el) return;
+    el.hidden = !(n > 0);
+    if (n > 0) el.textContent = T.dropped(fmtInt(n));
+  }
+
+  // ================================================================== checkpoints
+  function applyChecks(checks, live) {
+    if (!checks) return;
+    for (const [id, passed] of Object.entries(checks)) {
+      state.checks[id] = !!passed;
+      for (const el of document.querySelectorAll(`[data-checkpoint="${CSS.escape(id)}"]`)) {
+        const was = el.dataset.state === "passed";
+        if (was === !!passed) continue;
+        el.dataset.state = passed ? "passed" : "pending";
+        el.classList.toggle("is-passed", !!passed);
+        const status = el.querySelector(".checkpoint-status");
+        if (status) status.textContent = passed ? (LANG === "ru" ? "выполнено" : "passed") : LANG === "ru" ? "ещё нет" : "pending";
+        if (passed && live) {
+          el.classList.add("just-passed");
+          setTimeout(() => el.classList.remove("just-passed"), 2400);
+        }
+      }
+    }
+    updateSteps(live);
+  }
+
+  function updateSteps(live) {
+    const steps = document.querySelectorAll("#steps .step");
+    let done = 0, total = 0, current = null, newlyComplete = [];
+    for (const step of steps) {
+      const cps = step.querySelectorAll("[data-checkpoint]");
+      const passed = [...cps].filter((c) => c.dataset.state === "passed").length;
+      done += passed;
+      total += cps.length;
+      const complete = cps.length > 0 && passed === cps.length;
+      if (complete && !step.classList.contains("is-complete") && live) newlyComplete.push(step);
+      step.classList.toggle("is-complete", complete);
+      step.dataset.state = complete ? "complete" : "pending";
+      if (!complete && !current && cps.length) current = step;
+    }
+    for (const step of steps) step.classList.toggle("is-current", step === current);
+    const bar = $("steps-progress-bar"), text = $("steps-progress-text");
+    if (bar) bar.style.width = total ? `${(100 * done) / total}%` : "0";
+    if (text) text.textContent = total ? T.progress(done, total) : "";
+    const rail = $("steps-rail-progress");
+    if (rail) rail.textContent = total ? `${done}/${total}` : "";
+    for (const step of newlyComplete) {
+      step.classList.add("just-completed");
+      setTimeout(() => step.classList.remove("just-completed"), 1700);
+      toast(T.stepComplete(step.querySelector(".step-title")?.textContent || ""), "ok");
+    }
+    if (newlyComplete.length && total && done === total) toast(T.allComplete, "ok");
+  }
+
+  // ================================================================== workloads
+  // A workload was started, stopped or changed (maybe in another tab): flip the card's
+  // running state without touching its settings form, so nobody's typing is lost.
+  function applyWorkload(name, w) {
+    state.workloads[name] = { ...(state.workloads[name] || {}), ...w };
+    const card = document.getElementById(`workload-${name}`);
+    if (card && typeof w.running === "boolean") {
+      card.classList.toggle("is-running", w.running);
+      card.dataset.running = String(w.running);
+      const label = card.querySelector('[data-role="state"]');
+      if (label) label.textContent = w.running ? T.running : T.stopped;
+      const action = card.querySelector('[data-role="toggle-action"]');
+      if (action) action.value = w.running ? "stop" : "start";
+      const button = card.querySelector('[data-role="toggle"]');
+      if (button) button.textContent = w.running ? button.dataset.labelStop : button.dataset.labelStart;
+    }
+    applyWorkloadToDiagram(name);
+  }
+
+  function applyWorkloadToDiagram(name) {
+    const w = state.workloads[name];
+    if (!w) return;
+    for (const prefix of ["p:", "c:"]) {
+      const v = nodeViews.get(prefix + name);
+      if (v) v.g.classList.toggle("is-stopped", w.running === false);
+    }
+  }
+  const applyAllWorkloadsToDiagram = () => Object.keys(state.workloads).forEach(applyWorkloadToDiagram);
+
+  // A card re-rendered by htmx starts with zeros: give it the counters we already know.
+  document.body.addEventListener("htmx:afterSettle", applyCounters);
+
+  // ================================================================== event log
+  const filters = { queue: $("log-filter-queue"), workload: $("log-filter-workload"), kind: $("log-filter-kind") };
+  const logRows = $("log-rows");
+  const logScroll = $("log-scroll");
+  const logEmpty = $("log-empty");
+  const pauseButton = $("log-pause");
+  let paused = false;
+  let pendingWhilePaused = 0;
+  let localSeq = 0;
+  let selectedEvent = null;
+
+  function populateLogFilters() {
+    const queues = graph.nodes.filter((n) => n.kind === "queue").map((n) => nameOf(n.id));
+    const producers = graph.nodes.filter((n) => n.kind === "producer").map((n) => nameOf(n.id));
+    const consumers = graph.nodes.filter((n) => n.kind === "consumer").map((n) => nameOf(n.id));
+    fillSelect(filters.queue, [[null, queues]]);
+    fillSelect(filters.workload, [[T.producers, producers], [T.consumers, consumers]]);
+    const kinds = new Set(KNOWN_KINDS);
+    for (const ev of state.events) if (ev.kind) kinds.add(ev.kind);
+    fillSelect(filters.kind, [[null, [...kinds]]]);
+  }
+
+  function fillSelect(select, groups) {
+    const current = select.value;
+    const first = select.options[0];
+    select.replaceChildren(first);
+    for (const [label, values] of groups) {
+      if (!values.length) continue;
+      const parent = label ? select.appendChild(h("optgroup", { label })) : select;
+      for (const v of values) parent.append(h("option", { value: v }, v));
+    }
+    select.value = [...select.options].some((o) => o.value === current) ? current : "";
+  }
+
+  function addKindOption(kind) {
+    if (kind && ![...filters.kind.options].some((o) => o.value === kind)) filters.kind.append(h("option", { value: kind }, kind));
+  }
+
+  function matches(ev) {
+    const q = filters.queue.value, w = filters.workload.value, k = filters.kind.value;
+    if (q && ev.queue !== q && !(Array.isArray(ev.routed_queues) && ev.routed_queues.includes(q))) return false;
+    if (w && ev.workload !== w) return false;
+    if (k && ev.kind !== k) return false;
+    return true;
+  }
+
+  function eventRow(ev, fresh) {
+    const route = [];
+    const sep = () => h("span", { class: "sep" }, "→");
+    if (ev.exchange != null) route.push(h("span", {}, ev.exchange || T.defaultExchange));
+    if (ev.routing_key != null && ev.routing_key !== "") route.push(sep(), h("span", {}, ev.routing_key));
+    const queues = ev.queue ? [ev.queue] : Array.isArray(ev.routed_queues) ? ev.routed_queues : [];
+    if (queues.length) route.push(route.length ? sep() : null, h("span", {}, queues.join(", ")));
+    else if (ev.kind === "unroutable") route.push(route.length ? sep() : null, h("span", { class: "muted" }, "✕"));
+    const routeText = route.map((n) => n?.textContent ?? "").join(" ");
+    return h(
+      "tr",
+      { class: `${fresh ? "is-new" : ""}${selectedEvent === ev ? " is-selected" : ""}`, tabindex: 0, dataset: { seq: ev.seq, kind: ev.kind || "", messageId: ev.message_id ?? "" } },
+      h("td", { class: "t", title: fmtTime(ev.t) }, fmtTime(ev.t)),
+      h("td", {}, h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}` }, ev.kind || "?")),
+      h("td", { title: ev.workload || "" }, ev.workload || ""),
+      h("td", { class: "r", title: routeText }, route, ev.redelivered ? h("span", { class: "redelivered", title: T.redelivered }, "↻") : null),
+      h("td", { class: "m", title: ev.message_id ?? "" }, ev.message_id ?? ""),
+    );
+  }
+
+  function renderLog() {
+    unflushed = [];
+    const rows = [];
+    for (let i = state.events.length - 1; i >= 0 && rows.length < MAX_EVENTS; i--) {
+      if (matches(state.events[i])) rows.push(eventRow(state.events[i], false));
+    }
+    logRows.replaceChildren(...rows);
+    logEmpty.hidden = rows.length > 0;
+    pendingWhilePaused = 0;
+    updatePauseButton();
+  }
+
+  // New rows reach the DOM at most LOG_FLUSH_MS apart, however fast events arrive: at a
+  // few thousand messages a second the log must not be what slows the page down.
+  const LOG_FLUSH_MS = 200;
+  const LOG_ROWS_PER_FLUSH = 60;
+  let unflushed = [];
+  let flushTimer = 0;
+  let lastFlush = 0;
+
+  function addEvents(events) {
+    let added = 0;
+    for (const ev of events) {
+      if (!ev || typeof ev !== "object") continue;
+      if (ev.seq == null) ev.seq = `local-${++localSeq}`;
+      state.events.push(ev);
+      unflushed.push(ev);
+      addKindOption(ev.kind);
+      added++;
+    }
+    const overflow = state.events.length - MAX_EVENTS;
+    if (overflow > 0) state.events.splice(0, overflow);
+    if (unflushed.length > MAX_EVENTS) unflushed = unflushed.slice(-MAX_EVENTS);
+    if (paused) {
+      pendingWhilePaused += added;
+      unflushed = [];
+      updatePauseButton();
+      return;
+    }
+    if (!flushTimer) flushTimer = setTimeout(flushLog, Math.max(0, lastFlush + LOG_FLUSH_MS - performance.now()));
+  }
+
+  function flushLog() {
+    flushTimer = 0;
+    lastFlush = performance.now();
+    // Nobody reads more than a screenful in 200 ms: at high rates only the newest rows
+    // go in now (the rest are in state.events: pause, or change a filter, to see them),
+    // and only a trickle of rows is worth a highlight.
+    const fresh = unflushed.filter(matches).slice(-LOG_ROWS_PER_FLUSH);
+    unflushed = [];
+    if (!fresh.length || paused) return;
+    const keepScroll = logScroll.scrollTop > 4;
+    const before = logScroll.scrollHeight;
+    const frag = document.createDocumentFragment();
+    const highlight = fresh.length <= 20;
+    for (let i = fresh.length - 1; i >= 0; i--) frag.append(eventRow(fresh[i], highlight));
+    logRows.prepend(frag);
+    while (logRows.rows.length > MAX_EVENTS) logRows.lastElementChild.remove();
+    logEmpty.hidden = true;
+    // Someone reading further down keeps their place while new rows arrive on top.
+    if (keepScroll) logScroll.scrollTop += logScroll.scrollHeight - before;
+  }
+
+  function updatePauseButton() {
+    pauseButton.setAttribute("aria-pressed", String(paused));
+    pauseButton.querySelector(".log-pause-text").textContent = paused ? (pendingWhilePaused ? T.resumeN(pendingWhilePaused) : T.resume) : T.pause;
+  }
+
+  function onFilterChange() {
+    markSelectedNodes();
+    renderLog();
+  }
+  for (const select of Object.values(filters)) select.addEventListener("change", onFilterChange);
+  pauseButton.addEventListener("click", () => {
+    paused = !paused;
+    if (!paused) renderLog();
+    else updatePauseButton();
+  });
+  $("log-clear").addEventListener("click", () => {
+    state.events = [];
+    renderLog();
+  });
+  const rowEvent = (tr) => state.events.find((e) => String(e.seq) === tr.dataset.seq);
+  logRows.addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr");
+    const e = tr && rowEvent(tr);
+    if (e) openInspector(e);
+  });
+  logRows.addEventListener("keydown", (ev) => {
+    const tr = ev.target.closest("tr");
+    if (!tr) return;
+    if (ev.key === "Enter" || ev.key === " ") {
+      ev.preventDefault();
+      const e = rowEvent(tr);
+      if (e) openInspector(e);
+    } else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+      ev.preventDefault();
+      (ev.key === "ArrowDown" ? tr.nextElementSibling : tr.previousElementSibling)?.focus();
+    }
+  });
+
+  // ================================================================== inspector
+  // Hidden until a message is chosen, so the log has the whole width the rest of the time.
+  const inspector = $("inspector");
+  const inspectorBody = $("inspector-body");
+  const lowerEl = inspector.parentElement;
+  $("inspector-close").addEventListener("click", closeInspector);
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && selectedEvent && !ev.target.closest("input, textarea, select")) closeInspector();
+  });
+
+  function inspectMessage(messageId) {
+    if (messageId) {
+      for (let i = state.events.length - 1; i >= 0; i--) {
+        if (String(state.events[i].message_id) === String(messageId)) return openInspector(state.events[i]);
+      }
+    }
+    toast(T.notInLog, "info");
+  }
+
+  function closeInspector() {
+    selectedEvent = null;
+    inspector.hidden = true;
+    lowerEl.classList.remove("has-inspector");
+    inspectorBody.replaceChildren();
+    for (const tr of logRows.querySelectorAll(".is-selected")) tr.classList.remove("is-selected");
+  }
+
+  function openInspector(ev) {
+    selectedEvent = ev;
+    for (const tr of logRows.rows) tr.classList.toggle("is-selected", tr.dataset.seq === String(ev.seq));
+    inspector.hidden = false;
+    lowerEl.classList.add("has-inspector");
+    inspector.dataset.messageId = ev.message_id ?? "";
+    inspector.dataset.seq = ev.seq;
+    inspector.animate?.([{ boxShadow: "0 0 0 3px color-mix(in srgb, var(--focus) 45%, transparent)" }, { boxShadow: "none" }], { duration: 600, easing: "ease-out" });
+
+    const parts = [];
+    parts.push(
+      h("div", { class: "insp-title" },
+        h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}` }, ev.kind || "?"),
+        ev.message_id != null ? h("code", { title: "message_id" }, ev.message_id) : null,
+        h("span", { class: "muted mono" }, fmtTime(ev.t)),
+      ),
+    );
+
+    const route = [];
+    if (ev.workload) route.push([T.workload, ev.workload]);
+    if (ev.exchange != null) route.push([T.exchange, ev.exchange || T.defaultExchange]);
+    if (ev.routing_key != null) route.push([T.routingKey, ev.routing_key]);
+    if (ev.queue) route.push([T.queue, ev.queue]);
+    if (Array.isArray(ev.routed_queues)) route.push([T.routedQueues, ev.routed_queues.length ? ev.routed_queues.join(", ") : "✕"]);
+    if (ev.redelivered) route.push([T.redelivered, T.yes]);
+    if (route.length) parts.push(kvTable(route));
+
+    if (ev.body !== undefined) parts.push(section(T.body, bodyView(ev.body)));
+
+    const props = ev.properties && typeof ev.properties === "object" ? Object.entries(ev.properties).filter(([k]) => k !== "headers") : [];
+    if (props.length) parts.push(section(T.properties, kvTable(props)));
+
+    const headers = { ...(ev.headers || ev.properties?.headers || {}) };
+    const xDeath = ev.x_death || headers["x-death"];
+    delete headers["x-death"];
+    const headerRows = Object.entries(headers);
+    if (headerRows.length) parts.push(section(T.headers, kvTable(headerRows)));
+    if (Array.isArray(xDeath) && xDeath.length) parts.push(section(T.xDeath, xDeathTable(xDeath)));
+
+    if (ev.message_id != null) {
+      const journey = state.events.filter((e) => String(e.message_id) === String(ev.message_id));
+      if (journey.length > 1) {
+        parts.push(
+          section(T.journey, h("ol", { class: "journey" }, journey.map((e) =>
+            h("li", { class: `flow-${e.kind}${e === ev ? " is-current" : ""}`, onclick: () => openInspector(e) },
+              h("span", { class: "t" }, fmtTime(e.t)), e.kind, e.queue ? ` · ${e.queue}` : "", e.workload ? ` · ${e.workload}` : ""),
+          ))),
+        );
+      }
+    }
+    inspectorBody.replaceChildren(...parts);
+    inspectorBody.scrollTop = 0;
+  }
+
+  function section(title, content, note) {
+    return h("div", { class: "insp-section" }, h("h3", {}, title, note ? h("small", {}, note) : null), content);
+  }
+
+  const show = (v) => (v == null ? "" : typeof v === "object" ? JSON.stringify(v) : String(v));
+
+  function kvTable(rows) {
+    return h("table", { class: "kv" }, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, show(v))))));
+  }
+
+  function xDeathTable(entries) {
+    const cols = ["count", "reason", "queue", "exchange", "routing-keys", "time"];
+    return h("div", { style: "overflow-x:auto" }, h("table", { class: "kv x-death" },
+      h("thead", {}, h("tr", {}, T.xDeathCols.map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, entries.map((d) => h("tr", {}, cols.map((c) => {
+        let v = d[c] ?? d[c.replace("-", "_")];
+        if (c === "time" && v != null) v = typeof v === "number" ? fmtTime(v) : v;
+        return h("td", {}, Array.isArray(v) ? v.join(", ") : show(v));
+      })))),
+    ));
+  }
+
+  // Pretty-print a JSON body (with a little colour), otherwise show the text as it is.
+  function bodyView(body) {
+    let value, isJson = false;
+    if (body !== null && typeof body === "object") {
+      value = body;
+      isJson = true;
+    } else {
+      const text = body == null ? "" : String(body);
+      try {
+        value = JSON.parse(text);
+        isJson = typeof value === "object" && value !== null;
+      } catch {
+        isJson = false;
+      }
+      if (!isJson) {
+        const pre = h("pre", { class: "body-pre" }, text === "" ? h("span", { class: "muted" }, T.emptyBody) : text);
+        return text.length >= 2048 ? h("div", {}, pre, h("p", { class: "muted" }, T.truncated)) : pre;
+      }
+    }
+    const pre = h("pre", { class: "body-pre" });
+    const json = JSON.stringify(value, null, 2);
+    const re = /("(?:\\u[0-9a-fA-F]{4}|\\[^u]|[^\\"])*"(\s*:)?|\b(?:true|false|null)\b|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)/g;
+    let last = 0;
+    for (const m of json.matchAll(re)) {
+      if (m.index > last) pre.append(json.slice(last, m.index));
+      const tok = m[0];
+      const cls = tok.startsWith('"') ? (m[2] ? "json-key" : "json-str") : /^(true|false|null)$/.test(tok) ? "json-lit" : "json-num";
+      pre.append(h("span", { class: cls }, tok));
+      last = m.index + tok.length;
+    }
+    pre.append(json.slice(last));
+    return pre;
+  }
+
+  // ================================================================== steps panel
+  // On a laptop the diagram wants the room: the steps fold into a narrow rail.
+  const workspaceEl = labEl.querySelector(".workspace");
+  const stepsToggle = $("steps-toggle");
+  const STEPS_KEY = "labconsole.stepsCollapsed";
+  function setStepsCollapsed(collapsed, save) {
+    workspaceEl.classList.toggle("steps-collapsed", collapsed);
+    stepsToggle.setAttribute("aria-expanded", String(!collapsed));
+    if (save) {
+      try {
+        localStorage.setItem(STEPS_KEY, collapsed ? "1" : "");
+      } catch {
+        // Not remembered, then.
+      }
+    }
+  }
+  try {
+    if (localStorage.getItem(STEPS_KEY)) setStepsCollapsed(true, false);
+  } catch {
+    // Storage off.
+  }
+  stepsToggle.addEventListener("click", (ev) => {
+    ev.stopPropagation();
+    setStepsCollapsed(!workspaceEl.classList.contains("steps-collapsed"), true);
+  });
+  stepsToggle.parentElement.addEventListener("click", () => {
+    if (workspaceEl.classList.contains("steps-collapsed")) setStepsCollapsed(false, true);
+  });
+
+  // ================================================================== splitter
+  // Drag (or arrow keys) to share the centre column between the diagram and the log;
+  // the share is remembered.
+  const centreEl = $("splitter").parentElement;
+  const SPLIT_KEY = "labconsole.split";
+  function setSplit(share, save) {
+    share = Math.max(0.25, Math.min(0.85, share));
+    centreEl.style.gridTemplateRows = `minmax(160px, ${share}fr) 10px minmax(140px, ${1 - share}fr)`;
+    $("splitter").setAttribute("aria-valuenow", Math.round(share * 100));
+    if (save) {
+      try {
+        localStorage.setItem(SPLIT_KEY, String(share));
+      } catch {
+        // Not remembered, then.
+      }
+    }
+  }
+  try {
+    const saved = parseFloat(localStorage.getItem(SPLIT_KEY));
+    if (saved > 0 && saved < 1) setSplit(saved, false);
+  } catch {
+    // Storage off: the default from the stylesheet stays.
+  }
+  $("splitter").addEventListener("pointerdown", (ev) => {
+    ev.preventDefault();
+    const splitter = ev.currentTarget;
+    splitter.setPointerCapture(ev.pointerId);
+    splitter.classList.add("is-dragging");
+    const rect = centreEl.getBoundingClientRect();
+    const move = (e) => setSplit((e.clientY - rect.top) / rect.height, false);
+    const up = (e) => {
+      splitter.removeEventListener("pointermove", move);
+      splitter.removeEventListener("pointerup", up);
+      splitter.classList.remove("is-dragging");
+      setSplit((e.clientY - rect.top) / rect.height, true);
+    };
+    splitter.addEventListener("pointermove", move);
+    splitter.addEventListener("pointerup", up);
+  });
+  $("splitter").addEventListener("keydown", (ev) => {
+    if (ev.key !== "ArrowUp" && ev.key !== "ArrowDown") return;
+    ev.preventDefault();
+    const rect = centreEl.getBoundingClientRect();
+    const current = $("diagram").parentElement.getBoundingClientRect().height / rect.height;
+    setSplit(current + (ev.key === "ArrowDown" ? 0.05 : -0.05), true);
+  });
+
+  // ================================================================== status, connection
+  const connEl = $("connection");
+  const staleEl = $("diagram-stale");
+
+  function setConnection(conn, text) {
+    state.connection = conn;
+    state.connected = conn === "live";
+    if (connEl) {
+      connEl.dataset.state = conn;
+      connEl.querySelector(".conn-text").textContent = text || T.conn[conn];
+    }
+    const stale = (conn === "reconnecting" || conn === "disconnected") && !isOver(state.labState);
+    staleEl.hidden = !stale;
+    labEl.classList.toggle("is-stale", stale);
+  }
+
+  function endLab(labState, message) {
+    state.labState = labState;
+    labEl.dataset.labState = labState;
+    stopSocket();
+    setConnection("disconnected", T.connEnded);
+    const banner = $("lab-ended");
+    banner.hidden = false;
+    if (message) banner.querySelector(".banner-message").textContent = message;
+    // The controls stay readable (the last settings are worth seeing) but do nothing.
+    for (const form of $("controls").querySelectorAll("form")) {
+      form.inert = true;
+      form.closest(".card")?.classList.add("is-disabled");
+      for (const el of form.elements) el.disabled = true;
+    }
+    const actions = $("lab-actions");
+    if (actions) actions.hidden = true;
+    clearDots();
+  }
+
+  function onStatus(m) {
+    if (isOver(m.state)) endLab(m.state, m.message);
+    else if (m.message) toast(m.message, "info");
+  }
+
+  function onSnapshot(m) {
+    state.snapshotsReceived++;
+    if (m.graph) renderGraph(m.graph);
+    state.counters = m.counters || {};
+    state.queues = m.queues || {};
+    state.exchanges = m.exchanges || {};
+    rateHistory.length = 0;
+    state.workloads = {};
+    for (const [name, w] of Object.entries(m.workloads || {})) applyWorkload(name, w);
+    state.checks = {};
+    applyChecks(m.checks, false);
+    state.events = [];
+    addEvents(m.events || []);
+    populateLogFilters();
+    renderLog();
+    if (selectedEvent) {
+      const again = state.events.find((e) => e.seq === selectedEvent.seq);
+      again ? openInspector(again) : closeInspector();
+    }
+    recordRates();
+    applyCounters();
+    renderStats();
+    if (isOver(m.lab?.state)) endLab(m.lab.state);
+  }
+
+  function onFrame(m) {
+    state.framesReceived++;
+    // Counters are cumulative and exact: the newest value wins.
+    if (m.counters) for (const [name, c] of Object.entries(m.counters)) state.counters[name] = { ...(state.counters[name] || {}), ...c };
+    if (m.queues) Object.assign(state.queues, m.queues);
+    if (m.exchanges) Object.assign(state.exchanges, m.exchanges);
+    if (m.checks) applyChecks(m.checks, true);
+    if (Array.isArray(m.events) && m.events.length) addEvents(m.events);
+    if (Array.isArray(m.samples) && m.samples.length) animateSamples(m.samples);
+    if (typeof m.dropped === "number") setDropped(m.dropped);
+    recordRates();
+    applyCounters();
+    renderStats();
+  }
+
+  function dispatch(m) {
+    switch (m.type) {
+      case "snapshot": return onSnapshot(m);
+      case "frame": return onFrame(m);
+      case "workload": return applyWorkload(m.name, m);
+      case "status": return onStatus(m);
+      case "error": return toast(`${T.refused}: ${m.message}`, "error");
+      default: return undefined; // pong, and anything newer than this page
+    }
+  }
+
+  // One socket; on close, retry forever with backoff (0.5, 1, 2, 4, then every 5 s).
+  // The server answers every (re)connection with a snapshot that replaces our state.
+  // Messages from the viewer's queue carry `d`, their number on this socket: the server
+  // sends at most 40 unacknowledged ones, so acknowledge every ACK_EVERY or ACK_AFTER_MS.
+  let ws = null;
+  let attempt = 0;
+  let retryTimer = 0;
+  let pingTimer = 0;
+  let stopped = false;
+  let received = 0; // highest `d` on this socket
+  let acked = 0;
+  let ackTimer = 0;
+
+  function noteDelivery(d) {
+    if (!Number.isInteger(d) || d <= received) return;
+    received = d;
+    if (received - acked >= ACK_EVERY) sendAck();
+    else if (!ackTimer) ackTimer = setTimeout(sendAck, ACK_AFTER_MS);
+  }
+
+  function sendAck() {
+    clearTimeout(ackTimer);
+    ackTimer = 0;
+    if (received > acked && send({ type: "ack", d: received })) acked = received;
+  }
+
+  function wsUrl() {
+    return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${config.ws_url}`;
+  }
+
+  function connectNow() {
+    if (stopped) return;
+    clearTimeout(retryTimer);
+    if (ws) {
+      const old = ws;
+      ws = null;
+      old.close();
+    }
+    let sock;
+    try {
+      sock = new WebSocket(wsUrl());
+    } catch {
+      scheduleReconnect();
+      return;
+    }
+    ws = sock;
+    received = acked = 0;
+    clearTimeout(ackTimer);
+    ackTimer = 0;
+    sock.onopen = () => {
+      if (ws !== sock) return;
+      attempt = 0;
+      setConnection("live");
+      clearInterval(pingTimer);
+      pingTimer = setInterval(() => send({ type: "ping" }), PING_MS);
+    };
+    sock.onmessage = (event) => {
+      if (ws !== sock) return;
+      let m;
+      try {
+        m = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (!m || typeof m !== "object") return;
+      dispatch(m);
+      if (m.d != null) noteDelivery(m.d);
+    };
+    sock.onclose = (event) => {
+      if (ws !== sock) return;
+      ws = null;
+      clearInterval(pingTimer);
+      clearTimeout(ackTimer);
+      ackTimer = 0;
+      if (stopped) return;
+      if (event.code === 4403 || event.code === 4404) {
+        stopped = true;
+        setConnection("disconnected", T.connRefused[event.code]);
+        return;
+      }
+      scheduleReconnect();
+    };
+  }
+
+  function scheduleReconnect() {
+    const delay = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)];
+    attempt++;
+    setConnection("reconnecting");
+    retryTimer = setTimeout(connectNow, delay);
+  }
+
+  function send(message) {
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify(message));
+    return true;
+  }
+
+  function stopSocket() {
+    stopped = true;
+    clearTimeout(retryTimer);
+    clearTimeout(ackTimer);
+    clearInterval(pingTimer);
+    if (ws) {
+      const old = ws;
+      ws = null;
+      old.close(1000);
+    }
+  }
+
+  window.addEventListener("online", () => {
+    if (!stopped && !ws) {
+      attempt = 0;
+      connectNow();
+    }
+  });
+  // Leaving the page is not a lost connection; coming back from the back/forward cache is
+  // a new one.
+  window.addEventListener("pagehide", () => {
+    if (ws) ws.onclose = null;
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted && !stopped) {
+      attempt = 0;
+      connectNow();
+    }
+  });
+
+  // ------------------------------------------------------------------ start
+  renderGraph(graph);
+  updateSteps(false);
+  renderLog();
+  if (!isOver(state.labState)) {
+    setConnection("connecting");
+    connectNow();
+  } else {
+    endLab(state.labState);
+  }
+})();

@@ -1,0 +1,127 @@
+"""The pages through Django's test client: catalogue, exercise, lab, controls, access."""
+
+import html
+
+import pytest
+from django.urls import reverse
+
+from exercises.models import LabSession, Workload
+from exercises.services import lab_session_start
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def text_of(response) -> str:
+    return html.unescape(response.content.decode())
+
+
+@pytest.fixture
+def client_in(client, learner):
+    client.force_login(learner)
+    return client
+
+
+def test_pages_need_a_login(client, catalogue):
+    response = client.get(reverse("catalogue"))
+    assert response.status_code == 302 and reverse("login") in response["Location"]
+
+
+def test_catalogue_lists_and_filters(client_in, catalogue):
+    page = client_in.get(reverse("catalogue")).content.decode()
+    assert "Direct routing" in page and "Dead letters" in page
+    partial = client_in.get(
+        reverse("catalogue"), {"level": "intermediate"}, headers={"HX-Request": "true"}
+    ).content.decode()
+    assert "<html" not in partial
+    assert "Dead letters" in partial and "Direct routing" not in partial
+    tagged = client_in.get(reverse("catalogue"), {"tag": "no-such-tag"}).content.decode()
+    assert "Direct routing" not in tagged
+
+
+def test_catalogue_in_russian(client_in, catalogue):
+    page = client_in.get(reverse("catalogue"), {"lang": "ru"}).content.decode()
+    assert "Прямая маршрутизация" in page
+
+
+def test_start_lab_redirects_htmx_to_the_lab(client_in, catalogue, learner, labs):
+    response = client_in.post(
+        reverse("lab-start", args=["direct-routing"]), headers={"HX-Request": "true"}
+    )
+    session = LabSession.objects.get(owner=learner)
+    assert response["HX-Redirect"] == session.get_absolute_url()
+    page = client_in.get(session.get_absolute_url()).content.decode()
+    assert session.vhost in page
+    assert 'id="lab-config"' in page
+    assert 'data-checkpoint="temperature-routed"' in page
+
+
+def test_lab_of_someone_else_is_forbidden(client, catalogue, learner, django_user_model, labs):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    other = django_user_model.objects.create_user("other", password="other-pass-1")
+    client.force_login(other)
+    assert client.get(session.get_absolute_url()).status_code == 403
+    url = reverse("lab-workload", args=[session.id, "temperature-sensor"])
+    assert client.post(url, {"action": "stop"}).status_code == 403
+    assert client.post(reverse("lab-end", args=[session.id])).status_code == 403
+
+
+def test_workload_form_errors_name_the_field(client_in, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    url = reverse("lab-workload", args=[session.id, "temperature-sensor"])
+    response = client_in.post(url, {"action": "update", "rate": "0.01", "routing_key": "x"})
+    assert response.status_code == 400
+    assert "rate (msg/s): Ensure this value is greater than or equal to 0.2" in (
+        response.content.decode()
+    )
+    consumer = reverse("lab-workload", args=[session.id, "temperature-display"])
+    response = client_in.post(
+        consumer,
+        {
+            "action": "update",
+            "prefetch": "1",
+            "ack": "auto",
+            "fail": "0.5",
+            "on_fail": "reject",
+            "processing_ms": "0",
+        },
+    )
+    assert response.status_code == 400 and "auto-ack consumer cannot fail" in (
+        response.content.decode()
+    )
+    assert Workload.objects.get(session=session, name="temperature-display").settings["ack"] == (
+        "manual"
+    )
+
+
+def test_workload_update_is_saved(client_in, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    url = reverse("lab-workload", args=[session.id, "temperature-sensor"])
+    response = client_in.post(url, {"action": "update", "rate": "5", "routing_key": "pressure"})
+    assert response.status_code == 200
+    settings = Workload.objects.get(session=session, name="temperature-sensor").settings
+    assert settings["rate"] == 5 and settings["routing_key"] == "pressure"
+
+
+def test_publish_form(client_in, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    url = reverse("lab-publish", args=[session.id])
+    ok = client_in.post(url, {"exchange": "sensors", "routing_key": "temperature", "body": "{}"})
+    assert ok.status_code == 200 and "published to exchange 'sensors'" in text_of(ok)
+    returned = client_in.post(
+        url, {"exchange": "sensors", "routing_key": "nowhere", "body": "{}", "mandatory": "on"}
+    )
+    assert "returned: no queue is bound" in text_of(returned)
+    bad = client_in.post(url, {"exchange": "nope", "routing_key": "k", "headers": "novalue"})
+    text = text_of(bad)
+    assert bad.status_code == 400
+    assert "exchange: 'nope' is not an exchange of this lab" in text
+    assert "line 1: write key=value" in text
+
+
+def test_end_lab_deletes_the_vhost(client_in, catalogue, learner, api, labs):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    response = client_in.post(reverse("lab-end", args=[session.id]), headers={"HX-Request": "true"})
+    assert response["HX-Redirect"] == reverse("exercise", args=["direct-routing"])
+    assert not api.vhost_exists(session.vhost)
+    page = client_in.get(session.get_absolute_url()).content.decode()
+    assert "ended" in page.lower()
