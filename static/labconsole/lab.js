@@ -1509,6 +1509,8 @@
 
   function onStatus(m) {
     if (isOver(m.state)) endLab(m.state, m.message);
+    // A reset makes the lab anew (new workloads, checkpoints pending): start the page over.
+    else if (m.state === "reset") location.reload();
     else if (m.message) toast(m.message, "info");
   }
 
