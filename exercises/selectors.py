@@ -22,6 +22,14 @@ def markdown_html(text: str) -> SafeString:
     return mark_safe(nh3.clean(html))  # noqa: S308 - sanitised by nh3 just above
 
 
+def markdown_inline(text: str) -> SafeString:
+    """One line of Markdown (a checkpoint, a summary) without the paragraph around it."""
+    html = markdown_html(text).strip()
+    if html.startswith("<p>") and html.endswith("</p>") and html.count("<p>") == 1:
+        html = html[3:-4]
+    return mark_safe(html)  # noqa: S308 - sanitised by markdown_html
+
+
 def exercise_card(exercise: Exercise, lang: str) -> dict:
     spec = exercise.spec
     return {
@@ -65,7 +73,11 @@ def lab_steps(session: LabSession, lang: str, passed: set[str]) -> list[dict]:
             "instructions_html": markdown_html(step.instructions.get(lang)),
             "hints": [markdown_html(h.get(lang)) for h in step.hints],
             "checkpoints": [
-                {"id": cp.id, "description": cp.description.get(lang), "passed": cp.id in passed}
+                {
+                    "id": cp.id,
+                    "description": markdown_inline(cp.description.get(lang)),
+                    "passed": cp.id in passed,
+                }
                 for cp in step.checkpoints
             ],
         }

@@ -1032,6 +1032,14 @@
     updateSteps(live);
   }
 
+  let stepsFolded = false;
+
+  function foldStep(step, current) {
+    const details = step.querySelector(":scope > details");
+    if (details) details.open = false;
+    if (current) current.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  }
+
   function updateSteps(live) {
     const steps = document.querySelectorAll("#steps .step");
     let done = 0, total = 0, current = null, newlyComplete = [];
@@ -1052,9 +1060,18 @@
     if (text) text.textContent = total ? T.progress(done, total) : "";
     const rail = $("steps-rail-progress");
     if (rail) rail.textContent = total ? `${done}/${total}` : "";
+    // Completed steps fold away so the current one is in view: at once when the page
+    // opens, and after the highlight when a step completes live.
+    if (!stepsFolded) {
+      stepsFolded = true;
+      for (const step of steps) if (step.classList.contains("is-complete")) foldStep(step, current);
+    }
     for (const step of newlyComplete) {
       step.classList.add("just-completed");
-      setTimeout(() => step.classList.remove("just-completed"), 1700);
+      setTimeout(() => {
+        step.classList.remove("just-completed");
+        foldStep(step, current);
+      }, 1700);
       toast(T.stepComplete(step.querySelector(".step-title")?.textContent || ""), "ok");
     }
     if (newlyComplete.length && total && done === total) toast(T.allComplete, "ok");

@@ -83,7 +83,7 @@ def test_play_direct_routing_to_the_end(page, live_server_url, catalogue, learne
     expect_passed(page, "display-stopped", "pressure-backlog")
     page.wait_for_function("() => window.labConsole.state.queues.pressure.ready >= 5")
     page.emulate_media(color_scheme="dark")
-    page.wait_for_timeout(1000)  # let the colour transitions finish
+    page.wait_for_timeout(2500)  # let the step highlight and colour transitions finish
     page.screenshot(path=str(SCREENSHOTS / "lab-direct-routing-dark.png"))
     page.emulate_media(color_scheme="light")
     toggle(page, "pressure-display", running=True)
