@@ -61,7 +61,7 @@ def live_server_url(worker, django_db_setup):
     log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     if not shutil.which(CHROMIUM):
         pytest.fail(f"no Chromium at {CHROMIUM}: run `make test`, which installs it")
@@ -86,6 +86,8 @@ def browser():
         )
         yield browser
         browser.close()
+    # The event loop of Playwright's sync API ends here; other tests run their own.
+    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture

@@ -112,8 +112,14 @@ def test_dead_letter_lab_shows_retries_and_parking(page, live_server_url, catalo
         "() => (window.labConsole.state.counters['processor'] || {}).parked >= 1"
     )
     page.select_option("#log-filter-kind", "delivered")
-    row = page.locator("#log-rows tr[data-kind=delivered]").first
-    row.click()
+    seq = page.wait_for_function(
+        """() => {
+            const e = window.labConsole.state.events.findLast(
+                (e) => e.kind === "delivered" && e.x_death);
+            return e && e.seq;
+        }"""
+    ).json_value()
+    page.locator(f'#log-rows tr[data-seq="{seq}"]').click()
     expect(page.locator("#inspector")).to_contain_text("x-death")
     page.screenshot(path=str(SCREENSHOTS / "lab-dlq-retries.png"))
 
