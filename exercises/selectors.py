@@ -86,7 +86,8 @@ def lab_steps(session: LabSession, lang: str, passed: set[str]) -> list[dict]:
 
 
 def lab_exchanges(session: LabSession) -> list[str]:
-    return ["", *(x.name for x in session.spec.topology.exchanges)]
+    """The exchanges the publish form offers: the lab's own first, the default one last."""
+    return [*(x.name for x in session.spec.topology.exchanges), ""]
 
 
 def lab_workload_view(workload, url: str, error: str = "") -> dict:

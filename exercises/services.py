@@ -147,7 +147,12 @@ def lab_session_start(
         raise
     session.state = LabSession.State.RUNNING
     session.save(update_fields=["state"])
-    _start_tasks(session, run_workloads=run)
+    try:
+        _start_tasks(session, run_workloads=run)
+    except (px.AMQPError, OSError) as exc:
+        lab_session_stop(session=session)
+        session.delete()
+        raise LabError(f"the lab's workloads could not be started: {exc!r}") from exc
     return session
 
 

@@ -116,6 +116,12 @@ class WorkloadRun:
             self._drop_connection()
         except (px.AMQPConnectionError, px.StreamLostError, px.ConnectionClosedByBroker) as exc:
             self.outcome = Outcome("lost", message=str(exc) or exc.__class__.__name__)
+        except Exception as exc:
+            # A bug must not leave the workload shown as running: say what broke, and stop.
+            log.exception("workload %s failed", self.name)
+            self.reporter.event("error", message=f"the workload stopped: {exc!r}")
+            self.reporter.count("errors")
+            self.outcome = Outcome("failed", message=repr(exc))
         finally:
             self.outcome = self.outcome or Outcome("lost")
             self.outcome.progress = self.progress
@@ -144,6 +150,7 @@ class WorkloadRun:
         # Close the socket without a clean AMQP close: what a process that dies does.
         with contextlib.suppress(AttributeError, OSError):
             self.lab._impl._transport._sock.close()
+        self.lab = None  # nothing left to close cleanly
 
     def _close(self) -> None:
         try:

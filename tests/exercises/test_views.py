@@ -125,3 +125,15 @@ def test_end_lab_deletes_the_vhost(client_in, catalogue, learner, api, labs):
     assert not api.vhost_exists(session.vhost)
     page = client_in.get(session.get_absolute_url()).content.decode()
     assert "ended" in page.lower()
+
+
+def test_reset_makes_the_lab_anew_on_the_same_page(client_in, catalogue, learner, api, labs):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    api.request("DELETE", f"queues/{session.vhost}/pressure")
+    response = client_in.post(
+        reverse("lab-reset", args=[session.id]), headers={"HX-Request": "true"}
+    )
+    assert response["HX-Redirect"] == session.get_absolute_url()
+    session.refresh_from_db()
+    assert session.generation == 2
+    assert "pressure" in {q["name"] for q in api.queues(session.vhost)}

@@ -187,3 +187,24 @@ def test_killed_worker_hands_its_workloads_to_the_next(api, worker, learner, lab
         message="producer running again on the new worker",
     )
     assert "maker" in running_workloads(session)
+
+
+def test_consumer_that_crashes_gives_its_messages_back(api, worker, learner, labs):
+    """crash_after: the consumer drops its connection holding unacked messages; the broker
+    requeues them (they will be redelivered) and the workload is shown stopped."""
+    exercise, _ = exercise_save(
+        source=SMALL.format(
+            rate=200, count=20, producer_autostart="true", consumer_autostart="false"
+        ).replace("processing_ms: 60000", "processing_ms: 0\n        crash_after: 3")
+    )
+    session = lab_session_start(exercise=exercise, owner=learner)
+    wait_for(lambda: depth(api, session, "work") == 20, message="20 ready")
+    workload_start(workload=session.workloads.get(name="taker"))
+    wait_for(lambda: "taker" not in running_workloads(session), message="consumer crashed")
+    # It acked the first two and crashed on the third: that one and the rest it held are
+    # back in the queue, marked redelivered.
+    messages = wait_for(
+        lambda: (m := peek(api, session, "work")) and len(m) == 18 and m,
+        message="18 back in the queue",
+    )
+    assert sum(m["redelivered"] for m in messages) >= 1
