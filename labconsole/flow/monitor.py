@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 EVENTS_PER_FRAME = 30
 SAMPLES_PER_FRAME = 40
 RECENT_EVENTS = 200
+SEEN_DEAD_LIMIT = 50_000
 CHECK_INTERVAL = 0.5  # seconds between evaluations of the checkpoints, when anything moved
 
 
@@ -41,7 +42,8 @@ class FlowRecord:
     workloads: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     # (queue, reason, retries) -> messages that arrived in queue with that x-death history
     dead_lettered: Counter = field(default_factory=Counter)
-    seen_dead: set = field(default_factory=set)
+    # (queue, message id) already counted, oldest first; bounded, as a lab may run for hours
+    seen_dead: dict = field(default_factory=dict)
 
     def export(self) -> dict:
         return {
@@ -70,7 +72,9 @@ class FlowRecord:
         if message_id:
             if (queue, message_id) in self.seen_dead:
                 return
-            self.seen_dead.add((queue, message_id))
+            self.seen_dead[(queue, message_id)] = None
+            if len(self.seen_dead) > SEEN_DEAD_LIMIT:
+                del self.seen_dead[next(iter(self.seen_dead))]
         for reason in {d.get("reason") for d in x_death}:
             retries = max(int(d.get("count", 0)) for d in x_death if d.get("reason") == reason)
             self.dead_lettered[(queue, reason, retries)] += 1
@@ -249,7 +253,8 @@ class LabMonitor:
                 self.unroutable[name] += 1
             self.checks_dirty = True
             if len(self.pending_samples) < SAMPLES_PER_FRAME * 2:
-                source = f"p:{jsonable(inner.get('app_id')) or '@you'}"
+                app = jsonable(inner.get("app_id")) or "@you"
+                source = f"c:{app}" if app in self.consumer_queue else f"p:{app}"
                 if routed:
                     for q in routed:
                         self._sample(

@@ -324,6 +324,8 @@ class ConsumerRun(WorkloadRun):
         tag = method.delivery_tag
         park_after = s.get("park_after")
         if park_after and x_death_count(headers, queue) >= park_after:
+            # The message as it came, x-death and all, marked as published by this consumer.
+            props.app_id = self.name
             channel.basic_publish(
                 s.get("park_exchange", ""), s.get("park_routing_key", ""), body, props
             )
