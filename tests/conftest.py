@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,16 +111,6 @@ def api() -> ManagementClient:
     return client
 
 
-def _delete_console_objects(api: ManagementClient) -> None:
-    prefix = settings.LABCONSOLE_PREFIX + "."
-    for q in api.request("GET", "queues/%2F?columns=name"):
-        if q["name"].startswith(prefix):
-            api.request("DELETE", f"queues/%2F/{q['name']}", ok_missing=True)
-    for x in api.request("GET", "exchanges/%2F?columns=name"):
-        if x["name"].startswith(prefix):
-            api.request("DELETE", f"exchanges/%2F/{x['name']}", ok_missing=True)
-
-
 @pytest.fixture(scope="session")
 def worker(django_db_setup, django_db_blocker, api):
     """One real Celery worker for the session; a test that kills it starts it again."""
@@ -127,7 +118,7 @@ def worker(django_db_setup, django_db_blocker, api):
     w.start()
     yield w
     w.stop()
-    _delete_console_objects(api)
+    api.delete_named(amqp.console_vhost(), settings.LABCONSOLE_PREFIX + ".")
 
 
 @pytest.fixture

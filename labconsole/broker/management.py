@@ -112,5 +112,15 @@ class ManagementClient:
     def connections(self, vhost: str) -> list[dict]:
         return self.request("GET", f"vhosts/{_q(vhost)}/connections")
 
+    def delete_named(self, vhost: str, prefix: str) -> None:
+        """Deletes the queues and exchanges of `vhost` whose names start with `prefix` (the
+        objects a console with that LABCONSOLE_PREFIX made, when it is done for good)."""
+        for kind in ("queues", "exchanges"):
+            for item in self.request("GET", f"{kind}/{_q(vhost)}?columns=name"):
+                if item["name"].startswith(prefix):
+                    self.request(
+                        "DELETE", f"{kind}/{_q(vhost)}/{_q(item['name'])}", ok_missing=True
+                    )
+
     def permissions(self, vhost: str) -> list[dict]:
         return self.request("GET", f"vhosts/{_q(vhost)}/permissions")
