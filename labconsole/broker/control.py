@@ -1,9 +1,12 @@
-"""Control messages to running tasks, over the console's control exchange."""
+"""Control messages to running tasks, and the lab queues the web process declares, over
+one cached connection per thread to the console's vhost."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import pika
 import pika.exceptions as px
@@ -11,44 +14,57 @@ import pika.exceptions as px
 from . import amqp
 
 _local = threading.local()
+T = TypeVar("T")
 
 
 def _channel():
     channel = getattr(_local, "channel", None)
     if channel is None or not channel.is_open or not channel.connection.is_open:
-        connection = amqp.connect(amqp.console_parameters(name="labconsole-control"))
+        connection = amqp.connect(amqp.console_parameters(name="labconsole control"))
         channel = connection.channel()
         amqp.declare_console_exchanges(channel)
         _local.channel = channel
     return channel
 
 
-def send(routing_key: str, message: dict, *, exchange: str | None = None) -> None:
-    """Publishes one JSON message; retries once on a connection that went stale."""
-    body = json.dumps(message).encode()
-    props = pika.BasicProperties(content_type="application/json")
+def _on_channel(action: Callable[[object], T]) -> T:
+    """Runs `action` on the thread's channel. A web thread may sit idle long enough for the
+    broker to drop its connection (missed heartbeats), which shows only at the next use:
+    then it connects again and retries once."""
     for attempt in (1, 2):
         try:
-            _channel().basic_publish(exchange or amqp.control_exchange(), routing_key, body, props)
-            return
-        except (px.AMQPError, OSError):
+            return action(_channel())
+        except (px.AMQPConnectionError, px.ChannelWrongStateError, px.StreamLostError, OSError):
             _local.channel = None
             if attempt == 2:
                 raise
+    raise AssertionError("unreachable")
+
+
+def send(routing_key: str, message: dict, *, exchange: str | None = None) -> None:
+    """Publishes one JSON message on the control exchange (or `exchange`)."""
+    body = json.dumps(message).encode()
+    props = pika.BasicProperties(content_type="application/json")
+    _on_channel(
+        lambda ch: ch.basic_publish(exchange or amqp.control_exchange(), routing_key, body, props)
+    )
 
 
 def declare_reports_queue(session_id: str) -> None:
     """Collects the lab's workload reports from the moment it starts, so that none is lost
     while its monitor starts or moves to another worker. It expires an hour after its
     last consumer left, should a lab end without deleting it."""
-    channel = _channel()
     name = amqp.reports_queue(session_id)
-    channel.queue_declare(name, durable=True, arguments={"x-expires": 3_600_000})
-    channel.queue_bind(name, amqp.flow_exchange(), f"lab.{session_id}.report")
+
+    def declare(ch) -> None:
+        ch.queue_declare(name, durable=True, arguments={"x-expires": 3_600_000})
+        ch.queue_bind(name, amqp.flow_exchange(), f"lab.{session_id}.report")
+
+    _on_channel(declare)
 
 
 def delete_reports_queue(session_id: str) -> None:
-    _channel().queue_delete(amqp.reports_queue(session_id))
+    _on_channel(lambda ch: ch.queue_delete(amqp.reports_queue(session_id)))
 
 
 def workload_key(workload_id: int) -> str:
