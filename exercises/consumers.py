@@ -13,6 +13,7 @@ from . import selectors, services
 from .models import LabSession
 
 ACCEPTED = ("ack", "ping", "snapshot")
+STREAM_LOST = 4500
 
 
 @database_sync_to_async
@@ -41,9 +42,14 @@ class LabConsumer(AsyncWebsocketConsumer):
             await self.close(code=4403)
             return
         await self.accept()
-        self.stream = LabStream(self.session.id, self.send_json)
+        self.stream = LabStream(self.session.id, self.send_json, self.stream_lost)
         await self.stream.open()
         await self.send_snapshot()
+
+    async def stream_lost(self) -> None:
+        """The broker connection behind this socket is gone: close the socket so that the
+        browser reconnects, to a new connection and a fresh snapshot."""
+        await self.close(code=STREAM_LOST)
 
     async def disconnect(self, code: int) -> None:
         if self.stream is not None:

@@ -4,28 +4,42 @@ bounded queue per viewer bound to one lab's frames."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 import aio_pika
+import aiormq
 from django.conf import settings
 
 from labconsole.broker import amqp
 
-_connections: dict[asyncio.AbstractEventLoop, aio_pika.abc.AbstractRobustConnection] = {}
+_connections: dict[asyncio.AbstractEventLoop, aio_pika.abc.AbstractConnection] = {}
 
 
-async def shared_connection() -> aio_pika.abc.AbstractRobustConnection:
+async def open_channel() -> aio_pika.abc.AbstractChannel:
+    """A channel on the connection this event loop shares among its viewers. It is not a
+    robust connection: when it is lost, every viewer's channel closes, each WebSocket is
+    closed, and the browsers reconnect, to a new connection and a fresh snapshot. One way
+    back, the same for every kind of failure."""
     loop = asyncio.get_running_loop()
-    connection = _connections.get(loop)
-    if connection is None or connection.is_closed:
-        connection = await aio_pika.connect_robust(
-            amqp.aio_url(), client_properties={"connection_name": "labconsole stream"}
-        )
-        _connections[loop] = connection
-    return connection
+    for attempt in (1, 2):
+        connection = _connections.get(loop)
+        if connection is None or connection.is_closed:
+            connection = await aio_pika.connect(
+                amqp.aio_url(), client_properties={"connection_name": "labconsole stream"}
+            )
+            _connections[loop] = connection
+        try:
+            return await connection.channel()
+        except (RuntimeError, aio_pika.exceptions.AMQPConnectionError):
+            # Lost a moment ago, and not yet marked closed: start a new one.
+            _connections.pop(loop, None)
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 class LabStream:
@@ -40,9 +54,16 @@ class LabStream:
     only animation; the gap in their numbers is reported as `dropped`.
     """
 
-    def __init__(self, session_id: str, deliver: Callable[[dict], Awaitable[None]]):
+    def __init__(
+        self,
+        session_id: str,
+        deliver: Callable[[dict], Awaitable[None]],
+        lost: Callable[[], Awaitable[None]],
+    ):
         self.session_id = session_id
         self.deliver = deliver
+        self.lost = lost
+        self.closing = False
         self.channel: aio_pika.abc.AbstractChannel | None = None
         self.queue = None
         self.last_frame = 0
@@ -52,8 +73,8 @@ class LabStream:
         self.snapshot_wait: asyncio.Future | None = None
 
     async def open(self) -> None:
-        connection = await shared_connection()
-        self.channel = await connection.channel()
+        self.channel = await open_channel()
+        self.channel.close_callbacks.add(self._on_channel_closed)
         await self.channel.set_qos(prefetch_count=settings.FLOW_VIEWER_IN_FLIGHT)
         exchange = await self.channel.declare_exchange(
             amqp.flow_exchange(), aio_pika.ExchangeType.TOPIC, durable=True
@@ -97,7 +118,9 @@ class LabStream:
         while self.in_flight and self.in_flight[0][0] <= delivered:
             last = self.in_flight.popleft()[1]
         if last is not None and not self.channel.is_closed:
-            await last.ack(multiple=True)
+            # If the channel is gone, _on_channel_closed is closing the socket already.
+            with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError):
+                await last.ack(multiple=True)
 
     async def monitor_snapshot(self, timeout: float = 1.5) -> dict | None:
         """Asks the lab's monitor for its numbers and recent events (RPC over RabbitMQ)."""
@@ -118,7 +141,12 @@ class LabStream:
         finally:
             self.snapshot_wait = None
 
+    def _on_channel_closed(self, channel, exc: BaseException | None) -> None:
+        if not self.closing:
+            asyncio.ensure_future(self.lost())
+
     async def close(self) -> None:
+        self.closing = True
         if self.channel is not None and not self.channel.is_closed:
             await self.channel.close()
 

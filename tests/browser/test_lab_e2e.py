@@ -3,12 +3,13 @@ console: log in, start the lab, watch messages arrive, pass every checkpoint, en
 
 import os
 import re
+from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import expect
 
 from exercises.models import LabSession
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -22,6 +23,23 @@ def log_in(page, url, username="learner", password="learner-pass-1"):
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     expect(page.locator("#cards")).to_be_visible()
+
+
+def drop_stream_connections(api):
+    """The server's connection that feeds the lab pages is cut (a broker restart, a network
+    blip between the web server and RabbitMQ)."""
+
+    def streams():
+        # The API lists a new connection once its statistics are in (up to 5 s).
+        connections = api.request("GET", "connections?columns=name,client_properties")
+        return [
+            c["name"]
+            for c in connections
+            if c["client_properties"].get("connection_name") == "labconsole stream"
+        ]
+
+    for name in wait_for(streams, timeout=15, message="the stream connection listed"):
+        api.request("DELETE", f"connections/{quote(name, safe='')}", ok_missing=True)
 
 
 def state(page, expression):
@@ -72,6 +90,15 @@ def test_play_direct_routing_to_the_end(page, live_server_url, catalogue, learne
     expect_passed(page, "temperature-routed", "temperature-delivered")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "lab-direct-routing.png"))
+
+    # A network blip: the page says it is reconnecting, then is live again with the
+    # current numbers at once.
+    snapshots = state(page, "snapshotsReceived")
+    drop_stream_connections(api)
+    page.wait_for_function(f"() => window.labConsole.state.snapshotsReceived > {snapshots}")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    frames = state(page, "framesReceived")
+    page.wait_for_function(f"() => window.labConsole.state.framesReceived > {frames}")
 
     # Step 2: messages whose key matches no binding are dropped.
     publish(page, "sensors", "humidity")

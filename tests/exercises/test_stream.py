@@ -1,6 +1,7 @@
 """The lab's WebSocket through the real ASGI application: access, snapshot, frames, acks,
 bad frames."""
 
+import asyncio
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from django.test import Client
 
 from exercises.services import lab_session_start
 from labconsole.asgi import application
+from labconsole.flow import stream as stream_module
 from labconsole.flow.stream import close_shared_connections
 from tests.conftest import wait_for
 
@@ -157,6 +159,24 @@ def test_a_viewer_that_stops_acknowledging_is_bounded_by_the_broker(lab, learner
 
         queue = wait_for(viewer_queue, timeout=15, message="viewer queue statistics")
         assert queue["arguments"]["x-max-length"] == settings.FLOW_VIEWER_QUEUE_LENGTH
+        await ws.disconnect()
+
+    run(scenario)
+
+
+def test_losing_the_broker_closes_the_socket_so_the_browser_reconnects(lab, learner, api):
+    owner = headers_for(learner)
+
+    async def scenario():
+        ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
+        await receive(ws, "snapshot")
+        connection = stream_module._connections[asyncio.get_running_loop()]
+        await connection.close()  # what a broker restart does to it
+        while (output := await ws.receive_output(timeout=5))["type"] != "websocket.close":
+            pass
+        assert output["code"] == 4500
+        ws, connected, _ = await connect(f"/ws/labs/{lab.id}/", owner)
+        assert connected and (await receive(ws, "snapshot"))["lab"]["id"] == lab.id
         await ws.disconnect()
 
     run(scenario)
