@@ -66,12 +66,18 @@ def _published(c, record, broker, workloads) -> bool:
 
 
 def _dead_lettered(c, record, broker, workloads) -> bool:
+    def matches(history: tuple) -> bool:
+        counts = dict(history)
+        if c.reason is not None:
+            if c.reason not in counts:
+                return False
+            return c.retries is None or counts[c.reason] == c.retries
+        return c.retries is None or max(counts.values()) == c.retries
+
     n = sum(
         count
-        for (queue, reason, retries), count in record.dead_lettered.items()
-        if queue == c.queue
-        and (c.reason is None or reason == c.reason)
-        and (c.retries is None or retries == c.retries)
+        for (queue, history), count in record.dead_lettered.items()
+        if queue == c.queue and matches(history)
     )
     return n >= c.min
 

@@ -40,7 +40,8 @@ class FlowRecord:
     routes: Counter = field(default_factory=Counter)  # (exchange, key, queues tuple) -> n
     delivered: Counter = field(default_factory=Counter)  # queue -> deliveries
     workloads: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
-    # (queue, reason, retries) -> messages that arrived in queue with that x-death history
+    # (queue, ((reason, highest count), ...)) -> messages that arrived in the queue with
+    # that x-death history
     dead_lettered: Counter = field(default_factory=Counter)
     # (queue, message id) already counted, oldest first; bounded, as a lab may run for hours
     seen_dead: dict = field(default_factory=dict)
@@ -50,7 +51,9 @@ class FlowRecord:
             "routes": [[e, k, list(q), n] for (e, k, q), n in self.routes.items()],
             "delivered": dict(self.delivered),
             "workloads": {w: dict(c) for w, c in self.workloads.items()},
-            "dead_lettered": [[q, r, k, n] for (q, r, k), n in self.dead_lettered.items()],
+            "dead_lettered": [
+                [q, [list(d) for d in h], n] for (q, h), n in self.dead_lettered.items()
+            ],
         }
 
     @classmethod
@@ -62,8 +65,8 @@ class FlowRecord:
             record.delivered.update(data.get("delivered", {}))
             for w, c in data.get("workloads", {}).items():
                 record.workloads[w].update(c)
-            for q, r, k, n in data.get("dead_lettered", []):
-                record.dead_lettered[(q, r, k)] = n
+            for q, history, n in data.get("dead_lettered", []):
+                record.dead_lettered[(q, tuple(tuple(d) for d in history))] = n
         return record
 
     def note_dead_letter(self, queue: str, message_id: str | None, x_death: list) -> None:
@@ -75,9 +78,11 @@ class FlowRecord:
             self.seen_dead[(queue, message_id)] = None
             if len(self.seen_dead) > SEEN_DEAD_LIMIT:
                 del self.seen_dead[next(iter(self.seen_dead))]
-        for reason in {d.get("reason") for d in x_death}:
-            retries = max(int(d.get("count", 0)) for d in x_death if d.get("reason") == reason)
-            self.dead_lettered[(queue, reason, retries)] += 1
+        highest: dict[str, int] = {}
+        for d in x_death:
+            reason = str(d.get("reason"))
+            highest[reason] = max(highest.get(reason, 0), int(d.get("count", 0)))
+        self.dead_lettered[(queue, tuple(sorted(highest.items())))] += 1
 
 
 class Rate:
