@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from labconsole.broker import amqp  # noqa: E402
 from labconsole.broker.management import ManagementClient  # noqa: E402
 from labconsole.flow.reporter import FlowReporter  # noqa: E402
 from labconsole.workloads.runner import ProducerRun  # noqa: E402
+from tests.support import Worker  # noqa: E402
 
 CATALOGUE = ROOT / "exercises" / "catalogue"
 ROUNDS = 9
@@ -218,31 +218,13 @@ def bench_lab_start(api: ManagementClient, rounds: int = 5) -> None:
     call_command("migrate", verbosity=0)
     exercise = {e.slug: e for e, _ in exercise_load_builtin()}["direct-routing"]
     owner = get_user_model().objects.create(username="bench")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "labconsole",
-            "worker",
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-            "-n",
-            f"bench-{os.getpid()}@%h",
-        ],
-        cwd=ROOT,
-        stdout=open(BENCH_DB.with_suffix(".worker.log"), "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
+    worker = Worker(f"bench-{os.getpid()}", env=dict(os.environ), log_dir=BENCH_DB.parent)
+    worker.start()
     viewer = amqp.connect(amqp.console_parameters(name="bench viewer"))
     try:
         channel = viewer.channel()
         amqp.declare_console_exchanges(channel)
         queue = channel.queue_declare("", exclusive=True).method.queue
-        time.sleep(3)  # the worker starts
         provisioned, first_frame = [], []
         for _ in range(rounds):
             t = time.perf_counter()
@@ -266,8 +248,7 @@ def bench_lab_start(api: ManagementClient, rounds: int = 5) -> None:
         )
     finally:
         viewer.close()
-        worker.terminate()
-        worker.wait(20)
+        worker.stop()
 
 
 BENCHMARKS = {

@@ -4,32 +4,13 @@ leaves no lab vhost, user or console queue behind."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
-
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-
-
-def wait_for(predicate, *, timeout: float = 20.0, interval: float = 0.2, message: str = ""):
-    """Polls until predicate() is truthy and returns its value; fails with `message`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s: {message or predicate}")
-        time.sleep(interval)
+from tests.support import Worker
 
 
 def subprocess_env() -> dict[str, str]:
@@ -42,63 +23,6 @@ def subprocess_env() -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
-
-
-class Worker:
-    """A Celery worker process, as `make run` starts it (threads pool)."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.proc: subprocess.Popen | None = None
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.log_path = ARTIFACTS / f"{name}.log"
-
-    def start(self) -> None:
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "labconsole",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-                "--concurrency",
-                "60",
-                "-n",
-                f"{self.name}@%h",
-            ],
-            cwd=ROOT,
-            env=subprocess_env(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        start = self.log_path.stat().st_size if self.log_path.exists() else 0
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"celery worker exited; see {self.log_path}")
-            return b" ready." in self.log_path.read_bytes()[start:]
-
-        wait_for(ready, timeout=60, message="celery worker ready")
-
-    def kill(self) -> None:
-        """SIGKILL: the worker dies without acknowledging what it was running."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +38,7 @@ def api() -> ManagementClient:
 @pytest.fixture(scope="session")
 def worker(django_db_setup, django_db_blocker, api):
     """One real Celery worker for the session; a test that kills it starts it again."""
-    w = Worker("worker")
+    w = Worker("worker", env=subprocess_env())
     w.start()
     yield w
     w.stop()

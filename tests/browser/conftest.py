@@ -12,7 +12,8 @@ import sys
 import pytest
 import requests
 
-from tests.conftest import ARTIFACTS, ROOT, subprocess_env, wait_for
+from tests.conftest import subprocess_env
+from tests.support import ARTIFACTS, ROOT, wait_for
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from exercises.models import LabSession
-from tests.conftest import ROOT, wait_for
+from tests.support import ROOT, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -8,7 +8,7 @@ import pytest
 from exercises.models import CheckpointResult
 from exercises.services import lab_publish, lab_session_start, workload_start, workload_stop
 from exercises.services import workload_update as update
-from tests.conftest import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

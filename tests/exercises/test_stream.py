@@ -14,7 +14,7 @@ from exercises.services import lab_session_start
 from labconsole.asgi import application
 from labconsole.flow import stream as stream_module
 from labconsole.flow.stream import close_shared_connections
-from tests.conftest import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,7 +13,7 @@ from exercises.services import (
     workload_stop,
     workload_update,
 )
-from tests.conftest import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
