@@ -65,17 +65,14 @@ def lab_graph(spec: ExerciseSpec) -> dict:
                 "dead-letter",
                 q.arguments.get("x-dead-letter-routing-key", ""),
             )
+    # The broker's own exchanges (amq.direct, amq.topic, ...) used without being declared.
+    builtin = {p.exchange for p in spec.workloads.producers} | {b.source for b in t.bindings}
+    for name in sorted(builtin - exchange_names - {""}):
+        nodes.append(
+            {"id": f"x:{name}", "kind": "exchange", "label": name, "detail": name.split(".")[-1]}
+        )
     for b in t.bindings:
         prefix = "q:" if b.destination_type == "queue" else "x:"
-        if b.source not in exchange_names and f"x:{b.source}" not in {n["id"] for n in nodes}:
-            nodes.append(
-                {
-                    "id": f"x:{b.source}",
-                    "kind": "exchange",
-                    "label": b.source,
-                    "detail": b.source.split(".")[-1],
-                }
-            )
         edge(f"x:{b.source}", f"{prefix}{b.destination}", "binding", _binding_label(b))
     for c in spec.workloads.consumers:
         nodes.append(
@@ -103,14 +100,12 @@ class Router:
     def __init__(self, graph: dict):
         self.bindings: dict[str, list[str]] = {}
         self.dead_letter: dict[str, str] = {}
-        self.dead_letter_key: dict[str, str] = {}
         self.consumers: dict[str, str] = {}
         for e in graph["edges"]:
             if e["kind"] == "binding":
                 self.bindings.setdefault(e["source"], []).append(e["target"])
             elif e["kind"] == "dead-letter":
                 self.dead_letter[e["source"][2:]] = e["target"][2:]
-                self.dead_letter_key[e["source"][2:]] = e["label"]
             elif e["kind"] == "consume":
                 self.consumers[e["target"][2:]] = e["source"][2:]
         self._cache: dict[tuple[str, str], list[str]] = {}
