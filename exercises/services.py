@@ -140,8 +140,8 @@ def lab_session_start(
         raise LabError(f"the exercise is not valid:\n{exc}") from exc
     session.save()
     try:
-        _provision(session)
         _create_workloads(session)
+        _provision(session)  # removes what it made on the broker if it fails
     except BaseException:
         session.delete()
         raise
@@ -217,8 +217,13 @@ def lab_session_reset(*, session: LabSession) -> LabSession:
     session.save(update_fields=["generation", "rabbit_password", "state"])
     session.workloads.all().delete()
     CheckpointResult.objects.filter(session=session).delete()
-    _provision(session)
     _create_workloads(session)
+    try:
+        _provision(session)
+    except LabError:
+        # The old lab is gone and the new one could not be made: this lab has ended.
+        lab_session_stop(session=session)
+        raise
     session.state = LabSession.State.RUNNING
     session.save(update_fields=["state"])
     _start_tasks(session, run_workloads=True)

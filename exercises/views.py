@@ -189,9 +189,11 @@ def lab_publish(request: HttpRequest, lab_id: str) -> HttpResponse:
 @login_required
 def lab_reset(request: HttpRequest, lab_id: str) -> HttpResponse:
     session = _own_lab(request, lab_id)
-    if not session.is_active:
+    try:
+        services.lab_session_reset(session=session)
+    except services.LabError:
+        # Ended already, or it could not be made again: the exercise page starts a new one.
         return _redirect(request, reverse("exercise", args=[session.exercise.slug]))
-    services.lab_session_reset(session=session)
     return _redirect(request, session.get_absolute_url())
 
 

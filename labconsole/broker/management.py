@@ -103,9 +103,6 @@ class ManagementClient:
             "messages_unacknowledged,consumers,message_stats,arguments",
         )
 
-    def exchanges(self, vhost: str) -> list[dict]:
-        return self.request("GET", f"exchanges/{_q(vhost)}")
-
     def bindings(self, vhost: str) -> list[dict]:
         return self.request("GET", f"bindings/{_q(vhost)}")
 
@@ -121,6 +118,3 @@ class ManagementClient:
                     self.request(
                         "DELETE", f"{kind}/{_q(vhost)}/{_q(item['name'])}", ok_missing=True
                     )
-
-    def permissions(self, vhost: str) -> list[dict]:
-        return self.request("GET", f"vhosts/{_q(vhost)}/permissions")

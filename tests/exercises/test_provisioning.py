@@ -125,3 +125,14 @@ def test_idle_labs_are_ended(api, catalogue, learner, labs):
     )
     assert lab_sessions_sweep_idle(idle_minutes=30) == [idle.id]
     assert not api.vhost_exists(idle.vhost) and api.vhost_exists(fresh.vhost)
+
+
+def test_reset_that_the_broker_refuses_ends_the_lab_cleanly(api, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    session.source = BROKER_REFUSES  # as if the broker had changed under the pinned spec
+    session.__dict__.pop("spec", None)
+    with pytest.raises(LabError, match="no-such-setting"):
+        lab_session_reset(session=session)
+    session.refresh_from_db()
+    assert session.state == LabSession.State.ENDED
+    assert not api.vhost_exists(session.vhost) and not api.user_exists(session.rabbit_user)
