@@ -30,9 +30,17 @@ def console_credentials() -> tuple[str, str]:
 
 
 def parameters(
-    *, vhost: str, user: str, password: str, name: str = "labconsole", heartbeat: int = 30
+    *,
+    vhost: str,
+    user: str,
+    password: str,
+    name: str = "labconsole",
+    heartbeat: int = 30,
+    blocked_timeout: float = 60,
 ) -> list[pika.ConnectionParameters]:
-    """Parameters for every node, so that pika.BlockingConnection tries them in turn."""
+    """Parameters for every node, so that pika.BlockingConnection tries them in turn.
+    A connection the broker blocks (a memory or disk alarm) for `blocked_timeout` seconds
+    is dropped, and its owner connects again."""
     credentials = pika.PlainCredentials(user, password)
     return [
         pika.ConnectionParameters(
@@ -41,7 +49,7 @@ def parameters(
             virtual_host=vhost,
             credentials=credentials,
             heartbeat=heartbeat,
-            blocked_connection_timeout=60,
+            blocked_connection_timeout=blocked_timeout,
             connection_attempts=1,
             client_properties={"connection_name": name},
         )
@@ -84,11 +92,34 @@ def firehose_queue() -> str:
 
 
 FIREHOSE_QUEUE_LENGTH = 20000
+# Durable, so that a restart of the broker does not take it (the monitor declares it
+# again all the same, with these arguments); the oldest trace messages go first.
+FIREHOSE_ARGUMENTS = {"x-max-length": FIREHOSE_QUEUE_LENGTH, "x-overflow": "drop-head"}
+
+
+def lab_key(session_id: str, kind: str) -> str:
+    """Routing key of one lab's messages on the flow exchange (`report`, `frame`,
+    `status`, `workload`) and of its monitor on the control exchange (`monitor`)."""
+    return f"lab.{session_id}.{kind}"
+
+
+def runtime_queue(host: str, pid: int) -> str:
+    """The control queue of one worker process's console bus (exclusive to it)."""
+    return f"{settings.LABCONSOLE_PREFIX}.runtime.{host}.{pid}"
 
 
 def reports_queue(session_id: str) -> str:
     """The queue in the console's vhost that collects one lab's workload reports."""
     return f"{settings.LABCONSOLE_PREFIX}.reports.{session_id}"
+
+
+def declare_reports_queue(channel, session_id: str) -> None:
+    """Collects the lab's workload reports from the moment it starts, so that none is lost
+    while its monitor starts or moves to another worker. It expires an hour after its
+    last consumer left, should a lab end without deleting it."""
+    name = reports_queue(session_id)
+    channel.queue_declare(name, durable=True, arguments={"x-expires": 3_600_000})
+    channel.queue_bind(name, flow_exchange(), lab_key(session_id, "report"))
 
 
 def declare_console_exchanges(channel) -> None:

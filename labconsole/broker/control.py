@@ -51,16 +51,7 @@ def send(routing_key: str, message: dict, *, exchange: str | None = None) -> Non
 
 
 def declare_reports_queue(session_id: str) -> None:
-    """Collects the lab's workload reports from the moment it starts, so that none is lost
-    while its monitor starts or moves to another worker. It expires an hour after its
-    last consumer left, should a lab end without deleting it."""
-    name = amqp.reports_queue(session_id)
-
-    def declare(ch) -> None:
-        ch.queue_declare(name, durable=True, arguments={"x-expires": 3_600_000})
-        ch.queue_bind(name, amqp.flow_exchange(), f"lab.{session_id}.report")
-
-    _on_channel(declare)
+    _on_channel(lambda ch: amqp.declare_reports_queue(ch, session_id))
 
 
 def delete_reports_queue(session_id: str) -> None:
@@ -72,4 +63,4 @@ def workload_key(workload_id: int) -> str:
 
 
 def monitor_key(session_id: str) -> str:
-    return f"lab.{session_id}.monitor"
+    return amqp.lab_key(session_id, "monitor")

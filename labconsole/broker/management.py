@@ -95,6 +95,17 @@ class ManagementClient:
         """One call for users, permissions, topology and limits (the fastest way)."""
         self.request("POST", "definitions", definitions)
 
+    def alarms(self) -> list[str]:
+        """Resource alarms in force ("memory on rabbit@host", "disk on ..."): while one
+        is, the broker blocks every connection that publishes."""
+        alarms = []
+        for node in self.request("GET", "nodes?columns=name,mem_alarm,disk_free_alarm"):
+            if node.get("mem_alarm"):
+                alarms.append(f"memory on {node['name']}")
+            if node.get("disk_free_alarm"):
+                alarms.append(f"disk on {node['name']}")
+        return alarms
+
     # --- topology and statistics ----------------------------------------------------------
     def queues(self, vhost: str) -> list[dict]:
         return self.request(

@@ -2,7 +2,8 @@
 
 A workload calls `count()` for every message (cheap: a dict increment) and `event()` for
 the few it describes in full; `maybe_flush()` publishes one report per batch interval with
-the counter deltas and up to `max_events` events. The lab monitor merges the reports.
+the cumulative counters, the workload's gauges (what a consumer holds unacknowledged) and
+up to `max_events` events. The lab monitor merges the reports.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pika
+
+from labconsole.broker.amqp import lab_key
 
 BODY_LIMIT = 2048
 
@@ -58,28 +62,42 @@ def body_text(body: bytes) -> str:
 
 
 class FlowReporter:
+    """Counts what a workload sees and reports it every `batch_ms`.
+
+    Counters are cumulative for the workload's whole life (restored from its progress when
+    a worker takes it over), so a lost report costs nothing and the monitor simply keeps
+    the latest. Events are the few messages described in full since the last report.
+    """
+
     def __init__(
         self,
-        channel,
+        send: Callable[[str, bytes], None],
         *,
-        exchange: str,
         session: str,
         workload: str,
         batch_ms: int = 100,
         max_events: int = 20,
+        totals: dict[str, int] | None = None,
     ):
-        self.channel = channel
-        self.exchange = exchange
-        self.routing_key = f"lab.{session}.report"
+        self.send = send
+        self.routing_key = lab_key(session, "report")
         self.workload = workload
         self.interval = batch_ms / 1000
         self.max_events = max_events
-        self.counts: Counter[str] = Counter()
+        self.totals: Counter[str] = Counter(totals or {})
+        self.gauges: dict[str, Any] = {}
         self.events: list[dict] = []
+        self.dirty = False
         self.last_flush = time.monotonic()
 
     def count(self, kind: str, n: int = 1) -> None:
-        self.counts[kind] += n
+        self.totals[kind] += n
+        self.dirty = True
+
+    def gauge(self, name: str, value: Any) -> None:
+        if self.gauges.get(name) != value:
+            self.gauges[name] = value
+            self.dirty = True
 
     def wants_event(self) -> bool:
         return len(self.events) < self.max_events
@@ -90,22 +108,29 @@ class FlowReporter:
             self.events.append(
                 {"kind": kind, "t": time.time(), "workload": self.workload, **fields}
             )
+            self.dirty = True
 
-    def maybe_flush(self) -> None:
-        if time.monotonic() - self.last_flush >= self.interval:
+    def due(self) -> float | None:
+        """When the next report is due (monotonic), or None with nothing to report."""
+        return self.last_flush + self.interval if self.dirty else None
+
+    def maybe_flush(self, now: float | None = None) -> float | None:
+        """Reports if the batch interval has passed; returns when the next report is due."""
+        if self.dirty and (now or time.monotonic()) - self.last_flush >= self.interval:
             self.flush()
+        return self.due()
 
     def flush(self, **extra: Any) -> None:
         self.last_flush = time.monotonic()
-        if not self.counts and not self.events and not extra:
+        if not self.dirty and not extra:
             return
-        report = {"workload": self.workload, "counts": dict(self.counts), "events": self.events}
-        report.update(extra)
-        self.counts = Counter()
+        report = {
+            "workload": self.workload,
+            "counts": dict(self.totals),
+            "events": self.events,
+            **self.gauges,
+            **extra,
+        }
         self.events = []
-        self.channel.basic_publish(
-            self.exchange,
-            self.routing_key,
-            json.dumps(report, default=str).encode(),
-            pika.BasicProperties(content_type="application/json"),
-        )
+        self.dirty = False
+        self.send(self.routing_key, json.dumps(report, default=str, separators=(",", ":")).encode())
