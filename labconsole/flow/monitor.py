@@ -2,9 +2,16 @@
 (the workloads' reports, the firehose of the lab's vhost, queue depths) into frames for
 the browser, at most `fps` a second, and keeps the flow record the checks read.
 
-Frames are published on the console's flow exchange (`lab.<id>.frame`); every viewer
-reads them from its own bounded queue, so the monitor does the work once per lab however
-many people watch.
+It is a unit (labconsole/runtime/unit.py): asleep until a firehose message, a report or
+control message (through the worker's console bus) or its next timer. Frames are sent
+only when something changed (and once a second otherwise, so rates fall to zero on the
+page); queue depths are read often while messages move and rarely when nothing does.
+Each frame carries the newest events and traces: what could not be shown in time is
+dropped and counted ("1 in 40 shown"), never queued behind.
+
+Frames are published on the console's flow exchange (`lab.<id>.frame`); each web process
+holds one subscription per lab and fans them out to that lab's sockets, so the monitor
+does the work once per lab however many people watch.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from typing import Any
 import pika
 import pika.exceptions as px
 
-from labconsole.broker.amqp import close_quietly
+from labconsole.broker.amqp import lab_key
+from labconsole.runtime.bus import Incoming
+from labconsole.runtime.unit import Stop, Unit
 
 from .reporter import body_text, jsonable
 
@@ -31,6 +40,13 @@ SAMPLES_PER_FRAME = 40
 RECENT_EVENTS = 200
 SEEN_DEAD_LIMIT = 50_000
 CHECK_INTERVAL = 0.5  # seconds between evaluations of the checkpoints, when anything moved
+DEPTHS_BUSY = 0.25  # seconds between reads of queue depths while messages move
+DEPTHS_IDLE = 2.0  # ... and while nothing does (a purge or a TTL still shows)
+MANAGEMENT_INTERVAL = 5.0  # the broker's statistics refresh no faster by default
+IDLE_FRAME = 5.0  # a frame at least this often, even when nothing changed
+CHECKPOINT_INTERVAL = 1.0  # how often the state a new worker would resume from is taken
+FIREHOSE_PREFETCH = 2000
+FIREHOSE_ACK_EVERY = 200
 
 
 @dataclass
@@ -103,45 +119,47 @@ class Rate:
         return round(self.value, 2)
 
 
-class LabMonitor:
+class LabMonitor(Unit):
+    kind = "monitor"
+
     def __init__(
         self,
         *,
         session: str,
-        lab_params: list[pika.ConnectionParameters],
-        console: pika.BlockingConnection,
         flow_exchange: str,
-        control_queue: str,
         reports_queue: str,
+        declare_reports: Callable[[object], None],
         firehose_queue: str,
+        firehose_arguments: dict,
         router,
         queues: list[str],
         consumers: dict[str, str],
         evaluate: Callable[[FlowRecord, dict], dict[str, bool]],
-        still_current: Callable[[], bool],
-        fps: int = 20,
-        slice_seconds: float = 300.0,
-        state: dict | None = None,
+        ensure_tracing: Callable[[], None] = lambda: None,
         management_queues: Callable[[], list[dict]] | None = None,
+        fps: int = 20,
+        state: dict | None = None,
+        **kwargs: Any,
     ):
+        super().__init__(name=session, **kwargs)
         self.session = session
-        self.lab_params = lab_params
-        self.console = console
         self.flow_exchange = flow_exchange
+        self.reports_queue = reports_queue
+        self.declare_reports = declare_reports
         self.firehose_queue = firehose_queue
+        self.firehose_arguments = firehose_arguments
         self.router = router
         self.queue_names = queues
         self.consumer_queue = consumers  # consumer workload -> its queue
         self.evaluate = evaluate
-        self.still_current = still_current
-        self.frame_interval = 1.0 / max(fps, 1)
-        self.slice_seconds = slice_seconds
+        self.ensure_tracing = ensure_tracing
         self.management_queues = management_queues
+        self.frame_interval = 1.0 / max(fps, 1)
         state = state or {}
         self.record = FlowRecord.restore(state.get("record"))
         self.checks: dict[str, bool] = state.get("checks", {})
-        self.outstanding: Counter = Counter(state.get("outstanding", {}))
         self.unroutable: Counter = Counter(state.get("unroutable", {}))
+        self.held: dict[str, int] = {}  # consumer workload -> unacknowledged it holds
         self.queues: dict[str, dict] = {
             q: {"ready": 0, "unacked": 0, "consumers": 0, "rate_in": 0.0, "rate_out": 0.0}
             for q in queues
@@ -149,48 +167,79 @@ class LabMonitor:
         self.rates_in = defaultdict(Rate)
         self.rates_out = defaultdict(Rate)
         self.exchange_rates = defaultdict(Rate)
-        self.pending_events: deque = deque(maxlen=EVENTS_PER_FRAME * 20)
-        self.pending_samples: deque = deque(maxlen=SAMPLES_PER_FRAME * 5)
+        # The newest events and traces since the last frame; older ones fall out, counted.
+        self.pending_events: deque = deque(maxlen=EVENTS_PER_FRAME)
+        self.pending_samples: deque = deque(maxlen=SAMPLES_PER_FRAME)
+        self.events_seen = 0
+        self.samples_seen = 0
         self.recent: deque = deque(maxlen=RECENT_EVENTS)
         self.seq = state.get("seq", 0)
-        self.stop: str | None = None
-        self.frame_seq = 0
+        self.frame_seq = state.get("frame_seq", 0)
+        self.changed = True  # something to show in the next frame
+        self.moved = True  # messages moved since queue depths were last read
         self.checks_dirty = True
-        self.out = console.channel()
-        control = console.channel()
-        control.basic_consume(control_queue, self._on_control, auto_ack=True)
-        console.channel().basic_consume(reports_queue, self._on_report, auto_ack=True)
+        self.firehose_tag = 0
+        self.next_frame = self.next_depths = self.next_checks = 0.0
+        self.next_management = self.next_checkpoint = 0.0
+        self.last_frame = 0.0
+        self.depths = None
+        self.checkpoint = self.export()
+
+    # --- connection --------------------------------------------------------------------------
+    def connected(self) -> None:
+        if self.reconnects:
+            # What a restart of the broker loses: tracing is off after a hard restart.
+            self.ensure_tracing()
+        self.bus.consume(self.reports_queue, self.post, self.declare_reports)
+        firehose = self.lab.channel()
+        firehose.queue_declare(self.firehose_queue, durable=True, arguments=self.firehose_arguments)
+        for pattern in ("publish.#", "deliver.#"):
+            firehose.queue_bind(self.firehose_queue, "amq.rabbitmq.trace", pattern)
+        firehose.basic_qos(prefetch_count=FIREHOSE_PREFETCH)
+        firehose.basic_consume(self.firehose_queue, self._on_firehose)
+        self.firehose = firehose
+        self.firehose_tag = 0
+        self.depths = self.lab.channel()
+        self.next_depths = 0.0
+
+    def finish(self) -> None:
+        self.bus.cancel(self.reports_queue, self.post)
+        self.checkpoint = self.export()
 
     # --- inputs ------------------------------------------------------------------------------
-    def _on_control(self, channel, method, props, body: bytes) -> None:
+    def handle(self, message: Incoming) -> None:
+        if message.routing_key.endswith(".report"):
+            self._on_report(message.body)
+            return
         try:
-            message = json.loads(body)
+            data = json.loads(message.body)
         except ValueError:
             return
-        if message.get("op") == "stop":
-            self.stop = "stopped"
-        elif message.get("op") == "snapshot" and props.reply_to:
-            self.out.basic_publish(
+        if data.get("op") == "stop":
+            raise Stop("stopped")
+        if data.get("op") == "snapshot" and message.reply_to:
+            self.bus.publish(
                 "",
-                props.reply_to,
-                json.dumps(self.snapshot(), default=str).encode(),
-                pika.BasicProperties(correlation_id=props.correlation_id),
+                message.reply_to,
+                json.dumps(self.snapshot(), default=str, separators=(",", ":")).encode(),
+                pika.BasicProperties(correlation_id=message.correlation_id),
             )
 
-    def _on_report(self, channel, method, props, body: bytes) -> None:
+    def _on_report(self, body: bytes) -> None:
         report = json.loads(body)
         workload = report["workload"]
-        counts = report.get("counts", {})
-        self.record.workloads[workload].update(counts)
-        if workload in self.consumer_queue:
-            done = sum(counts.get(k, 0) for k in ("acked", "nacked", "rejected", "parked"))
-            self.outstanding[workload] += counts.get("delivered", 0) - done
-            if report.get("state"):  # the run ended: the broker requeued what it held
-                self.outstanding[workload] = 0
+        counts = report.get("counts")
+        if counts:
+            # Cumulative: the latest report is the truth, a lost one costs nothing.
+            self.record.workloads[workload] = Counter(counts)
+            self.checks_dirty = True
+        if "held" in report:
+            self.held[workload] = int(report["held"])
+        if report.get("state") not in (None, "running"):
+            self.held[workload] = 0  # the run ended or lost its connection: all requeued
         for event in report.get("events", []):
             self._workload_event(event)
-        if counts:
-            self.checks_dirty = True
+        self.changed = True
 
     def _workload_event(self, event: dict) -> None:
         kind, workload = event["kind"], event["workload"]
@@ -234,73 +283,87 @@ class LabMonitor:
         return [f"q:{queue}", *path]
 
     def _on_firehose(self, channel, method, props, body: bytes) -> None:
+        """Called for every message the lab publishes and every delivery: kept lean. The
+        full event of a publish is built only if it is among the newest when a frame goes."""
+        self.firehose_tag = method.delivery_tag
+        if method.delivery_tag % FIREHOSE_ACK_EVERY == 0:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+            self.firehose_tag = 0
         headers = props.headers or {}
         kind, _, name = method.routing_key.partition(".")
         inner = headers.get("properties") or {}
-        message_id = jsonable(inner.get("message_id"))
         inner_headers = inner.get("headers") or {}
-        x_death = jsonable(inner_headers.get("x-death")) or []
-        now = time.time()
+        x_death = inner_headers.get("x-death")
+        self.changed = self.moved = self.checks_dirty = True
         if kind == "publish":
-            keys = [jsonable(k) for k in headers.get("routing_keys") or []]
-            key = keys[0] if keys else ""
+            keys = headers.get("routing_keys") or []
+            key = jsonable(keys[0]) if keys else ""
             if name == "":
                 # routed_queues echoes the key for the default exchange: trust only real queues.
-                routed = tuple(k for k in keys if k in self.queues)
+                routed = tuple(k for k in map(jsonable, keys) if k in self.queues)
             else:
                 routed = tuple(sorted(jsonable(q) for q in headers.get("routed_queues") or []))
             self.record.routes[(name, key, routed)] += 1
             self.exchange_rates[name].count += 1
+            message_id = jsonable(inner.get("message_id"))
             for q in routed:
                 self.rates_in[q].count += 1
-                self.record.note_dead_letter(q, message_id, x_death)
+                if x_death:
+                    self.record.note_dead_letter(q, message_id, jsonable(x_death))
             if not routed:
                 self.unroutable[name] += 1
-            self.checks_dirty = True
-            if len(self.pending_samples) < SAMPLES_PER_FRAME * 2:
-                app = jsonable(inner.get("app_id")) or "@you"
-                source = f"c:{app}" if app in self.consumer_queue else f"p:{app}"
-                if routed:
-                    for q in routed:
-                        self._sample(
-                            "routed",
-                            [source, *self.router.path(name, q)],
-                            {"message_id": message_id},
-                        )
-                else:
-                    self._sample("unroutable", [source, f"x:{name}"], {"message_id": message_id})
-                self._log(
-                    {
-                        "kind": "published" if routed else "unroutable",
-                        "t": now,
-                        "exchange": name,
-                        "routing_key": key,
-                        "routed_queues": list(routed),
-                        "message_id": message_id,
-                        "workload": jsonable(inner.get("app_id")),
-                        "body": body_text(body),
-                        "properties": {k: jsonable(v) for k, v in inner.items() if k != "headers"},
-                        "headers": jsonable(inner_headers),
-                    }
-                )
+            self.events_seen += 1
+            self.pending_events.append((time.time(), name, key, routed, inner, body))
+            app = jsonable(inner.get("app_id")) or "@you"
+            source = f"c:{app}" if app in self.consumer_queue else f"p:{app}"
+            if routed:
+                for q in routed:
+                    self._sample("routed", (source, name, q), {"message_id": message_id})
+            else:
+                self._sample("unroutable", [source, f"x:{name}"], {"message_id": message_id})
         elif kind == "deliver":
             self.record.delivered[name] += 1
             self.rates_out[name].count += 1
-            self.record.note_dead_letter(name, message_id, x_death)
-            self.checks_dirty = True
+            if x_death:
+                self.record.note_dead_letter(
+                    name, jsonable(inner.get("message_id")), jsonable(x_death)
+                )
 
-    def _sample(self, kind: str, path: list[str], event: dict | None = None) -> None:
-        self.pending_samples.append(
-            {"id": (event or {}).get("message_id"), "kind": kind, "path": path}
-        )
+    def _sample(self, kind: str, path, event: dict | None = None) -> None:
+        """A trace to animate; `path` is a list of node ids, or (source, exchange, queue)
+        for a routed publish, whose path is worked out only if it is drawn."""
+        self.samples_seen += 1
+        self.pending_samples.append(((event or {}).get("message_id"), kind, path))
 
     def _log(self, event: dict) -> None:
-        self.seq += 1
-        event = {**event, "seq": self.seq}
+        self.events_seen += 1
         self.pending_events.append(event)
-        self.recent.append(event)
 
     # --- outputs -----------------------------------------------------------------------------
+    def _event(self, item) -> dict:
+        if isinstance(item, dict):
+            return item
+        t, exchange, key, routed, inner, body = item
+        return {
+            "kind": "published" if routed else "unroutable",
+            "t": t,
+            "exchange": exchange,
+            "routing_key": key,
+            "routed_queues": list(routed),
+            "message_id": jsonable(inner.get("message_id")),
+            "workload": jsonable(inner.get("app_id")),
+            "body": body_text(body),
+            "properties": {k: jsonable(v) for k, v in inner.items() if k != "headers"},
+            "headers": jsonable(inner.get("headers") or {}),
+        }
+
+    def _trace(self, item) -> dict:
+        message_id, kind, path = item
+        if isinstance(path, tuple):
+            source, exchange, queue = path
+            path = [source, *self.router.path(exchange, queue)]
+        return {"id": message_id, "kind": kind, "path": path}
+
     def counters(self) -> dict:
         return {w: dict(c) for w, c in self.record.workloads.items()}
 
@@ -313,7 +376,7 @@ class LabMonitor:
     def snapshot(self) -> dict:
         return {
             "counters": self.counters(),
-            "queues": self.queues,
+            "queues": self._queues_out(),
             "exchanges": self.exchanges(time.monotonic()),
             "checks": self.checks,
             "events": list(self.recent),
@@ -322,37 +385,47 @@ class LabMonitor:
     def export(self) -> dict:
         return {
             "record": self.record.export(),
-            "checks": self.checks,
-            "outstanding": dict(self.outstanding),
+            "checks": dict(self.checks),
             "unroutable": dict(self.unroutable),
             "seq": self.seq,
+            "frame_seq": self.frame_seq,
         }
 
     def publish(self, kind: str, message: dict) -> None:
-        self.out.basic_publish(
+        self.bus.publish(
             self.flow_exchange,
-            f"lab.{self.session}.{kind}",
-            json.dumps({"type": kind, **message}, default=str).encode(),
+            lab_key(self.session, kind),
+            json.dumps({"type": kind, **message}, default=str, separators=(",", ":")).encode(),
             pika.BasicProperties(content_type="application/json"),
         )
 
-    def frame(self) -> None:
-        now = time.monotonic()
-        unacked = Counter()
-        for workload, n in self.outstanding.items():
-            unacked[self.consumer_queue.get(workload)] += max(n, 0)
+    def _queues_out(self) -> dict:
+        return {
+            q: {k: v for k, v in s.items() if k != "unacked_broker"} for q, s in self.queues.items()
+        }
+
+    def frame(self, now: float) -> None:
+        held = Counter()
+        for workload, n in self.held.items():
+            held[self.consumer_queue.get(workload)] += max(n, 0)
         for q, stats in self.queues.items():
             stats["rate_in"] = self.rates_in[q].tick(now)
             stats["rate_out"] = self.rates_out[q].tick(now)
-            stats["unacked"] = max(unacked.get(q, 0), stats.get("unacked_broker", 0))
-        events = [
-            self.pending_events.popleft()
-            for _ in range(min(len(self.pending_events), EVENTS_PER_FRAME))
-        ]
-        samples = [
-            self.pending_samples.popleft()
-            for _ in range(min(len(self.pending_samples), SAMPLES_PER_FRAME))
-        ]
+            stats["unacked"] = max(held.get(q, 0), stats.get("unacked_broker", 0))
+        events = []
+        for item in self.pending_events:
+            self.seq += 1
+            event = {**self._event(item), "seq": self.seq}
+            events.append(event)
+            self.recent.append(event)
+        samples = [self._trace(item) for item in self.pending_samples]
+        shown = {
+            "events": [len(events), self.events_seen],
+            "samples": [len(samples), self.samples_seen],
+        }
+        self.pending_events.clear()
+        self.pending_samples.clear()
+        self.events_seen = self.samples_seen = 0
         self.frame_seq += 1
         self.publish(
             "frame",
@@ -360,31 +433,34 @@ class LabMonitor:
                 "seq": self.frame_seq,
                 "t": time.time(),
                 "counters": self.counters(),
-                "queues": {
-                    q: {k: v for k, v in s.items() if k != "unacked_broker"}
-                    for q, s in self.queues.items()
-                },
+                "queues": self._queues_out(),
                 "exchanges": self.exchanges(now),
                 "samples": samples,
                 "events": events,
+                "shown": shown,
                 "checks": self.checks,
             },
         )
 
-    # --- polling -----------------------------------------------------------------------------
-    def poll_depths(self, channel) -> Any:
+    # --- timed work --------------------------------------------------------------------------
+    def poll_depths(self) -> None:
         for q in self.queue_names:
             try:
-                ok = channel.queue_declare(q, passive=True)
+                ok = self.depths.queue_declare(q, passive=True)
             except px.ChannelClosedByBroker:
                 # The queue is gone (deleted, or expired by x-expires): say so, carry on.
                 self.queues[q].update(ready=0, consumers=0, missing=True)
-                channel = self.lab.channel()
+                self.depths = self.lab.channel()
                 continue
-            self.queues[q].update(
-                ready=ok.method.message_count, consumers=ok.method.consumer_count, missing=False
-            )
-        return channel
+            before = self.queues[q]
+            now = {
+                "ready": ok.method.message_count,
+                "consumers": ok.method.consumer_count,
+                "missing": False,
+            }
+            if any(before.get(k) != v for k, v in now.items()):
+                before.update(now)
+                self.changed = self.checks_dirty = True
 
     def poll_management(self) -> None:
         if self.management_queues is None:
@@ -397,44 +473,41 @@ class LabMonitor:
             log.debug("management statistics not read", exc_info=True)
 
     def run_checks(self) -> None:
-        if not self.checks_dirty:
-            return
         self.checks_dirty = False
         results = self.evaluate(self.record, self.queues)
         if results != self.checks:
             self.checks = results
+            self.changed = True
 
-    # --- the loop ----------------------------------------------------------------------------
-    def run(self) -> str:
-        deadline = time.monotonic() + self.slice_seconds
-        self.lab = pika.BlockingConnection(self.lab_params)
-        try:
-            self.lab.channel().basic_consume(self.firehose_queue, self._on_firehose, auto_ack=True)
-            depths = self.lab.channel()
-            next_frame = next_depths = next_slow = next_checks = time.monotonic()
-            while self.stop is None:
-                self.lab.process_data_events(0.005)
-                self.console.process_data_events(0.005)
-                now = time.monotonic()
-                if now >= next_depths:
-                    depths = self.poll_depths(depths)
-                    next_depths = now + 0.25
-                if now >= next_slow:
-                    self.poll_management()
-                    self.checks_dirty = True
-                    if not self.still_current():
-                        self.stop = "ended"
-                    next_slow = now + 1.0
-                if now >= next_checks:
-                    self.run_checks()
-                    next_checks = now + CHECK_INTERVAL
-                if now >= next_frame:
-                    self.frame()
-                    next_frame = now + self.frame_interval
-                if now >= deadline and self.stop is None:
-                    self.stop = "slice"
-        except (px.AMQPConnectionError, px.StreamLostError, px.ConnectionClosedByBroker):
-            self.stop = "lost"
-        finally:
-            close_quietly(self.lab)
-        return self.stop
+    def tick(self, now: float) -> float | None:
+        if self.firehose_tag:
+            self.firehose.basic_ack(self.firehose_tag, multiple=True)
+            self.firehose_tag = 0
+        if now >= self.next_depths:
+            self.poll_depths()
+            self.next_depths = now + (DEPTHS_BUSY if self.moved else DEPTHS_IDLE)
+            self.moved = False
+        if now >= self.next_management:
+            self.poll_management()
+            self.next_management = now + MANAGEMENT_INTERVAL
+        if self.checks_dirty and now >= self.next_checks:
+            self.run_checks()
+            self.next_checks = now + CHECK_INTERVAL
+        moving = any(r.value for r in self.rates_in.values()) or any(
+            r.value for r in self.rates_out.values()
+        )
+        if now >= self.next_frame and (
+            self.changed or moving or now - self.last_frame >= IDLE_FRAME
+        ):
+            self.changed = False
+            self.frame(now)
+            self.last_frame = now
+            self.next_frame = now + self.frame_interval
+        if now >= self.next_checkpoint:
+            self.checkpoint = self.export()
+            self.next_checkpoint = now + CHECKPOINT_INTERVAL
+        due = [self.next_depths, self.next_management, self.next_checkpoint]
+        if self.checks_dirty:
+            due.append(self.next_checks)
+        due.append(self.next_frame if (self.changed or moving) else self.last_frame + IDLE_FRAME)
+        return min(due)

@@ -1,9 +1,9 @@
 """Producers and consumers: the behaviours a lab's workloads play on the broker with pika.
 
-A run owns two connections: one to the lab's vhost as the lab's user (the messages), and
-one to the console's vhost (its control queue and its flow reports). It runs until it is
-told to stop, its count or duration is reached, the lab's vhost goes away, or its slice
-of time is over; the Celery task then starts the next slice (see exercises/tasks.py).
+Each is a unit (labconsole/runtime/unit.py): a thread with one connection to the lab's
+vhost as the lab's user, asleep until a message, a control message or its next timer. It
+runs until it is told to stop, its count or duration is reached, or the lab ends; a lost
+connection is connected again with backoff, and its counters and sequence numbers go on.
 """
 
 from __future__ import annotations
@@ -14,32 +14,22 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections import deque
 from typing import Any
 
 import pika
 import pika.exceptions as px
 
-from labconsole.broker.amqp import close_quietly
 from labconsole.flow.reporter import FlowReporter, body_text, describe_properties, jsonable
+from labconsole.runtime.bus import Incoming
+from labconsole.runtime.unit import Stop, Unit
 
 from .payload import compile_template
 
 log = logging.getLogger(__name__)
 
-POLL = 0.05  # seconds between looks at the control queue: changes apply well within 1 s
-MAX_BURST = 500  # messages a producer publishes before it looks at its control queue again
-
-
-class Crash(Exception):
-    """A consumer configured with crash_after drops its connection."""
-
-
-@dataclass
-class Outcome:
-    state: str  # finished | stopped | crashed | slice | lost
-    progress: dict[str, Any] = field(default_factory=dict)
-    message: str = ""
+MAX_BURST = 500  # messages a producer publishes before it looks at its inbox again
+CHANNEL_RETRY = 1.0  # seconds before a channel the broker closed is opened again
 
 
 def x_death_count(headers: dict | None, queue: str | None = None) -> int:
@@ -48,120 +38,124 @@ def x_death_count(headers: dict | None, queue: str | None = None) -> int:
     return sum(int(d.get("count", 0)) for d in deaths if queue is None or d.get("queue") == queue)
 
 
-class WorkloadRun:
-    kind = ""
-
+class WorkloadUnit(Unit):
     def __init__(
         self,
         *,
-        name: str,
         settings: dict[str, Any],
-        lab_params: list[pika.ConnectionParameters],
-        console: pika.BlockingConnection,
-        control_queue: str,
         reporter: FlowReporter,
         progress: dict[str, Any] | None = None,
-        slice_seconds: float = 300.0,
+        **kwargs: Any,
     ):
-        self.name = name
+        super().__init__(**kwargs)
         self.settings = dict(settings)
-        self.lab_params = lab_params
-        self.console = console
         self.reporter = reporter
         self.progress = dict(progress or {})
-        self.slice_seconds = slice_seconds
-        self.outcome: Outcome | None = None
-        self.lab: pika.BlockingConnection | None = None
         self.channel = None
-        control = console.channel()
-        control.basic_consume(control_queue, self._on_control, auto_ack=True)
+        self.reopen_at: float | None = None
+        self.checkpoint: dict[str, Any] = self._checkpoint()
 
-    # --- control ---------------------------------------------------------------------------
-    def _on_control(self, channel, method, props, body: bytes) -> None:
+    # --- control -------------------------------------------------------------------------
+    def handle(self, message: Incoming) -> None:
         try:
-            message = json.loads(body)
+            data = json.loads(message.body)
         except ValueError:
-            log.warning("workload %s: control message is not JSON: %r", self.name, body[:200])
+            log.warning(
+                "workload %s: control message is not JSON: %r", self.name, message.body[:200]
+            )
             return
-        if message.get("op") == "stop":
-            self.outcome = Outcome("stopped")
-        elif message.get("op") == "update":
-            old = self.settings
-            self.settings = {**old, **message.get("settings", {})}
-            self.reporter.event("updated", settings=self.settings)
-            self.apply_update(old)
+        if data.get("op") == "stop":
+            raise Stop("stopped")
+        if data.get("op") == "update":
+            changes = {
+                k: v for k, v in data.get("settings", {}).items() if self.settings.get(k) != v
+            }
+            if changes:
+                old = self.settings
+                self.settings = {**old, **changes}
+                self.reporter.event("updated", settings=self.settings)
+                if self.lab is not None:
+                    self.apply_update(old)
 
     def apply_update(self, old: dict[str, Any]) -> None:
-        """A change of settings while running; the default needs nothing more."""
+        """A change of settings while connected; the default needs nothing more."""
 
-    def poll_control(self) -> None:
-        self.console.process_data_events(0)
-        self.reporter.maybe_flush()
-
-    # --- the run ---------------------------------------------------------------------------
-    def run(self) -> Outcome:
-        deadline = time.monotonic() + self.slice_seconds
-        try:
-            self.lab = pika.BlockingConnection(self.lab_params)
-            self.open_channel()
+    # --- the run -------------------------------------------------------------------------
+    def connected(self) -> None:
+        if self.reconnects:
+            self.reporter.event("reconnected", message=f"connected again after {self.reconnects}")
+        else:
             self.reporter.event("started", settings=self.settings)
-            while self.outcome is None:
-                self.step()
-                self.poll_control()
-                if time.monotonic() >= deadline and self.outcome is None:
-                    self.outcome = Outcome("slice")
-        except Crash:
-            self.reporter.event("crashed", message=f"crashed after {self.progress['delivered']}")
-            self.outcome = Outcome("crashed")
-            self._drop_connection()
-        except (px.AMQPConnectionError, px.StreamLostError, px.ConnectionClosedByBroker) as exc:
-            self.outcome = Outcome("lost", message=str(exc) or exc.__class__.__name__)
-        except Exception as exc:
-            # A bug must not leave the workload shown as running: say what broke, and stop.
-            log.exception("workload %s failed", self.name)
-            self.reporter.event("error", message=f"the workload stopped: {exc!r}")
-            self.reporter.count("errors")
-            self.outcome = Outcome("failed", message=repr(exc))
-        finally:
-            self.outcome = self.outcome or Outcome("lost")
-            self.outcome.progress = self.progress
-            self._close()
-        return self.outcome
+        self.reporter.gauge("state", "running")
+        self.open_channel()
+
+    def disconnected(self, exc: BaseException) -> None:
+        self.channel = None
+        self.reporter.gauge("state", "reconnecting")
+        self.reporter.event("error", message=f"connection lost: {exc or exc.__class__.__name__}")
+        self.report()
 
     def open_channel(self) -> None:
         self.channel = self.lab.channel()
+        self.reopen_at = None
 
     def channel_closed(self, exc: px.ChannelClosedByBroker) -> None:
         """The broker closed our channel (an unknown exchange, ACCESS_REFUSED, ...): say so,
-        wait a little, and carry on with a new channel, as a real client would."""
+        and open a new one a second later, as a real client would."""
         self.reporter.event("error", message=f"{exc.reply_code} {exc.reply_text}")
         self.reporter.count("errors")
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end and self.outcome is None:
-            self.lab.process_data_events(POLL)
-            self.poll_control()
-        if self.outcome is None:
-            self.open_channel()
+        self.channel = None
+        self.reopen_at = time.monotonic() + CHANNEL_RETRY
 
-    def step(self) -> None:
+    def tick(self, now: float) -> float | None:
+        if self.channel is None or not self.channel.is_open:
+            if self.reopen_at is None:
+                self.reopen_at = now
+            if now < self.reopen_at:
+                return self._sooner(self.reopen_at, self.report(now))
+            self.open_channel()
+        try:
+            due = self.work(now)
+        except px.ChannelClosedByBroker as exc:
+            self.channel_closed(exc)
+            due = self.reopen_at
+        return self._sooner(due, self.report(now))
+
+    def work(self, now: float) -> float | None:
         raise NotImplementedError
 
-    def _drop_connection(self) -> None:
-        # Close the socket without a clean AMQP close: what a process that dies does.
-        with contextlib.suppress(AttributeError, OSError):
-            self.lab._impl._transport._sock.close()
-        self.lab = None  # nothing left to close cleanly
+    def report(self, now: float | None = None) -> float | None:
+        due = self.reporter.maybe_flush(now)
+        self.checkpoint = self._checkpoint()
+        return due
 
-    def _close(self) -> None:
+    def _checkpoint(self) -> dict[str, Any]:
+        """What a worker taking this workload over needs to carry on (read by another
+        thread: a fresh dict each time, never mutated)."""
+        return {**self.progress, "counts": dict(self.reporter.totals)}
+
+    def finish(self) -> None:
+        self.reporter.gauge("state", self.outcome)
+        if self.message:
+            self.reporter.event("stopped", message=self.message)
         try:
-            self.reporter.flush(state=self.outcome.state if self.outcome else None)
-        except Exception:  # noqa: BLE001 - the console connection may be gone too
-            log.debug("workload %s: final report not sent", self.name, exc_info=True)
-        close_quietly(self.lab)
+            self.reporter.flush()
+        finally:
+            self.checkpoint = self._checkpoint()
+
+    @staticmethod
+    def _sooner(*times: float | None) -> float | None:
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
 
 
-class ProducerRun(WorkloadRun):
+class ProducerUnit(WorkloadUnit):
     kind = "producer"
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.started_at = time.monotonic() - float(self.progress.get("elapsed", 0.0))
+        self.next_at = time.monotonic()
 
     def open_channel(self) -> None:
         super().open_channel()
@@ -171,12 +165,12 @@ class ProducerRun(WorkloadRun):
         else:
             self.channel.add_on_return_callback(self._on_return)
         self.next_at = time.monotonic()
-        self.started_at = time.monotonic() - float(self.progress.get("elapsed", 0.0))
 
     def apply_update(self, old: dict[str, Any]) -> None:
         self.render = compile_template(self.settings.get("payload") or "")
-        if old.get("confirms") != self.settings.get("confirms"):
-            self.channel.close()
+        if old.get("confirms") != self.settings.get("confirms") and self.channel is not None:
+            with contextlib.suppress(px.AMQPError):
+                self.channel.close()
             self.open_channel()
         elif old.get("rate") != self.settings.get("rate"):
             self.next_at = time.monotonic()
@@ -211,30 +205,28 @@ class ProducerRun(WorkloadRun):
             app_id=self.name,
         )
 
-    def finished(self) -> bool:
+    def finished(self, now: float) -> bool:
         count, duration = self.settings.get("count"), self.settings.get("duration")
-        sent = self.progress.get("sent", 0)
-        elapsed = time.monotonic() - self.started_at
+        elapsed = now - self.started_at
         self.progress["elapsed"] = elapsed
-        return bool((count and sent >= count) or (duration and elapsed >= duration))
+        return bool(
+            (count and self.progress.get("sent", 0) >= count) or (duration and elapsed >= duration)
+        )
 
-    def step(self) -> None:
+    def work(self, now: float) -> float | None:
         rate = max(float(self.settings.get("rate") or 1.0), 0.01)
-        now = time.monotonic()
         if self.next_at < now - 1.0:
             self.next_at = now  # do not try to catch up more than a second of backlog
         burst = 0
-        while self.next_at <= now and burst < MAX_BURST and self.outcome is None:
-            if self.finished():
-                self.outcome = Outcome("finished")
-                return
+        while self.next_at <= now and burst < MAX_BURST:
+            if self.finished(now):
+                raise Stop("finished")
             self.publish_one()
             self.next_at += 1.0 / rate
             burst += 1
-        wait = max(0.0, min(self.next_at - time.monotonic(), POLL))
-        self.lab.process_data_events(wait)
-        if self.finished():
-            self.outcome = Outcome("finished")
+        if self.finished(time.monotonic()):
+            raise Stop("finished")
+        return self.next_at
 
     def publish_one(self) -> None:
         n = self.progress.get("sent", 0) + 1
@@ -258,24 +250,42 @@ class ProducerRun(WorkloadRun):
             self.reporter.count("nacked_by_broker")
             self.reporter.event("nacked_by_broker", exchange=exchange, routing_key=key)
             return
-        except px.ChannelClosedByBroker as exc:
-            self.channel_closed(exc)
-            return
         # Counted only: the firehose describes each publish, with where it was routed.
         self.reporter.count("published")
         if self.settings.get("confirms"):
             self.reporter.count("confirmed")
 
 
-class ConsumerRun(WorkloadRun):
+class ConsumerUnit(WorkloadUnit):
+    """Takes deliveries one at a time, as a single-threaded application does: what it has
+    received and not yet settled waits in `held` (the prefetch window), and the message
+    at the head is "processed" for `processing_ms` on a timer, never by sleeping."""
+
     kind = "consumer"
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.held: deque = deque()
+        self.head_due: float | None = None
+        self.restart = False
+        self.park_channel = None
 
     def open_channel(self) -> None:
         super().open_channel()
+        self.held.clear()
+        self.head_due = None
         self.restart = False
+        self.park_channel = None
         s = self.settings
         self.channel.basic_qos(prefetch_count=int(s.get("prefetch") or 0))
         self.channel.basic_consume(s["queue"], self.on_message, auto_ack=s.get("ack") == "auto")
+
+    def disconnected(self, exc: BaseException) -> None:
+        # The broker requeues what the connection held.
+        self.held.clear()
+        self.head_due = None
+        self.reporter.gauge("held", 0)
+        super().disconnected(exc)
 
     def apply_update(self, old: dict[str, Any]) -> None:
         # Prefetch applies to consumers made after basic.qos, and the ack mode is fixed at
@@ -284,22 +294,8 @@ class ConsumerRun(WorkloadRun):
         if any(old.get(k) != self.settings.get(k) for k in ("prefetch", "ack", "queue")):
             self.restart = True
 
-    def step(self) -> None:
-        if self.restart:
-            self.channel.close()
-            self.open_channel()
-        try:
-            self.lab.process_data_events(POLL)
-        except px.ChannelClosedByBroker as exc:
-            self.channel_closed(exc)
-
-    @property
-    def interrupted(self) -> bool:
-        return self.restart or self.outcome is not None
-
     def on_message(self, channel, method, props, body: bytes) -> None:
         s = self.settings
-        queue = s["queue"]
         headers = props.headers or {}
         delivered = self.progress.get("delivered", 0) + 1
         self.progress["delivered"] = delivered
@@ -307,7 +303,7 @@ class ConsumerRun(WorkloadRun):
         if self.reporter.wants_event():
             self.reporter.event(
                 "delivered",
-                queue=queue,
+                queue=s["queue"],
                 exchange=method.exchange,
                 routing_key=method.routing_key,
                 message_id=props.message_id,
@@ -321,50 +317,89 @@ class ConsumerRun(WorkloadRun):
             self.reporter.count("acked")
             self._maybe_crash(delivered)
             return
+        self.held.append((method, props, body, delivered))
+        self.reporter.gauge("held", len(self.held))
+
+    def work(self, now: float) -> float | None:
+        if self.restart:
+            with contextlib.suppress(px.AMQPError):
+                self.channel.close()
+            self.open_channel()
+            self.reporter.gauge("held", 0)
+        while self.held:
+            if self.head_due is None:
+                self.head_due = now + float(self.settings.get("processing_ms") or 0) / 1000
+            if now < self.head_due:
+                return self.head_due
+            method, props, body, delivered = self.held.popleft()
+            self.head_due = None
+            self.settle(method, props, body, delivered)
+            self.reporter.gauge("held", len(self.held))
+            now = time.monotonic()
+        return None
+
+    def settle(self, method, props, body: bytes, delivered: int) -> None:
+        s = self.settings
+        queue = s["queue"]
         tag = method.delivery_tag
+        headers = props.headers or {}
         park_after = s.get("park_after")
         if park_after and x_death_count(headers, queue) >= park_after:
-            # The message as it came, x-death and all, marked as published by this consumer.
-            props.app_id = self.name
-            channel.basic_publish(
-                s.get("park_exchange", ""), s.get("park_routing_key", ""), body, props
-            )
-            channel.basic_ack(tag)
-            self.reporter.count("parked")
-            self.reporter.event(
-                "parked", queue=queue, message_id=props.message_id, retries=x_death_count(headers)
-            )
+            self.park(method, props, body)
             return
-        self._process(float(s.get("processing_ms") or 0) / 1000)
-        if self.interrupted:
-            return  # not acknowledged: the channel closes and the broker requeues it
         self._maybe_crash(delivered)
         if random.random() < float(s.get("fail") or 0):
             requeue = bool(s.get("requeue"))
             if s.get("on_fail") == "nack":
-                channel.basic_nack(tag, requeue=requeue)
+                self.channel.basic_nack(tag, requeue=requeue)
                 kind = "nacked"
             else:
-                channel.basic_reject(tag, requeue=requeue)
+                self.channel.basic_reject(tag, requeue=requeue)
                 kind = "rejected"
             self.reporter.count(kind)
             self.reporter.event(kind, queue=queue, message_id=props.message_id, requeue=requeue)
         else:
-            channel.basic_ack(tag)
+            self.channel.basic_ack(tag)
             self.reporter.count("acked")
             if self.reporter.wants_event():
                 self.reporter.event("acked", queue=queue, message_id=props.message_id)
 
-    def _process(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0 and not self.interrupted:
-            time.sleep(min(left, POLL))
-            self.poll_control()
+    def park(self, method, props, body: bytes) -> None:
+        """Moves the message, x-death and all, to the parking place. The original is
+        acknowledged only once the broker has confirmed the copy, so a broker that dies in
+        between leaves the original in its queue rather than losing both."""
+        s = self.settings
+        if self.park_channel is None or not self.park_channel.is_open:
+            self.park_channel = self.lab.channel()
+            self.park_channel.confirm_delivery()
+        props.app_id = self.name  # marked as published by this consumer
+        try:
+            self.park_channel.basic_publish(
+                s.get("park_exchange", ""), s.get("park_routing_key", ""), body, props
+            )
+        except (px.NackError, px.UnroutableError, px.ChannelClosedByBroker) as exc:
+            self.park_channel = None
+            self.channel.basic_nack(method.delivery_tag, requeue=True)
+            self.reporter.event("error", message=f"not parked, requeued: {exc!r}")
+            return
+        self.channel.basic_ack(method.delivery_tag)
+        self.reporter.count("parked")
+        self.reporter.event(
+            "parked",
+            queue=s["queue"],
+            message_id=props.message_id,
+            retries=x_death_count(props.headers),
+        )
 
     def _maybe_crash(self, delivered: int) -> None:
         crash_after = self.settings.get("crash_after")
         if crash_after and delivered >= crash_after:
-            raise Crash
+            self.reporter.event("crashed", message=f"crashed after {delivered}")
+            # Close the socket without a clean AMQP close: what a process that dies does.
+            with contextlib.suppress(AttributeError, OSError):
+                self.lab._impl._transport._sock.close()
+            self.lab = None  # nothing left to close cleanly
+            raise Stop("crashed", f"crashed after {delivered}")
 
 
-RUNS = {"producer": ProducerRun, "consumer": ConsumerRun}
+UNITS = {"producer": ProducerUnit, "consumer": ConsumerUnit}
