@@ -63,6 +63,12 @@ class LabSession(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(auto_now_add=True)
+    # The lab's monitor: what a worker taking it over resumes from (its flow record,
+    # checks, sequence numbers), which worker process runs it, and until when its lease
+    # holds (exercises/runtime.py).
+    monitor_state = models.JSONField(default=dict, blank=True, editable=False)
+    monitor_owner = models.CharField(max_length=120, blank=True, default="", editable=False)
+    monitor_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -106,6 +112,11 @@ class Workload(models.Model):
     running = models.BooleanField(default=False)
     # Bumped each time the workload is started: a late task of an earlier run exits.
     run = models.PositiveIntegerField(default=0)
+    # What a worker taking the workload over resumes from (messages sent, counters), which
+    # worker process runs it, and until when its lease holds (exercises/runtime.py).
+    progress = models.JSONField(default=dict, blank=True, editable=False)
+    owner = models.CharField(max_length=120, blank=True, default="", editable=False)
+    lease_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["kind", "id"]

@@ -67,12 +67,9 @@ def lab_definitions(spec: ExerciseSpec, *, vhost: str, user: str, password: str)
             {
                 "vhost": vhost,
                 "name": amqp.firehose_queue(),
-                "durable": False,
+                "durable": True,
                 "auto_delete": False,
-                "arguments": {
-                    "x-max-length": amqp.FIREHOSE_QUEUE_LENGTH,
-                    "x-overflow": "drop-head",
-                },
+                "arguments": amqp.FIREHOSE_ARGUMENTS,
             }
         ],
         "bindings": [

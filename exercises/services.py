@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from labconsole.broker import amqp, control
-from labconsole.broker.management import BrokerError
+from labconsole.broker.management import BrokerError, ManagementClient
 
 from . import provisioning
 from .models import CheckpointResult, Exercise, LabSession, Workload
@@ -112,9 +112,13 @@ def _create_workloads(session: LabSession) -> None:
 
 
 def _start_tasks(session: LabSession, *, run_workloads: bool) -> None:
+    from .runtime import DISPATCH_GRACE
     from .tasks import run_monitor
 
     control.declare_reports_queue(session.id)
+    LabSession.objects.filter(pk=session.pk).update(
+        monitor_owner="", monitor_lease_until=timezone.now() + DISPATCH_GRACE
+    )
     run_monitor.apply_async(args=[session.id, session.generation])
     if run_workloads:
         autostart = {name for name, _, _, auto in _workload_settings(session.spec) if auto}
@@ -168,7 +172,7 @@ def _stop_tasks(session: LabSession) -> None:
 def _announce(session: LabSession, kind: str, message: dict) -> None:
     """Tells every viewer of the lab (their WebSockets) what changed."""
     _send_quietly(
-        f"lab.{session.id}.{kind}", {"type": kind, **message}, exchange=amqp.flow_exchange()
+        amqp.lab_key(session.id, kind), {"type": kind, **message}, exchange=amqp.flow_exchange()
     )
 
 
@@ -254,6 +258,7 @@ CONSUMER_FIELDS = {"prefetch", "ack", "fail", "on_fail", "requeue", "processing_
 
 
 def workload_start(*, workload: Workload) -> Workload:
+    from .runtime import DISPATCH_GRACE
     from .tasks import run_workload
 
     if not workload.session.is_active:
@@ -262,7 +267,10 @@ def workload_start(*, workload: Workload) -> Workload:
         return workload
     workload.run += 1
     workload.running = True
-    workload.save(update_fields=["run", "running"])
+    # Sent, not yet claimed by a worker: sent again if none has claimed it by then.
+    workload.owner = ""
+    workload.lease_until = timezone.now() + DISPATCH_GRACE
+    workload.save(update_fields=["run", "running", "owner", "lease_until"])
     run_workload.apply_async(args=[workload.id, workload.run])
     _announce_workload(workload)
     return workload
@@ -301,6 +309,19 @@ def workload_update(*, workload: Workload, changes: dict[str, Any]) -> Workload:
 
 # --- one message from the page ---------------------------------------------------------------
 
+PUBLISH_BLOCKED_TIMEOUT = 5  # seconds a publish from the page may wait on a blocked broker
+BLOCKED = "the broker is refusing messages for now (a resource alarm); try again in a moment"
+
+
+def _refuse_during_alarm() -> None:
+    """A publish would hang while the broker blocks publishers: say so at once instead."""
+    try:
+        alarms = ManagementClient().alarms()
+    except BrokerError:
+        return  # the publish itself will say what is wrong
+    if alarms:
+        raise LabError(f"{BLOCKED}: {', '.join(alarms)}")
+
 
 def lab_publish(
     *,
@@ -318,11 +339,13 @@ def lab_publish(
     happened, in words; raises LabError when the broker refused it."""
     if not session.is_active:
         raise LabError("this lab has ended")
+    _refuse_during_alarm()
     params = amqp.parameters(
         vhost=session.vhost,
         user=session.rabbit_user,
         password=session.rabbit_password,
         name="labconsole-publish",
+        blocked_timeout=PUBLISH_BLOCKED_TIMEOUT,
     )
     props = pika.BasicProperties(
         content_type="application/json",
@@ -348,7 +371,8 @@ def lab_publish(
         raise LabError(f"the broker nacked the message to {where}") from None
     except px.ChannelClosedByBroker as exc:
         raise LabError(f"the broker refused it: {exc.reply_code} {exc.reply_text}") from exc
+    except (px.ConnectionBlockedTimeout, px.AMQPConnectionError) as exc:
+        raise LabError(f"{BLOCKED}, or the connection was lost ({exc!r})") from exc
     finally:
-        if connection.is_open:
-            connection.close()
+        amqp.close_quietly(connection)
     return f"published to {where}; message id {props.message_id}"

@@ -142,8 +142,9 @@ CELERY_TASK_QUEUES = [
     for name in (CELERY_TASK_DEFAULT_QUEUE, LABCONSOLE_WORKLOAD_QUEUE)
 ]
 CELERY_TASK_ROUTES = {"labconsole.workloads.*": {"queue": LABCONSOLE_WORKLOAD_QUEUE}}
-# Workloads are long-running: they are acknowledged when they end, so that a worker that
-# dies mid-run hands its workloads to another worker (see labconsole/workloads/tasks.py).
+# Tasks are short: a workload or monitor task only asks the worker's runtime to run it on
+# a thread of its own (exercises/runtime.py). Acknowledged late, so a worker that dies
+# before starting it hands the task to another.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -151,14 +152,23 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A broker restart must never end a worker: it reconnects for as long as it takes.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-# Workloads and monitors hold a thread each for as long as they run.
-CELERY_WORKER_POOL = "threads"
-CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=300)
+# One process per core, each with the solo pool: no pool thread shares Celery's broker
+# connection (a threads pool deadlocks in basic.qos when the broker comes back).
+CELERY_WORKER_POOL = "solo"
+CELERY_WORKER_CONCURRENCY = 1
 CELERY_BEAT_SCHEDULE_FILENAME = env(
     "CELERY_BEAT_SCHEDULE_FILENAME", default=str(BASE_DIR / ".celerybeat-schedule")
 )
 CELERY_BEAT_SCHEDULE = {"sweep-idle-labs": {"task": "exercises.sweep_idle_labs", "schedule": 60.0}}
+
+# A worker process renews the leases of the workloads and monitors it runs this often, and
+# a lease that has not been renewed for RUNTIME_LEASE_SECONDS is taken over by another
+# worker (its holder died).
+RUNTIME_RENEW_SECONDS = env.float("RUNTIME_RENEW_SECONDS", default=1.5)
+RUNTIME_LEASE_SECONDS = env.float("RUNTIME_LEASE_SECONDS", default=6.0)
 
 # --- Channels ----------------------------------------------------------------------------
 # Live updates travel over RabbitMQ (labconsole/flow), so no channel layer is needed.

@@ -3,6 +3,7 @@ in a process of its own."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -26,15 +27,13 @@ def wait_for(predicate, *, timeout: float = 20.0, interval: float = 0.2, message
 
 
 class Worker:
-    """A Celery worker process, as `make run` starts it (threads pool), logging to
-    `<log_dir>/<name>.log`."""
+    """A Celery worker process, as `make run` starts it (the solo pool and the runtime's
+    threads), logging to `<log_dir>/<name>.log`. Its node name carries this process's id,
+    so that two test runs on one broker do not collide."""
 
-    def __init__(
-        self, name: str, *, env: dict[str, str], log_dir: Path = ARTIFACTS, concurrency: int = 60
-    ):
+    def __init__(self, name: str, *, env: dict[str, str], log_dir: Path = ARTIFACTS):
         self.name = name
         self.env = env
-        self.concurrency = concurrency
         self.proc: subprocess.Popen | None = None
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{name}.log"
@@ -46,7 +45,7 @@ class Worker:
             [
                 sys.executable, "-m", "celery", "-A", "labconsole", "worker",
                 "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-                "--concurrency", str(self.concurrency), "-n", f"{self.name}@%h",
+                "-n", f"{self.name}-{os.getpid()}@%h",
             ],
             cwd=ROOT,
             env=self.env,

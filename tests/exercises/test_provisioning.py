@@ -88,8 +88,9 @@ def test_broker_refusal_rolls_back_everything(api, catalogue, learner, labs):
         )
     assert "broker refused" in str(excinfo.value)
     assert "no-such-setting" in str(excinfo.value)
-    assert set(api.vhost_names()) == before_vhosts
-    assert {u["name"] for u in api.request("GET", "users")} == before_users
+    # Nothing new (other consoles on the broker may end labs meanwhile).
+    assert not set(api.vhost_names()) - before_vhosts
+    assert not {u["name"] for u in api.request("GET", "users")} - before_users
     assert not LabSession.objects.exists() and not Workload.objects.exists()
 
 
@@ -101,7 +102,7 @@ def test_invalid_source_is_refused_before_anything_is_made(api, catalogue, learn
             owner=learner,
             source=BROKER_REFUSES.replace("- name: work", "- name: ''"),
         )
-    assert set(api.vhost_names()) == before and not LabSession.objects.exists()
+    assert not set(api.vhost_names()) - before and not LabSession.objects.exists()
 
 
 def test_reset_recreates_the_lab_in_the_same_session(api, catalogue, learner, labs):

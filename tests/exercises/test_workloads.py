@@ -152,26 +152,17 @@ def test_rate_change_applies_to_a_running_producer(api, worker, learner, labs):
 def test_stop_ends_every_task_and_connection(api, worker, catalogue, learner, labs):
     session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=True)
     wait_for(lambda: len(api.connections(session.vhost)) >= 5, message="workloads connected")
+    assert Workload.objects.filter(session=session).exclude(owner="").exists()
     lab_session_stop(session=session)
     assert not api.vhost_exists(session.vhost)
     assert not Workload.objects.filter(session=session, running=True).exists()
-    prefix = f"{worker_prefix()}."
 
-    def control_queues_gone():
-        names = [q["name"] for q in api.request("GET", "queues/%2F?columns=name")]
-        return not [
-            n
-            for n in names
-            if n.startswith(prefix + "workload.") or n == f"{prefix}monitor.{session.id}"
-        ]
+    def units_released():
+        session.refresh_from_db()
+        held = Workload.objects.filter(session=session).exclude(owner="")
+        return not held.exists() and session.monitor_owner == ""
 
-    wait_for(control_queues_gone, message="every task of the lab ended")
-
-
-def worker_prefix() -> str:
-    from django.conf import settings
-
-    return settings.LABCONSOLE_PREFIX
+    wait_for(units_released, message="every unit of the lab ended and gave up its lease")
 
 
 def test_killed_worker_hands_its_workloads_to_the_next(api, worker, learner, labs):

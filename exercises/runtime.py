@@ -1,0 +1,426 @@
+"""The runtime of one worker process, with this app's rows.
+
+A Celery task only asks a worker process to run a workload or a monitor: the process
+claims it (a lease in the database), starts it as a unit on a thread of its own
+(labconsole/runtime) and the task returns at once. So tasks are short, the worker's pool
+is `solo` (no pool thread ever touches Celery's connection: threads pools deadlock on a
+broker reconnect), and a worker that dies costs no Celery redelivery dance:
+
+- every `RUNTIME_RENEW_SECONDS` the keeper thread renews the leases of the units this
+  process runs and saves what each would resume from (progress, counters, the monitor's
+  flow record); a unit whose row says it should no longer run here is stopped;
+- the same thread looks for units whose lease ran out (their worker died) and sends their
+  task again; whichever worker takes it resumes from the saved state.
+
+The database row is the truth about what should run (`Workload.running`, the lab's state),
+so a control message lost in a broker outage is made good by the next renewal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pika
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from labconsole.broker import amqp, control
+from labconsole.broker.management import BrokerError, ManagementClient
+from labconsole.flow.monitor import LabMonitor
+from labconsole.flow.reporter import FlowReporter
+from labconsole.runtime.bus import ConsoleBus, Incoming
+from labconsole.runtime.unit import Unit
+from labconsole.workloads.runner import UNITS, WorkloadUnit
+
+from . import checks
+from .models import CheckpointResult, LabSession, Workload
+from .topology import Router, lab_graph
+
+log = logging.getLogger(__name__)
+
+JSON = pika.BasicProperties(content_type="application/json")
+# A unit's task was sent and no worker has claimed it yet: how long before it is sent again.
+DISPATCH_GRACE = timedelta(seconds=15)
+
+
+def lease() -> timedelta:
+    return timedelta(seconds=settings.RUNTIME_LEASE_SECONDS)
+
+
+def _claimable(now) -> Q:
+    """Nobody holds it: never claimed, sent again, or its holder's lease ran out."""
+    return Q(owner="") | Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+
+
+class Runtime:
+    _instance: Runtime | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> Runtime:
+        with cls._lock:
+            if cls._instance is None or cls._instance.pid != os.getpid():
+                cls._instance = cls()
+                cls._instance.start()
+            return cls._instance
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.owner = f"{socket.gethostname()}:{self.pid}:{secrets.token_hex(3)}"
+        self.bus = ConsoleBus()
+        self.units: dict[str, Unit] = {}
+        self.written: dict[str, object] = {}  # unit key -> the checkpoint last saved
+        self.units_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.keeper = threading.Thread(target=self._keep, name="runtime keeper", daemon=True)
+
+    def start(self) -> None:
+        self.bus.start()
+        self.keeper.start()
+
+    # --- starting units (from a task) --------------------------------------------------------
+    def run_workload(self, workload_id: int, run: int) -> str:
+        now = timezone.now()
+        claimed = (
+            Workload.objects.filter(
+                pk=workload_id, run=run, running=True, session__state=LabSession.State.RUNNING
+            )
+            .filter(_claimable(now) | Q(owner=self.owner))
+            .update(owner=self.owner, lease_until=now + lease())
+        )
+        if not claimed:
+            return "not current or held elsewhere"
+        key = f"w:{workload_id}:{run}"
+        with self.units_lock:
+            if key in self.units:
+                return "already running here"
+        workload = Workload.objects.select_related("session").get(pk=workload_id)
+        session = workload.session
+        progress = _resume_from(workload)
+        reporter = FlowReporter(
+            self._publish_flow,
+            session=session.id,
+            workload=workload.name,
+            batch_ms=settings.FLOW_BATCH_MS,
+            totals=progress.get("counts"),
+        )
+        unit = UNITS[workload.kind](
+            name=workload.name,
+            bus=self.bus,
+            control_key=control.workload_key(workload.id),
+            lab_params=amqp.parameters(
+                vhost=session.vhost,
+                user=session.rabbit_user,
+                password=session.rabbit_password,
+                name=f"{workload.kind} {workload.name}",
+            ),
+            still_current=lambda: _db(
+                Workload.objects.filter(
+                    pk=workload_id,
+                    run=run,
+                    running=True,
+                    session__state=LabSession.State.RUNNING,
+                ).exists
+            ),
+            settings=workload.settings,
+            reporter=reporter,
+            progress=progress,
+        )
+        unit.row = ("workload", workload_id, run)
+        self._start(key, unit)
+        return "started"
+
+    def run_monitor(self, session_id: str, generation: int) -> str:
+        now = timezone.now()
+        claimed = (
+            LabSession.objects.filter(
+                pk=session_id, generation=generation, state=LabSession.State.RUNNING
+            )
+            .filter(
+                Q(monitor_owner="")
+                | Q(monitor_lease_until__isnull=True)
+                | Q(monitor_lease_until__lt=now)
+                | Q(monitor_owner=self.owner)
+            )
+            .update(monitor_owner=self.owner, monitor_lease_until=now + lease())
+        )
+        if not claimed:
+            return "not current or held elsewhere"
+        key = f"m:{session_id}:{generation}"
+        with self.units_lock:
+            if key in self.units:
+                return "already running here"
+        session = LabSession.objects.get(pk=session_id)
+        unit = _monitor(session, self.bus)
+        unit.row = ("monitor", session_id, generation)
+        self._start(key, unit)
+        return "started"
+
+    def _start(self, key: str, unit: Unit) -> None:
+        unit.key = key
+        with self.units_lock:
+            self.units[key] = unit
+        unit.start(on_exit=self._exited)
+
+    def _publish_flow(self, routing_key: str, body: bytes) -> None:
+        self.bus.publish(amqp.flow_exchange(), routing_key, body, JSON)
+
+    # --- a unit ended (its own thread) -------------------------------------------------------
+    def _exited(self, unit: Unit) -> None:
+        with self.units_lock:
+            self.units.pop(unit.key, None)
+        self.written.pop(unit.key, None)
+        kind, pk, run = unit.row
+        try:
+            if kind == "workload":
+                _workload_exited(unit, pk, run, self.owner)
+            else:
+                _monitor_exited(unit, pk, run, self.owner)
+        except Exception:  # noqa: BLE001 - the keeper's lease expiry is the fallback
+            log.exception("%s %s: exit not recorded", unit.kind, unit.name)
+        finally:
+            close_old_connections()
+
+    # --- the keeper thread -------------------------------------------------------------------
+    def _keep(self) -> None:
+        every = settings.RUNTIME_RENEW_SECONDS
+        while not self.stopping.wait(every):
+            try:
+                self.renew()
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - a database hiccup: try again next round
+                log.exception("runtime keeper")
+                close_old_connections()
+
+    def renew(self) -> None:
+        """Extends the leases of this process's units and saves their checkpoints; stops
+        a unit whose row no longer wants it here; hands settings changed in the database
+        to a workload that missed the control message."""
+        with self.units_lock:
+            units = list(self.units.values())
+        if not units:
+            return
+        until = timezone.now() + lease()
+        workloads = [u for u in units if u.row[0] == "workload"]
+        wanted = {}
+        if workloads:
+            wanted = {
+                w["id"]: w["settings"]
+                for w in Workload.objects.filter(pk__in=[u.row[1] for u in workloads]).values(
+                    "id", "settings"
+                )
+            }
+        with transaction.atomic():
+            for unit in units:
+                kind, pk, run = unit.row
+                fields = {}
+                if self.written.get(unit.key) is not unit.checkpoint:
+                    fields["progress" if kind == "workload" else "monitor_state"] = unit.checkpoint
+                if kind == "workload":
+                    ok = Workload.objects.filter(
+                        pk=pk,
+                        run=run,
+                        running=True,
+                        owner=self.owner,
+                        session__state=LabSession.State.RUNNING,
+                    ).update(lease_until=until, **fields)
+                else:
+                    ok = LabSession.objects.filter(
+                        pk=pk,
+                        generation=run,
+                        state=LabSession.State.RUNNING,
+                        monitor_owner=self.owner,
+                    ).update(monitor_lease_until=until, **fields)
+                if not ok:
+                    unit.request_stop("ended")
+                    continue
+                self.written[unit.key] = unit.checkpoint
+                if kind == "workload" and isinstance(unit, WorkloadUnit):
+                    _resync_settings(unit, wanted.get(pk) or {})
+
+    def reconcile(self) -> None:
+        """Sends again the task of every unit whose lease ran out: its worker died."""
+        from .tasks import run_monitor, run_workload
+
+        now = timezone.now()
+        running = LabSession.State.RUNNING
+        for w in Workload.objects.filter(running=True, session__state=running, lease_until__lt=now):
+            if Workload.objects.filter(pk=w.pk, lease_until=w.lease_until).update(
+                owner="", lease_until=now + DISPATCH_GRACE
+            ):
+                log.warning("workload %s lost its worker; sending it again", w.pk)
+                _send(run_workload, [w.pk, w.run], Workload.objects.filter(pk=w.pk))
+        for s in LabSession.objects.filter(state=running, monitor_lease_until__lt=now):
+            if LabSession.objects.filter(pk=s.pk, monitor_lease_until=s.monitor_lease_until).update(
+                monitor_owner="", monitor_lease_until=now + DISPATCH_GRACE
+            ):
+                log.warning("monitor of %s lost its worker; sending it again", s.pk)
+                _send(run_monitor, [s.pk, s.generation], LabSession.objects.filter(pk=s.pk))
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """A warm shutdown: stop every unit and give up their leases at once, so that
+        another worker takes them over without waiting for the leases to run out."""
+        self.stopping.set()
+        with self.units_lock:
+            units = list(self.units.values())
+        for unit in units:
+            unit.request_stop("released")
+        deadline = time.monotonic() + timeout
+        for unit in units:
+            if unit.thread is not None:
+                unit.thread.join(max(0.0, deadline - time.monotonic()))
+        self.bus.stop()
+
+
+def _db(query):
+    close_old_connections()
+    return query()
+
+
+def _send(task, args: list, rows) -> None:
+    """Sends a task; if the broker will not take it now, the row is left to be sent again
+    at the next round."""
+    try:
+        task.apply_async(args=args)
+    except Exception:  # noqa: BLE001 - the broker is away; try again next round
+        log.warning("task %s%s not sent; trying again later", task.name, args, exc_info=True)
+        field = "lease_until" if rows.model is Workload else "monitor_lease_until"
+        rows.update(**{field: timezone.now() - timedelta(seconds=1)})
+
+
+def _resume_from(workload: Workload) -> dict:
+    """The workload's saved progress, with counters no lower than what the lab's monitor
+    last saw of it (the two are saved at different moments; the higher is nearer the
+    truth), and a sequence that never goes back over messages already sent."""
+    progress = dict(workload.progress or {})
+    counts = Counter(progress.get("counts") or {})
+    seen = (workload.session.monitor_state or {}).get("record", {}).get("workloads", {})
+    for name, value in (seen.get(workload.name) or {}).items():
+        counts[name] = max(counts[name], value)
+    progress["counts"] = dict(counts)
+    progress["sent"] = max(int(progress.get("sent", 0)), counts.get("published", 0))
+    return progress
+
+
+def _resync_settings(unit: WorkloadUnit, wanted: dict) -> None:
+    changed = {k: v for k, v in wanted.items() if unit.settings.get(k) != v}
+    if changed:
+        unit.post(Incoming("", json.dumps({"op": "update", "settings": changed}).encode()))
+
+
+def _workload_exited(unit: WorkloadUnit, workload_id: int, run: int, owner: str) -> None:
+    from .services import workload_ended
+
+    mine = Workload.objects.filter(pk=workload_id, run=run, owner=owner)
+    ended = unit.outcome in ("finished", "crashed", "failed") and bool(
+        mine.filter(running=True).update(running=False)
+    )
+    mine.update(owner="", lease_until=None, progress=unit.checkpoint)
+    if ended:
+        workload_ended(workload=Workload.objects.select_related("session").get(pk=workload_id))
+    elif unit.outcome == "released":
+        # Given up by a worker that is shutting down: another takes it over at once.
+        Workload.objects.filter(pk=workload_id, run=run, owner="", running=True).update(
+            lease_until=timezone.now() - timedelta(seconds=1)
+        )
+    log.info("workload %s/%s: %s %s", unit.name, run, unit.outcome, unit.message)
+
+
+def _monitor_exited(unit: LabMonitor, session_id: str, generation: int, owner: str) -> None:
+    mine = LabSession.objects.filter(pk=session_id, generation=generation, monitor_owner=owner)
+    mine.update(monitor_owner="", monitor_lease_until=None, monitor_state=unit.checkpoint)
+    if unit.outcome == "released":
+        LabSession.objects.filter(
+            pk=session_id, generation=generation, state=LabSession.State.RUNNING
+        ).update(monitor_lease_until=timezone.now() - timedelta(seconds=1))
+    elif unit.outcome in ("stopped", "ended"):
+        unit.publish("status", {"state": "ended", "message": "This lab has ended."})
+    log.info("monitor %s/%s: %s %s", session_id, generation, unit.outcome, unit.message)
+
+
+def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
+    """The lab's monitor with this app's rows: the graph and queues from the pinned spec,
+    the checks, and the results saved as they pass."""
+    session_id, generation = session.id, session.generation
+    spec = session.spec
+    api = ManagementClient()
+    passed = set(session.results.values_list("checkpoint", flat=True))
+    all_checkpoints = {cp.id for step in spec.steps for cp in step.checkpoints}
+
+    def evaluate(record, queues) -> dict[str, bool]:
+        if all_checkpoints <= passed:
+            return dict.fromkeys(all_checkpoints, True)
+        close_old_connections()
+        bindings_cache: list = []
+
+        def bindings() -> list[dict]:
+            if not bindings_cache:
+                try:
+                    bindings_cache.extend(api.bindings(session.vhost))
+                except BrokerError:
+                    log.debug("bindings of %s not read", session.vhost, exc_info=True)
+            return bindings_cache
+
+        workloads = {
+            w.name: {"running": w.running, **w.settings}
+            for w in Workload.objects.filter(session_id=session_id)
+        }
+        results = checks.evaluate(
+            spec,
+            record=record,
+            broker={"queues": queues, "bindings": bindings},
+            workloads=workloads,
+            passed=passed,
+        )
+        for checkpoint, ok in results.items():
+            if ok and checkpoint not in passed:
+                CheckpointResult.objects.get_or_create(session_id=session_id, checkpoint=checkpoint)
+                passed.add(checkpoint)
+                log.info("lab %s: checkpoint %s passed", session_id, checkpoint)
+        return results
+
+    def ensure_tracing() -> None:
+        try:
+            api.put_vhost(session.vhost, tracing=True, description=f"lab: {spec.slug}")
+        except BrokerError:
+            log.warning("tracing of %s not turned on again", session.vhost, exc_info=True)
+
+    return LabMonitor(
+        session=session_id,
+        bus=bus,
+        control_key=control.monitor_key(session_id),
+        lab_params=amqp.parameters(
+            vhost=session.vhost,
+            user=session.rabbit_user,
+            password=session.rabbit_password,
+            name="labconsole monitor",
+        ),
+        still_current=lambda: _db(
+            LabSession.objects.filter(
+                pk=session_id, generation=generation, state=LabSession.State.RUNNING
+            ).exists
+        ),
+        flow_exchange=amqp.flow_exchange(),
+        reports_queue=amqp.reports_queue(session_id),
+        declare_reports=lambda channel: amqp.declare_reports_queue(channel, session_id),
+        firehose_queue=amqp.firehose_queue(),
+        firehose_arguments=amqp.FIREHOSE_ARGUMENTS,
+        router=Router(lab_graph(spec)),
+        queues=[q.name for q in spec.topology.queues],
+        consumers={c.name: c.queue for c in spec.workloads.consumers},
+        evaluate=evaluate,
+        ensure_tracing=ensure_tracing,
+        management_queues=lambda: api.queues(session.vhost),
+        fps=settings.FLOW_FRAMES_PER_SECOND,
+        state=session.monitor_state,
+    )

@@ -1,0 +1,111 @@
+"""The worker runtime: the units of several labs spread over two worker processes, and a
+killed worker's labs continuing on the other with their counters and sequence numbers."""
+
+import pytest
+
+from exercises.models import LabSession, Workload
+from exercises.services import exercise_save, lab_session_start
+from tests.conftest import subprocess_env
+from tests.support import Worker, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SEQUENCED = """
+version: 1
+slug: sequenced
+title: Sequenced
+summary: A producer numbering its messages
+description: One queue, a producer whose message ids are its sequence numbers.
+level: beginner
+minutes: 5
+topology:
+  queues:
+    - name: work
+workloads:
+  producers:
+    - name: maker
+      routing_key: work
+      rate: 20
+      properties:
+        message_id: sequence
+  consumers:
+    - name: taker
+      queue: work
+      autostart: false
+"""
+
+
+@pytest.fixture
+def second_worker(worker):
+    w = Worker("worker-b", env=subprocess_env())
+    w.start()
+    yield w
+    w.stop()
+
+
+def pid_of(owner: str) -> int | None:
+    return int(owner.split(":")[1]) if owner else None
+
+
+def unit_pids(session: LabSession) -> list[int | None]:
+    session.refresh_from_db()
+    pids = [
+        pid_of(o) for o in session.workloads.filter(running=True).values_list("owner", flat=True)
+    ]
+    return [*pids, pid_of(session.monitor_owner)]
+
+
+def published(session: LabSession) -> int:
+    """What the lab's monitor counted for the producer, as saved for a worker taking over."""
+    session.refresh_from_db()
+    record = session.monitor_state.get("record", {})
+    return record.get("workloads", {}).get("maker", {}).get("published", 0)
+
+
+def message_ids(api, session) -> list[str]:
+    messages = api.request(
+        "POST",
+        f"queues/{session.vhost}/work/get",
+        {"count": 100000, "ackmode": "ack_requeue_true", "encoding": "auto"},
+    )
+    return [m["properties"]["message_id"] for m in messages]
+
+
+def test_a_killed_workers_labs_continue_on_the_other(api, worker, second_worker, learner, labs):
+    exercise, _ = exercise_save(source=SEQUENCED)
+    sessions = [lab_session_start(exercise=exercise, owner=learner) for _ in range(4)]
+    pids = {worker.proc.pid, second_worker.proc.pid}
+    wait_for(
+        lambda: all(set(unit_pids(s)) <= pids for s in sessions),
+        message="every unit claimed by one of the two workers",
+    )
+    spread = [pid for s in sessions for pid in unit_pids(s)]
+    assert set(spread) == pids, "units run in both worker processes"
+    victim = second_worker.proc.pid
+    wait_for(lambda: all(published(s) >= 20 for s in sessions), message="producing")
+    before = {s.id: published(s) for s in sessions}
+
+    second_worker.kill()
+
+    survivor = worker.proc.pid
+    wait_for(
+        lambda: all(unit_pids(s) == [survivor] * len(unit_pids(s)) for s in sessions),
+        timeout=30,
+        message="the survivor took over every unit of the killed worker",
+    )
+    wait_for(
+        lambda: all(published(s) >= before[s.id] + 40 for s in sessions),
+        timeout=20,
+        message="every lab producing again, its counter going on from where it was",
+    )
+    assert victim not in {pid for s in sessions for pid in unit_pids(s)}
+    for session in sessions:
+        ids = message_ids(api, session)
+        numbers = sorted(int(i.rsplit("-", 1)[1]) for i in ids)
+        # The sequence goes on: it never starts again at 1. A takeover repeats at most the
+        # numbers sent after the last saved checkpoint (about a second and a half at 20/s).
+        assert numbers.count(1) == 1
+        repeated = len(numbers) - len(set(numbers))
+        assert repeated <= 60, f"{repeated} sequence numbers sent twice"
+        assert max(numbers) >= before[session.id] + 40
+    assert Workload.objects.filter(session__in=sessions, running=True).count() == len(sessions)
