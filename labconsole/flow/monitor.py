@@ -40,10 +40,13 @@ SAMPLES_PER_FRAME = 40
 RECENT_EVENTS = 200
 SEEN_DEAD_LIMIT = 50_000
 CHECK_INTERVAL = 0.5  # seconds between evaluations of the checkpoints, when anything moved
-DEPTHS_BUSY = 0.25  # seconds between reads of queue depths while messages move
-DEPTHS_IDLE = 2.0  # ... and while nothing does (a purge or a TTL still shows)
+DEPTHS_BUSY = 0.5  # seconds between reads of queue depths while messages move and watched
+DEPTHS_IDLE = 2.0  # ... while nothing moves or nobody watches (a purge or a TTL still shows)
 MANAGEMENT_INTERVAL = 5.0  # the broker's statistics refresh no faster by default
-IDLE_FRAME = 5.0  # a frame at least this often, even when nothing changed
+IDLE_FRAME = 5.0  # a frame at least this often, even when nothing changed or nobody watches
+# A web process with viewers of the lab says so at least this often (op "watch"); frames
+# go at full rate only while someone watches.
+WATCH_SECONDS = 15.0
 CHECKPOINT_INTERVAL = 1.0  # how often the state a new worker would resume from is taken
 FIREHOSE_PREFETCH = 2000
 FIREHOSE_ACK_EVERY = 200
@@ -175,12 +178,13 @@ class LabMonitor(Unit):
         self.recent: deque = deque(maxlen=RECENT_EVENTS)
         self.seq = state.get("seq", 0)
         self.frame_seq = state.get("frame_seq", 0)
+        self.watched_until = time.monotonic() + WATCH_SECONDS
         self.changed = True  # something to show in the next frame
         self.moved = True  # messages moved since queue depths were last read
         self.checks_dirty = True
         self.firehose_tag = 0
         self.next_frame = self.next_depths = self.next_checks = 0.0
-        self.next_management = self.next_checkpoint = 0.0
+        self.next_management = self.next_checkpoint = self.next_firehose_ack = 0.0
         self.last_frame = 0.0
         self.depths = None
         self.checkpoint = self.export()
@@ -217,6 +221,8 @@ class LabMonitor(Unit):
             return
         if data.get("op") == "stop":
             raise Stop("stopped")
+        if data.get("op") in ("watch", "snapshot"):
+            self.watched_until = time.monotonic() + WATCH_SECONDS
         if data.get("op") == "snapshot" and message.reply_to:
             self.bus.publish(
                 "",
@@ -480,12 +486,15 @@ class LabMonitor(Unit):
             self.changed = True
 
     def tick(self, now: float) -> float | None:
-        if self.firehose_tag:
+        if self.firehose_tag and now >= self.next_firehose_ack:
+            # Acknowledged in batches: at most once a second, or every FIREHOSE_ACK_EVERY.
             self.firehose.basic_ack(self.firehose_tag, multiple=True)
             self.firehose_tag = 0
+            self.next_firehose_ack = now + 1.0
+        watched = now < self.watched_until
         if now >= self.next_depths:
             self.poll_depths()
-            self.next_depths = now + (DEPTHS_BUSY if self.moved else DEPTHS_IDLE)
+            self.next_depths = now + (DEPTHS_BUSY if self.moved and watched else DEPTHS_IDLE)
             self.moved = False
         if now >= self.next_management:
             self.poll_management()
@@ -493,12 +502,12 @@ class LabMonitor(Unit):
         if self.checks_dirty and now >= self.next_checks:
             self.run_checks()
             self.next_checks = now + CHECK_INTERVAL
-        moving = any(r.value for r in self.rates_in.values()) or any(
-            r.value for r in self.rates_out.values()
+        moving = watched and (
+            any(r.value for r in self.rates_in.values())
+            or any(r.value for r in self.rates_out.values())
         )
-        if now >= self.next_frame and (
-            self.changed or moving or now - self.last_frame >= IDLE_FRAME
-        ):
+        lively = moving or (self.changed and watched)
+        if now >= self.next_frame and (lively or now - self.last_frame >= IDLE_FRAME):
             self.changed = False
             self.frame(now)
             self.last_frame = now
@@ -507,7 +516,9 @@ class LabMonitor(Unit):
             self.checkpoint = self.export()
             self.next_checkpoint = now + CHECKPOINT_INTERVAL
         due = [self.next_depths, self.next_management, self.next_checkpoint]
+        if self.firehose_tag:
+            due.append(self.next_firehose_ack)
         if self.checks_dirty:
             due.append(self.next_checks)
-        due.append(self.next_frame if (self.changed or moving) else self.last_frame + IDLE_FRAME)
+        due.append(self.next_frame if lively else self.last_frame + IDLE_FRAME)
         return min(due)

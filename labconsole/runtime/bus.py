@@ -168,7 +168,7 @@ class ConsoleBus:
         log.info("console bus connected (%d units, %d queues)", len(keys), len(queues))
         while not self._stopped.is_set():
             self._apply_changes(channel, tags)
-            self._flush(channel)
+            self._flush(connection, channel)
             connection.process_data_events(time_limit=1.0)
 
     def _start_consumer(self, channel, queue: str) -> str:
@@ -198,11 +198,17 @@ class ConsoleBus:
             elif op == "cancel" and not present and name in tags:
                 channel.basic_cancel(tags.pop(name))
 
-    def _flush(self, channel) -> None:
+    def _flush(self, connection, channel) -> None:
+        """Sends what waits in the outbox. Each message goes to the channel's output
+        buffer and the socket is written once for them all: BlockingChannel.basic_publish
+        runs the I/O loop once per message, which made the bus the worker's busiest part."""
         outbox = self._outbox
+        if not outbox:
+            return
         while outbox:
             exchange, key, body, props = outbox.popleft()
-            channel.basic_publish(exchange, key, body, props)
+            channel._impl.basic_publish(exchange, key, body, props)
+        connection.process_data_events(time_limit=0)
 
     def _on_control(self, channel, method, props, body: bytes) -> None:
         handler = self._bindings.get(method.routing_key)
