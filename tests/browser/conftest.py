@@ -5,61 +5,30 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
 import requests
 
 from tests.conftest import subprocess_env
-from tests.support import ARTIFACTS, ROOT, wait_for
+from tests.support import Daphne, wait_for
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def live_server_url(worker, django_db_setup):
-    port = _free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "daphne.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "labconsole.asgi:application",
-        ],
-        cwd=ROOT,
-        env=subprocess_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    web = Daphne("daphne", env=subprocess_env())
+    web.start()
 
     def up() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"daphne exited; see {ARTIFACTS / 'daphne.log'}")
         try:
-            return requests.get(f"{url}/accounts/login/", timeout=1).status_code == 200
+            return requests.get(f"{web.url}/accounts/login/", timeout=1).status_code == 200
         except requests.ConnectionError:
             return False
 
     wait_for(up, timeout=30, message="daphne answering")
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    yield web.url
+    web.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,7 @@ import pytest
 
 from exercises.models import LabSession, Workload
 from exercises.services import exercise_save, lab_session_start
-from tests.conftest import subprocess_env
-from tests.support import Worker, wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,14 +32,6 @@ workloads:
       queue: work
       autostart: false
 """
-
-
-@pytest.fixture
-def second_worker(worker):
-    w = Worker("worker-b", env=subprocess_env())
-    w.start()
-    yield w
-    w.stop()
 
 
 def pid_of(owner: str) -> int | None:
