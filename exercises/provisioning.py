@@ -92,7 +92,7 @@ def lab_definitions(spec: ExerciseSpec, *, vhost: str, user: str, password: str)
                 "routing_key": pattern,
                 "arguments": {},
             }
-            for pattern in ("publish.#", "deliver.#")
+            for pattern in amqp.FIREHOSE_PATTERNS
         ],
     }
 

@@ -455,6 +455,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         declare_reports=lambda channel: amqp.declare_reports_queue(channel, session_id),
         firehose_queue=amqp.firehose_queue(),
         firehose_arguments=amqp.FIREHOSE_ARGUMENTS,
+        firehose_patterns=amqp.FIREHOSE_PATTERNS,
         router=Router(lab_graph(spec)),
         queues=[q.name for q in spec.topology.queues],
         consumers={c.name: c.queue for c in spec.workloads.consumers},

@@ -95,6 +95,9 @@ FIREHOSE_QUEUE_LENGTH = 20000
 # Durable, so that a restart of the broker does not take it (the monitor declares it
 # again all the same, with these arguments); the oldest trace messages go first.
 FIREHOSE_ARGUMENTS = {"x-max-length": FIREHOSE_QUEUE_LENGTH, "x-overflow": "drop-head"}
+# Only publishes: deliveries are counted by the consumers themselves (their reports), which
+# halves what the broker enqueues for the live view and what the monitor decodes.
+FIREHOSE_PATTERNS = ("publish.#",)
 
 
 def lab_key(session_id: str, kind: str) -> str:

@@ -134,6 +134,7 @@ class LabMonitor(Unit):
         declare_reports: Callable[[object], None],
         firehose_queue: str,
         firehose_arguments: dict,
+        firehose_patterns: tuple[str, ...],
         router,
         queues: list[str],
         consumers: dict[str, str],
@@ -151,6 +152,7 @@ class LabMonitor(Unit):
         self.declare_reports = declare_reports
         self.firehose_queue = firehose_queue
         self.firehose_arguments = firehose_arguments
+        self.firehose_patterns = firehose_patterns
         self.router = router
         self.queue_names = queues
         self.consumer_queue = consumers  # consumer workload -> its queue
@@ -197,7 +199,7 @@ class LabMonitor(Unit):
         self.bus.consume(self.reports_queue, self.post, self.declare_reports)
         firehose = self.lab.channel()
         firehose.queue_declare(self.firehose_queue, durable=True, arguments=self.firehose_arguments)
-        for pattern in ("publish.#", "deliver.#"):
+        for pattern in self.firehose_patterns:
             firehose.queue_bind(self.firehose_queue, "amq.rabbitmq.trace", pattern)
         firehose.basic_qos(prefetch_count=FIREHOSE_PREFETCH)
         firehose.basic_consume(self.firehose_queue, self._on_firehose)
@@ -235,10 +237,19 @@ class LabMonitor(Unit):
         report = json.loads(body)
         workload = report["workload"]
         counts = report.get("counts")
+        queue = self.consumer_queue.get(workload)
         if counts:
+            if queue is not None:
+                # Deliveries are counted by the consumers, not read from the firehose.
+                before = self.record.workloads.get(workload, {}).get("delivered", 0)
+                more = max(0, counts.get("delivered", 0) - before)
+                self.record.delivered[queue] += more
+                self.rates_out[queue].count += more
             # Cumulative: the latest report is the truth, a lost one costs nothing.
             self.record.workloads[workload] = Counter(counts)
             self.checks_dirty = True
+        for message_id, x_death in report.get("deaths", []):
+            self.record.note_dead_letter(queue, message_id, x_death)
         if "held" in report:
             self.held[workload] = int(report["held"])
         if report.get("state") not in (None, "running"):
@@ -289,8 +300,8 @@ class LabMonitor(Unit):
         return [f"q:{queue}", *path]
 
     def _on_firehose(self, channel, method, props, body: bytes) -> None:
-        """Called for every message the lab publishes and every delivery: kept lean. The
-        full event of a publish is built only if it is among the newest when a frame goes."""
+        """Called for every message the lab publishes: kept lean. The full event of a
+        publish is built only if it is among the newest when a frame goes."""
         self.firehose_tag = method.delivery_tag
         if method.delivery_tag % FIREHOSE_ACK_EVERY == 0:
             channel.basic_ack(method.delivery_tag, multiple=True)
@@ -327,13 +338,6 @@ class LabMonitor(Unit):
                     self._sample("routed", (source, name, q), {"message_id": message_id})
             else:
                 self._sample("unroutable", [source, f"x:{name}"], {"message_id": message_id})
-        elif kind == "deliver":
-            self.record.delivered[name] += 1
-            self.rates_out[name].count += 1
-            if x_death:
-                self.record.note_dead_letter(
-                    name, jsonable(inner.get("message_id")), jsonable(x_death)
-                )
 
     def _sample(self, kind: str, path, event: dict | None = None) -> None:
         """A trace to animate; `path` is a list of node ids, or (source, exchange, queue)

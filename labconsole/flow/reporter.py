@@ -19,6 +19,7 @@ import pika
 from labconsole.broker.amqp import lab_key
 
 BODY_LIMIT = 2048
+MAX_DEATHS = 200  # dead-lettered deliveries described in one report
 
 
 def describe_properties(props: pika.BasicProperties | None) -> dict[str, Any]:
@@ -87,6 +88,7 @@ class FlowReporter:
         self.totals: Counter[str] = Counter(totals or {})
         self.gauges: dict[str, Any] = {}
         self.events: list[dict] = []
+        self.deaths: list[tuple] = []
         self.dirty = False
         self.last_flush = time.monotonic()
 
@@ -110,6 +112,13 @@ class FlowReporter:
             )
             self.dirty = True
 
+    def death(self, message_id: str | None, x_death: list) -> None:
+        """A delivery of a dead-lettered message, for the monitor's record (bounded: the
+        lessons need dozens, not thousands a second)."""
+        if len(self.deaths) < MAX_DEATHS:
+            self.deaths.append((message_id, x_death))
+            self.dirty = True
+
     def due(self) -> float | None:
         """When the next report is due (monotonic), or None with nothing to report."""
         return self.last_flush + self.interval if self.dirty else None
@@ -128,9 +137,11 @@ class FlowReporter:
             "workload": self.workload,
             "counts": dict(self.totals),
             "events": self.events,
+            **({"deaths": self.deaths} if self.deaths else {}),
             **self.gauges,
             **extra,
         }
         self.events = []
+        self.deaths = []
         self.dirty = False
         self.send(self.routing_key, json.dumps(report, default=str, separators=(",", ":")).encode())

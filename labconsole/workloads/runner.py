@@ -300,6 +300,8 @@ class ConsumerUnit(WorkloadUnit):
         delivered = self.progress.get("delivered", 0) + 1
         self.progress["delivered"] = delivered
         self.reporter.count("delivered")
+        if "x-death" in headers:
+            self.reporter.death(props.message_id, jsonable(headers["x-death"]))
         if self.reporter.wants_event():
             self.reporter.event(
                 "delivered",
