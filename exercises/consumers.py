@@ -1,4 +1,7 @@
-"""The lab's WebSocket: a snapshot on connect, then the monitor's frames (docs/live-protocol.md)."""
+"""The lab's WebSocket: a snapshot on connect, then the monitor's frames (docs/live-protocol.md).
+
+The frames come from the lab's hub in labconsole/flow/stream.py: one subscription per lab
+in this process, whose messages are forwarded to each socket as text, never decoded here."""
 
 from __future__ import annotations
 
@@ -7,13 +10,12 @@ import json
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from labconsole.flow.stream import LabStream
+from labconsole.flow import stream
 
 from . import selectors, services
 from .models import LabSession
 
 ACCEPTED = ("ack", "ping", "snapshot")
-STREAM_LOST = 4500
 
 
 @database_sync_to_async
@@ -30,7 +32,7 @@ def _state(session: LabSession) -> dict:
 
 
 class LabConsumer(AsyncWebsocketConsumer):
-    stream: LabStream | None = None
+    viewer: stream.Viewer | None = None
 
     async def connect(self) -> None:
         lab_id = self.scope["url_route"]["kwargs"]["lab_id"]
@@ -42,18 +44,18 @@ class LabConsumer(AsyncWebsocketConsumer):
             await self.close(code=4403)
             return
         await self.accept()
-        self.stream = LabStream(self.session.id, self.send_json, self.stream_lost)
-        await self.stream.open()
+        # A lost broker does not close the socket: the hub says `broker-unavailable`,
+        # comes back by itself, says `broker-back` and calls send_snapshot again.
+        self.viewer = await stream.join(self.session.id, self.send_text, self.send_snapshot)
         await self.send_snapshot()
-
-    async def stream_lost(self) -> None:
-        """The broker connection behind this socket is gone: close the socket so that the
-        browser reconnects, to a new connection and a fresh snapshot."""
-        await self.close(code=STREAM_LOST)
+        await self.viewer.release()
 
     async def disconnect(self, code: int) -> None:
-        if self.stream is not None:
-            await self.stream.close()
+        if self.viewer is not None:
+            self.viewer.leave()
+
+    async def send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     async def send_json(self, data: dict) -> None:
         await self.send(text_data=json.dumps(data, default=str))
@@ -62,7 +64,7 @@ class LabConsumer(AsyncWebsocketConsumer):
         state = await _state(self.session)
         numbers = {"counters": {}, "queues": {}, "exchanges": {}, "events": []}
         if state["lab"]["state"] == LabSession.State.RUNNING:
-            numbers.update(await self.stream.monitor_snapshot() or {})
+            numbers.update(await self.viewer.monitor_snapshot() or {})
             numbers["checks"] = {**numbers.get("checks", {}), **state["checks"]}
         numbers.pop("type", None)
         await self.send_json({"type": "snapshot", **state, **numbers})
@@ -85,7 +87,7 @@ class LabConsumer(AsyncWebsocketConsumer):
             if not isinstance(delivered, int) or isinstance(delivered, bool) or delivered < 0:
                 await self.error('"ack" needs "d": the number of the last message received')
                 return
-            await self.stream.ack(delivered)
+            await self.viewer.ack(delivered)
         elif kind == "ping":
             await _state(self.session)
             await self.send_json({"type": "pong"})
