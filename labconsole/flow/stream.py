@@ -257,11 +257,11 @@ class Viewer:
                 else:
                     text = f'{{"d":{self.sent}{tail}'
                 await self.send_text(text)
-        except Exception:
-            log.exception(
-                "lab %s: sending to a socket failed; it gets nothing more", self.hub.lab_id
-            )
+        except Exception as exc:  # noqa: BLE001 - closed under us: its disconnect follows
+            log.info("lab %s: a socket is closed (%s): nothing more to it", self.hub.lab_id, exc)
             self.closed = True
+            self.buffer.clear()
+            self.frames_waiting = 0
         finally:
             self.pumping = False
 
