@@ -111,6 +111,18 @@ def _status_tail(state: str, message: str) -> str:
     return "," + text[1:]
 
 
+def frame_seq(body: bytes) -> int | None:
+    """A frame's number, read from its first bytes as the monitor writes it, else decoded."""
+    match = _SEQ.match(body)
+    if match:
+        return int(match.group(1))
+    try:
+        seq = json.loads(body).get("seq")
+    except (ValueError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
 class BrokerUnavailable(Exception):
     pass
 
@@ -304,6 +316,7 @@ class Hub:
         self.dropped = 0
         self.replies: dict[str, asyncio.Future] = {}
         self.grace: asyncio.TimerHandle | None = None
+        self.declared: aio_pika.abc.AbstractQueue | None = None
         self.opened = 0  # how many times the queue was declared (tests read it)
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -326,7 +339,8 @@ class Hub:
     def _grace_over(self) -> None:
         self.grace = None
         if not self.viewers and self.state != "closed":
-            asyncio.get_running_loop().create_task(self.close())
+            self._retire()  # at once, so that no socket joins a hub on its way out
+            asyncio.get_running_loop().create_task(self._unsubscribe())
 
     async def _fan_out(self, is_frame: bool, tail: str) -> None:
         viewers = list(self.viewers)
@@ -347,6 +361,7 @@ class Hub:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: say so, try again
                 log.warning("lab %s: cannot subscribe to the flow (%s)", self.lab_id, exc)
+                await self._delete_declared()
                 await self._close_channel()
                 await self._set_down()
                 await asyncio.sleep(delay)
@@ -378,11 +393,17 @@ class Hub:
         )
         # A new name each time: the old exclusive queue may linger on the broker a moment
         # after its connection was lost.
-        queue = await channel.declare_queue(
+        # Exclusive: gone with the connection; auto-deleted: gone with the consumer; and,
+        # should a failure leave it declared but never consumed, expired after a minute.
+        self.declared = queue = await channel.declare_queue(
             queue_prefix(self.lab_id) + f"{os.getpid()}.{uuid.uuid4().hex[:8]}",
             exclusive=True,
             auto_delete=True,
-            arguments={"x-max-length": hub_queue_length(), "x-overflow": "drop-head"},
+            arguments={
+                "x-max-length": hub_queue_length(),
+                "x-overflow": "drop-head",
+                "x-expires": 60_000,
+            },
         )
         for kind in KINDS:
             await queue.bind(flow, f"lab.{self.lab_id}.{kind}")
@@ -414,16 +435,9 @@ class Hub:
                 await message.ack()
 
     def _count_gap(self, body: bytes) -> None:
-        match = _SEQ.match(body)
-        if match:
-            seq = int(match.group(1))
-        else:
-            try:
-                seq = json.loads(body).get("seq")
-            except (ValueError, AttributeError):
-                return
-            if not isinstance(seq, int):
-                return
+        seq = frame_seq(body)
+        if seq is None:
+            return
         if self.last_seq and seq > self.last_seq + 1:
             self.dropped += seq - self.last_seq - 1
         # A lower number is a new run of the monitor, which numbers its frames from 1.
@@ -472,6 +486,12 @@ class Hub:
         for viewer in viewers:
             await viewer.pump()
 
+    async def _delete_declared(self) -> None:
+        queue, self.declared = self.declared, None
+        if queue is not None and self.channel is not None and not self.channel.is_closed:
+            with contextlib.suppress(Exception):
+                await queue.delete(if_unused=False, if_empty=False)
+
     async def _close_channel(self) -> None:
         channel, self.channel = self.channel, None
         if channel is not None and not channel.is_closed:
@@ -495,15 +515,21 @@ class Hub:
                 mandatory=False,  # no monitor (yet): the wait below times out
             )
             return await asyncio.wait_for(future, timeout)
-        except (TimeoutError, aio_pika.exceptions.AMQPError, RuntimeError):
+        except TimeoutError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - the snapshot is then the database's alone
+            log.info("lab %s: snapshot request failed (%s)", self.lab_id, exc)
             return None
         finally:
             self.replies.pop(correlation_id, None)
 
     async def close(self) -> None:
         """Unsubscribes: the queue is deleted and the viewers (if any) get nothing more."""
-        if self.state == "closed":
-            return
+        if self.state != "closed":
+            self._retire()
+            await self._unsubscribe()
+
+    def _retire(self) -> None:
         self.state = "closed"
         if self.broker.hubs.get(self.lab_id) is self:
             del self.broker.hubs[self.lab_id]
@@ -511,16 +537,16 @@ class Hub:
             self.grace.cancel()
             self.grace = None
         self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self.task
-        queue, self.queue = self.queue, None
-        if queue is not None and self.channel is not None and not self.channel.is_closed:
-            with contextlib.suppress(Exception):
-                await queue.delete(if_unused=False, if_empty=False)
-        await self._close_channel()
         for future in self.replies.values():
             if not future.done():
                 future.set_result(None)
+
+    async def _unsubscribe(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        self.queue = None
+        await self._delete_declared()
+        await self._close_channel()
 
 
 async def join(

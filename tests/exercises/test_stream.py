@@ -245,6 +245,7 @@ def test_a_slow_socket_loses_its_oldest_frames_and_never_slows_the_others(lab, l
         assert queue["arguments"] == {
             "x-max-length": stream_module.hub_queue_length(),
             "x-overflow": "drop-head",
+            "x-expires": 60_000,
         }
         await fast.stop()
         await slow.stop()
