@@ -376,3 +376,31 @@ def test_losing_the_broker_keeps_the_socket_open_and_comes_back(lab, learner, ap
         await ws.disconnect()
 
     run(scenario)
+
+
+def test_a_socket_opened_while_the_broker_is_unreachable_waits_for_it(lab, learner, settings):
+    """The broker cannot be reached when the socket opens: the socket is accepted, gets a
+    snapshot from the database and `broker-unavailable`; once the broker can be reached,
+    `broker-back`, a snapshot with the monitor's numbers, and frames."""
+    owner = headers_for(learner)
+    reachable = settings.RABBITMQ_URL
+    settings.RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens there
+
+    async def scenario():
+        ws, connected, _ = await connect(f"/ws/labs/{lab.id}/", owner)
+        assert connected
+        reader = Reader(ws)
+        (first,) = await reader.wait("snapshot")
+        assert first["lab"]["id"] == lab.id and first["counters"] == {}
+        await reader.wait("status", state="broker-unavailable")
+        await asyncio.sleep(1.0)  # a few attempts fail meanwhile
+        assert not reader.of("frame")
+        settings.RABBITMQ_URL = reachable
+        await reader.wait("status", state="broker-back", timeout=10)
+        await reader.wait("snapshot", 2)
+        await reader.wait("frame", 3)
+        assert "temperature-sensor" in reader.of("snapshot")[1]["counters"]
+        await reader.stop()
+        await ws.disconnect()
+
+    run(scenario)
