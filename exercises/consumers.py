@@ -5,7 +5,9 @@ in this process, whose messages are forwarded to each socket as text, never deco
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -16,6 +18,11 @@ from . import selectors, services
 from .models import LabSession
 
 ACCEPTED = ("ack", "ping", "snapshot")
+# A lab's last_seen_at is written at most this often per process: it only has to beat
+# LAB_IDLE_MINUTES, and many sockets of one lab connecting at once (a server restart) wait
+# in line for the database otherwise.
+TOUCH_EVERY = 10.0
+_touched: dict[str, float] = {}
 
 
 @database_sync_to_async
@@ -24,11 +31,41 @@ def _load(lab_id: str, user) -> tuple[LabSession | None, bool]:
     return session, bool(session and selectors.can_view_lab(user, session))
 
 
-@database_sync_to_async
-def _state(session: LabSession) -> dict:
-    session.refresh_from_db()
+def _touch_now(session: LabSession) -> None:
+    now = time.monotonic()
+    if now - _touched.get(session.pk, -TOUCH_EVERY) < TOUCH_EVERY:
+        return
+    if len(_touched) > 1000:
+        for pk, at in list(_touched.items()):
+            if now - at >= TOUCH_EVERY:
+                del _touched[pk]
+    _touched[session.pk] = now
     services.lab_session_touch(session=session)
+
+
+_touch = database_sync_to_async(_touch_now)
+
+
+@database_sync_to_async
+def _read_state(session: LabSession) -> dict:
+    session.refresh_from_db()
+    _touch_now(session)
     return selectors.lab_state(session)
+
+
+_reading: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future] = {}
+
+
+async def _state(session: LabSession) -> dict:
+    """The lab's state from the database. The sockets of one lab that ask while a read is
+    under way share it: the database calls of this process wait in one line, and a few
+    hundred sockets connecting at once would otherwise each wait for all the others."""
+    key = (asyncio.get_running_loop(), session.pk)
+    reading = _reading.get(key)
+    if reading is None:
+        reading = _reading[key] = asyncio.ensure_future(_read_state(session))
+        reading.add_done_callback(lambda _: _reading.pop(key, None))
+    return await asyncio.shield(reading)
 
 
 class LabConsumer(AsyncWebsocketConsumer):
@@ -89,7 +126,7 @@ class LabConsumer(AsyncWebsocketConsumer):
                 return
             await self.viewer.ack(delivered)
         elif kind == "ping":
-            await _state(self.session)
+            await _touch(self.session)
             await self.send_json({"type": "pong"})
         elif kind == "snapshot":
             await self.send_snapshot()
