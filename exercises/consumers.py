@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -70,6 +71,17 @@ async def _state(session: LabSession) -> dict:
 
 class LabConsumer(AsyncWebsocketConsumer):
     viewer: stream.Viewer | None = None
+
+    async def dispatch(self, message: dict) -> None:
+        """As Channels' own, without closing old database connections before every
+        message: that is a call into the one thread that runs this process's database work,
+        made for every acknowledgement of every socket, which touch no database. Every
+        database call here goes through database_sync_to_async, which closes old
+        connections itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         lab_id = self.scope["url_route"]["kwargs"]["lab_id"]
