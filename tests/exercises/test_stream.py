@@ -225,7 +225,7 @@ def test_a_slow_socket_loses_its_oldest_frames_and_never_slows_the_others(lab, l
         during = fast.of("frame")[frames_before:]
         assert len(slow.messages) == stuck_at, "the server sent past the in-flight limit"
         assert max(m.get("d", 0) for m in slow.messages) == limit
-        assert len(during) >= 15, f"the fast socket got only {len(during)} frames in 2 s"
+        assert len(during) >= 10, f"the fast socket got only {len(during)} frames in 2 s"
         seqs = [m["seq"] for m in during]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
         assert all(m["dropped"] == 0 for m in during)
