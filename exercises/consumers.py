@@ -1,19 +1,29 @@
-"""The lab's WebSocket: a snapshot on connect, then the monitor's frames (docs/live-protocol.md)."""
+"""The lab's WebSocket: a snapshot on connect, then the monitor's frames (docs/live-protocol.md).
+
+The frames come from the lab's hub in labconsole/flow/stream.py: one subscription per lab
+in this process, whose messages are forwarded to each socket as text, never decoded here."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from labconsole.flow.stream import LabStream
+from labconsole.flow import stream
 
 from . import selectors, services
 from .models import LabSession
 
 ACCEPTED = ("ack", "ping", "snapshot")
-STREAM_LOST = 4500
+# A lab's last_seen_at is written at most this often per process: it only has to beat
+# LAB_IDLE_MINUTES, and many sockets of one lab connecting at once (a server restart) wait
+# in line for the database otherwise.
+TOUCH_EVERY = 10.0
+_touched: dict[str, float] = {}
 
 
 @database_sync_to_async
@@ -22,15 +32,56 @@ def _load(lab_id: str, user) -> tuple[LabSession | None, bool]:
     return session, bool(session and selectors.can_view_lab(user, session))
 
 
-@database_sync_to_async
-def _state(session: LabSession) -> dict:
-    session.refresh_from_db()
+def _touch_now(session: LabSession) -> None:
+    now = time.monotonic()
+    if now - _touched.get(session.pk, -TOUCH_EVERY) < TOUCH_EVERY:
+        return
+    if len(_touched) > 1000:
+        for pk, at in list(_touched.items()):
+            if now - at >= TOUCH_EVERY:
+                del _touched[pk]
+    _touched[session.pk] = now
     services.lab_session_touch(session=session)
+
+
+_touch = database_sync_to_async(_touch_now)
+
+
+@database_sync_to_async
+def _read_state(session: LabSession) -> dict:
+    session.refresh_from_db()
+    _touch_now(session)
     return selectors.lab_state(session)
 
 
+_reading: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future] = {}
+
+
+async def _state(session: LabSession) -> dict:
+    """The lab's state from the database. The sockets of one lab that ask while a read is
+    under way share it: the database calls of this process wait in one line, and a few
+    hundred sockets connecting at once would otherwise each wait for all the others."""
+    key = (asyncio.get_running_loop(), session.pk)
+    reading = _reading.get(key)
+    if reading is None:
+        reading = _reading[key] = asyncio.ensure_future(_read_state(session))
+        reading.add_done_callback(lambda _: _reading.pop(key, None))
+    return await asyncio.shield(reading)
+
+
 class LabConsumer(AsyncWebsocketConsumer):
-    stream: LabStream | None = None
+    viewer: stream.Viewer | None = None
+
+    async def dispatch(self, message: dict) -> None:
+        """As Channels' own, without closing old database connections before every
+        message: that is a call into the one thread that runs this process's database work,
+        made for every acknowledgement of every socket, which touch no database. Every
+        database call here goes through database_sync_to_async, which closes old
+        connections itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         lab_id = self.scope["url_route"]["kwargs"]["lab_id"]
@@ -42,18 +93,18 @@ class LabConsumer(AsyncWebsocketConsumer):
             await self.close(code=4403)
             return
         await self.accept()
-        self.stream = LabStream(self.session.id, self.send_json, self.stream_lost)
-        await self.stream.open()
+        # A lost broker does not close the socket: the hub says `broker-unavailable`,
+        # comes back by itself, says `broker-back` and calls send_snapshot again.
+        self.viewer = await stream.join(self.session.id, self.send_text, self.send_snapshot)
         await self.send_snapshot()
-
-    async def stream_lost(self) -> None:
-        """The broker connection behind this socket is gone: close the socket so that the
-        browser reconnects, to a new connection and a fresh snapshot."""
-        await self.close(code=STREAM_LOST)
+        await self.viewer.release()
 
     async def disconnect(self, code: int) -> None:
-        if self.stream is not None:
-            await self.stream.close()
+        if self.viewer is not None:
+            self.viewer.leave()
+
+    async def send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     async def send_json(self, data: dict) -> None:
         await self.send(text_data=json.dumps(data, default=str))
@@ -62,7 +113,7 @@ class LabConsumer(AsyncWebsocketConsumer):
         state = await _state(self.session)
         numbers = {"counters": {}, "queues": {}, "exchanges": {}, "events": []}
         if state["lab"]["state"] == LabSession.State.RUNNING:
-            numbers.update(await self.stream.monitor_snapshot() or {})
+            numbers.update(await self.viewer.monitor_snapshot() or {})
             numbers["checks"] = {**numbers.get("checks", {}), **state["checks"]}
         numbers.pop("type", None)
         await self.send_json({"type": "snapshot", **state, **numbers})
@@ -85,9 +136,9 @@ class LabConsumer(AsyncWebsocketConsumer):
             if not isinstance(delivered, int) or isinstance(delivered, bool) or delivered < 0:
                 await self.error('"ack" needs "d": the number of the last message received')
                 return
-            await self.stream.ack(delivered)
+            await self.viewer.ack(delivered)
         elif kind == "ping":
-            await _state(self.session)
+            await _touch(self.session)
             await self.send_json({"type": "pong"})
         elif kind == "snapshot":
             await self.send_snapshot()

@@ -20,6 +20,8 @@
       conn: { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", disconnected: "Disconnected" },
       connEnded: "Lab ended",
       connRefused: { 4403: "Not your lab", 4404: "Lab not found" },
+      brokerUnavailable: "Broker unavailable — reconnecting…",
+      brokerBack: "Live: broker back",
       running: "running", stopped: "stopped",
       ready: "ready", unacked: "unacked", in: "in", out: "out", perSec: "/s", msgPerSec: "msg/s",
       sent: "sent", acked: "acked", unroutable: "unroutable",
@@ -42,6 +44,8 @@
       conn: { connecting: "Подключение…", live: "В эфире", reconnecting: "Переподключение…", disconnected: "Нет связи" },
       connEnded: "Лаборатория завершена",
       connRefused: { 4403: "Это не ваша лаборатория", 4404: "Лаборатория не найдена" },
+      brokerUnavailable: "Брокер недоступен — переподключение…",
+      brokerBack: "В эфире: брокер снова доступен",
       running: "работает", stopped: "остановлен",
       ready: "готово", unacked: "без ack", in: "вход", out: "выход", perSec: "/с", msgPerSec: "сообщ./с",
       sent: "отпр.", acked: "ack", unroutable: "без маршрута",
@@ -68,6 +72,10 @@
   const HOP_MS = 350; // one edge of a trace
   const PING_MS = 20000;
   const BACKOFF_MS = [500, 1000, 2000, 4000, 5000];
+  // The backoff starts over only once a socket delivered its snapshot and stayed open this
+  // long: a server that accepts and then closes at once is not hammered by every tab.
+  const STABLE_MS = 5000;
+  const BROKER_BACK_MS = 4000; // how long the badge says the broker is back
   const KNOWN_KINDS = [
     "published", "confirmed", "returned", "routed", "unroutable", "delivered",
     "acked", "nacked", "rejected", "dead-lettered", "expired", "parked", "error",
@@ -82,6 +90,7 @@
   const state = {
     connected: false,
     connection: "connecting", // connecting | live | reconnecting | disconnected
+    broker: "ok", // ok | unavailable: the server's own connection to RabbitMQ, as it says
     labState: labEl.dataset.labState || "running",
     counters: {}, // workload -> {published, confirmed, ...}
     queues: {}, // queue -> {ready, unacked, consumers, rate_in, rate_out}
@@ -1524,8 +1533,27 @@
     clearDots();
   }
 
+  // The server lost RabbitMQ: the socket stays open and the server reconnects by itself,
+  // then says broker-back and sends a fresh snapshot. Texts come from T, by state.
+  let brokerBackTimer = 0;
+  function setBroker(available) {
+    clearTimeout(brokerBackTimer);
+    brokerBackTimer = 0;
+    const was = state.broker;
+    state.broker = available ? "ok" : "unavailable";
+    if (!available) return setConnection("reconnecting", T.brokerUnavailable);
+    if (was !== "unavailable" || !ws) return undefined;
+    setConnection("live", T.brokerBack);
+    brokerBackTimer = setTimeout(() => {
+      if (state.connection === "live") setConnection("live");
+    }, BROKER_BACK_MS);
+    return undefined;
+  }
+
   function onStatus(m) {
-    if (isOver(m.state)) endLab(m.state, m.message);
+    if (m.state === "broker-unavailable") setBroker(false);
+    else if (m.state === "broker-back") setBroker(true);
+    else if (isOver(m.state)) endLab(m.state, m.message);
     // A reset makes the lab anew (new workloads, checkpoints pending): start the page over.
     else if (m.state === "reset") location.reload();
     else if (m.message) toast(m.message, "info");
@@ -1582,13 +1610,16 @@
     }
   }
 
-  // One socket; on close, retry forever with backoff (0.5, 1, 2, 4, then every 5 s).
-  // The server answers every (re)connection with a snapshot that replaces our state.
+  // One socket; on close, retry forever with backoff (0.5, 1, 2, 4, then every 5 s), which
+  // starts over once a socket delivered its snapshot and stayed open STABLE_MS; 4403 and
+  // 4404 are final. The server answers every (re)connection with a snapshot that replaces
+  // our state. A lost broker does not close the socket (see setBroker).
   // Messages from the viewer's queue carry `d`, their number on this socket: the server
   // sends at most 40 unacknowledged ones, so acknowledge every ACK_EVERY or ACK_AFTER_MS.
   let ws = null;
   let attempt = 0;
   let retryTimer = 0;
+  let stableTimer = 0;
   let pingTimer = 0;
   let stopped = false;
   let received = 0; // highest `d` on this socket
@@ -1631,9 +1662,11 @@
     received = acked = 0;
     clearTimeout(ackTimer);
     ackTimer = 0;
+    clearTimeout(stableTimer);
+    stableTimer = 0;
     sock.onopen = () => {
       if (ws !== sock) return;
-      attempt = 0;
+      state.broker = "ok"; // until this server says otherwise
       setConnection("live");
       clearInterval(pingTimer);
       pingTimer = setInterval(() => send({ type: "ping" }), PING_MS);
@@ -1649,6 +1682,11 @@
       if (!m || typeof m !== "object") return;
       dispatch(m);
       if (m.d != null) noteDelivery(m.d);
+      if (m.type === "snapshot" && !stableTimer) {
+        stableTimer = setTimeout(() => {
+          if (ws === sock && sock.readyState === WebSocket.OPEN) attempt = 0;
+        }, STABLE_MS);
+      }
     };
     sock.onclose = (event) => {
       if (ws !== sock) return;
@@ -1656,6 +1694,10 @@
       clearInterval(pingTimer);
       clearTimeout(ackTimer);
       ackTimer = 0;
+      clearTimeout(stableTimer);
+      stableTimer = 0;
+      clearTimeout(brokerBackTimer);
+      brokerBackTimer = 0;
       if (stopped) return;
       if (event.code === 4403 || event.code === 4404) {
         stopped = true;
@@ -1682,6 +1724,8 @@
   function stopSocket() {
     stopped = true;
     clearTimeout(retryTimer);
+    clearTimeout(stableTimer);
+    clearTimeout(brokerBackTimer);
     clearTimeout(ackTimer);
     clearInterval(pingTimer);
     if (ws) {

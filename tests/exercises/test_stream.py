@@ -1,8 +1,12 @@
 """The lab's WebSocket through the real ASGI application: access, snapshot, frames, acks,
-bad frames."""
+bad frames, one subscription per lab however many sockets, slow sockets, a lost broker."""
 
 import asyncio
+import contextlib
 import json
+import re
+import time
+from urllib.parse import quote
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -12,9 +16,9 @@ from django.test import Client
 
 from exercises.services import lab_session_start
 from labconsole.asgi import application
+from labconsole.broker import amqp
 from labconsole.flow import stream as stream_module
 from labconsole.flow.stream import close_shared_connections
-from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,6 +46,65 @@ async def connect(path, headers):
     communicator = WebsocketCommunicator(application, path, headers=headers)
     connected, code = await communicator.connect(timeout=5)
     return communicator, connected, code
+
+
+async def until(predicate, *, timeout=20.0, message=""):
+    """Polls a blocking predicate (say, the management API) without blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {message or predicate}")
+        await asyncio.sleep(0.2)
+
+
+def hub_queues(api, lab_id):
+    vhost = quote(amqp.console_vhost(), safe="")
+    queues = api.request("GET", f"queues/{vhost}?columns=name,arguments,consumers")
+    return [q for q in queues if q["name"].startswith(stream_module.queue_prefix(lab_id))]
+
+
+class Reader:
+    """Reads one socket in the background, acknowledging as the page does (or not)."""
+
+    def __init__(self, communicator, *, ack=True):
+        self.ws = communicator
+        self.ack = ack
+        self.messages = []
+        self.raw = []
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def run(self):
+        while True:
+            text = await self.ws.receive_from(timeout=30)
+            message = json.loads(text)
+            self.messages.append(message)
+            self.raw.append(text)
+            if self.ack and "d" in message:
+                await self.ws.send_to(text_data=json.dumps({"type": "ack", "d": message["d"]}))
+
+    def of(self, kind, **match):
+        return [
+            m
+            for m in self.messages
+            if m["type"] == kind and all(m.get(k) == v for k, v in match.items())
+        ]
+
+    async def wait(self, kind, count=1, timeout=15.0, **match):
+        deadline = time.monotonic() + timeout
+        while len(self.of(kind, **match)) < count:
+            if self.task.done():
+                self.task.result()  # raises what stopped the reader
+            assert time.monotonic() < deadline, f"no {count} {kind} {match} in {timeout} s"
+            await asyncio.sleep(0.02)
+        return self.of(kind, **match)
+
+    async def stop(self):
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
 
 
 async def receive(communicator, kind, timeout=5.0, ack=True):
@@ -139,44 +202,205 @@ def test_bad_frames_get_a_clear_error_and_the_socket_stays(lab, learner, frame, 
     run(scenario)
 
 
-def test_a_viewer_that_stops_acknowledging_is_bounded_by_the_broker(lab, learner, api):
-    """Without acks the server stops sending after FLOW_VIEWER_IN_FLIGHT; the viewer's
-    queue then holds at most FLOW_VIEWER_QUEUE_LENGTH and drops the oldest."""
+def test_a_slow_socket_loses_its_oldest_frames_and_never_slows_the_others(lab, learner, api):
+    """A socket that stops acknowledging gets FLOW_VIEWER_IN_FLIGHT messages and then
+    nothing, while another socket of the same lab keeps getting every frame; when the
+    slow one acknowledges again, it gets the few newest frames it kept and is told how
+    many it lost."""
+    owner = headers_for(learner)
+    limit = settings.FLOW_VIEWER_IN_FLIGHT
 
+    async def scenario():
+        fast_ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
+        slow_ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
+        fast, slow = Reader(fast_ws), Reader(slow_ws, ack=False)
+        await slow.wait("snapshot")
+        deadline = time.monotonic() + 20
+        while max((m.get("d", 0) for m in slow.messages), default=0) < limit:
+            assert time.monotonic() < deadline, "the slow socket never reached its limit"
+            await asyncio.sleep(0.05)
+        stuck_at = len(slow.messages)
+        frames_before = len(fast.of("frame"))
+        await asyncio.sleep(2.0)
+        during = fast.of("frame")[frames_before:]
+        assert len(slow.messages) == stuck_at, "the server sent past the in-flight limit"
+        assert max(m.get("d", 0) for m in slow.messages) == limit
+        assert len(during) >= 10, f"the fast socket got only {len(during)} frames in 2 s"
+        seqs = [m["seq"] for m in during]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert all(m["dropped"] == 0 for m in during)
+
+        # The slow socket acknowledges: it gets the frames it kept (at most a few), the
+        # count of those it lost, and then live frames again.
+        await slow_ws.send_to(text_data=json.dumps({"type": "ack", "d": limit}))
+        await asyncio.sleep(0.3)
+        after = [m for m in slow.of("frame") if m["d"] > limit]
+        kept = [m for m in after if m["seq"] <= during[-1]["seq"]]
+        assert len(kept) <= stream_module.viewer_frames()
+        assert after and after[0]["d"] == limit + 1
+        assert after[0]["dropped"] >= len(during) - stream_module.viewer_frames()
+
+        # One queue for the lab in this process, short and dropping its oldest.
+        (queue,) = hub_queues(api, lab.id)
+        assert queue["arguments"] == {
+            "x-max-length": stream_module.hub_queue_length(),
+            "x-overflow": "drop-head",
+            "x-expires": 60_000,
+        }
+        await fast.stop()
+        await slow.stop()
+        await fast_ws.disconnect()
+        await slow_ws.disconnect()
+
+    run(scenario)
+
+
+def test_one_queue_per_lab_however_many_sockets_gone_after_the_last_leaves(
+    lab, learner, api, settings
+):
+    settings.FLOW_HUB_GRACE_SECONDS = 1.0
     owner = headers_for(learner)
 
     async def scenario():
+        sockets = []
+        for _ in range(6):
+            ws, connected, _ = await connect(f"/ws/labs/{lab.id}/", owner)
+            assert connected
+            sockets.append(ws)
+            await receive(ws, "snapshot")
+        queues = await until(lambda: hub_queues(api, lab.id), message="the hub's queue")
+        assert len(queues) == 1 and queues[0]["name"].startswith(stream_module.queue_prefix(lab.id))
+        assert list(stream_module.hubs()) == [lab.id]
+        # Each socket asked the monitor for its snapshot through the one queue, and got
+        # its own answer (routed by correlation id): every socket has the numbers.
+        readers = [Reader(ws) for ws in sockets]
+        for ws in sockets[:3]:
+            await ws.send_to(text_data='{"type": "snapshot"}')
+        for reader in readers[:3]:
+            (snapshot,) = await reader.wait("snapshot")
+            assert "temperature-sensor" in snapshot["counters"]
+        await asyncio.sleep(1.0)
+        assert [len(r.of("snapshot")) for r in readers] == [1, 1, 1, 0, 0, 0]
+        assert all(r.of("frame") for r in readers)
+        for reader in readers:
+            await reader.stop()
+            await reader.ws.disconnect()
+        # Within the grace a reload finds the same subscription...
         ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
-        last = 0
-        while not await ws.receive_nothing(timeout=1.5, interval=0.05):
-            last = json.loads(await ws.receive_from()).get("d", last)
-        assert last == settings.FLOW_VIEWER_IN_FLIGHT
+        await receive(ws, "snapshot")
+        assert [q["name"] for q in hub_queues(api, lab.id)] == [queues[0]["name"]]
+        await ws.disconnect()
+        # ...and after it the queue is gone.
+        await asyncio.sleep(1.5)
+        assert stream_module.hubs() == {}
+        await until(lambda: not hub_queues(api, lab.id), message="the hub's queue deleted")
 
-        def viewer_queue():
-            queues = api.request("GET", "queues/%2F?columns=name,messages,arguments")
-            mine = [q for q in queues if q["arguments"].get("x-overflow") == "drop-head"]
-            return mine[0] if mine and mine[0].get("messages") else None
+    run(scenario)
 
-        queue = wait_for(viewer_queue, timeout=15, message="viewer queue statistics")
-        assert queue["arguments"]["x-max-length"] == settings.FLOW_VIEWER_QUEUE_LENGTH
+
+def test_every_socket_gets_the_same_frame_text(lab, learner):
+    """Frames are forwarded as they came: apart from `d` and `dropped`, two sockets get
+    the very same text."""
+    owner = headers_for(learner)
+    prefix = re.compile(r'^\{"d":(\d+),"dropped":(\d+),')
+
+    async def scenario():
+        a_ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
+        b_ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
+        a, b = Reader(a_ws), Reader(b_ws)
+        await a.wait("frame", 10)
+        await b.wait("frame", 10)
+
+        def frames(reader):
+            out = {}
+            for text, message in zip(reader.raw, reader.messages, strict=True):
+                if message["type"] == "frame":
+                    match = prefix.match(text)
+                    assert match, text[:80]
+                    assert (int(match[1]), int(match[2])) == (message["d"], message["dropped"])
+                    out[message["seq"]] = text[match.end() :]
+            return out
+
+        fa, fb = frames(a), frames(b)
+        common = set(fa) & set(fb)
+        assert len(common) >= 5
+        for seq in common:
+            assert fa[seq] == fb[seq]
+            assert json.loads("{" + fa[seq])["type"] == "frame"
+        await a.stop()
+        await b.stop()
+        await a_ws.disconnect()
+        await b_ws.disconnect()
+
+    run(scenario)
+
+
+def test_losing_the_broker_keeps_the_socket_open_and_comes_back(lab, learner, api):
+    """The hub's connection is closed by the broker (what a broker restart does to it):
+    the socket stays open, is told so, and once the hub is subscribed again it is told the
+    broker is back, gets a fresh snapshot, and frames flow again."""
+    owner = headers_for(learner)
+    name = stream_module.connection_name()
+
+    def ours():
+        connections = api.request("GET", "connections?columns=name,client_properties")
+        return [c["name"] for c in connections if
+                c["client_properties"].get("connection_name") == name]  # fmt: skip
+
+    async def scenario():
+        ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
+        reader = Reader(ws)
+        await reader.wait("snapshot")
+        await reader.wait("frame", 3)
+        (old_queue,) = hub_queues(api, lab.id)
+        for connection in await until(ours, message="the stream connection listed"):
+            await asyncio.to_thread(
+                api.request, "DELETE", f"connections/{quote(connection, safe='')}"
+            )
+        (lost,) = await reader.wait("status", state="broker-unavailable")
+        assert lost["message"] and "d" in lost
+        (back,) = await reader.wait("status", state="broker-back", timeout=20)
+        index = reader.messages.index(back)
+        assert index > reader.messages.index(lost)
+        await reader.wait("snapshot", 2)
+        frames = len(reader.of("frame"))
+        await reader.wait("frame", frames + 5)
+        snapshot = reader.of("snapshot")[1]
+        assert "temperature-sensor" in snapshot["counters"]  # the monitor answered again
+        # The socket was never closed, and the queue was declared anew.
+        assert not reader.task.done()
+        (new_queue,) = await until(lambda: hub_queues(api, lab.id) or None)
+        assert new_queue["name"] != old_queue["name"]
+        assert stream_module.hubs()[lab.id].opened == 2
+        await reader.stop()
         await ws.disconnect()
 
     run(scenario)
 
 
-def test_losing_the_broker_closes_the_socket_so_the_browser_reconnects(lab, learner, api):
+def test_a_socket_opened_while_the_broker_is_unreachable_waits_for_it(lab, learner, settings):
+    """The broker cannot be reached when the socket opens: the socket is accepted, gets a
+    snapshot from the database and `broker-unavailable`; once the broker can be reached,
+    `broker-back`, a snapshot with the monitor's numbers, and frames."""
     owner = headers_for(learner)
+    reachable = settings.RABBITMQ_URL
+    settings.RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens there
 
     async def scenario():
-        ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
-        await receive(ws, "snapshot")
-        connection = stream_module._connections[asyncio.get_running_loop()]
-        await connection.close()  # what a broker restart does to it
-        while (output := await ws.receive_output(timeout=5))["type"] != "websocket.close":
-            pass
-        assert output["code"] == 4500
         ws, connected, _ = await connect(f"/ws/labs/{lab.id}/", owner)
-        assert connected and (await receive(ws, "snapshot"))["lab"]["id"] == lab.id
+        assert connected
+        reader = Reader(ws)
+        (first,) = await reader.wait("snapshot")
+        assert first["lab"]["id"] == lab.id and first["counters"] == {}
+        await reader.wait("status", state="broker-unavailable")
+        await asyncio.sleep(1.0)  # a few attempts fail meanwhile
+        assert not reader.of("frame")
+        settings.RABBITMQ_URL = reachable
+        await reader.wait("status", state="broker-back", timeout=10)
+        await reader.wait("snapshot", 2)
+        await reader.wait("frame", 3)
+        assert "temperature-sensor" in reader.of("snapshot")[1]["counters"]
+        await reader.stop()
         await ws.disconnect()
 
     run(scenario)
