@@ -126,11 +126,19 @@ LAB_IDLE_MINUTES = env.int("LAB_IDLE_MINUTES", default=30)
 # How often workloads flush their reports, and how many updates a second a browser gets.
 FLOW_BATCH_MS = env.int("FLOW_BATCH_MS", default=100)
 FLOW_FRAMES_PER_SECOND = env.int("FLOW_FRAMES_PER_SECOND", default=20)
-# Events a viewer's queue holds before the oldest are dropped (x-max-length, drop-head).
-FLOW_VIEWER_QUEUE_LENGTH = env.int("FLOW_VIEWER_QUEUE_LENGTH", default=200)
-# Messages sent to a browser and not yet acknowledged by it; past that, frames wait (and
-# the oldest are dropped) in the broker, not in the server's memory.
+# Each web process holds one subscription per lab with viewers there (labconsole/flow/
+# stream.py): its queue holds this many messages while the process is slow, the oldest
+# dropped (x-max-length, drop-head), and the process takes this many unacknowledged.
+FLOW_HUB_QUEUE_LENGTH = env.int("FLOW_HUB_QUEUE_LENGTH", default=50)
+FLOW_HUB_PREFETCH = env.int("FLOW_HUB_PREFETCH", default=10)
+# Seconds a subscription with no viewers left is kept (a page reload comes back to it).
+FLOW_HUB_GRACE_SECONDS = env.float("FLOW_HUB_GRACE_SECONDS", default=3.0)
+# Messages sent to a browser and not yet acknowledged by it; past that, frames wait in the
+# socket's own small buffer (the oldest dropped), and status or workload messages in a
+# second one (dropped only past its size): a slow browser never slows the others.
 FLOW_VIEWER_IN_FLIGHT = env.int("FLOW_VIEWER_IN_FLIGHT", default=40)
+FLOW_VIEWER_BUFFER = env.int("FLOW_VIEWER_BUFFER", default=8)
+FLOW_VIEWER_BUFFER_OTHERS = env.int("FLOW_VIEWER_BUFFER_OTHERS", default=64)
 
 # --- Celery ------------------------------------------------------------------------------
 CELERY_BROKER_URL = RABBITMQ_URL

@@ -48,6 +48,8 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 5.0
 # A hub that stayed up this long starts its backoff over after the next loss.
 STABLE_SECONDS = 5.0
+# How often a hub with viewers tells the lab's monitor that someone watches.
+WATCH_EVERY = 5.0
 # How long a new socket waits for its lab's hub to be subscribed before its snapshot.
 JOIN_WAIT = 3.0
 
@@ -59,32 +61,24 @@ BACK_MESSAGE = "The console is connected to RabbitMQ again."
 _SEQ = re.compile(rb'^\{\s*"type"\s*:\s*"frame"\s*,\s*"seq"\s*:\s*(\d+)\s*[,}]')
 
 
-def _setting(name: str, default):
-    return getattr(settings, name, default)
-
-
 def hub_queue_length() -> int:
-    """Messages the hub's queue holds while this process is slow; the oldest go first."""
-    return _setting("FLOW_HUB_QUEUE_LENGTH", 50)
+    return settings.FLOW_HUB_QUEUE_LENGTH
 
 
 def hub_prefetch() -> int:
-    return _setting("FLOW_HUB_PREFETCH", 10)
+    return settings.FLOW_HUB_PREFETCH
 
 
 def viewer_frames() -> int:
-    """Frames a socket keeps waiting beyond its in-flight limit; the oldest go first."""
-    return _setting("FLOW_VIEWER_BUFFER", 8)
+    return settings.FLOW_VIEWER_BUFFER
 
 
 def viewer_others() -> int:
-    """Status and workload messages a socket keeps waiting (dropped only past this)."""
-    return _setting("FLOW_VIEWER_BUFFER_OTHERS", 64)
+    return settings.FLOW_VIEWER_BUFFER_OTHERS
 
 
 def hub_grace() -> float:
-    """Seconds a hub with no viewers left stays subscribed (a page reload comes back)."""
-    return _setting("FLOW_HUB_GRACE_SECONDS", 3.0)
+    return settings.FLOW_HUB_GRACE_SECONDS
 
 
 def queue_prefix(lab_id: str) -> str:
@@ -369,7 +363,11 @@ class Hub:
                 continue
             up_since = loop.time()
             await self._set_up()
-            await self.channel.closed()
+            watching = loop.create_task(self._watch())
+            try:
+                await self.channel.closed()
+            finally:
+                watching.cancel()
             if self.state == "closed":
                 return
             log.warning("lab %s: lost the flow subscription; reconnecting", self.lab_id)
@@ -406,7 +404,7 @@ class Hub:
             },
         )
         for kind in KINDS:
-            await queue.bind(flow, f"lab.{self.lab_id}.{kind}")
+            await queue.bind(flow, amqp.lab_key(self.lab_id, kind))
         await queue.consume(self._on_message)
         self.queue = queue
         self.opened += 1
@@ -498,6 +496,19 @@ class Hub:
             with contextlib.suppress(Exception):
                 await channel.close()
 
+    async def _watch(self) -> None:
+        """Tells the lab's monitor that someone watches: it sends frames at full rate only
+        then (labconsole/flow/monitor.py, WATCH_SECONDS)."""
+        while True:
+            try:
+                await self.control.publish(
+                    aio_pika.Message(b'{"op":"watch"}'),
+                    routing_key=amqp.lab_key(self.lab_id, "monitor"),
+                )
+            except Exception as exc:  # noqa: BLE001 - the channel's loss is handled in _run
+                log.debug("lab %s: watch not sent (%s)", self.lab_id, exc)
+            await asyncio.sleep(WATCH_EVERY)
+
     async def monitor_snapshot(self, timeout: float) -> dict | None:
         if self.state != "up" or self.queue is None or self.control is None:
             return None
@@ -511,7 +522,7 @@ class Hub:
                     reply_to=self.queue.name,
                     correlation_id=correlation_id,
                 ),
-                routing_key=f"lab.{self.lab_id}.monitor",
+                routing_key=amqp.lab_key(self.lab_id, "monitor"),
                 mandatory=False,  # no monitor (yet): the wait below times out
             )
             return await asyncio.wait_for(future, timeout)

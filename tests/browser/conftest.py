@@ -16,7 +16,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture(scope="session")
-def live_server_url(worker, django_db_setup):
+def web_server(worker, django_db_setup):
     web = Daphne("daphne", env=subprocess_env())
     web.start()
 
@@ -27,8 +27,13 @@ def live_server_url(worker, django_db_setup):
             return False
 
     wait_for(up, timeout=30, message="daphne answering")
-    yield web.url
+    yield web
     web.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server_url(web_server):
+    return web_server.url
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from exercises.models import LabSession
+from labconsole.flow.stream import CONNECTION_NAME
 from tests.support import ROOT, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -25,17 +26,16 @@ def log_in(page, url, username="learner", password="learner-pass-1"):
     expect(page.locator("#cards")).to_be_visible()
 
 
-def drop_stream_connections(api):
-    """The server's connection that feeds the lab pages is cut (a broker restart, a network
-    blip between the web server and RabbitMQ)."""
+def drop_stream_connections(api, web):
+    """The web process's connection that feeds the lab pages is cut (a broker restart, a
+    network blip between the web server and RabbitMQ)."""
+    name = CONNECTION_NAME.format(pid=web.proc.pid)
 
     def streams():
         # The API lists a new connection once its statistics are in (up to 5 s).
         connections = api.request("GET", "connections?columns=name,client_properties")
         return [
-            c["name"]
-            for c in connections
-            if c["client_properties"].get("connection_name") == "labconsole stream"
+            c["name"] for c in connections if c["client_properties"].get("connection_name") == name
         ]
 
     for name in wait_for(streams, timeout=15, message="the stream connection listed"):
@@ -69,7 +69,9 @@ def toggle(page, workload, running):
     )
 
 
-def test_play_direct_routing_to_the_end(page, live_server_url, catalogue, learner, api, labs):
+def test_play_direct_routing_to_the_end(
+    page, web_server, live_server_url, catalogue, learner, api, labs
+):
     log_in(page, live_server_url)
     page.locator('#cards .exercise-card[data-slug="direct-routing"]').click()
     page.click("#start-lab")
@@ -94,7 +96,7 @@ def test_play_direct_routing_to_the_end(page, live_server_url, catalogue, learne
     # A network blip: the page says it is reconnecting, then is live again with the
     # current numbers at once.
     snapshots = state(page, "snapshotsReceived")
-    drop_stream_connections(api)
+    drop_stream_connections(api, web_server)
     page.wait_for_function(f"() => window.labConsole.state.snapshotsReceived > {snapshots}")
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     frames = state(page, "framesReceived")
