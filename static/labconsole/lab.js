@@ -27,6 +27,7 @@
       sent: "sent", acked: "acked", unroutable: "unroutable",
       defaultExchange: "(default)",
       dropped: (n) => `${n} frame${n === 1 ? "" : "s"} dropped`,
+      sampled: (n) => `log: 1 in ${n} shown`,
       pause: "Pause", resume: "Resume", resumeN: (n) => `Resume (${n} new)`,
       producers: "Producers", consumers: "Consumers", consumersOnQueue: "consumers",
       workload: "workload", exchange: "exchange", routingKey: "routing key", queue: "queue",
@@ -51,6 +52,7 @@
       sent: "отпр.", acked: "ack", unroutable: "без маршрута",
       defaultExchange: "(по умолчанию)",
       dropped: (n) => `пропущено кадров: ${n}`,
+      sampled: (n) => `журнал: показано 1 из ${n}`,
       pause: "Пауза", resume: "Продолжить", resumeN: (n) => `Продолжить (+${n})`,
       producers: "Производители", consumers: "Потребители", consumersOnQueue: "потребителей",
       workload: "клиент", exchange: "обменник", routingKey: "ключ", queue: "очередь",
@@ -1012,6 +1014,27 @@
     }
   }
 
+  // The monitor sends the newest events of each frame and says how many there were
+  // (`shown.events` = [shown, of]); over the last second or so, say what share we see.
+  const shownWindow = [];
+  function noteShown(shown) {
+    const pair = shown && Array.isArray(shown.events) ? shown.events : null;
+    if (!pair) return;
+    shownWindow.push(pair);
+    if (shownWindow.length > 20) shownWindow.shift();
+    let seen = 0;
+    let of = 0;
+    for (const [a, b] of shownWindow) {
+      seen += a;
+      of += b;
+    }
+    const el = $("events-sampled");
+    if (!el) return;
+    const sampled = of > seen && of > 0;
+    el.hidden = !sampled;
+    if (sampled) el.textContent = T.sampled(fmtInt(Math.max(2, Math.round(of / Math.max(seen, 1)))));
+  }
+
   function setDropped(n) {
     state.dropped = n;
     const el = $("frames-dropped");
@@ -1594,6 +1617,7 @@
     if (Array.isArray(m.events) && m.events.length) addEvents(m.events);
     if (Array.isArray(m.samples) && m.samples.length) animateSamples(m.samples);
     if (typeof m.dropped === "number") setDropped(m.dropped);
+    noteShown(m.shown);
     recordRates();
     applyCounters();
     renderStats();
