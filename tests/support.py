@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from labconsole.supervise import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -26,15 +27,24 @@ def wait_for(predicate, *, timeout: float = 20.0, interval: float = 0.2, message
 
 
 class Worker:
-    """A Celery worker process, as `make run` starts it (threads pool), logging to
-    `<log_dir>/<name>.log`."""
+    """A Celery worker process, logging to `<log_dir>/<name>.log`. Its command line comes
+    from the console's supervisor (labconsole.supervise.worker_command): `pool="solo"`
+    starts it exactly as the console does; the default, the threads pool with
+    `concurrency` threads, is what the current workloads need."""
 
     def __init__(
-        self, name: str, *, env: dict[str, str], log_dir: Path = ARTIFACTS, concurrency: int = 60
+        self,
+        name: str,
+        *,
+        env: dict[str, str],
+        log_dir: Path = ARTIFACTS,
+        concurrency: int = 60,
+        pool: str = "threads",
     ):
         self.name = name
         self.env = env
         self.concurrency = concurrency
+        self.pool = pool
         self.proc: subprocess.Popen | None = None
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{name}.log"
@@ -43,16 +53,16 @@ class Worker:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         start = self.log.tell()
         self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "labconsole", "worker",
-                "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-                "--concurrency", str(self.concurrency), "-n", f"{self.name}@%h",
-            ],
+            worker_command(
+                self.name,
+                pool=self.pool,
+                concurrency=None if self.pool == "solo" else self.concurrency,
+            ),
             cwd=ROOT,
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
 
         def ready() -> bool:
             if self.proc.poll() is not None:
