@@ -49,7 +49,11 @@ ASGI_APPLICATION = "labconsole.asgi:application"
 def worker_command(name: str, *, pool: str = "solo", concurrency: int | None = None) -> list[str]:
     """A Celery worker named `<name>@<host>`. The console runs the solo pool (one task at a
     time; long-running work lives in threads the workers manage themselves); the test suite
-    can still ask for another pool."""
+    can still ask for another pool. A solo worker takes one task at a time from the broker
+    (`--concurrency 1`): Celery's prefetch is concurrency times the multiplier, and with
+    CELERY_WORKER_CONCURRENCY it would hold hundreds of tasks it cannot start."""
+    if concurrency is None and pool == "solo":
+        concurrency = 1
     command = [
         sys.executable, "-m", "celery", "-A", "labconsole", "worker", "-P", pool,
         "--loglevel", "INFO", "--without-mingle", "--without-gossip",
@@ -212,11 +216,32 @@ class Supervisor:
     # Output
 
     def _write(self, name: str, line: bytes) -> None:
-        self.out.write(f"{name:<{self.width}} | ".encode() + line.rstrip(b"\r") + b"\n")
+        if self.out is None:
+            return
+        try:
+            self.out.write(f"{name:<{self.width}} | ".encode() + line.rstrip(b"\r") + b"\n")
+        except OSError:  # the reader went away (a pipe into a pager that quit): carry on
+            self._lose_output()
+
+    def _flush(self) -> None:
+        if self.out is not None:
+            try:
+                self.out.flush()
+            except OSError:
+                self._lose_output()
+
+    def _lose_output(self) -> None:
+        """Supervises on without output; what is still buffered goes to /dev/null, so that
+        neither this nor the interpreter's last flush fails again."""
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())
+            os.close(devnull)
+        self.out = None
 
     def log(self, message: str) -> None:
         self._write("supervisor", message.encode())
-        self.out.flush()
+        self._flush()
 
     def _read(self, state: _State, sel: selectors.BaseSelector) -> None:
         """Reads what the child wrote; prints every complete line."""
@@ -237,7 +262,7 @@ class Supervisor:
             state.fd = None
         for line in lines:
             self._write(state.child.name, line)
-        self.out.flush()
+        self._flush()
 
     # Children
 

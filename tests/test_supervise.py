@@ -249,6 +249,33 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
+def test_a_supervisor_whose_output_is_gone_supervises_on_and_stops_cleanly():
+    """Its output piped into a pager that quit: it goes on, then stops with status 0."""
+    script = (
+        "import sys\n"
+        "from labconsole.supervise import Child, Supervisor\n"
+        "code = 'import time\\nwhile True: print(\"tick\", flush=True); time.sleep(0.05)'\n"
+        "sys.exit(Supervisor([Child('ticker', [sys.executable, '-c', code])]).run())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, env=subprocess_env()
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert b"ticker" in lines[-1], lines
+        ticker = wait_for(lambda: list(children_of(proc.pid)), message="the ticker")[0]
+        proc.stdout.close()  # the reader goes away; the ticker goes on printing
+        time.sleep(0.5)
+        assert proc.poll() is None and alive(ticker)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert not alive(ticker)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 @pytest.fixture
 def console_names_cleanup(api):
     yield
@@ -289,7 +316,9 @@ def test_no_child_outlives_a_killed_supervisor(start, tmp_path, console_names_cl
         next(k for k in ("daphne", "worker", "beat") if k in cmd) for cmd in children.values()
     )
     assert kinds == ["beat", "daphne", "worker"], children
-    assert any(f"-n supervise-test-{os.getpid()}-1@%h" in cmd for cmd in children.values())
+    worker = next(cmd for cmd in children.values() if " worker " in cmd)
+    assert "-P solo" in worker and "--concurrency 1 " in worker, worker
+    assert f"-n supervise-test-{os.getpid()}-1@%h" in worker, worker
 
     sup.proc.kill()
     sup.proc.wait(10)
