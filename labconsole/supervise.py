@@ -312,6 +312,10 @@ class Supervisor:
             # Print what it wrote last before saying it is gone.
             while state.fd is not None and select_readable(state.fd):
                 self._read(state, sel)
+            if state.fd is not None:  # a process it started still holds the pipe: let go
+                sel.unregister(state.fd)
+                proc.stdout.close()
+                state.fd = None
             state.reported = True
             why = f"(pid {proc.pid}) {describe_exit(proc.returncode)}"
             if self._stop_requests:
@@ -377,9 +381,6 @@ class Supervisor:
                     self._signal_all(signal.SIGKILL)
                     deadline = None
                 if not self._running():
-                    for state in self.states:  # what they wrote last
-                        while state.fd is not None and select_readable(state.fd):
-                            self._read(state, sel)
                     self.log("all stopped")
                     return 0
                 timeout = 0.5 if deadline is None else max(0.0, deadline - now)
