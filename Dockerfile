@@ -1,7 +1,9 @@
 FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HOST=0.0.0.0 PORT=8000
 WORKDIR /app
 COPY . .
 RUN pip install -e . && python manage.py collectstatic --noinput -v0
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "labconsole.asgi:application"]
+# The supervisor: daphne web processes on port 8000, Celery workers and the Celery beat
+# (docs/operations.md); its flags `--no-web`, `--workers N`, `--no-beat` run a part of them.
+CMD ["python", "-m", "labconsole.supervise"]

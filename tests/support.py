@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from labconsole.supervise import worker_command
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -28,9 +30,9 @@ def wait_for(predicate, *, timeout: float = 20.0, interval: float = 0.2, message
 
 
 class Worker:
-    """A Celery worker process, as `make run` starts it (the solo pool and the runtime's
-    threads), logging to `<log_dir>/<name>.log`. Its node name carries this process's id,
-    so that two test runs on one broker do not collide."""
+    """A Celery worker process as the console runs it (labconsole.supervise.worker_command:
+    the solo pool, the runtime's threads), logging to `<log_dir>/<name>.log`. Its node name
+    carries this process's id, so that two test runs on one broker do not collide."""
 
     def __init__(self, name: str, *, env: dict[str, str], log_dir: Path = ARTIFACTS):
         self.name = name
@@ -43,16 +45,12 @@ class Worker:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         start = self.log.tell()
         self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "labconsole", "worker",
-                "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-                "-n", f"{self.name}-{os.getpid()}@%h",
-            ],
+            worker_command(f"{self.name}-{os.getpid()}"),
             cwd=ROOT,
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
 
         def ready() -> bool:
             if self.proc.poll() is not None:
