@@ -127,9 +127,13 @@ def lab_vhost(api: ManagementClient, *, tracing: bool = False) -> str:
 
 
 def cleanup(api: ManagementClient) -> None:
-    """Deletes the console's exchanges and queues of this run and the bench's files."""
+    """Deletes the console's exchanges and queues of this run and the bench's files (kept,
+    with the console's logs, when BENCH_KEEP_LOGS is set)."""
     api.delete_named(amqp.console_vhost(), os.environ["LABCONSOLE_PREFIX"] + ".")
-    shutil.rmtree(BENCH_DIR, ignore_errors=True)
+    if os.environ.get("BENCH_KEEP_LOGS"):
+        print(f"logs and database kept in {BENCH_DIR}")
+    else:
+        shutil.rmtree(BENCH_DIR, ignore_errors=True)
 
 
 # --- /proc ------------------------------------------------------------------------------------
@@ -158,12 +162,13 @@ def process_tree(root: int) -> list[int]:
 
 
 def cpu_seconds(roots: Iterable[int]) -> float:
-    """User and system CPU time of the processes and all their descendants."""
+    """User and system CPU time of the processes and all their descendants, with that of
+    descendants that have ended (the broker runs short-lived helpers)."""
     total = 0
     for root in roots:
         for pid in process_tree(root):
             if fields := _stat(pid):
-                total += int(fields[11]) + int(fields[12])  # utime, stime
+                total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
     return total / CLK_TCK
 
 

@@ -492,7 +492,7 @@ def _groups(shares: dict) -> str:
 
 
 def bench_live_resources(
-    api: ManagementClient, labs: int = 20, busy_rate: int = 50, seconds: float = 15.0
+    api: ManagementClient, labs: int = 20, busy_rate: int = 50, seconds: float = 10.0
 ) -> None:
     """CPU of the console's processes (web, worker, beat, children included) and of the
     broker per idle lab (its workloads at 3 msg/s, nobody watching) and per busy lab (the
