@@ -161,12 +161,12 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(roots: Iterable[int]) -> float:
-    """User and system CPU time of the processes and all their descendants, with that of
-    descendants that have ended (the broker runs short-lived helpers)."""
+def cpu_seconds(roots: Iterable[int], *, children: bool = True) -> float:
+    """User and system CPU time of the processes and, with `children`, of all their
+    descendants, counting descendants that have ended and were waited for."""
     total = 0
     for root in roots:
-        for pid in process_tree(root):
+        for pid in process_tree(root) if children else [root]:
             if fields := _stat(pid):
                 total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
     return total / CLK_TCK
@@ -183,7 +183,9 @@ def rss_bytes(roots: Iterable[int]) -> int:
 
 
 def broker_pids() -> list[int]:
-    """RabbitMQ's Erlang VM on this machine (empty if the broker runs elsewhere)."""
+    """RabbitMQ's Erlang VM on this machine (empty if the broker runs elsewhere). Its CPU
+    is read for the VM alone (children=False): the short-lived helpers it runs may end
+    without being waited for, and their time would be lost from a total mid-interval."""
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -324,9 +326,9 @@ def measure_cpu(console: Console, seconds: float) -> dict[str, float | None]:
     (`console`), and by the broker (None if it runs elsewhere)."""
     groups = {**console.pids(), "broker": broker_pids()}
     t0 = time.monotonic()
-    before = {k: cpu_seconds(v) for k, v in groups.items()}
+    before = {k: cpu_seconds(v, children=k != "broker") for k, v in groups.items()}
     time.sleep(seconds)
-    after = {k: cpu_seconds(v) for k, v in groups.items()}
+    after = {k: cpu_seconds(v, children=k != "broker") for k, v in groups.items()}
     elapsed = time.monotonic() - t0
     shares = {k: (after[k] - before[k]) / elapsed for k in groups}
     shares["console"] = shares["web"] + shares["worker"] + shares["other"]

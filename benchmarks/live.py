@@ -195,9 +195,12 @@ class Clients:
         if console:
             groups = {**console.pids(), "broker": broker_pids()}
             time.sleep(max(0.0, start - time.time()))
-            before = {k: cpu_seconds(v) for k, v in groups.items()}
+            before = {k: cpu_seconds(v, children=k != "broker") for k, v in groups.items()}
             time.sleep(max(0.0, end - time.time()))
-            cpu = {k: (cpu_seconds(v) - before[k]) / (end - start) for k, v in groups.items()}
+            cpu = {
+                k: (cpu_seconds(v, children=k != "broker") - before[k]) / (end - start)
+                for k, v in groups.items()
+            }
         results = [self._line(p) for p in self.procs]
         if console:
             cpu["clients"] = sum(r["cpu"] for r in results) / (end - start)
@@ -268,7 +271,11 @@ def latency_text(figures: dict) -> str:
 
 
 def cpu_text(figures: dict) -> str:
-    shares = ", ".join(f"{k} {v * 100:.0f}%" for k, v in figures["cpu"].items() if v is not None)
+    shares = ", ".join(
+        f"{'beat' if k == 'other' else k} {v * 100:.0f}%"
+        for k, v in figures["cpu"].items()
+        if v is not None
+    )
     return f"CPU in the window (of one core): {shares}"
 
 
