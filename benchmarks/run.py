@@ -1,10 +1,12 @@
 """Benchmarks: each prints its figures as a ratio to a bare baseline taken in the same run,
 because the machines are shared and absolute times are noisy. Nothing is asserted.
 
-    .venv/bin/python benchmarks/run.py            (or: make bench)
-    .venv/bin/python benchmarks/run.py lab_start  (one of them)
+    .venv/bin/python benchmarks/run.py               (or: make bench)
+    .venv/bin/python benchmarks/run.py live_latency  (some of them, by name)
 
-Needs the local RabbitMQ with the management plugin (scripts/ensure-rabbitmq).
+The live-view benchmarks (live.py) start the console and WebSocket viewers of their own.
+Needs the local RabbitMQ with the management plugin (scripts/ensure-rabbitmq). The method
+and the figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -242,17 +244,17 @@ BENCHMARKS = {
 def main() -> None:
     names = {**BENCHMARKS, **live.ALIASES}
     chosen = sys.argv[1:] or list(BENCHMARKS)
-    unknown = [n for n in chosen if n not in names]
-    if unknown:
-        sys.exit(f"unknown benchmark {', '.join(unknown)}; choose from: {', '.join(names)}")
     api = ManagementClient()
-    print(
-        f"RabbitMQ {api.request('GET', 'overview')['rabbitmq_version']}, "
-        f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))})"
-    )
     t = time.monotonic()
     done = []
     try:
+        unknown = [n for n in chosen if n not in names]
+        if unknown:
+            sys.exit(f"unknown benchmark {', '.join(unknown)}; choose from: {', '.join(names)}")
+        print(
+            f"RabbitMQ {api.request('GET', 'overview')['rabbitmq_version']}, "
+            f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))})"
+        )
         for name in chosen:
             if names[name] not in done:  # an alias of one already run
                 names[name](api)
