@@ -1,10 +1,12 @@
 """Benchmarks: each prints its figures as a ratio to a bare baseline taken in the same run,
 because the machines are shared and absolute times are noisy. Nothing is asserted.
 
-    .venv/bin/python benchmarks/run.py            (or: make bench)
-    .venv/bin/python benchmarks/run.py lab_start  (one of them)
+    .venv/bin/python benchmarks/run.py               (or: make bench)
+    .venv/bin/python benchmarks/run.py live_latency  (some of them, by name)
 
-Needs the local RabbitMQ with the management plugin (scripts/ensure-rabbitmq).
+The live-view benchmarks (live.py) start the console and WebSocket viewers of their own.
+Needs the local RabbitMQ with the management plugin (scripts/ensure-rabbitmq). The method
+and the figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -14,39 +16,23 @@ import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "labconsole.settings")
-os.environ.setdefault("LABCONSOLE_PREFIX", f"labconsole-bench-{os.getpid()}")
-# A database of its own, shared with the worker the lab-start benchmark starts.
-BENCH_DB = Path(tempfile.mkdtemp(prefix="labconsole-bench-")) / "bench.sqlite3"
-os.environ["DATABASE_URL"] = f"sqlite:///{BENCH_DB}"
+import common  # noqa: F401 - first: the bench's database and names, then Django
+import live
+import pika
+from common import CATALOGUE, lab_vhost, median_ms, start_console
 
-import django  # noqa: E402
+from exercises import provisioning
+from exercises.spec import load_spec_file
+from labconsole.broker import amqp
+from labconsole.broker.management import ManagementClient
+from labconsole.flow.reporter import FlowReporter
+from labconsole.workloads.runner import ProducerRun
 
-django.setup()
-
-import pika  # noqa: E402
-
-from exercises import provisioning  # noqa: E402
-from exercises.spec import load_spec_file  # noqa: E402
-from labconsole.broker import amqp  # noqa: E402
-from labconsole.broker.management import ManagementClient  # noqa: E402
-from labconsole.flow.reporter import FlowReporter  # noqa: E402
-from labconsole.workloads.runner import ProducerRun  # noqa: E402
-from tests.support import Worker  # noqa: E402
-
-CATALOGUE = ROOT / "exercises" / "catalogue"
 ROUNDS = 9
-
-
-def median_ms(samples: list[float]) -> str:
-    return f"{statistics.median(samples) * 1000:.1f} ms"
+ALTERNATED = 5  # rounds of the alternated comparisons
 
 
 def bench_provisioning(api: ManagementClient) -> None:
@@ -72,15 +58,6 @@ def bench_provisioning(api: ManagementClient) -> None:
         f"provisioning: lab {median_ms(ours)}, bare definitions import {median_ms(bare)}, "
         f"ratio {ratio:.2f} (target <= 1.5), median of {ROUNDS}"
     )
-
-
-def _lab_vhost(api: ManagementClient) -> str:
-    name = f"lab-bench{secrets.token_hex(4)}"
-    api.put_vhost(name)
-    api.request(
-        "PUT", f"permissions/{name}/guest", {"configure": ".*", "write": ".*", "read": ".*"}
-    )
-    return name
 
 
 def _producer_run(params, console, control, **settings) -> ProducerRun:
@@ -131,7 +108,7 @@ def bench_producer(api: ManagementClient, count: int = 20000) -> None:
     """The producer workload with no rate limit against a bare pika loop publishing the
     same messages to the same queue (without and with confirms); then how closely it holds
     a set rate."""
-    vhost = _lab_vhost(api)
+    vhost = lab_vhost(api)
     user, password = amqp.console_credentials()
     params = amqp.parameters(vhost=vhost, user=user, password=password, name="bench")
     console = amqp.connect(amqp.console_parameters(name="bench console"))
@@ -142,7 +119,7 @@ def bench_producer(api: ManagementClient, count: int = 20000) -> None:
         for confirms in (False, True):
             n = count if not confirms else count // 4
             bare, ours = [], []
-            for _ in range(3):  # alternate, so that both see the same noise
+            for _ in range(ALTERNATED):  # alternate, so both see the same noise
                 bare.append(_bare_rate(params, n, confirms))
                 _purge(params)
                 run = _producer_run(params, console, control, rate=1e9, count=n, confirms=confirms)
@@ -154,7 +131,7 @@ def bench_producer(api: ManagementClient, count: int = 20000) -> None:
             print(
                 f"producer at full speed ({label}, {n} messages): workload {our_rate:,.0f} "
                 f"msg/s, bare pika loop {bare_rate:,.0f} msg/s, ratio {our_rate / bare_rate:.2f} "
-                "(target >= 0.9), median of 3"
+                f"(target >= 0.9), median of {ALTERNATED}, alternated"
             )
         for rate, seconds in ((1, 5), (100, 3), (1000, 3), (5000, 3), (10000, 3)):
             run = _producer_run(params, console, control, rate=rate, duration=seconds)
@@ -171,19 +148,17 @@ def bench_producer(api: ManagementClient, count: int = 20000) -> None:
         api.delete_vhost(vhost)
 
 
-def bench_firehose(api: ManagementClient, count: int = 20000) -> None:
-    """Broker throughput for a bare publisher with the firehose on (and read) against off:
-    what the live view costs the broker."""
-    results = {}
+def _firehose_rate(api: ManagementClient, tracing: bool, n: int) -> float:
+    """A bare publisher with confirms, in a fresh vhost with tracing on (the firehose read
+    by a consumer, as the lab's monitor reads it) or off."""
+    vhost = lab_vhost(api, tracing=tracing)
     user, password = amqp.console_credentials()
-    for tracing in (False, True):
-        vhost = _lab_vhost(api)
-        api.put_vhost(vhost, tracing=tracing)
-        params = amqp.parameters(vhost=vhost, user=user, password=password, name="bench")
-        conn = pika.BlockingConnection(params)
+    params = amqp.parameters(vhost=vhost, user=user, password=password, name="bench")
+    conn = pika.BlockingConnection(params)
+    reader = None
+    try:
         ch = conn.channel()
         ch.queue_declare("work")
-        reader = None
         if tracing:
             reader = pika.BlockingConnection(params)
             rch = reader.channel()
@@ -193,33 +168,39 @@ def bench_firehose(api: ManagementClient, count: int = 20000) -> None:
             rch.queue_bind(q, "amq.rabbitmq.trace", "publish.#")
         ch.confirm_delivery()
         t = time.perf_counter()
-        for _ in range(count // 4):
+        for _ in range(n):
             ch.basic_publish("", "work", b'{"n": 1}')
-        results[tracing] = (count // 4) / (time.perf_counter() - t)
+        return n / (time.perf_counter() - t)
+    finally:
         conn.close()
         if reader:
             reader.close()
         api.delete_vhost(vhost)
-    ratio = results[True] / results[False]
+
+
+def bench_firehose(api: ManagementClient, count: int = 5000) -> None:
+    """Broker throughput for a bare publisher with the firehose on (and read) against off:
+    what the live view costs the broker. Off and on alternate, median of each."""
+    results: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(ALTERNATED):
+        for tracing in (False, True):
+            results[tracing].append(_firehose_rate(api, tracing, count))
+    off, on = statistics.median(results[False]), statistics.median(results[True])
     print(
-        f"broker throughput with confirms: firehose off {results[False]:,.0f} msg/s, "
-        f"on {results[True]:,.0f} msg/s, ratio {ratio:.2f} (target >= 0.85)"
+        f"broker throughput with confirms ({count} messages): firehose off {off:,.0f} msg/s, "
+        f"on {on:,.0f} msg/s, ratio {on / off:.2f} (target >= 0.85), median of {ALTERNATED}, "
+        "alternated"
     )
 
 
 def bench_lab_start(api: ManagementClient, rounds: int = 5) -> None:
     """From lab_session_start (what the Start button calls) to the first frame a viewer
     receives that counts a published message, with a real Celery worker."""
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
+    from exercises.services import lab_session_start, lab_session_stop
 
-    from exercises.services import exercise_load_builtin, lab_session_start, lab_session_stop
-
-    call_command("migrate", verbosity=0)
-    exercise = {e.slug: e for e, _ in exercise_load_builtin()}["direct-routing"]
-    owner = get_user_model().objects.create(username="bench")
-    worker = Worker(f"bench-{os.getpid()}", env=dict(os.environ), log_dir=BENCH_DB.parent)
-    worker.start()
+    exercise = common.exercise("direct-routing")
+    owner = common.user("bench")
+    console = start_console(web=0, workers=1)
     viewer = amqp.connect(amqp.console_parameters(name="bench viewer"))
     try:
         channel = viewer.channel()
@@ -248,7 +229,7 @@ def bench_lab_start(api: ManagementClient, rounds: int = 5) -> None:
         )
     finally:
         viewer.close()
-        worker.stop()
+        console.stop()
 
 
 BENCHMARKS = {
@@ -256,16 +237,31 @@ BENCHMARKS = {
     "producer": bench_producer,
     "firehose": bench_firehose,
     "lab_start": bench_lab_start,
+    **live.BENCHMARKS,
 }
 
 
 def main() -> None:
-    api = ManagementClient()
-    print(f"RabbitMQ {api.request('GET', 'overview')['rabbitmq_version']}, {os.cpu_count()} cores")
+    names = {**BENCHMARKS, **live.ALIASES}
     chosen = sys.argv[1:] or list(BENCHMARKS)
-    for name in chosen:
-        BENCHMARKS[name](api)
-    api.delete_named(amqp.console_vhost(), os.environ["LABCONSOLE_PREFIX"] + ".")
+    api = ManagementClient()
+    t = time.monotonic()
+    done = []
+    try:
+        unknown = [n for n in chosen if n not in names]
+        if unknown:
+            sys.exit(f"unknown benchmark {', '.join(unknown)}; choose from: {', '.join(names)}")
+        print(
+            f"RabbitMQ {api.request('GET', 'overview')['rabbitmq_version']}, "
+            f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))})"
+        )
+        for name in chosen:
+            if names[name] not in done:  # an alias of one already run
+                names[name](api)
+                done.append(names[name])
+    finally:
+        common.cleanup(api)
+    print(f"wall time {time.monotonic() - t:.0f} s")
 
 
 if __name__ == "__main__":
