@@ -12,7 +12,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,8 @@ from django.conf import settings  # noqa: E402
 
 from labconsole.broker import amqp  # noqa: E402
 from labconsole.broker.management import ManagementClient  # noqa: E402
-from tests.support import Worker, wait_for  # noqa: E402
+from labconsole.supervise import available_cores  # noqa: E402
+from tests.support import Worker, free_port, wait_for  # noqa: E402
 
 CATALOGUE = ROOT / "exercises" / "catalogue"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -200,12 +200,6 @@ def broker_pids() -> list[int]:
 # --- the console under test -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Console:
     """The console's processes: web servers (each with its own URL), Celery workers, beat."""
@@ -259,11 +253,14 @@ def console_env() -> dict[str, str]:
     }
 
 
-def start_console(web: int = 1, workers: int = 1) -> Console:
-    """Starts the console as the product runs it (scripts/run): daphne serving HTTP and
-    WebSockets, Celery worker(s) with the threads pool and the settings' concurrency, and
-    beat. This is the one place that knows how; switch it here when the way the product
-    starts its processes changes."""
+def start_console(web: int | None = None, workers: int | None = None) -> Console:
+    """Starts the console as the product runs it (`make run`, labconsole.supervise): by
+    default one daphne and one solo-pool Celery worker per core, and one beat. The
+    supervisor's web processes share one listening socket; here each has a port of its
+    own, so that the viewers can be spread over them evenly and each process's CPU read.
+    This is the one place that knows how the console's processes start."""
+    web = available_cores() if web is None else web
+    workers = available_cores() if workers is None else workers
     prepare_db()
     env = console_env()
     console = Console(urls=[])
@@ -296,12 +293,7 @@ def start_console(web: int = 1, workers: int = 1) -> Console:
             )
         )
         for i in range(workers):
-            worker = Worker(
-                f"bench-{os.getpid()}-{i}",
-                env=env,
-                log_dir=BENCH_DIR,
-                concurrency=settings.CELERY_WORKER_CONCURRENCY,
-            )
+            worker = Worker(f"bench-{os.getpid()}-{i}", env=env, log_dir=BENCH_DIR)
             console.workers.append(worker)
             worker.start()
         for url in console.urls:

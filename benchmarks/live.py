@@ -385,7 +385,7 @@ def bench_live_latency(api: ManagementClient) -> None:
     """Publish-to-browser latency for one direct-routing lab with its own producers off and
     a stamped publisher at 100, 1,000 and 5,000 msg/s, one viewer; beside it the bare AMQP
     round trip at the same rate. A fresh lab for each rate."""
-    console = start_console(web=1, workers=1)
+    console = start_console()
     owner = user("bench-latency")
     try:
         for rate in (100, 1000, 5000):
@@ -424,7 +424,7 @@ def bench_live_latency(api: ManagementClient) -> None:
 def bench_live_labs(api: ManagementClient, counts=(10, 25, 50), rate: float = 5) -> None:
     """10, 25 and 50 labs at once (their own workloads running), one viewer each, and a
     stamped publisher at 5 msg/s per lab: frames per second per viewer and latency."""
-    console = start_console(web=1, workers=1)
+    console = start_console()
     owner = user("bench-labs")
     try:
         for n in counts:
@@ -457,7 +457,7 @@ def bench_live_labs(api: ManagementClient, counts=(10, 25, 50), rate: float = 5)
 
 def bench_live_viewers(api: ManagementClient, viewers: int = 200, rate: float = 5) -> None:
     """200 viewers of one lab (its workloads running, a stamped publisher at 5 msg/s)."""
-    console = start_console(web=1, workers=1)
+    console = start_console()
     owner = user("bench-viewers")
     try:
         (session,) = start_labs(1, owner)
@@ -508,7 +508,7 @@ def bench_live_resources(
     from exercises.models import Workload
     from exercises.services import workload_update
 
-    console = start_console(web=1, workers=1)
+    console = start_console()
     owner = user("bench-resources")
     sessions: list = []
     try:

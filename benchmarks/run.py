@@ -29,7 +29,8 @@ from exercises.spec import load_spec_file
 from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
 from labconsole.flow.reporter import FlowReporter
-from labconsole.workloads.runner import ProducerRun
+from labconsole.runtime.bus import ConsoleBus
+from labconsole.workloads.runner import ProducerUnit
 
 ROUNDS = 9
 ALTERNATED = 5  # rounds of the alternated comparisons
@@ -60,15 +61,20 @@ def bench_provisioning(api: ManagementClient) -> None:
     )
 
 
-def _producer_run(params, console, control, **settings) -> ProducerRun:
-    return ProducerRun(
+def _producer_run(params, bus: ConsoleBus, **settings) -> ProducerUnit:
+    """The producer workload as a worker runs it (its reports go through the bus); call
+    its run() to run it in this thread."""
+    return ProducerUnit(
         name="bench",
-        settings={"exchange": "", "routing_key": "work", "payload": '{"n": {n}}', **settings},
+        bus=bus,
+        control_key="bench",
         lab_params=params,
-        console=console,
-        control_queue=control,
+        still_current=lambda: True,
+        settings={"exchange": "", "routing_key": "work", "payload": '{"n": {n}}', **settings},
         reporter=FlowReporter(
-            console.channel(), exchange=amqp.flow_exchange(), session="bench", workload="bench"
+            lambda key, body: bus.publish(amqp.flow_exchange(), key, body),
+            session="bench",
+            workload="bench",
         ),
     )
 
@@ -111,20 +117,19 @@ def bench_producer(api: ManagementClient, count: int = 20000) -> None:
     vhost = lab_vhost(api)
     user, password = amqp.console_credentials()
     params = amqp.parameters(vhost=vhost, user=user, password=password, name="bench")
-    console = amqp.connect(amqp.console_parameters(name="bench console"))
+    bus = ConsoleBus()
+    bus.start()
     try:
-        channel = console.channel()
-        amqp.declare_console_exchanges(channel)
-        control = channel.queue_declare("", exclusive=True).method.queue
         for confirms in (False, True):
             n = count if not confirms else count // 4
             bare, ours = [], []
             for _ in range(ALTERNATED):  # alternate, so both see the same noise
                 bare.append(_bare_rate(params, n, confirms))
                 _purge(params)
-                run = _producer_run(params, console, control, rate=1e9, count=n, confirms=confirms)
+                run = _producer_run(params, bus, rate=1e9, count=n, confirms=confirms)
                 t = time.perf_counter()
-                ours.append(run.run().progress["sent"] / (time.perf_counter() - t))
+                run.run()
+                ours.append(run.progress["sent"] / (time.perf_counter() - t))
                 _purge(params)
             bare_rate, our_rate = statistics.median(bare), statistics.median(ours)
             label = "with confirms" if confirms else "no confirms"
@@ -134,9 +139,10 @@ def bench_producer(api: ManagementClient, count: int = 20000) -> None:
                 f"(target >= 0.9), median of {ALTERNATED}, alternated"
             )
         for rate, seconds in ((1, 5), (100, 3), (1000, 3), (5000, 3), (10000, 3)):
-            run = _producer_run(params, console, control, rate=rate, duration=seconds)
+            run = _producer_run(params, bus, rate=rate, duration=seconds)
             t = time.perf_counter()
-            sent = run.run().progress["sent"]
+            run.run()
+            sent = run.progress["sent"]
             achieved = sent / (time.perf_counter() - t)
             _purge(params)
             print(
@@ -144,7 +150,7 @@ def bench_producer(api: ManagementClient, count: int = 20000) -> None:
                 f"{achieved:,.1f} msg/s, {achieved / rate:.3f} of the set rate"
             )
     finally:
-        console.close()
+        bus.stop()
         api.delete_vhost(vhost)
 
 
@@ -188,7 +194,7 @@ def bench_firehose(api: ManagementClient, count: int = 5000) -> None:
     off, on = statistics.median(results[False]), statistics.median(results[True])
     print(
         f"broker throughput with confirms ({count} messages): firehose off {off:,.0f} msg/s, "
-        f"on {on:,.0f} msg/s, ratio {on / off:.2f} (target >= 0.85), median of {ALTERNATED}, "
+        f"on {on:,.0f} msg/s, ratio {on / off:.2f} (target >= 0.9), median of {ALTERNATED}, "
         "alternated"
     )
 

@@ -124,8 +124,9 @@ class ManagementClient:
         """Deletes the queues and exchanges of `vhost` whose names start with `prefix` (the
         objects a console with that LABCONSOLE_PREFIX made, when it is done for good)."""
         for kind in ("queues", "exchanges"):
-            for item in self.request("GET", f"{kind}/{_q(vhost)}?columns=name"):
-                if item["name"].startswith(prefix):
+            for item in self.request("GET", f"{kind}/{_q(vhost)}?columns=name,exclusive"):
+                # An exclusive queue goes with its connection (a process that is ending).
+                if item["name"].startswith(prefix) and not item.get("exclusive"):
                     self.request(
                         "DELETE", f"{kind}/{_q(vhost)}/{_q(item['name'])}", ok_missing=True
                     )
