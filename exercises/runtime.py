@@ -461,7 +461,6 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         consumers={c.name: c.queue for c in spec.workloads.consumers},
         evaluate=evaluate,
         ensure_tracing=ensure_tracing,
-        management_queues=lambda: api.queues(session.vhost),
         fps=settings.FLOW_FRAMES_PER_SECOND,
         state=session.monitor_state,
     )

@@ -40,16 +40,17 @@ SAMPLES_PER_FRAME = 40
 RECENT_EVENTS = 200
 SEEN_DEAD_LIMIT = 50_000
 CHECK_INTERVAL = 0.5  # seconds between evaluations of the checkpoints, when anything moved
-DEPTHS_BUSY = 0.5  # seconds between reads of queue depths while messages move and watched
+DEPTHS_BUSY = 1.0  # seconds between reads of queue depths while messages move and watched
 DEPTHS_IDLE = 2.0  # ... while nothing moves or nobody watches (a purge or a TTL still shows)
-MANAGEMENT_INTERVAL = 5.0  # the broker's statistics refresh no faster by default
 IDLE_FRAME = 5.0  # a frame at least this often, even when nothing changed or nobody watches
 # A web process with viewers of the lab says so at least this often (op "watch"); frames
 # go at full rate only while someone watches.
 WATCH_SECONDS = 15.0
 CHECKPOINT_INTERVAL = 1.0  # how often the state a new worker would resume from is taken
-FIREHOSE_PREFETCH = 2000
-FIREHOSE_ACK_EVERY = 200
+# Deliveries pika dispatches in one go before the monitor's timers run again: small
+# enough that a frame is never late by more than a few tens of milliseconds at full speed.
+FIREHOSE_PREFETCH = 200
+FIREHOSE_ACK_EVERY = 100
 
 
 @dataclass
@@ -140,7 +141,6 @@ class LabMonitor(Unit):
         consumers: dict[str, str],
         evaluate: Callable[[FlowRecord, dict], dict[str, bool]],
         ensure_tracing: Callable[[], None] = lambda: None,
-        management_queues: Callable[[], list[dict]] | None = None,
         fps: int = 20,
         state: dict | None = None,
         **kwargs: Any,
@@ -158,7 +158,6 @@ class LabMonitor(Unit):
         self.consumer_queue = consumers  # consumer workload -> its queue
         self.evaluate = evaluate
         self.ensure_tracing = ensure_tracing
-        self.management_queues = management_queues
         self.frame_interval = 1.0 / max(fps, 1)
         state = state or {}
         self.record = FlowRecord.restore(state.get("record"))
@@ -186,7 +185,7 @@ class LabMonitor(Unit):
         self.checks_dirty = True
         self.firehose_tag = 0
         self.next_frame = self.next_depths = self.next_checks = 0.0
-        self.next_management = self.next_checkpoint = self.next_firehose_ack = 0.0
+        self.next_checkpoint = self.next_firehose_ack = 0.0
         self.last_frame = 0.0
         self.depths = None
         self.checkpoint = self.export()
@@ -410,9 +409,7 @@ class LabMonitor(Unit):
         )
 
     def _queues_out(self) -> dict:
-        return {
-            q: {k: v for k, v in s.items() if k != "unacked_broker"} for q, s in self.queues.items()
-        }
+        return self.queues
 
     def frame(self, now: float) -> None:
         held = Counter()
@@ -421,7 +418,9 @@ class LabMonitor(Unit):
         for q, stats in self.queues.items():
             stats["rate_in"] = self.rates_in[q].tick(now)
             stats["rate_out"] = self.rates_out[q].tick(now)
-            stats["unacked"] = max(held.get(q, 0), stats.get("unacked_broker", 0))
+            # What the lab's consumers hold, as they report it: exact, and without the
+            # management API's statistics, which lag by up to five seconds.
+            stats["unacked"] = held.get(q, 0)
         events = []
         for item in self.pending_events:
             self.seq += 1
@@ -472,16 +471,6 @@ class LabMonitor(Unit):
                 before.update(now)
                 self.changed = self.checks_dirty = True
 
-    def poll_management(self) -> None:
-        if self.management_queues is None:
-            return
-        try:
-            for q in self.management_queues():
-                if q["name"] in self.queues:
-                    self.queues[q["name"]]["unacked_broker"] = q.get("messages_unacknowledged") or 0
-        except Exception:  # noqa: BLE001 - statistics are a nicety; the frame goes on
-            log.debug("management statistics not read", exc_info=True)
-
     def run_checks(self) -> None:
         self.checks_dirty = False
         results = self.evaluate(self.record, self.queues)
@@ -500,9 +489,6 @@ class LabMonitor(Unit):
             self.poll_depths()
             self.next_depths = now + (DEPTHS_BUSY if self.moved and watched else DEPTHS_IDLE)
             self.moved = False
-        if now >= self.next_management:
-            self.poll_management()
-            self.next_management = now + MANAGEMENT_INTERVAL
         if self.checks_dirty and now >= self.next_checks:
             self.run_checks()
             self.next_checks = now + CHECK_INTERVAL
@@ -519,7 +505,7 @@ class LabMonitor(Unit):
         if now >= self.next_checkpoint:
             self.checkpoint = self.export()
             self.next_checkpoint = now + CHECKPOINT_INTERVAL
-        due = [self.next_depths, self.next_management, self.next_checkpoint]
+        due = [self.next_depths, self.next_checkpoint]
         if self.firehose_tag:
             due.append(self.next_firehose_ack)
         if self.checks_dirty:

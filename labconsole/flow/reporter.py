@@ -20,6 +20,7 @@ from labconsole.broker.amqp import lab_key
 
 BODY_LIMIT = 2048
 MAX_DEATHS = 200  # dead-lettered deliveries described in one report
+COUNTS_ONLY_BATCHES = 3
 
 
 def describe_properties(props: pika.BasicProperties | None) -> dict[str, Any]:
@@ -120,12 +121,18 @@ class FlowReporter:
             self.dirty = True
 
     def due(self) -> float | None:
-        """When the next report is due (monotonic), or None with nothing to report."""
-        return self.last_flush + self.interval if self.dirty else None
+        """When the next report is due (monotonic), or None with nothing to report. Events
+        go after one batch interval; counters alone wait COUNTS_ONLY_BATCHES of them (a
+        slow workload then costs a few reports a second, not one per message)."""
+        if not self.dirty:
+            return None
+        batches = 1 if (self.events or self.deaths) else COUNTS_ONLY_BATCHES
+        return self.last_flush + self.interval * batches
 
     def maybe_flush(self, now: float | None = None) -> float | None:
-        """Reports if the batch interval has passed; returns when the next report is due."""
-        if self.dirty and (now or time.monotonic()) - self.last_flush >= self.interval:
+        """Reports if its time has come; returns when the next report is due."""
+        due = self.due()
+        if due is not None and (now or time.monotonic()) >= due:
             self.flush()
         return self.due()
 

@@ -50,6 +50,11 @@ BACKOFF_MAX = 5.0
 STABLE_SECONDS = 5.0
 # How often a hub with viewers tells the lab's monitor that someone watches.
 WATCH_EVERY = 5.0
+# A watched monitor sends a frame at least every five seconds (IDLE_FRAME): after this long
+# without one, the viewers are told it is silent.
+MONITOR_SILENT_AFTER = 8.0
+MONITOR_SILENT_MESSAGE = "The lab's monitor is not answering; a worker is taking it over."
+MONITOR_BACK_MESSAGE = "The lab's monitor is back."
 # How long a new socket waits for its lab's hub to be subscribed before its snapshot.
 JOIN_WAIT = 3.0
 
@@ -307,6 +312,9 @@ class Hub:
         self.queue: aio_pika.abc.AbstractQueue | None = None
         self.control: aio_pika.abc.AbstractExchange | None = None
         self.last_seq = 0
+        self.last_frame_at = 0.0
+        self.monitor_silent = False
+        self.lab_ended = False
         self.dropped = 0
         self.replies: dict[str, asyncio.Future] = {}
         self.grace: asyncio.TimerHandle | None = None
@@ -427,6 +435,12 @@ class Hub:
             is_frame = kind == "frame"
             if is_frame:
                 self._count_gap(message.body)
+                self.last_frame_at = asyncio.get_running_loop().time()
+                if self.monitor_silent:
+                    self.monitor_silent = False
+                    await self._fan_out(False, _status_tail("monitor-back", MONITOR_BACK_MESSAGE))
+            elif kind == "status" and b'"ended"' in message.body:
+                self.lab_ended = True
             await self._fan_out(is_frame, tail)
         finally:
             with contextlib.suppress(Exception):
@@ -498,16 +512,29 @@ class Hub:
 
     async def _watch(self) -> None:
         """Tells the lab's monitor that someone watches: it sends frames at full rate only
-        then (labconsole/flow/monitor.py, WATCH_SECONDS)."""
+        then (labconsole/flow/monitor.py, WATCH_SECONDS). And tells the viewers when the
+        monitor has fallen silent (its worker died: another takes it over within seconds),
+        rather than leaving the page still."""
+        loop = asyncio.get_running_loop()
+        self.last_frame_at = loop.time()
+        next_watch = 0.0
         while True:
-            try:
-                await self.control.publish(
-                    aio_pika.Message(b'{"op":"watch"}'),
-                    routing_key=amqp.lab_key(self.lab_id, "monitor"),
-                )
-            except Exception as exc:  # noqa: BLE001 - the channel's loss is handled in _run
-                log.debug("lab %s: watch not sent (%s)", self.lab_id, exc)
-            await asyncio.sleep(WATCH_EVERY)
+            now = loop.time()
+            if now >= next_watch:
+                next_watch = now + WATCH_EVERY
+                try:
+                    await self.control.publish(
+                        aio_pika.Message(b'{"op":"watch"}'),
+                        routing_key=amqp.lab_key(self.lab_id, "monitor"),
+                        mandatory=False,  # no monitor bound (it is being taken over): fine
+                    )
+                except Exception as exc:  # noqa: BLE001 - the channel's loss is handled in _run
+                    log.debug("lab %s: watch not sent (%s)", self.lab_id, exc)
+            silent = now - self.last_frame_at > MONITOR_SILENT_AFTER
+            if silent and self.viewers and not self.monitor_silent and not self.lab_ended:
+                self.monitor_silent = True
+                await self._fan_out(False, _status_tail("monitor-silent", MONITOR_SILENT_MESSAGE))
+            await asyncio.sleep(1.0)
 
     async def monitor_snapshot(self, timeout: float) -> dict | None:
         if self.state != "up" or self.queue is None or self.control is None:

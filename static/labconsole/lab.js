@@ -22,6 +22,7 @@
       connRefused: { 4403: "Not your lab", 4404: "Lab not found" },
       brokerUnavailable: "Broker unavailable — reconnecting…",
       brokerBack: "Live: broker back",
+      monitorSilent: "Lab monitor not answering — restarting it…",
       running: "running", stopped: "stopped",
       ready: "ready", unacked: "unacked", in: "in", out: "out", perSec: "/s", msgPerSec: "msg/s",
       sent: "sent", acked: "acked", unroutable: "unroutable",
@@ -47,6 +48,7 @@
       connRefused: { 4403: "Это не ваша лаборатория", 4404: "Лаборатория не найдена" },
       brokerUnavailable: "Брокер недоступен — переподключение…",
       brokerBack: "В эфире: брокер снова доступен",
+      monitorSilent: "Монитор лаборатории не отвечает — перезапуск…",
       running: "работает", stopped: "остановлен",
       ready: "готово", unacked: "без ack", in: "вход", out: "выход", perSec: "/с", msgPerSec: "сообщ./с",
       sent: "отпр.", acked: "ack", unroutable: "без маршрута",
@@ -1576,6 +1578,11 @@
   function onStatus(m) {
     if (m.state === "broker-unavailable") setBroker(false);
     else if (m.state === "broker-back") setBroker(true);
+    // The lab's monitor fell silent (its worker died) and is being taken over.
+    else if (m.state === "monitor-silent") setConnection("reconnecting", T.monitorSilent);
+    else if (m.state === "monitor-back") {
+      if (state.broker !== "unavailable") setConnection("live");
+    }
     else if (isOver(m.state)) endLab(m.state, m.message);
     // A reset makes the lab anew (new workloads, checkpoints pending): start the page over.
     else if (m.state === "reset") location.reload();

@@ -1,6 +1,8 @@
 """The worker runtime: the units of several labs spread over two worker processes, and a
 killed worker's labs continuing on the other with their counters and sequence numbers."""
 
+import asyncio
+
 import pytest
 
 from exercises.models import LabSession, Workload
@@ -100,3 +102,39 @@ def test_a_killed_workers_labs_continue_on_the_other(api, worker, second_worker,
         assert repeated <= 60, f"{repeated} sequence numbers sent twice"
         assert max(numbers) >= before[session.id] + 40
     assert Workload.objects.filter(session__in=sessions, running=True).count() == len(sessions)
+
+
+def test_the_page_is_told_while_a_dead_workers_monitor_is_taken_over(
+    catalogue, learner, labs, worker
+):
+    """The worker running the lab's monitor is killed: the socket is told the monitor is
+    silent, and once a worker has taken it over, that it is back, with frames again."""
+    from tests.exercises.test_stream import connect, headers_for, receive, run
+
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    wait_for(lambda: unit_pids(session)[-1] == worker.proc.pid, message="monitor claimed")
+    headers = headers_for(learner)
+
+    async def scenario():
+        ws, connected, _ = await connect(f"/ws/labs/{session.id}/", headers)
+        assert connected
+        await receive(ws, "snapshot")
+        before = 0
+        while before < 3:
+            first = await receive(ws, "frame")
+            before = first["counters"].get("temperature-sensor", {}).get("published", 0)
+        await asyncio.sleep(2)  # a checkpoint saved with the count
+        worker.kill()
+        try:
+            silent = await receive(ws, "status", timeout=20)
+            assert silent["state"] == "monitor-silent"
+        finally:
+            worker.start()
+        back = await receive(ws, "status", timeout=30)
+        assert back["state"] == "monitor-back"
+        frame = await receive(ws, "frame", timeout=5)
+        # The counters go on from where they were, not from zero.
+        assert frame["counters"]["temperature-sensor"]["published"] >= before
+        await ws.disconnect()
+
+    run(scenario)
