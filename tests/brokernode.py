@@ -175,12 +175,15 @@ class BrokerNode:
         return int(self.pid_file.read_text().strip())
 
     # --- faults -------------------------------------------------------------------------------
-    def soft_restart(self) -> float:
+    def soft_restart(self, while_down=None) -> float:
         """`stop_app` then `start_app`: the Erlang VM stays, RabbitMQ stops (closing every
-        connection) and starts again. Returns the monotonic time the node was back."""
+        connection) and starts again; `while_down()` is called in between. Returns the
+        monotonic time the node was back."""
         self.events.append(("stop_app", time.monotonic()))
         self.ctl("stop_app")
         self.events.append(("stopped", time.monotonic()))
+        if while_down is not None:
+            while_down()
         self.ctl("start_app")
         self.wait_ready(time.monotonic() + BOOT_TIMEOUT)
         back = time.monotonic()
@@ -200,10 +203,12 @@ class BrokerNode:
                 self.proc.wait(10)
         self._out.close()
 
-    def hard_restart(self) -> float:
-        """Kills the node with SIGKILL and starts it again on the same data directory.
-        Returns the monotonic time the node was back."""
+    def hard_restart(self, while_down=None) -> float:
+        """Kills the node with SIGKILL and starts it again on the same data directory;
+        `while_down()` is called in between. Returns the monotonic time the node was back."""
         self.kill()
+        if while_down is not None:
+            while_down()
         self.start()
         back = time.monotonic()
         self.events.append(("back", back))

@@ -109,13 +109,25 @@ def play(node, frames, env, slug: str) -> tuple[LabSession, object]:
     return session, watcher
 
 
-def heals(session: LabSession, before, watcher, back: float, fault: str) -> dict:
+class Baselines(dict):
+    """Called while the node is down: each lab's counters at the disconnect, once the
+    runtime's keeper has saved them (every RUNTIME_RENEW_SECONDS)."""
+
+    def __init__(self, *labs: tuple[LabSession, object]):
+        super().__init__()
+        self.labs = labs
+
+    def __call__(self) -> None:
+        time.sleep(2.0)
+        for session, watcher in self.labs:
+            self[session.id] = baseline(session, watcher, expected(session))
+
+
+def heals(session: LabSession, above: dict, watcher, back: float, fault: str) -> dict:
     """After the node is back: new frames within RECOVERY seconds, and every workload's
-    counter past its value before the fault. `before` read the frames before the fault,
-    `watcher` since the node was back. Returns the times measured."""
+    counter past `above`, its value at the disconnect. `watcher` reads the frames since
+    the node was back. Returns the times measured."""
     wanted = expected(session)
-    watcher.read(2.0)  # meanwhile the runtime's keeper saves the counters at the disconnect
-    above = baseline(session, before, wanted)
     back_wall = wall(back)
     # Times are the monitor's (the frame's `t`); a viewer gets a frame milliseconds later.
     _, first = watcher.wait(
@@ -157,11 +169,12 @@ def test_soft_restart_during_a_running_lab(node, node_env, node_worker, frames, 
     load_catalogue()
     session, before = play(node, frames, node_env, "direct-routing")
     before.read(2.0)
+    down = Baselines((session, before))
 
-    back = node.soft_restart()
+    back = node.soft_restart(while_down=down)
     after = frames(session.id)
 
-    times = heals(session, before, after, back, "soft restart")
+    times = heals(session, down[session.id], after, back, "soft restart")
     new_lab = new_lab_plays(node, frames, node_env)
     record("soft restart", **times, new_lab_playing_s=new_lab)
 
@@ -223,11 +236,13 @@ def test_hard_restart_loses_no_confirmed_message(node, node_env, node_worker, fr
     before.read(0.5)
     dr_before.read(0.5)
 
-    back = node.hard_restart()
+    down = Baselines((session, before), (dr_session, dr_before))
+
+    back = node.hard_restart(while_down=down)
     dr_after, after = frames(dr_session.id), frames(session.id)
 
-    times = heals(dr_session, dr_before, dr_after, back, "hard restart")
-    confirms = heals(session, before, after, back, "hard restart")
+    times = heals(dr_session, down[dr_session.id], dr_after, back, "hard restart")
+    confirms = heals(session, down[session.id], after, back, "hard restart")
 
     # What a hard restart loses, the monitor puts back: the firehose queue and tracing.
     for lab in (session, dr_session):
@@ -265,12 +280,17 @@ def test_parked_messages_survive_a_hard_restart(node, node_env, node_worker, fra
         message="orders parked",
     )
 
-    back = node.hard_restart()
+    saved = {}
+
+    def while_down():
+        time.sleep(2.0)  # the runtime's keeper saves the counters at the disconnect
+        saved.update(baseline(session, watcher, {"processor": "parked"}))
+
+    back = node.hard_restart(while_down=while_down)
 
     after = frames(session.id)
     back_wall = wall(back)
-    after.read(2.0)
-    parked_before = baseline(session, watcher, {"processor": "parked"})["processor"]
+    parked_before = saved["processor"]
     moving_at, _ = after.wait(
         lambda f: (
             f.get("t", 0) > back_wall and counters(f, "processor").get("parked", 0) > parked_before
@@ -363,7 +383,8 @@ def test_a_killed_worker_and_a_broker_restart(node, node_env, node_worker, frame
 
         wait_for(lambda: victim in pids(), timeout=20, message="the second worker runs units")
         second.kill()
-        back = node.soft_restart()
+        down = Baselines(*sessions)
+        back = node.soft_restart(while_down=down)
         watchers = [frames(s.id) for s, _ in sessions]
         survivor = node_worker.proc.pid
         wait_for(
@@ -372,7 +393,7 @@ def test_a_killed_worker_and_a_broker_restart(node, node_env, node_worker, frame
             message="the survivor runs every unit",
         )
         times = [
-            heals(s, w, after, back, "worker kill + restart")
+            heals(s, down[s.id], after, back, "worker kill + restart")
             for (s, w), after in zip(sessions, watchers, strict=True)
         ]
         record(
