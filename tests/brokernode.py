@@ -214,6 +214,12 @@ class BrokerNode:
         self.events.append(("back", back))
         return back
 
+    def last_outage(self) -> float:
+        """Seconds from the last fault (`stop_app` or the kill) to the node being back."""
+        start = next(t for what, t in reversed(self.events) if what in ("stop_app", "kill -9"))
+        back = next(t for what, t in reversed(self.events) if what == "back")
+        return round(back - start, 2)
+
     def set_memory_alarm(self) -> None:
         self.ctl("set_vm_memory_high_watermark", "0.000001")
 

@@ -176,7 +176,7 @@ def test_soft_restart_during_a_running_lab(node, node_env, node_worker, frames, 
 
     times = heals(session, down[session.id], after, back, "soft restart")
     new_lab = new_lab_plays(node, frames, node_env)
-    record("soft restart", **times, new_lab_playing_s=new_lab)
+    record("soft restart", outage_s=node.last_outage(), **times, new_lab_playing_s=new_lab)
 
 
 def queue_state(node, vhost: str, queue: str) -> dict | None:
@@ -257,6 +257,7 @@ def test_hard_restart_loses_no_confirmed_message(node, node_env, node_worker, fr
     in_queue = message_count(node, session, "ledger")
     record(
         "hard restart",
+        outage_s=node.last_outage(),
         **times,
         confirms_lab=confirms,
         published=counts.get("published"),
@@ -304,6 +305,7 @@ def test_parked_messages_survive_a_hard_restart(node, node_env, node_worker, fra
     in_parking = message_count(node, session, "orders.parking")
     record(
         "hard restart, parking",
+        outage_s=node.last_outage(),
         parking_again_s=round(moving_at - back_wall, 2),
         parked=parked,
         in_parking=in_parking,
@@ -398,6 +400,7 @@ def test_a_killed_worker_and_a_broker_restart(node, node_env, node_worker, frame
         ]
         record(
             "worker SIGKILL + soft restart",
+            outage_s=node.last_outage(),
             all_moving_s=max(t["all_moving_s"] for t in times),
             first_frame_s=max(t["first_frame_s"] for t in times),
         )
