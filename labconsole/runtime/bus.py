@@ -28,7 +28,7 @@ from labconsole.broker import amqp
 log = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 20_000  # messages waiting while the broker is away; the oldest go first
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
+BACKOFF = (0.25, 0.5, 1.0, 2.0, 3.0)  # as the units': frames wait for the bus
 CONNECTION_ERRORS = (px.AMQPConnectionError, px.AMQPChannelError, px.StreamLostError, OSError)
 
 
@@ -138,8 +138,9 @@ class ConsoleBus:
         while not self._stopped.is_set():
             try:
                 self._serve()
-                attempt = 0
             except CONNECTION_ERRORS as exc:
+                if self.connected.is_set():
+                    attempt = 0  # it was connected: a new outage starts from the first step
                 self.connected.clear()
                 delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
                 attempt += 1

@@ -71,6 +71,7 @@ class Unit:
         self.outcome: str | None = None
         self.message = ""
         self.reconnects = 0
+        self.serving = False  # connected, and `connected()` done, since the last attempt
         self._wake_pending = False
         self._sleeping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -113,6 +114,7 @@ class Unit:
         attempt = 0
         try:
             while self.outcome is None:
+                self.serving = False
                 try:
                     self._connect_and_serve()
                 except Stop as stop:
@@ -124,6 +126,8 @@ class Unit:
                     if not self.still_current():
                         self.outcome = "ended"
                         break
+                    if self.serving:
+                        attempt = 0  # it was connected: a new outage starts from the first step
                     delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
                     attempt += 1
                     self.reconnects += 1
@@ -133,8 +137,6 @@ class Unit:
                     # A bug must not leave the unit shown as running: say what broke, and end.
                     log.exception("%s %s failed", self.kind, self.name)
                     self.outcome, self.message = "failed", repr(exc)
-                else:
-                    attempt = 0
         finally:
             self.bus.unbind(self.control_key, self.post)
             try:
@@ -147,6 +149,7 @@ class Unit:
         self.lab = amqp.connect(self.lab_params)
         self._wake_pending = False
         self.connected()
+        self.serving = True
         self._drain_inbox()
         while self.outcome is None:
             due = self.tick(time.monotonic())
