@@ -16,10 +16,11 @@ from django.conf import settings
 class BrokerError(Exception):
     """The broker refused a request; `reason` is its own words, decoded."""
 
-    def __init__(self, status: int, reason: str, *, path: str = ""):
+    def __init__(self, status: int, reason: str, *, path: str = "", body: object = None):
         self.status = status
         self.reason = reason
         self.path = path
+        self.body = body  # the decoded JSON answer, when there was one
         super().__init__(f"RabbitMQ refused {path}: {reason}" if path else reason)
 
 
@@ -60,11 +61,13 @@ class ManagementClient:
         if response.status_code == 404 and ok_missing:
             return None
         if response.status_code >= 400:
+            body = None
             try:
-                reason = _decode_reason(response.json().get("reason", response.text))
-            except ValueError:
+                body = response.json()
+                reason = _decode_reason(body.get("reason", response.text))
+            except (ValueError, AttributeError):
                 reason = response.text or response.reason
-            raise BrokerError(response.status_code, reason, path=f"{method} /api/{path}")
+            raise BrokerError(response.status_code, reason, path=f"{method} /api/{path}", body=body)
         if response.content and response.headers.get("content-type", "").startswith(
             "application/json"
         ):
@@ -97,14 +100,20 @@ class ManagementClient:
 
     def alarms(self) -> list[str]:
         """Resource alarms in force ("memory on rabbit@host", "disk on ..."): while one
-        is, the broker blocks every connection that publishes."""
-        alarms = []
-        for node in self.request("GET", "nodes?columns=name,mem_alarm,disk_free_alarm"):
-            if node.get("mem_alarm"):
-                alarms.append(f"memory on {node['name']}")
-            if node.get("disk_free_alarm"):
-                alarms.append(f"disk on {node['name']}")
-        return alarms
+        is, the broker blocks every connection that publishes. The health check answers
+        live (the nodes' statistics show an alarm seconds late)."""
+        try:
+            self.request("GET", "health/checks/alarms")
+        except BrokerError as exc:
+            if exc.status != 503:
+                raise
+            body = exc.body if isinstance(exc.body, dict) else {}
+            found = [
+                f"{a.get('resource', 'resource')} on {a.get('node', '?')}"
+                for a in body.get("alarms", [])
+            ]
+            return found or [exc.reason]
+        return []
 
     # --- topology and statistics ----------------------------------------------------------
     def queues(self, vhost: str) -> list[dict]:
