@@ -40,8 +40,8 @@ from django.conf import settings  # noqa: E402
 
 from labconsole.broker import amqp  # noqa: E402
 from labconsole.broker.management import ManagementClient  # noqa: E402
-from labconsole.supervise import available_cores  # noqa: E402
-from tests.support import Worker, free_port, wait_for  # noqa: E402
+from labconsole.supervise import available_cores, beat_command, beat_pidfile  # noqa: E402
+from tests.support import Daphne, Worker, wait_for  # noqa: E402
 
 CATALOGUE = ROOT / "exercises" / "catalogue"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -266,26 +266,17 @@ def start_console(web: int | None = None, workers: int | None = None) -> Console
     console = Console(urls=[])
     try:
         for i in range(web):
-            port = free_port()
-            log = open(BENCH_DIR / f"daphne-{i}.log", "ab")  # noqa: SIM115 - closed in stop()
-            console.logs.append(log)
-            daphne = ["daphne", "-b", "127.0.0.1", "-p", str(port), "labconsole.asgi:application"]
-            console.web.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", *daphne],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            console.urls.append(f"http://127.0.0.1:{port}")
+            daphne = Daphne(f"daphne-{i}", env=env, log_dir=BENCH_DIR)
+            daphne.start()
+            console.logs.append(daphne.log)
+            console.web.append(daphne.proc)
+            console.urls.append(daphne.url)
         beat_log = open(BENCH_DIR / "beat.log", "ab")  # noqa: SIM115 - closed in stop()
         console.logs.append(beat_log)
-        beat = ["celery", "-A", "labconsole", "beat", "--loglevel", "INFO"]
+        schedule = BENCH_DIR / "celerybeat-schedule"
         console.others.append(
             subprocess.Popen(
-                [sys.executable, "-m", *beat],
+                beat_command(schedule, beat_pidfile(schedule)),
                 cwd=ROOT,
                 env=env,
                 stdout=beat_log,

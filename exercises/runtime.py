@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import secrets
 import socket
 import threading
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 JSON = pika.BasicProperties(content_type="application/json")
 # A unit's task was sent and no worker has claimed it yet: how long before it is sent again.
 DISPATCH_GRACE = timedelta(seconds=15)
+DISPATCH_STUCK_SECONDS = 20.0
 
 
 def lease() -> timedelta:
@@ -83,10 +85,45 @@ class Runtime:
         self.units_lock = threading.Lock()
         self.stopping = threading.Event()
         self.keeper = threading.Thread(target=self._keep, name="runtime keeper", daemon=True)
+        # Tasks sent again go through a thread of their own: sending may wait on a broker
+        # that is coming back, and the keeper must never wait (its leases would lapse).
+        self.dispatches: queue.Queue = queue.Queue()
+        self.dispatching_since: float | None = None
+        self.dispatcher: threading.Thread | None = None
 
     def start(self) -> None:
         self.bus.start()
         self.keeper.start()
+        self._start_dispatcher()
+
+    def _start_dispatcher(self) -> None:
+        self.dispatcher = threading.Thread(
+            target=self._dispatch, name="runtime dispatcher", daemon=True
+        )
+        self.dispatcher.start()
+
+    def _dispatch(self) -> None:
+        me = threading.current_thread()
+        while self.dispatcher is me:
+            task, args, model, pk = self.dispatches.get()
+            self.dispatching_since = time.monotonic()
+            try:
+                _send(task, args, model.objects.filter(pk=pk))
+            except Exception:  # noqa: BLE001 - the database; the lease lapses and is retried
+                log.exception("task %s%s not sent", task.name, args)
+            finally:
+                self.dispatching_since = None
+                close_old_connections()
+
+    def _check_dispatcher(self) -> None:
+        since = self.dispatching_since
+        if since is not None and time.monotonic() - since > DISPATCH_STUCK_SECONDS:
+            log.warning(
+                "sending tasks has been stuck for %.0f s; a new sender takes over",
+                time.monotonic() - since,
+            )
+            self.dispatching_since = None
+            self._start_dispatcher()
 
     # --- starting units (from a task) --------------------------------------------------------
     def run_workload(self, workload_id: int, run: int) -> str:
@@ -198,6 +235,7 @@ class Runtime:
             try:
                 self.renew()
                 self.reconcile()
+                self._check_dispatcher()
             except Exception:  # noqa: BLE001 - a database hiccup: try again next round
                 log.exception("runtime keeper")
                 close_old_connections()
@@ -266,13 +304,13 @@ class Runtime:
                 owner="", lease_until=now + DISPATCH_GRACE
             ):
                 log.warning("workload %s lost its worker; sending it again", w.pk)
-                _send(run_workload, [w.pk, w.run], Workload.objects.filter(pk=w.pk))
+                self.dispatches.put((run_workload, [w.pk, w.run], Workload, w.pk))
         for s in LabSession.objects.filter(state=running, monitor_lease_until__lt=now):
             if LabSession.objects.filter(pk=s.pk, monitor_lease_until=s.monitor_lease_until).update(
                 monitor_owner="", monitor_lease_until=now + DISPATCH_GRACE
             ):
                 log.warning("monitor of %s lost its worker; sending it again", s.pk)
-                _send(run_monitor, [s.pk, s.generation], LabSession.objects.filter(pk=s.pk))
+                self.dispatches.put((run_monitor, [s.pk, s.generation], LabSession, s.pk))
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """A warm shutdown: stop every unit and give up their leases at once, so that

@@ -162,6 +162,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A broker restart must never end a worker: it reconnects for as long as it takes.
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# A task is sent only when the broker has confirmed it: a publish into a connection the
+# broker has just dropped fails (and is sent again) instead of vanishing.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # One process per core, each with the solo pool: no pool thread shares Celery's broker
 # connection (a threads pool deadlocks in basic.qos when the broker comes back).
