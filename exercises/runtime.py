@@ -18,6 +18,7 @@ so a control message lost in a broker outage is made good by the next renewal.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ JSON = pika.BasicProperties(content_type="application/json")
 # A unit's task was sent and no worker has claimed it yet: how long before it is sent again.
 DISPATCH_GRACE = timedelta(seconds=15)
 DISPATCH_STUCK_SECONDS = 20.0
+KEEPER_STALLED_SECONDS = 15.0
 
 
 def lease() -> timedelta:
@@ -89,12 +91,28 @@ class Runtime:
         # that is coming back, and the keeper must never wait (its leases would lapse).
         self.dispatches: queue.Queue = queue.Queue()
         self.dispatching_since: float | None = None
+        self.keeper_beat = time.monotonic()
         self.dispatcher: threading.Thread | None = None
 
     def start(self) -> None:
         self.bus.start()
         self.keeper.start()
         self._start_dispatcher()
+        threading.Thread(target=self._watch_keeper, name="runtime watchdog", daemon=True).start()
+
+    def _watch_keeper(self) -> None:
+        """A keeper that stops renewing lets its units be taken over while they still run
+        here. Should it ever stall, say so and write every thread's stack to the log, so
+        that the cause can be found."""
+        told = False
+        while not self.stopping.wait(5.0):
+            stalled = time.monotonic() - self.keeper_beat
+            if stalled > KEEPER_STALLED_SECONDS and not told:
+                log.error("the runtime keeper has not finished a round for %.0f s", stalled)
+                faulthandler.dump_traceback(all_threads=True)
+                told = True
+            elif stalled <= KEEPER_STALLED_SECONDS:
+                told = False
 
     def _start_dispatcher(self) -> None:
         self.dispatcher = threading.Thread(
@@ -236,6 +254,7 @@ class Runtime:
                 self.renew()
                 self.reconcile()
                 self._check_dispatcher()
+                self.keeper_beat = time.monotonic()
             except Exception:  # noqa: BLE001 - a database hiccup: try again next round
                 log.exception("runtime keeper")
                 close_old_connections()
