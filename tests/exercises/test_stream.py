@@ -271,6 +271,10 @@ def test_one_queue_per_lab_however_many_sockets_gone_after_the_last_leaves(
         queues = await until(lambda: hub_queues(api, lab.id), message="the hub's queue")
         assert len(queues) == 1 and queues[0]["name"].startswith(stream_module.queue_prefix(lab.id))
         assert list(stream_module.hubs()) == [lab.id]
+        # The monitor has numbers to give (the lab's first reports are in).
+        frame = await receive(sockets[0], "frame", timeout=10)
+        while "temperature-sensor" not in frame["counters"]:
+            frame = await receive(sockets[0], "frame", timeout=10)
         # Each socket asked the monitor for its snapshot through the one queue, and got
         # its own answer (routed by correlation id): every socket has the numbers.
         readers = [Reader(ws) for ws in sockets]
