@@ -359,7 +359,7 @@ def _send(task, args: list, rows) -> None:
     except Exception:  # noqa: BLE001 - the broker is away; try again next round
         log.warning("task %s%s not sent; trying again later", task.name, args, exc_info=True)
         field = "lease_until" if rows.model is Workload else "monitor_lease_until"
-        rows.update(**{field: timezone.now() - timedelta(seconds=1)})
+        rows.update(**{field: _over()})
 
 
 def _resume_from(workload: Workload) -> dict:
@@ -374,6 +374,11 @@ def _resume_from(workload: Workload) -> dict:
     progress["counts"] = dict(counts)
     progress["sent"] = max(int(progress.get("sent", 0)), counts.get("published", 0))
     return progress
+
+
+def _over():
+    """A lease that has run out."""
+    return timezone.now() - timedelta(seconds=1)
 
 
 def _save_json(model, name: str, rows: list[tuple]) -> None:
@@ -407,25 +412,18 @@ def _workload_exited(unit: WorkloadUnit, workload_id: int, run: int, owner: str)
     ended = unit.outcome in ("finished", "crashed", "failed") and bool(
         mine.filter(running=True).update(running=False)
     )
-    mine.update(owner="", lease_until=None, progress=unit.checkpoint)
+    # Released with a lease already over: if the lab still wants the workload (a worker
+    # shutting down gave it up, or its thread failed), the next round sends it again.
+    mine.update(owner="", lease_until=_over(), progress=unit.checkpoint)
     if ended:
         workload_ended(workload=Workload.objects.select_related("session").get(pk=workload_id))
-    elif unit.outcome == "released":
-        # Given up by a worker that is shutting down: another takes it over at once.
-        Workload.objects.filter(pk=workload_id, run=run, owner="", running=True).update(
-            lease_until=timezone.now() - timedelta(seconds=1)
-        )
     log.info("workload %s/%s: %s %s", unit.name, run, unit.outcome, unit.message)
 
 
 def _monitor_exited(unit: LabMonitor, session_id: str, generation: int, owner: str) -> None:
     mine = LabSession.objects.filter(pk=session_id, generation=generation, monitor_owner=owner)
-    mine.update(monitor_owner="", monitor_lease_until=None, monitor_state=unit.checkpoint)
-    if unit.outcome == "released":
-        LabSession.objects.filter(
-            pk=session_id, generation=generation, state=LabSession.State.RUNNING
-        ).update(monitor_lease_until=timezone.now() - timedelta(seconds=1))
-    elif unit.outcome in ("stopped", "ended"):
+    mine.update(monitor_owner="", monitor_lease_until=_over(), monitor_state=unit.checkpoint)
+    if unit.outcome in ("stopped", "ended"):
         unit.publish("status", {"state": "ended", "message": "This lab has ended."})
     log.info("monitor %s/%s: %s %s", session_id, generation, unit.outcome, unit.message)
 

@@ -123,7 +123,7 @@ class Unit:
                     self._close()
                     self.disconnected(exc)
                     # The vhost or user may be gone (the lab ended): the database says.
-                    if not self.still_current():
+                    if not self._still_current():
                         self.outcome = "ended"
                         break
                     if self.serving:
@@ -189,6 +189,15 @@ class Unit:
                 raise Stop(message.correlation_id[5:])
             kept.append(message)
         self.inbox.extendleft(reversed(kept))
+
+    def _still_current(self) -> bool:
+        """Whether the lab still wants this unit; when that cannot be told (the database
+        is busy), it does: the next attempt asks again."""
+        try:
+            return self.still_current()
+        except Exception:  # noqa: BLE001
+            log.warning("%s %s: could not tell whether the lab wants it", self.kind, self.name)
+            return True
 
     def _close(self) -> None:
         connection, self.lab = self.lab, None
