@@ -61,9 +61,15 @@ def lease() -> timedelta:
     return timedelta(seconds=settings.RUNTIME_LEASE_SECONDS)
 
 
-def _claimable(now) -> Q:
-    """Nobody holds it: never claimed, sent again, or its holder's lease ran out."""
-    return Q(owner="") | Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+def _claimable(now, me: str, *, owner: str = "owner", lease: str = "lease_until") -> Q:
+    """Nobody holds it (never claimed, sent again, or its holder's lease ran out), or this
+    process does already."""
+    return (
+        Q(**{owner: ""})
+        | Q(**{f"{lease}__isnull": True})
+        | Q(**{f"{lease}__lt": now})
+        | Q(**{owner: me})
+    )
 
 
 class Runtime:
@@ -150,7 +156,7 @@ class Runtime:
             Workload.objects.filter(
                 pk=workload_id, run=run, running=True, session__state=LabSession.State.RUNNING
             )
-            .filter(_claimable(now) | Q(owner=self.owner))
+            .filter(_claimable(now, self.owner))
             .update(owner=self.owner, lease_until=now + lease())
         )
         if not claimed:
@@ -201,12 +207,7 @@ class Runtime:
             LabSession.objects.filter(
                 pk=session_id, generation=generation, state=LabSession.State.RUNNING
             )
-            .filter(
-                Q(monitor_owner="")
-                | Q(monitor_lease_until__isnull=True)
-                | Q(monitor_lease_until__lt=now)
-                | Q(monitor_owner=self.owner)
-            )
+            .filter(_claimable(now, self.owner, owner="monitor_owner", lease="monitor_lease_until"))
             .update(monitor_owner=self.owner, monitor_lease_until=now + lease())
         )
         if not claimed:
