@@ -179,6 +179,7 @@ class Runtime:
             name=workload.name,
             bus=self.bus,
             control_key=control.workload_key(workload.id),
+            pace_key=control.pace_key(session.id),
             lab_params=amqp.parameters(
                 vhost=session.vhost,
                 user=session.rabbit_user,
@@ -517,6 +518,12 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         consumers={c.name: c.queue for c in spec.workloads.consumers},
         evaluate=evaluate,
         ensure_tracing=ensure_tracing,
+        pace=lambda seconds: bus.publish(
+            amqp.control_exchange(),
+            control.pace_key(session_id),
+            json.dumps({"op": "pace", "seconds": seconds}).encode(),
+            JSON,
+        ),
         fps=settings.FLOW_FRAMES_PER_SECOND,
         state=session.monitor_state,
     )

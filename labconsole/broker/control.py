@@ -64,3 +64,8 @@ def workload_key(workload_id: int) -> str:
 
 def monitor_key(session_id: str) -> str:
     return amqp.lab_key(session_id, "monitor")
+
+
+def pace_key(session_id: str) -> str:
+    """Every workload of the lab listens here for whether anybody watches it."""
+    return amqp.lab_key(session_id, "pace")

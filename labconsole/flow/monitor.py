@@ -31,7 +31,7 @@ from labconsole.broker.amqp import lab_key
 from labconsole.runtime.bus import Incoming
 from labconsole.runtime.unit import Stop, Unit
 
-from .reporter import body_text, jsonable
+from .reporter import FIRST_WATCH_SECONDS, body_text, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class LabMonitor(Unit):
         consumers: dict[str, str],
         evaluate: Callable[[FlowRecord, dict], dict[str, bool]],
         ensure_tracing: Callable[[], None] = lambda: None,
+        pace: Callable[[float], None] = lambda seconds: None,
         fps: int = 20,
         state: dict | None = None,
         **kwargs: Any,
@@ -158,6 +159,8 @@ class LabMonitor(Unit):
         self.consumer_queue = consumers  # consumer workload -> its queue
         self.evaluate = evaluate
         self.ensure_tracing = ensure_tracing
+        self.pace = pace
+        self.next_pace = 0.0
         self.frame_interval = 1.0 / max(fps, 1)
         state = state or {}
         self.record = FlowRecord.restore(state.get("record"))
@@ -179,10 +182,11 @@ class LabMonitor(Unit):
         self.recent: deque = deque(maxlen=RECENT_EVENTS)
         self.seq = state.get("seq", 0)
         self.frame_seq = state.get("frame_seq", 0)
-        self.watched_until = time.monotonic() + WATCH_SECONDS
+        self.watched_until = time.monotonic() + FIRST_WATCH_SECONDS
         self.changed = True  # something to show in the next frame
         self.moved = True  # messages moved since queue depths were last read
         self.checks_dirty = True
+        self.lively = False  # frames at full rate: the monitor wakes every frame interval
         self.firehose_tag = 0
         self.next_frame = self.next_depths = self.next_checks = 0.0
         self.next_checkpoint = self.next_firehose_ack = 0.0
@@ -195,7 +199,7 @@ class LabMonitor(Unit):
         if self.reconnects:
             # What a restart of the broker loses: tracing is off after a hard restart.
             self.ensure_tracing()
-        self.bus.consume(self.reports_queue, self.post, self.declare_reports)
+        self.bus.consume(self.reports_queue, self._post_report, self.declare_reports)
         firehose = self.lab.channel()
         firehose.queue_declare(self.firehose_queue, durable=True, arguments=self.firehose_arguments)
         for pattern in self.firehose_patterns:
@@ -208,7 +212,7 @@ class LabMonitor(Unit):
         self.next_depths = 0.0
 
     def finish(self) -> None:
-        self.bus.cancel(self.reports_queue, self.post)
+        self.bus.cancel(self.reports_queue, self._post_report)
         self.checkpoint = self.export()
 
     # --- inputs ------------------------------------------------------------------------------
@@ -223,7 +227,12 @@ class LabMonitor(Unit):
         if data.get("op") == "stop":
             raise Stop("stopped")
         if data.get("op") in ("watch", "snapshot"):
-            self.watched_until = time.monotonic() + WATCH_SECONDS
+            now = time.monotonic()
+            self.watched_until = now + WATCH_SECONDS
+            if now >= self.next_pace:
+                # The workloads report at full pace only while somebody watches.
+                self.pace(WATCH_SECONDS)
+                self.next_pace = now + WATCH_SECONDS / 3
         if data.get("op") == "snapshot" and message.reply_to:
             self.bus.publish(
                 "",
@@ -231,6 +240,11 @@ class LabMonitor(Unit):
                 json.dumps(self.snapshot(), default=str, separators=(",", ":")).encode(),
                 pika.BasicProperties(correlation_id=message.correlation_id),
             )
+
+    def _post_report(self, message: Incoming) -> None:
+        """A workload's report: while frames go at full rate the next one is at most a
+        frame interval away, and it reads the report then; otherwise it wakes the monitor."""
+        self.post(message, wake=not self.lively)
 
     def _on_report(self, body: bytes) -> None:
         report = json.loads(body)
@@ -496,7 +510,7 @@ class LabMonitor(Unit):
             any(r.value for r in self.rates_in.values())
             or any(r.value for r in self.rates_out.values())
         )
-        lively = moving or (self.changed and watched)
+        lively = self.lively = moving or (self.changed and watched)
         if now >= self.next_frame and (lively or now - self.last_frame >= IDLE_FRAME):
             self.changed = False
             self.frame(now)

@@ -21,6 +21,12 @@ from labconsole.broker.amqp import lab_key
 BODY_LIMIT = 2048
 MAX_DEATHS = 200  # dead-lettered deliveries described in one report
 COUNTS_ONLY_BATCHES = 3
+# While nobody watches the lab its monitor frames every few seconds, so reports more often
+# than this would be read by no one (the checks still see every count within two seconds).
+UNWATCHED_INTERVAL = 2.0
+# A new lab is watched this long without being told (its page asks for a snapshot within
+# a second or two); after that the monitor says who watches (op "pace").
+FIRST_WATCH_SECONDS = 5.0
 
 
 def describe_properties(props: pika.BasicProperties | None) -> dict[str, Any]:
@@ -92,6 +98,11 @@ class FlowReporter:
         self.deaths: list[tuple] = []
         self.dirty = False
         self.last_flush = time.monotonic()
+        self.watched_until = self.last_flush + FIRST_WATCH_SECONDS
+
+    def watch(self, seconds: float) -> None:
+        """Somebody watches the lab for the next `seconds`: report at full pace."""
+        self.watched_until = time.monotonic() + seconds
 
     def count(self, kind: str, n: int = 1) -> None:
         self.totals[kind] += n
@@ -123,9 +134,12 @@ class FlowReporter:
     def due(self) -> float | None:
         """When the next report is due (monotonic), or None with nothing to report. Events
         go after one batch interval; counters alone wait COUNTS_ONLY_BATCHES of them (a
-        slow workload then costs a few reports a second, not one per message)."""
+        slow workload then costs a few reports a second, not one per message). While
+        nobody watches, everything waits UNWATCHED_INTERVAL."""
         if not self.dirty:
             return None
+        if self.last_flush >= self.watched_until:
+            return self.last_flush + UNWATCHED_INTERVAL
         batches = 1 if (self.events or self.deaths) else COUNTS_ONLY_BATCHES
         return self.last_flush + self.interval * batches
 

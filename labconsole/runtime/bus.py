@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 20_000  # messages waiting while the broker is away; the oldest go first
 BACKOFF = (0.25, 0.5, 1.0, 2.0, 3.0)  # as the units': frames wait for the bus
+# While messages flow, the bus sends what waits this often rather than being woken for each
+# one: under load a wake per frame and per report cost more than the sending itself.
+BATCH_SECONDS = 0.01
+BUSY_SECONDS = 1.0  # batching ends this long after the last message sent
 CONNECTION_ERRORS = (px.AMQPConnectionError, px.AMQPChannelError, px.StreamLostError, OSError)
 
 
@@ -53,7 +58,7 @@ class ConsoleBus:
             f"{amqp.control_exchange()}.runtime.{socket.gethostname()}.{os.getpid()}"
         )
         self._lock = threading.Lock()
-        self._bindings: dict[str, Handler] = {}  # control routing key -> handler
+        self._bindings: dict[str, list[Handler]] = {}  # control routing key -> handlers
         self._consumers: dict[str, tuple[Handler, Declare]] = {}  # queue -> handler, declare
         self._outbox: deque[tuple[str, str, bytes, pika.BasicProperties | None]] = deque(
             maxlen=OUTBOX_LIMIT
@@ -61,6 +66,7 @@ class ConsoleBus:
         self._changes: deque[tuple[str, str]] = deque()  # ("bind"|"unbind"|"consume"|..., name)
         self._connection: pika.BlockingConnection | None = None
         self._wake_pending = False
+        self._batching = False
         self._stopped = threading.Event()
         self.connected = threading.Event()
         self.thread = threading.Thread(target=self._run, name="console-bus", daemon=True)
@@ -74,20 +80,27 @@ class ConsoleBus:
         self._wake()
 
     def bind(self, routing_key: str, handler: Handler) -> None:
-        """Control messages published with `routing_key` go to `handler` (in the bus thread:
-        a handler only hands the message on)."""
+        """Control messages published with `routing_key` go to `handler`, and to every
+        other handler bound to the key (a lab's units share its pace key; a new run of a
+        workload may overlap the old one's end). Handlers run in the bus thread: they only
+        hand the message on."""
         with self._lock:
-            self._bindings[routing_key] = handler
-            self._changes.append(("bind", routing_key))
+            handlers = self._bindings.setdefault(routing_key, [])
+            if handler not in handlers:
+                handlers.append(handler)
+            if len(handlers) == 1:
+                self._changes.append(("bind", routing_key))
         self._wake()
 
     def unbind(self, routing_key: str, handler: Handler) -> None:
-        """Undoes `bind`, unless another handler has been bound to the key since (a new
-        run of the same workload while the old one was ending)."""
+        """Undoes `bind` for this handler; the key is unbound with its last handler."""
         with self._lock:
-            if self._bindings.get(routing_key) == handler:
-                del self._bindings[routing_key]
-                self._changes.append(("unbind", routing_key))
+            handlers = self._bindings.get(routing_key, [])
+            if handler in handlers:
+                handlers.remove(handler)
+                if not handlers:
+                    del self._bindings[routing_key]
+                    self._changes.append(("unbind", routing_key))
         self._wake()
 
     def consume(self, queue: str, handler: Handler, declare: Declare) -> None:
@@ -117,7 +130,8 @@ class ConsoleBus:
         away the oldest waiting messages are dropped (frames and reports carry cumulative
         numbers, so a lost one costs animation, not counts)."""
         self._outbox.append((exchange, routing_key, body, properties))
-        self._wake()
+        if not self._batching:
+            self._wake()
 
     # --- the bus thread -------------------------------------------------------------------
     def _wake(self) -> None:
@@ -167,10 +181,18 @@ class ConsoleBus:
         self._connection = connection
         self.connected.set()
         log.info("console bus connected (%d units, %d queues)", len(keys), len(queues))
+        busy_until = 0.0
         while not self._stopped.is_set():
             self._apply_changes(channel, tags)
-            self._flush(connection, channel)
-            connection.process_data_events(time_limit=1.0)
+            if self._flush(connection, channel):
+                busy_until = time.monotonic() + BUSY_SECONDS
+            if time.monotonic() < busy_until:
+                self._batching = True
+                connection.process_data_events(time_limit=BATCH_SECONDS)
+                continue
+            self._batching = False
+            if not self._outbox:  # else a publisher saw `_batching` still set and did not wake
+                connection.process_data_events(time_limit=1.0)
 
     def _start_consumer(self, channel, queue: str) -> str:
         handler, declare = self._consumers[queue]
@@ -199,19 +221,19 @@ class ConsoleBus:
             elif op == "cancel" and not present and name in tags:
                 channel.basic_cancel(tags.pop(name))
 
-    def _flush(self, connection, channel) -> None:
+    def _flush(self, connection, channel) -> bool:
         """Sends what waits in the outbox. Each message goes to the channel's output
         buffer and the socket is written once for them all: BlockingChannel.basic_publish
         runs the I/O loop once per message, which made the bus the worker's busiest part."""
         outbox = self._outbox
         if not outbox:
-            return
+            return False
         while outbox:
             exchange, key, body, props = outbox.popleft()
             channel._impl.basic_publish(exchange, key, body, props)
         connection.process_data_events(time_limit=0)
+        return True
 
     def _on_control(self, channel, method, props, body: bytes) -> None:
-        handler = self._bindings.get(method.routing_key)
-        if handler is not None:
+        for handler in tuple(self._bindings.get(method.routing_key, ())):
             handler(Incoming(method.routing_key, body, props.reply_to, props.correlation_id))

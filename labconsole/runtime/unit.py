@@ -56,6 +56,7 @@ class Unit:
         name: str,
         bus: ConsoleBus,
         control_key: str,
+        pace_key: str | None = None,
         lab_params: list[pika.ConnectionParameters],
         still_current: Callable[[], bool],
     ):
@@ -64,6 +65,8 @@ class Unit:
         self.row: tuple = ()  # what the runtime's rows call it
         self.bus = bus
         self.control_key = control_key
+        # The lab's pace key: whether anybody watches the lab (ops "pace"), for every unit.
+        self.control_keys = [control_key] + ([pace_key] if pace_key else [])
         self.lab_params = lab_params
         self.still_current = still_current
         self.lab: pika.BlockingConnection | None = None
@@ -77,9 +80,12 @@ class Unit:
         self.thread: threading.Thread | None = None
 
     # --- any thread ------------------------------------------------------------------------
-    def post(self, message: Incoming) -> None:
+    def post(self, message: Incoming, *, wake: bool = True) -> None:
+        """Hands a message to the unit. With `wake=False` it waits for the unit's next
+        wake-up (a unit that is about to wake anyway need not be woken for it)."""
         self.inbox.append(message)
-        self.wake()
+        if wake:
+            self.wake()
 
     def request_stop(self, outcome: str = "stopped") -> None:
         self.post(Incoming("", b"", correlation_id=f"stop:{outcome}"))
@@ -110,7 +116,8 @@ class Unit:
         self.thread.start()
 
     def run(self) -> None:
-        self.bus.bind(self.control_key, self.post)
+        for key in self.control_keys:
+            self.bus.bind(key, self.post)
         attempt = 0
         try:
             while self.outcome is None:
@@ -138,7 +145,8 @@ class Unit:
                     log.exception("%s %s failed", self.kind, self.name)
                     self.outcome, self.message = "failed", repr(exc)
         finally:
-            self.bus.unbind(self.control_key, self.post)
+            for key in self.control_keys:
+                self.bus.unbind(key, self.post)
             try:
                 self.finish()
             except Exception:  # noqa: BLE001

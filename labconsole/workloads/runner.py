@@ -66,6 +66,8 @@ class WorkloadUnit(Unit):
             return
         if data.get("op") == "stop":
             raise Stop("stopped")
+        if data.get("op") == "pace":
+            self.reporter.watch(float(data.get("seconds") or 0))
         if data.get("op") == "update":
             changes = {
                 k: v for k, v in data.get("settings", {}).items() if self.settings.get(k) != v
