@@ -39,6 +39,7 @@ from common import (
 
 from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
+from labconsole.flow.reporter import FIRST_WATCH_SECONDS
 
 CLIENTS = ROOT / "benchmarks" / "clients.py"
 CLIENT_PROCESSES = 4
@@ -525,7 +526,9 @@ def bench_live_resources(
 
         sessions = start_labs(labs, owner)
         wait_live(sessions)
-        time.sleep(5)
+        # A new lab is taken as watched for its first seconds (its page is about to open):
+        # idle means after that.
+        time.sleep(FIRST_WATCH_SECONDS + 3)
         rss_labs = {k: rss_bytes(v) for k, v in pids.items()}
         idle = measure_cpu(console, seconds)
 
