@@ -9,6 +9,8 @@ _root = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LABCONSOLE_PREFIX", f"labconsole-test-{os.getpid()}")
 os.environ.setdefault("TEST_DATABASE_NAME", str(_root / "test-db.sqlite3"))
 os.environ.setdefault("LAB_IDLE_MINUTES", "30")
+# A key of their own, so that the tests run on a checkout without `.env`.
+os.environ.setdefault("SECRET_KEY", "tests-only-" + "k" * 50)
 
 from labconsole.settings import *  # noqa: E402,F403
 
