@@ -20,7 +20,8 @@ env = environ.Env()
 environ.Env.read_env(env("ENV_FILE", default=str(BASE_DIR / ".env")), overwrite=False)
 
 # --- Security (docs/operations.md, "Production") ---------------------------------------
-# DEBUG's error pages show code, settings and variables: on only when asked for.
+# DEBUG's error pages show code, settings and variables: on only when asked for, and even
+# then they hide every credential (labconsole/exception_reports.py).
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env("SECRET_KEY", default="")
 if not SECRET_KEY:
@@ -65,6 +66,10 @@ LANGUAGE_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
+
+DEFAULT_EXCEPTION_REPORTER = "labconsole.exception_reports.CredentialHidingReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "labconsole.exception_reports.CredentialHidingFilter"
+CSRF_FAILURE_VIEW = "labconsole.errors.csrf_failure"
 
 INSTALLED_APPS = [
     "daphne",
@@ -139,6 +144,7 @@ LOGOUT_REDIRECT_URL = "login"
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", "English"), ("ru", "Русский")]
 USE_I18N = True
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_TZ = True
 
