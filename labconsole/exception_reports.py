@@ -9,7 +9,8 @@ and with DEBUG on it shows even the password of a failed login. Here:
 - the password of every URL in a setting, the request or a variable is replaced by stars,
   and variables whose names say they hold a secret are hidden;
 - POST parameters and variables marked sensitive (`sensitive_post_parameters`, used by the
-  login view) stay hidden with DEBUG on too;
+  login view) stay hidden with DEBUG on too, and so do POST parameters named like a
+  secret (`password`), which a request that fails before its view has not marked yet;
 - last, every known secret value (the secret key, the broker's and the database's
   passwords, a password posted to the login form) is replaced wherever it still appears
   in the finished page, whatever object carried it there.
@@ -45,13 +46,9 @@ def hide_url_passwords(text: str) -> str:
 def known_secrets(request=None) -> set[str]:
     """The secret values the settings hold now (the secret key, the management API's
     password, the database passwords and the password of every URL in a setting) and the
-    request's POST parameters marked sensitive (a password typed into the login form)."""
+    request's secret POST parameters (a password typed into the login form)."""
     found = {settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS, settings.EMAIL_HOST_PASSWORD}
-    sensitive = getattr(request, "sensitive_post_parameters", None)
-    if sensitive:
-        post = request.POST
-        for name in post if sensitive == "__ALL__" else sensitive:
-            found.update(post.getlist(name))
+    found.update(_secret_post_values(request))
     found.add(getattr(settings, "RABBITMQ_API_PASSWORD", ""))
     found.update(db.get("PASSWORD", "") for db in settings.DATABASES.values())
     for name in dir(settings):
@@ -60,6 +57,21 @@ def known_secrets(request=None) -> set[str]:
             for match in _URL_PASSWORD.finditer(value):
                 found |= {match["password"], unquote(match["password"])}
     return {secret for secret in found if isinstance(secret, str) and secret}
+
+
+def _secret_post_values(request) -> set[str]:
+    """Values of POST parameters marked sensitive or named like a secret (`password`)."""
+    try:
+        post = request.POST
+    except Exception:  # no request, or a body that cannot be read: nothing to add
+        return set()
+    marked = getattr(request, "sensitive_post_parameters", None) or ()
+    return {
+        value
+        for name in post
+        if marked == "__ALL__" or name in marked or _SECRET_NAME.search(name)
+        for value in post.getlist(name)
+    }
 
 
 def hide_secrets(text: str, secrets: Iterable[str]) -> str:
@@ -81,6 +93,18 @@ class CredentialHidingFilter(SafeExceptionReporterFilter):
         # Django hides sensitive POST parameters and variables only with DEBUG off; a
         # developer's page must not show a learner's password either.
         return True
+
+    def get_post_parameters(self, request):
+        # A request that fails before its view (a Host not allowed, a middleware error)
+        # has no parameters marked sensitive yet: a login form's password is hidden by its
+        # name.
+        post = super().get_post_parameters(request)
+        named = [name for name in post if _SECRET_NAME.search(name)]
+        if named:
+            post = post.copy()
+            for name in named:
+                post[name] = SUBSTITUTE
+        return post
 
     def cleanse_setting(self, key, value):
         cleansed = super().cleanse_setting(key, value)

@@ -4,6 +4,7 @@ and Russian, and the DEBUG error report: none of them shows a credential."""
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 import pytest
 from django.conf import settings
@@ -11,7 +12,7 @@ from django.core.exceptions import PermissionDenied, SuspiciousOperation
 from django.http import HttpRequest
 from django.test import Client, override_settings
 from django.urls import path
-from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
+from django.views.debug import get_default_exception_reporter_filter
 from django.views.decorators.debug import sensitive_post_parameters
 
 from labconsole.exception_reports import hide_secrets
@@ -29,9 +30,6 @@ CREDENTIALS = (AMQP_PASSWORD, API_PASSWORD, LOGIN_PASSWORD)
 def fails(request: HttpRequest):
     """A view that fails while holding credentials the way the console's code does: a broker
     URL, an (user, password) pair, a posted password, and an error message naming the URL."""
-    if request.GET.get("django_defaults"):
-        request.exception_reporter_filter = SafeExceptionReporterFilter()
-        request.exception_reporter_class = ExceptionReporter
     url = settings.RABBITMQ_URL
     pair = ("learner", settings.RABBITMQ_API_PASSWORD)
     posted = request.POST.get("password")
@@ -60,6 +58,21 @@ broker_credentials = override_settings(
 )
 
 
+@contextmanager
+def djangos_own_report():
+    """Django's own reporter and filter, for the half of a test that shows the leak is real.
+    Django keeps the filter it made first: the cache is emptied on the way in and out."""
+    with override_settings(
+        DEFAULT_EXCEPTION_REPORTER="django.views.debug.ExceptionReporter",
+        DEFAULT_EXCEPTION_REPORTER_FILTER="django.views.debug.SafeExceptionReporterFilter",
+    ):
+        get_default_exception_reporter_filter.cache_clear()
+        try:
+            yield
+        finally:
+            get_default_exception_reporter_filter.cache_clear()
+
+
 def shown(response) -> str:
     return response.content.decode()
 
@@ -83,7 +96,8 @@ def test_the_debug_report_shows_no_credential(accept):
 
     # Django's own report, first: it shows them (the text form has no variables, so not
     # the API password), so the page below is a real test.
-    page = shown(client.post(f"{url}?django_defaults=1", {"password": LOGIN_PASSWORD}))
+    with djangos_own_report():
+        page = shown(client.post(url, {"password": LOGIN_PASSWORD}))
     leaks = CREDENTIALS if accept == "text/html" else (AMQP_PASSWORD, LOGIN_PASSWORD)
     assert [secret for secret in leaks if secret in page] == list(leaks)
 
@@ -96,6 +110,22 @@ def test_the_debug_report_shows_no_credential(accept):
     # ...with the credentials starred.
     assert_no_credential(page)
     assert "amqp://learner:********************@broker.example:5672/" in page
+
+
+@override_settings(DEBUG=True)
+def test_a_login_refused_before_its_view_shows_no_password():
+    """A Host that is not allowed fails in the middleware, before the login view marks its
+    password sensitive; with DEBUG on Django reports the request with its POST data."""
+    client = Client(raise_request_exception=False, HTTP_HOST="attacker.example")
+    form = {"username": "demo", "password": LOGIN_PASSWORD}
+    with djangos_own_report():
+        assert LOGIN_PASSWORD in shown(client.post("/accounts/login/", form))
+
+    response = client.post("/accounts/login/", form)
+    assert response.status_code == 400
+    page = shown(response)
+    assert "DisallowedHost" in page and "<td>password</td>" in page
+    assert_no_credential(page)
 
 
 def test_hide_secrets_finds_each_form_of_a_secret():
