@@ -19,3 +19,7 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# DEBUG is off here as in production, but the pages the tests' daphne serves use the static
+# files of the checkout as they are, not the copies `collectstatic` made last.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

@@ -191,9 +191,10 @@ def test_a_host_not_allowed_gets_the_400_page():
     assert "Bad request" in card(shown(response))
 
 
+@override_settings(WHITENOISE_USE_FINDERS=False, WHITENOISE_AUTOREFRESH=False)
 def test_the_error_pages_stylesheet_is_served_with_debug_off():
     """DEBUG is off, so Django serves no static file itself: WhiteNoise does, from the
-    files `collectstatic` gathered (scripts/setup runs it)."""
+    files `collectstatic` gathered (scripts/setup runs it), as under `make run`."""
     assert not settings.DEBUG
     response = Client().get("/static/labconsole/console.css")
     assert response.status_code == 200, "run scripts/setup (collectstatic)"
