@@ -1,8 +1,15 @@
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HOST=0.0.0.0 PORT=8000
 WORKDIR /app
+# msgfmt, for compilemessages.
+RUN apt-get update && apt-get install -y --no-install-recommends gettext \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN pip install -e . && python manage.py collectstatic --noinput -v0
+# The secret key is given when the container runs (docker-compose.yml), never built in:
+# these two commands need one only to load the settings.
+RUN pip install -e . \
+    && SECRET_KEY=build-only python manage.py collectstatic --noinput -v0 \
+    && SECRET_KEY=build-only python manage.py compilemessages -v0
 EXPOSE 8000
 # The supervisor: daphne web processes on port 8000, Celery workers and the Celery beat
 # (docs/operations.md); its flags `--no-web`, `--workers N`, `--no-beat` run a part of them.

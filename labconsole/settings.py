@@ -1,26 +1,75 @@
 """Settings for the RabbitMQ Lab Console.
 
 Everything comes from environment variables (see `.env.example`) with defaults that need
-no configuration: SQLite, and the local RabbitMQ on 5672 with its management API on 15672.
+no configuration and are safe to run: SQLite, the local RabbitMQ on 5672 with its
+management API on 15672, DEBUG off. The one thing that must be given is SECRET_KEY;
+`scripts/setup` writes a new one to `.env` the first time it runs.
 """
 
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# The process environment wins over the file.
+environ.Env.read_env(env("ENV_FILE", default=str(BASE_DIR / ".env")), overwrite=False)
 
-DEBUG = env.bool("DEBUG", default=True)
-SECRET_KEY = env(
-    "SECRET_KEY", default="insecure-development-key-change-me-in-production-0123456789"
-)
+# --- Security (docs/operations.md, "Production") ---------------------------------------
+# DEBUG's error pages show code, settings and variables: on only when asked for, and even
+# then they hide every credential (labconsole/exception_reports.py).
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env("SECRET_KEY", default="")
+if not SECRET_KEY:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set. scripts/ensure-secret-key (which scripts/setup runs) writes "
+        "a new one to .env; or set it in the environment, for example to the output of "
+        "python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# HTTPS=true: the console is served over HTTPS by a proxy in front of it that ends TLS and
+# says so in a header. It turns on everything `manage.py check --deploy` asks for; each
+# setting below can still be set on its own.
+HTTPS = env.bool("HTTPS", default=False)
+
+
+def _proxy_ssl_header(value: str) -> tuple[str, str] | None:
+    """`X-Forwarded-Proto: https` -> ("HTTP_X_FORWARDED_PROTO", "https"); empty -> None."""
+    if not value.strip():
+        return None
+    name, sep, expected = value.partition(":")
+    if not sep or not name.strip() or not expected.strip():
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER must look like 'X-Forwarded-Proto: https' (the header "
+            f"the proxy sets and its value on HTTPS requests), not {value!r}"
+        )
+    return "HTTP_" + name.strip().upper().replace("-", "_"), expected.strip()
+
+
+# Trust this header only behind a proxy that sets it on every request (and drops a
+# client's own): https://docs.djangoproject.com/en/5.2/ref/settings/#secure-proxy-ssl-header
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header(
+    env("SECURE_PROXY_SSL_HEADER", default="X-Forwarded-Proto: https" if HTTPS else "")
+)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=HTTPS)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=HTTPS)
+LANGUAGE_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# HSTS for a year, for the host and its subdomains (HSTS: browsers then refuse plain HTTP
+# to it): https://docs.djangoproject.com/en/5.2/ref/middleware/#http-strict-transport-security
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
+
+DEFAULT_EXCEPTION_REPORTER = "labconsole.exception_reports.CredentialHidingReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "labconsole.exception_reports.CredentialHidingFilter"
+CSRF_FAILURE_VIEW = "labconsole.errors.csrf_failure"
 
 INSTALLED_APPS = [
     "daphne",
@@ -95,6 +144,7 @@ LOGOUT_REDIRECT_URL = "login"
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", "English"), ("ru", "Русский")]
 USE_I18N = True
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_TZ = True
 

@@ -8,3 +8,8 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("exercises.urls")),
 ]
+
+handler400 = "labconsole.errors.bad_request"
+handler403 = "labconsole.errors.permission_denied"
+handler404 = "labconsole.errors.page_not_found"
+handler500 = "labconsole.errors.server_error"

@@ -9,6 +9,8 @@ _root = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LABCONSOLE_PREFIX", f"labconsole-test-{os.getpid()}")
 os.environ.setdefault("TEST_DATABASE_NAME", str(_root / "test-db.sqlite3"))
 os.environ.setdefault("LAB_IDLE_MINUTES", "30")
+# A key of their own, so that the tests run on a checkout without `.env`.
+os.environ.setdefault("SECRET_KEY", "tests-only-" + "k" * 50)
 
 from labconsole.settings import *  # noqa: E402,F403
 
@@ -17,3 +19,7 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# DEBUG is off here as in production, but the pages the tests' daphne serves use the static
+# files of the checkout as they are, not the copies `collectstatic` made last.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
