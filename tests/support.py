@@ -4,6 +4,7 @@ in a process of its own."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -75,9 +76,20 @@ class Worker:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port of 127.0.0.1 below the kernel's ephemeral range. A port from that range
+    can be taken while its server is down (a broker restart, a web process restarted on the
+    same port) by a client reconnecting to it: the kernel may give the client that very
+    port as its own, and the socket connects to itself."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(10_000, max(low, 10_001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class Daphne:

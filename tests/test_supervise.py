@@ -20,13 +20,7 @@ from django.conf import settings
 
 from labconsole.broker import amqp
 from tests.conftest import subprocess_env
-from tests.support import ROOT, wait_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import ROOT, free_port, wait_for
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -138,7 +132,7 @@ def serve(*args: str) -> list[str]:
 
 
 def test_web_processes_share_the_socket_and_one_killed_is_replaced(start):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/accounts/login/"
     sup = start(serve("--port", str(port), "--web-processes", "2", "--workers", "0", "--no-beat"))
     assert sup.wait_line(r"^web1 +\| .*Listening on TCP address")
@@ -304,7 +298,7 @@ def test_a_second_beat_refuses_to_run(start, tmp_path, console_names_cleanup):
 
 def test_no_child_outlives_a_killed_supervisor(start, tmp_path, console_names_cleanup):
     env = {**subprocess_env(), "CELERY_BEAT_SCHEDULE_FILENAME": str(tmp_path / "schedule")}
-    port = _free_port()
+    port = free_port()
     # A node name of its own: a worker's control queue is exclusive on the shared broker.
     workers = ("--workers", "1", "--worker-name", f"supervise-test-{os.getpid()}-")
     sup = start(serve("--port", str(port), "--web-processes", "1", *workers), env)
