@@ -4,6 +4,7 @@ a flood of frames on one real daphne while another lab's socket keeps its frame 
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from exercises.models import LabSession
 from exercises.services import lab_session_start
 from labconsole.flow import stream as stream_module
 from tests.conftest import subprocess_env
-from tests.exercises.test_stream import connect, headers_for, receive, run
-from tests.support import Daphne
+from tests.exercises.test_stream import connect, headers_for, hub_queues, receive, run
+from tests.support import Daphne, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -243,6 +244,112 @@ def test_pings_reach_the_database_at_most_every_touch_interval(lab, learner, mon
     seen, elapsed = run(scenario)
     assert len(set(seen)) >= 2, "the last-seen time is written (the throttle is alive)"
     assert 2 <= len(hops) <= elapsed / 0.5 + 1, f"{len(hops)} database calls for 20 pings"
+
+
+# --- a flood on one daphne ------------------------------------------------------------------
+
+
+class QuietViewer(threading.Thread):
+    """A page's socket: acknowledges as the page does and notes when each frame came."""
+
+    def __init__(self, url: str, cookie: str, origin: str):
+        super().__init__(daemon=True)
+        self.url, self.cookie, self.origin = url, cookie, origin
+        self.frame_times: list[float] = []
+        self.closed_with: int | None = None
+        self.stop = threading.Event()
+
+    def run(self):
+        headers = {"Cookie": f"sessionid={self.cookie}", "Origin": self.origin}
+        with ws_connect(self.url, additional_headers=headers) as ws:
+            try:
+                while not self.stop.is_set():
+                    message = json.loads(ws.recv(timeout=10))
+                    if message["type"] == "frame":
+                        self.frame_times.append(time.monotonic())
+                    if "d" in message and message["d"] % 10 == 0:
+                        ws.send(json.dumps({"type": "ack", "d": message["d"]}))
+            except ConnectionClosed as exc:
+                self.closed_with = exc.rcvd.code if exc.rcvd else None
+
+    def frames_between(self, start: float, end: float) -> int:
+        return sum(start <= t < end for t in self.frame_times)
+
+
+FLOOD_FRAMES = 5000
+
+
+def flood_once(url: str, cookie: str, origin: str) -> tuple[int, int | None, list[str]]:
+    """Sends FLOOD_FRAMES pings as fast as the socket takes them (or until the server closes
+    it), then reads to the close: how many were sent, the close code, the errors sent."""
+    headers = {"Cookie": f"sessionid={cookie}", "Origin": origin}
+    sent, errors, code = 0, [], None
+    with ws_connect(url, additional_headers=headers, max_queue=None) as ws:
+        try:
+            for _ in range(FLOOD_FRAMES):
+                ws.send('{"type": "ping"}')
+                sent += 1
+            while True:  # what the server sent, up to its close
+                message = json.loads(ws.recv(timeout=5))
+                if message["type"] == "error":
+                    errors.append(message["message"])
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+    return sent, code, errors
+
+
+def test_a_flooding_socket_is_cut_off_and_another_labs_viewer_keeps_its_frame_rate(
+    daphne, catalogue, learner, labs, django_user_model, api
+):
+    """Two labs of two users on one daphne. One user's client floods its socket with frames,
+    reconnecting each time it is closed, for as long as the other's viewer was watched
+    before: every flooding socket is closed with 4429 after an error saying which limit;
+    the quiet viewer gets at least 0.7 of the frames it got before; daphne's memory hardly
+    grows; and once both leave, the hubs' queues are gone."""
+    other = django_user_model.objects.create_user("flooder", password="flooder-pass-1")
+    quiet_lab = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    flood_lab = lab_session_start(exercise=catalogue["direct-routing"], owner=other)
+    quiet = QuietViewer(ws_url(daphne, quiet_lab.id), cookie_of(learner), daphne.url)
+    quiet.start()
+    flood_cookie = cookie_of(other)
+    # The quiet lab's frames flow at their full rate.
+    wait_for(lambda: len(quiet.frame_times) >= 20, timeout=30, message="the quiet lab's frames")
+    rss_before = rss_kib(daphne.proc.pid)
+
+    window = 4.0
+    before_start = time.monotonic()
+    time.sleep(window)
+    flood_start = time.monotonic()
+    codes, errors, sent = [], [], 0
+    while time.monotonic() - flood_start < window:
+        n, code, said = flood_once(ws_url(daphne, flood_lab.id), flood_cookie, daphne.url)
+        sent += n
+        codes.append(code)
+        errors += said
+    flood_end = time.monotonic()
+    time.sleep(0.5)
+    rss_after = rss_kib(daphne.proc.pid)
+    quiet.stop.set()
+    quiet.join(15)
+
+    before = quiet.frames_between(before_start, flood_start)
+    during = quiet.frames_between(flood_start, flood_end)
+    rate_before = before / (flood_start - before_start)
+    rate_during = during / (flood_end - flood_start)
+    print(
+        f"flood: {sent} frames sent on {len(codes)} sockets in {flood_end - flood_start:.1f} s;"
+        f" quiet viewer {rate_before:.1f} frames/s before, {rate_during:.1f} during;"
+        f" daphne RSS {rss_before} -> {rss_after} KiB"
+    )
+    assert before >= 20, "the quiet viewer got frames before the flood"
+    assert codes and set(codes) == {consumers.TOO_MANY_FRAMES}, codes
+    assert len(errors) == len(codes) and all("too many frames" in e for e in errors)
+    assert sent > len(codes) * settings.LAB_SOCKET_FRAME_BURST, "the client did flood"
+    assert quiet.closed_with is None
+    assert rate_during >= 0.7 * rate_before
+    assert rss_after - rss_before < 64 * 1024, "daphne grew by more than 64 MiB"
+    for lab_id in (quiet_lab.id, flood_lab.id):
+        wait_for(lambda: not hub_queues(api, lab_id), message="hub queues gone")  # noqa: B023
 
 
 def test_refused_sockets_over_daphne_get_the_documented_codes(daphne, lab, django_user_model):
