@@ -12,6 +12,7 @@ import time
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from labconsole.flow import stream
 
@@ -19,6 +20,12 @@ from . import selectors, services
 from .models import LabSession
 
 ACCEPTED = ("ack", "ping", "snapshot")
+# Close codes (docs/live-protocol.md). Refusals are sent after accepting the socket: a close
+# before it is a handshake 403, which a browser reports as 1006 and retries.
+NOT_YOURS = 4403
+NOT_FOUND = 4404
+TOO_MANY_FRAMES = 4429
+TOO_BIG = 1009
 # A lab's last_seen_at is written at most this often per process: it only has to beat
 # LAB_IDLE_MINUTES, and many sockets of one lab connecting at once (a server restart) wait
 # in line for the database otherwise.
@@ -32,9 +39,13 @@ def _load(lab_id: str, user) -> tuple[LabSession | None, bool]:
     return session, bool(session and selectors.can_view_lab(user, session))
 
 
+def _touch_due(lab_id: str) -> bool:
+    return time.monotonic() - _touched.get(lab_id, -TOUCH_EVERY) >= TOUCH_EVERY
+
+
 def _touch_now(session: LabSession) -> None:
     now = time.monotonic()
-    if now - _touched.get(session.pk, -TOUCH_EVERY) < TOUCH_EVERY:
+    if not _touch_due(session.pk):
         return
     if len(_touched) > 1000:
         for pk, at in list(_touched.items()):
@@ -69,8 +80,28 @@ async def _state(session: LabSession) -> dict:
     return await asyncio.shield(reading)
 
 
+class _FrameBucket:
+    """A token bucket: `rate` frames a second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class LabConsumer(AsyncWebsocketConsumer):
     viewer: stream.Viewer | None = None
+    closing = False
 
     async def dispatch(self, message: dict) -> None:
         """As Channels' own, without closing old database connections before every
@@ -86,13 +117,13 @@ class LabConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         lab_id = self.scope["url_route"]["kwargs"]["lab_id"]
         self.session, allowed = await _load(lab_id, self.scope.get("user"))
-        if self.session is None:
-            await self.close(code=4404)
-            return
-        if not allowed:
-            await self.close(code=4403)
-            return
         await self.accept()
+        if self.session is None or not allowed:
+            await self.refuse(NOT_FOUND if self.session is None else NOT_YOURS)
+            return
+        self.bucket = _FrameBucket(
+            settings.LAB_SOCKET_FRAMES_PER_SECOND, settings.LAB_SOCKET_FRAME_BURST
+        )
         # A lost broker does not close the socket: the hub says `broker-unavailable`,
         # comes back by itself, says `broker-back` and calls send_snapshot again.
         self.viewer = await stream.join(self.session.id, self.send_text, self.send_snapshot)
@@ -100,8 +131,21 @@ class LabConsumer(AsyncWebsocketConsumer):
         await self.viewer.release()
 
     async def disconnect(self, code: int) -> None:
+        self.closing = True
         if self.viewer is not None:
             self.viewer.leave()
+            self.viewer = None
+
+    async def refuse(self, code: int, message: str | None = None) -> None:
+        """Says why (if there is more to say than the code), then closes with `code`. The
+        frames that arrive until the socket is gone are ignored."""
+        self.closing = True
+        if message:
+            await self.error(message)
+        if self.viewer is not None:
+            self.viewer.leave()
+            self.viewer = None
+        await self.close(code=code)
 
     async def send_text(self, text: str) -> None:
         await self.send(text_data=text)
@@ -110,6 +154,8 @@ class LabConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(data, default=str))
 
     async def send_snapshot(self) -> None:
+        if self.viewer is None:  # the socket is gone (a hub's broker-back came late)
+            return
         state = await _state(self.session)
         numbers = {"counters": {}, "queues": {}, "exchanges": {}, "events": []}
         if state["lab"]["state"] == LabSession.State.RUNNING:
@@ -119,6 +165,27 @@ class LabConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "snapshot", **state, **numbers})
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return
+        if not self.bucket.take():
+            await self.refuse(
+                TOO_MANY_FRAMES,
+                f"too many frames: at most {settings.LAB_SOCKET_FRAMES_PER_SECOND:g} a second"
+                f" (bursts of {settings.LAB_SOCKET_FRAME_BURST}); the socket is closed",
+            )
+            return
+        limit = settings.LAB_SOCKET_MAX_FRAME_BYTES
+        if text_data is None:
+            size = len(bytes_data or b"")
+        else:  # a character is 1 to 4 bytes: count them only where it matters
+            size = len(text_data)
+            if size * 4 > limit:
+                size = len(text_data.encode())
+        if size > limit:
+            await self.refuse(
+                TOO_BIG, f"frame of {size} bytes is over the limit of {limit}; the socket is closed"
+            )
+            return
         if text_data is None:
             await self.error("binary frames are not accepted; send JSON text")
             return
@@ -138,7 +205,9 @@ class LabConsumer(AsyncWebsocketConsumer):
                 return
             await self.viewer.ack(delivered)
         elif kind == "ping":
-            await _touch(self.session)
+            # The database hears of pings at most every TOUCH_EVERY per lab and process.
+            if _touch_due(self.session.pk):
+                await _touch(self.session)
             await self.send_json({"type": "pong"})
         elif kind == "snapshot":
             await self.send_snapshot()

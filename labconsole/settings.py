@@ -189,6 +189,12 @@ FLOW_HUB_GRACE_SECONDS = env.float("FLOW_HUB_GRACE_SECONDS", default=3.0)
 FLOW_VIEWER_IN_FLIGHT = env.int("FLOW_VIEWER_IN_FLIGHT", default=40)
 FLOW_VIEWER_BUFFER = env.int("FLOW_VIEWER_BUFFER", default=8)
 FLOW_VIEWER_BUFFER_OTHERS = env.int("FLOW_VIEWER_BUFFER_OTHERS", default=64)
+# What one lab socket may send (docs/live-protocol.md): the page sends only small ack, ping
+# and snapshot frames. A larger frame is answered with an error and the socket closed (1009);
+# more frames than the rate, past a short burst, likewise (4429).
+LAB_SOCKET_MAX_FRAME_BYTES = env.int("LAB_SOCKET_MAX_FRAME_BYTES", default=4096)
+LAB_SOCKET_FRAMES_PER_SECOND = env.float("LAB_SOCKET_FRAMES_PER_SECOND", default=30.0)
+LAB_SOCKET_FRAME_BURST = env.int("LAB_SOCKET_FRAME_BURST", default=60)
 
 # --- Celery ------------------------------------------------------------------------------
 CELERY_BROKER_URL = RABBITMQ_URL
