@@ -229,9 +229,7 @@ def test_yaml_bad_indentation_reports_its_line():
 def test_yaml_duplicate_key():
     with pytest.raises(SpecError) as info:
         parse_spec("version: 1\nslug: a\nslug: b\n", source="dup.yaml")
-    assert str(info.value) == (
-        "dup.yaml: YAML syntax error at line 3, column 1: duplicate key 'slug' (first at line 2)"
-    )
+    assert str(info.value) == "slug: duplicate key at line 3 (first at line 2)"
 
 
 def test_top_level_list_is_refused():
@@ -352,7 +350,7 @@ def test_bad_argument_values():
         "x-max-age": "7D",
     }
     found = errors(data)
-    assert has(found, "topology.queues[0].arguments.x-message-ttl", "0 or more")
+    assert has(found, "topology.queues[0].arguments.x-message-ttl", "from 0 to 4294967295")
     assert has(found, "topology.queues[0].arguments.x-overflow", "drop-head, reject-publish")
     assert has(found, "topology.queues[0].arguments.x-max-age", "only stream queues")
 
@@ -510,7 +508,10 @@ def test_policy_pattern_and_definition():
     ]
     found = errors(data)
     assert has(found, "topology.policies[0].pattern", "is not a valid regular expression")
-    assert "topology.policies[0].definition.message-ttl: must be an integer, 0 or more" in found
+    assert (
+        "topology.policies[0].definition.message-ttl: must be an integer from 0 to 4294967295"
+        in found
+    )
 
 
 def test_field_errors_are_all_reported_at_once():
