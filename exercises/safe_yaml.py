@@ -202,32 +202,17 @@ def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
     return f"{source}: YAML syntax error{where}: {excerpt(detail, limit=200)}"
 
 
+def _too_large(source: str) -> DocumentRefused:
+    limit = _kib(LIMITS.document_bytes)
+    return DocumentRefused([f"{source}: the document is larger than the limit of {limit}"])
+
+
 def _decode(raw: str | bytes, source: str) -> str:
-    if isinstance(raw, str):
-        # A str of n characters is at least n bytes: a long one is refused without
-        # encoding it.
-        size = len(raw) if len(raw) > LIMITS.document_bytes else None
-        if size is None:
-            try:
-                size = len(raw.encode("utf-8"))
-            except UnicodeEncodeError as exc:
-                raise DocumentRefused(
-                    [f"{source}: the document is not UTF-8 text (at character {exc.start})"]
-                ) from None
-        text = raw
-    else:
-        size = len(raw)
-        text = None
-    if size > LIMITS.document_bytes:
-        raise DocumentRefused(
-            [
-                f"{source}: the document is {_kib(size)} or more; the limit is "
-                f"{_kib(LIMITS.document_bytes)}"
-            ]
-        )
-    if text is None:
+    if isinstance(raw, bytes):
+        if len(raw) > LIMITS.document_bytes:
+            raise _too_large(source)
         try:
-            text = raw.decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = raw.count(b"\n", 0, exc.start) + 1
             raise DocumentRefused(
@@ -236,7 +221,18 @@ def _decode(raw: str | bytes, source: str) -> str:
                     f"at offset {exc.start} (line {line})"
                 ]
             ) from None
-    return text
+    # A text of n characters is at least n bytes: a long one is refused without encoding it.
+    if len(raw) > LIMITS.document_bytes:
+        raise _too_large(source)
+    try:
+        size = len(raw.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate, from text decoded carelessly
+        raise DocumentRefused(
+            [f"{source}: the document is not UTF-8 text (at character {exc.start})"]
+        ) from None
+    if size > LIMITS.document_bytes:
+        raise _too_large(source)
+    return raw
 
 
 def load_document(raw: str | bytes, *, source: str = "(document)") -> Any:
