@@ -239,7 +239,17 @@ def load_document(raw: str | bytes, *, source: str = "(document)") -> Any:
     """The YAML document `raw` (text, or bytes that must be UTF-8) as Python data, or
     DocumentRefused with a message naming where and what."""
     text = _decode(raw, source)
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # checks every character first
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise DocumentRefused(
+            [
+                f"{source}: YAML does not allow the character #x{exc.character:04x} "
+                f"(at line {line}, column {column})"
+            ]
+        ) from None
     try:
         return loader.get_single_data()
     except _Refused as exc:
@@ -247,8 +257,8 @@ def load_document(raw: str | bytes, *, source: str = "(document)") -> Any:
     except yaml.YAMLError as exc:
         raise DocumentRefused([_yaml_error(exc, source)]) from None
     except RecursionError:
-        # Not reachable through nesting (the depth limit comes first); a merge key chain
-        # is the one other recursion in PyYAML.
+        # Not expected: nesting is refused long before Python's recursion limit. This
+        # keeps a traceback from a page should PyYAML recurse somewhere else.
         raise DocumentRefused([f"{source}: the document nests too deeply to be read"]) from None
     finally:
         loader.dispose()

@@ -869,6 +869,12 @@ def test_document_size_and_encoding():
     assert parse_spec(BASE_YAML.encode()).slug == "tiny"
 
 
+def test_characters_yaml_does_not_allow_are_a_message():
+    assert refusal("version: 1\nslug: ab\x00c\n") == [
+        "(document): YAML does not allow the character #x0000 (at line 2, column 9)"
+    ]
+
+
 def test_oversized_file_is_refused_without_reading_it_all(tmp_path):
     big = tmp_path / "big.yaml"
     big.write_text(BASE_YAML + "# " + "x" * (10 * LIMITS.document_bytes))
