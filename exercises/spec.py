@@ -1311,7 +1311,7 @@ def _message(err: dict, where: _Location) -> str:
     kind = err["type"]
     value = err.get("input")
     got = f" (got {_describe(value)})"
-    if where.is_key:
+    if where.is_key and kind == "string_type":
         return f"names must be strings{got}"
     if kind == "missing":
         return "required field is missing"

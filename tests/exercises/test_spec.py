@@ -939,7 +939,12 @@ def test_names_and_amqp_short_strings_are_at_most_255_bytes():
         "x-dead-letter-routing-key": "r" * 300,
     }
     data["workloads"]["consumers"][0]["queue"] = "q" * 256
+    data["workloads"]["producers"][0]["headers"] = {"h" * 300: 1}
     found = errors(data)
+    assert (
+        f'workloads.producers[0].headers["{"h" * 40}… (300 characters)"]: must be at most 255 '
+        "bytes in UTF-8 (got 300 bytes)" in found
+    )
     assert "topology.queues[0].name: must be at most 255 bytes in UTF-8 (got 256 bytes)" in found
     assert (
         "topology.queues[1].arguments.x-dead-letter-routing-key: must be at most 255 bytes in "
