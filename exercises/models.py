@@ -32,9 +32,9 @@ class Exercise(models.Model):
 
     @cached_property
     def spec(self):
-        from .spec import parse_spec
+        from .spec import parse_spec_cached
 
-        return parse_spec(self.source, source=self.slug)
+        return parse_spec_cached(self.source, source=self.slug)
 
 
 def _session_id() -> str:
@@ -93,9 +93,9 @@ class LabSession(models.Model):
 
     @cached_property
     def spec(self):
-        from .spec import parse_spec
+        from .spec import parse_spec_cached
 
-        return parse_spec(self.source, source=self.vhost)
+        return parse_spec_cached(self.source, source=self.vhost)
 
 
 class Workload(models.Model):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import markdown
 import nh3
 from django.utils.safestring import SafeString, mark_safe
 
 from .models import Exercise, LabSession
+from .spec import SpecError
 from .topology import lab_graph
+
+log = logging.getLogger(__name__)
 
 LEVELS = ["beginner", "intermediate", "advanced"]
 
@@ -43,9 +48,22 @@ def exercise_card(exercise: Exercise, lang: str) -> dict:
     }
 
 
+def _readable(exercise: Exercise) -> bool:
+    """Whether the stored document still reads. One saved under looser limits of an
+    earlier release is left out of the catalogue (and logged), not allowed to break it."""
+    try:
+        exercise.spec  # noqa: B018 - parsed once per version, then remembered
+    except SpecError as exc:
+        log.warning(
+            "exercise %s (version %s) is not valid: %s", exercise.slug, exercise.version, exc
+        )
+        return False
+    return True
+
+
 def exercise_cards(*, lang: str, tag: str = "", level: str = "") -> tuple[list[dict], list[str]]:
     """Cards matching the filters, and every tag there is (for the filter)."""
-    exercises = list(Exercise.objects.filter(published=True))
+    exercises = [e for e in Exercise.objects.filter(published=True) if _readable(e)]
     exercises.sort(key=lambda e: (LEVELS.index(e.level) if e.level in LEVELS else 9, e.title))
     tags = sorted({t for e in exercises for t in e.tags})
     cards = [

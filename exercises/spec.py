@@ -6,25 +6,28 @@ a learner follows, each with checkpoints that the console evaluates automaticall
 
 Public API:
 
-- `parse_spec(text, source=...)`: YAML text to a validated `ExerciseSpec`.
+- `parse_spec(text, source=...)`: YAML text (or UTF-8 bytes) to a validated `ExerciseSpec`.
+- `parse_spec_cached(text, source=...)`: the same, kept in memory for stored documents.
 - `load_spec_file(path)`: the same for a file.
 - `validate_data(data)`: an already parsed mapping to a validated `ExerciseSpec`.
 
 Every problem is reported at once in one `SpecError`, each message as
 `path: message` where the path is dotted with `[i]` for list items, for example
 `topology.queues[2].arguments.x-max-priority: must be an integer from 1 to 255`.
+A message quotes at most a short excerpt of a value. The YAML is read within the limits of
+`exercises.limits` (`exercises.safe_yaml`), before anything is built from it.
 The format is described for authors in `docs/exercise-format.md`.
 """
 
-import contextlib
+import functools
 import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -35,7 +38,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from labconsole.workloads.payload import TemplateError, compile_template
+from labconsole.workloads.payload import compile_template
+
+from .limits import LIMITS, excerpt, format_path
+from .safe_yaml import DocumentRefused, load_document
 
 __all__ = [
     "BUILTIN_EXCHANGES",
@@ -67,15 +73,22 @@ __all__ = [
     "Workloads",
     "load_spec_file",
     "parse_spec",
+    "parse_spec_cached",
+    "spec_cache_clear",
     "validate_data",
 ]
 
 
 class SpecError(Exception):
-    """An exercise document is not valid. `errors` holds every problem as "path: message"."""
+    """An exercise document is not valid. `errors` holds every problem as "path: message",
+    at most `LIMITS.errors` of them (the last one then says how many more there were)."""
 
     def __init__(self, errors: Iterable[str]):
-        self.errors: list[str] = list(errors)
+        found = list(errors)
+        if len(found) > LIMITS.errors:
+            more = len(found) - LIMITS.errors + 1
+            found = [*found[: LIMITS.errors - 1], f"(document): and {more} more problems"]
+        self.errors: list[str] = found
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
@@ -115,7 +128,6 @@ BUILTIN_EXCHANGES: dict[str, str] = {
 }
 
 X_MATCH_VALUES = ("all", "any", "all-with-x", "any-with-x")
-MAX_NAME_LENGTH = 255
 
 
 def _is_int(value: Any) -> bool:
@@ -126,8 +138,38 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _names(values: Iterable[str]) -> str:
-    return ", ".join(values) or "none"
+def _names(values: Iterable[Any], *, limit: int = 20) -> str:
+    """A list of names for a message: the first `limit`, each cut short."""
+    values = list(values)
+    shown = ", ".join(excerpt(v, limit=40) for v in values[:limit])
+    if len(values) > limit:
+        shown += f" and {len(values) - limit} more"
+    return shown or "none"
+
+
+def _declared(values: Iterable[Any]) -> str:
+    """The names a document declared, for a message: the first ten."""
+    return _names(values, limit=10)
+
+
+def _q(value: Any) -> str:
+    """A value quoted in a message: at most an excerpt of it."""
+    return f"'{excerpt(value)}'"
+
+
+def _shortstr_problem(value: str) -> str | None:
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > LIMITS.shortstr_bytes:
+        return f"must be at most {LIMITS.shortstr_bytes} bytes in UTF-8 (got {size} bytes)"
+    return None
+
+
+def _shortstr(value: str) -> str:
+    """AMQP sends names and routing keys as short strings: 255 bytes at most."""
+    problem = _shortstr_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 def _number_to_str(value: Any) -> Any:
@@ -137,7 +179,10 @@ def _number_to_str(value: Any) -> Any:
     return value
 
 
-RoutingKey = Annotated[str, BeforeValidator(_number_to_str)]
+RoutingKey = Annotated[str, BeforeValidator(_number_to_str), AfterValidator(_shortstr)]
+#: The name of an exchange or a queue where one is referred to (declared ones are
+#: checked further by their models).
+Name = Annotated[str, AfterValidator(_shortstr)]
 
 
 def _spec_items(items: list[tuple[tuple[str | int, ...], str]]) -> PydanticCustomError:
@@ -146,7 +191,22 @@ def _spec_items(items: list[tuple[tuple[str | int, ...], str]]) -> PydanticCusto
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    # Frozen: one parsed spec is shared by every page that shows the exercise.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        frozen=True,
+        str_max_length=LIMITS.text_chars,
+    )
+
+
+def _items(limit: int) -> Any:
+    return Field(default_factory=list, max_length=limit)
+
+
+def _mapping() -> Any:
+    return Field(default_factory=dict, max_length=LIMITS.items)
 
 
 # --------------------------------------------------------------------------------------
@@ -195,9 +255,7 @@ def _check_object_name(value: str) -> str:
         raise ValueError("must not be empty")
     if value.startswith("amq."):
         raise ValueError("names starting with 'amq.' are reserved by the broker")
-    if len(value.encode()) > MAX_NAME_LENGTH:
-        raise ValueError(f"must be at most {MAX_NAME_LENGTH} bytes long")
-    return value
+    return _shortstr(value)
 
 
 EXCHANGE_ARGUMENTS = ("alternate-exchange", "hash-header", "hash-property")
@@ -210,7 +268,7 @@ class Exchange(_Model):
     durable: bool = True
     auto_delete: bool = False
     internal: bool = False
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: dict[str, Any] = _mapping()
 
     @field_validator("name")
     @classmethod
@@ -225,11 +283,15 @@ class Exchange(_Model):
             if key == "alternate-exchange":
                 if not isinstance(value, str) or not value:
                     items.append((path, "must be the name of a declared exchange"))
+                elif problem := _shortstr_problem(value):
+                    items.append((path, problem))
             elif key in ("hash-header", "hash-property"):
                 if self.type != "x-consistent-hash":
                     items.append((path, "only x-consistent-hash exchanges take this argument"))
                 elif key == "hash-header" and (not isinstance(value, str) or not value):
                     items.append((path, "must be a header name"))
+                elif key == "hash-header" and (problem := _shortstr_problem(value)):
+                    items.append((path, problem))
                 elif key == "hash-property" and value not in HASH_PROPERTIES:
                     items.append((path, f"must be one of: {_names(HASH_PROPERTIES)}"))
                 elif key == "hash-property" and "hash-header" in self.arguments:
@@ -292,18 +354,19 @@ def _queue_argument_problem(key: str, value: Any, queue_type: str) -> str | None
     if key in ("x-max-priority", "x-queue-mode") and queue_type != "classic":
         return f"only classic queues support this argument (this queue is {queue_type})"
 
+    ms, int64 = LIMITS.milliseconds, LIMITS.int64
     if key == "x-message-ttl":
-        if not (_is_int(value) and value >= 0):
-            return "must be an integer number of milliseconds, 0 or more"
+        if not (_is_int(value) and 0 <= value <= ms):
+            return f"must be an integer number of milliseconds from 0 to {ms}"
     elif key == "x-expires":
-        if not (_is_int(value) and value >= 1):
-            return "must be an integer number of milliseconds, 1 or more"
+        if not (_is_int(value) and 1 <= value <= ms):
+            return f"must be an integer number of milliseconds from 1 to {ms}"
     elif key in ("x-max-length", "x-max-length-bytes", "x-delivery-limit"):
-        if not (_is_int(value) and value >= 0):
-            return "must be an integer, 0 or more"
+        if not (_is_int(value) and 0 <= value <= int64):
+            return f"must be an integer from 0 to {int64}"
     elif key == "x-stream-max-segment-size-bytes":
-        if not (_is_int(value) and value >= 1):
-            return "must be an integer number of bytes, 1 or more"
+        if not (_is_int(value) and 1 <= value <= int64):
+            return f"must be an integer number of bytes from 1 to {int64}"
     elif key == "x-overflow":
         if value not in OVERFLOW_VALUES:
             return f"must be one of: {_names(OVERFLOW_VALUES)}"
@@ -315,9 +378,11 @@ def _queue_argument_problem(key: str, value: Any, queue_type: str) -> str | None
     elif key == "x-dead-letter-exchange":
         if not isinstance(value, str):
             return 'must be the name of a declared exchange, or "" for the default exchange'
+        return _shortstr_problem(value)
     elif key == "x-dead-letter-routing-key":
         if not isinstance(value, str):
             return "must be a string"
+        return _shortstr_problem(value)
     elif key == "x-max-age":
         if not (isinstance(value, str) and MAX_AGE_RE.match(value)):
             return 'must be a number followed by a unit Y, M, D, h, m or s, like "7D" or "1h"'
@@ -334,7 +399,7 @@ class Queue(_Model):
     type: Literal["classic", "quorum", "stream"] = "classic"
     durable: bool = True
     auto_delete: bool = False
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: dict[str, Any] = _mapping()
 
     @field_validator("name")
     @classmethod
@@ -370,11 +435,11 @@ class Queue(_Model):
 
 
 class Binding(_Model):
-    source: str
-    destination: str
+    source: Name
+    destination: Name
     destination_type: Literal["queue", "exchange"] = "queue"
     routing_key: RoutingKey = ""
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: dict[str, Any] = _mapping()
 
     @field_validator("destination")
     @classmethod
@@ -384,12 +449,13 @@ class Binding(_Model):
         return value
 
 
+#: Integer keys of a policy's definition: (least, greatest).
 POLICY_INT_KEYS = {
-    "message-ttl": 0,
-    "max-length": 0,
-    "max-length-bytes": 0,
-    "delivery-limit": 0,
-    "expires": 1,
+    "message-ttl": (0, LIMITS.milliseconds),
+    "max-length": (0, LIMITS.int64),
+    "max-length-bytes": (0, LIMITS.int64),
+    "delivery-limit": (0, LIMITS.int64),
+    "expires": (1, LIMITS.milliseconds),
 }
 
 
@@ -398,7 +464,7 @@ class Policy(_Model):
     pattern: str
     apply_to: Literal["queues", "exchanges", "all"] = "queues"
     priority: int = 0
-    definition: dict[str, Any]
+    definition: dict[str, Any] = Field(max_length=LIMITS.items)
 
     @field_validator("name")
     @classmethod
@@ -422,19 +488,19 @@ class Policy(_Model):
         if not value:
             raise ValueError("must set at least one key, like message-ttl or max-length")
         items = []
-        for key, minimum in POLICY_INT_KEYS.items():
-            if key in value and not (_is_int(value[key]) and value[key] >= minimum):
-                items.append(((key,), f"must be an integer, {minimum} or more"))
+        for key, (least, greatest) in POLICY_INT_KEYS.items():
+            if key in value and not (_is_int(value[key]) and least <= value[key] <= greatest):
+                items.append(((key,), f"must be an integer from {least} to {greatest}"))
         if items:
             raise _spec_items(items)
         return value
 
 
 class Topology(_Model):
-    exchanges: list[Exchange] = Field(default_factory=list)
-    queues: list[Queue] = Field(default_factory=list)
-    bindings: list[Binding] = Field(default_factory=list)
-    policies: list[Policy] = Field(default_factory=list)
+    exchanges: list[Exchange] = _items(LIMITS.exchanges)
+    queues: list[Queue] = _items(LIMITS.queues)
+    bindings: list[Binding] = _items(LIMITS.bindings)
+    policies: list[Policy] = _items(LIMITS.policies)
 
 
 # --------------------------------------------------------------------------------------
@@ -447,7 +513,7 @@ HeaderValue = str | int | float | bool
 class MessageProperties(_Model):
     persistent: bool = False
     priority: int | None = Field(default=None, ge=0, le=255)
-    expiration: int | None = Field(default=None, ge=0)
+    expiration: int | None = Field(default=None, ge=0, le=LIMITS.milliseconds)
     content_type: str = "application/json"
     message_id: Literal["uuid", "sequence"] = "uuid"
 
@@ -457,12 +523,12 @@ DEFAULT_PAYLOAD = '{"n": {n}}'
 
 class Producer(_Model):
     name: WorkloadName
-    exchange: str = ""
+    exchange: Name = ""
     routing_key: RoutingKey = ""
-    routing_keys: list[RoutingKey] = Field(default_factory=list)
-    headers: dict[str, HeaderValue] = Field(default_factory=dict)
+    routing_keys: list[RoutingKey] = _items(LIMITS.items)
+    headers: dict[Name, HeaderValue] = _mapping()
     rate: float = Field(default=1.0, ge=0.2, le=10000)
-    count: int | None = Field(default=None, ge=1)
+    count: int | None = Field(default=None, ge=1, le=LIMITS.int64)
     duration: float | None = Field(default=None, gt=0)
     payload: str = DEFAULT_PAYLOAD
     properties: MessageProperties = Field(default_factory=MessageProperties)
@@ -478,6 +544,10 @@ class Producer(_Model):
                 ((key,), "must be a string, a number or true/false")
                 for key, item in value.items()
                 if not isinstance(item, str | int | float | bool)
+            ] + [
+                ((key,), f"must be an integer from {-LIMITS.int64 - 1} to {LIMITS.int64}")
+                for key, item in value.items()
+                if _is_int(item) and not -LIMITS.int64 - 1 <= item <= LIMITS.int64
             ]
             if items:
                 raise _spec_items(items)
@@ -488,8 +558,8 @@ class Producer(_Model):
     def _payload(cls, value: str) -> str:
         try:
             compile_template(value)
-        except TemplateError as exc:
-            raise _spec_items([((), str(exc))]) from None
+        except ValueError as exc:  # a TemplateError, or int() refusing thousands of digits
+            raise _spec_items([((), excerpt(str(exc), limit=200))]) from None
         return value
 
     @model_validator(mode="after")
@@ -529,9 +599,9 @@ class Behaviour(_Model):
     fail: float = Field(default=0.0, ge=0, le=1)
     on_fail: Literal["reject", "nack"] = "reject"
     requeue: bool = False
-    crash_after: int | None = Field(default=None, ge=1)
-    park_after: int | None = Field(default=None, ge=1)
-    park_exchange: str = ""
+    crash_after: int | None = Field(default=None, ge=1, le=LIMITS.int64)
+    park_after: int | None = Field(default=None, ge=1, le=LIMITS.int64)
+    park_exchange: Name = ""
     park_routing_key: RoutingKey = ""
 
     @model_validator(mode="after")
@@ -543,7 +613,7 @@ class Behaviour(_Model):
 
 class Consumer(_Model):
     name: WorkloadName
-    queue: str
+    queue: Name
     prefetch: int = Field(default=0, ge=0, le=65535)
     ack: Literal["manual", "auto"] = "manual"
     behaviour: Behaviour = Field(default_factory=Behaviour)
@@ -570,8 +640,8 @@ class Consumer(_Model):
 
 
 class Workloads(_Model):
-    producers: list[Producer] = Field(default_factory=list)
-    consumers: list[Consumer] = Field(default_factory=list)
+    producers: list[Producer] = _items(LIMITS.producers)
+    consumers: list[Consumer] = _items(LIMITS.consumers)
 
 
 # --------------------------------------------------------------------------------------
@@ -582,9 +652,9 @@ class QueueMessagesCheck(_Model):
     """Ready messages in `queue`, read from the broker, are within [min, max]."""
 
     type: Literal["queue_messages"]
-    queue: str
-    min: int | None = Field(default=None, ge=0)
-    max: int | None = Field(default=None, ge=0)
+    queue: Name
+    min: int | None = Field(default=None, ge=0, le=LIMITS.int64)
+    max: int | None = Field(default=None, ge=0, le=LIMITS.int64)
 
     @model_validator(mode="after")
     def _bounds(self) -> "QueueMessagesCheck":
@@ -596,8 +666,8 @@ class QueueMessagesCheck(_Model):
 
 
 class _BindingCheck(_Model):
-    source: str
-    destination: str
+    source: Name
+    destination: Name
     destination_type: Literal["queue", "exchange"] = "queue"
     routing_key: RoutingKey | None = None
 
@@ -629,16 +699,18 @@ class RoutedOnlyToCheck(_Model):
     (an empty list means unroutable)."""
 
     type: Literal["routed_only_to"]
-    exchange: str = ""
+    exchange: Name = ""
     routing_key: RoutingKey
-    queues: list[str]
-    min_messages: int = Field(default=1, ge=1)
+    queues: list[Name] = Field(max_length=LIMITS.items)
+    min_messages: int = Field(default=1, ge=1, le=LIMITS.int64)
 
     @field_validator("queues")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
         items = [
-            ((i,), f"'{name}' is listed twice") for i, name in enumerate(value) if name in value[:i]
+            ((i,), f"{_q(name)} is listed twice")
+            for i, name in enumerate(value)
+            if name in value[:i]
         ]
         if items:
             raise _spec_items(items)
@@ -649,8 +721,8 @@ class DeliveredCheck(_Model):
     """From the recorded flow: at least `min` deliveries from `queue` to consumers."""
 
     type: Literal["delivered"]
-    queue: str
-    min: int = Field(default=1, ge=1)
+    queue: Name
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
 
 
 class AckedCheck(_Model):
@@ -658,7 +730,7 @@ class AckedCheck(_Model):
 
     type: Literal["acked"]
     workload: str
-    min: int = Field(default=1, ge=1)
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
 
 
 class DeadLetteredCheck(_Model):
@@ -672,10 +744,10 @@ class DeadLetteredCheck(_Model):
     """
 
     type: Literal["dead_lettered"]
-    queue: str
-    min: int = Field(default=1, ge=1)
+    queue: Name
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
     reason: Literal["rejected", "expired", "maxlen", "delivery_limit"] | None = None
-    retries: int | None = Field(default=None, ge=1)
+    retries: int | None = Field(default=None, ge=1, le=LIMITS.int64)
 
 
 PRODUCER_SETTINGS = ("rate", "running", "routing_key")
@@ -708,6 +780,8 @@ def _setting_value_problem(field: str, value: Any) -> str | None:
     elif field == "routing_key":
         if not isinstance(value, str):
             return "routing_key must be a string"
+        if problem := _shortstr_problem(value):
+            return f"routing_key {problem}"
     elif field == "fail":
         if not (_is_number(value) and 0 <= value <= 1):
             return "fail must be a number from 0 to 1"
@@ -739,7 +813,7 @@ class PublishedCheck(_Model):
 
     type: Literal["published"]
     workload: str
-    min: int = Field(default=1, ge=1)
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
 
 
 Check = Annotated[
@@ -774,8 +848,8 @@ class Step(_Model):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     title: LocalizedText
     instructions: LocalizedText
-    hints: list[LocalizedText] = Field(default_factory=list)
-    checkpoints: list[Checkpoint] = Field(default_factory=list)
+    hints: list[LocalizedText] = _items(LIMITS.items)
+    checkpoints: list[Checkpoint] = _items(LIMITS.checkpoints)
 
 
 # --------------------------------------------------------------------------------------
@@ -783,17 +857,27 @@ class Step(_Model):
 
 
 class ExerciseSpec(_Model):
-    version: Literal[1]
+    # An int, strictly: `version: 1.0` and `version: true` are not version 1.
+    version: int
     slug: Annotated[str, Field(pattern=SLUG_PATTERN)]
     title: LocalizedText
     summary: LocalizedText
     description: LocalizedText
     level: Literal["beginner", "intermediate", "advanced"]
     minutes: int = Field(ge=1, le=240)
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = _items(LIMITS.items)
     topology: Topology
     workloads: Workloads = Field(default_factory=Workloads)
-    steps: list[Step] = Field(default_factory=list)
+    steps: list[Step] = _items(LIMITS.steps)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                f"unsupported format version {excerpt(value)}; this console reads version 1"
+            )
+        return value
 
     @field_validator("tags")
     @classmethod
@@ -861,14 +945,14 @@ class _CrossReferences:
         seen: dict[str, str] = {}
         for path, name in entries:
             if name in seen:
-                self.add(path, f"duplicate {what} '{name}' (first at {seen[name]})")
+                self.add(path, f"duplicate {what} {_q(name)} (first at {seen[name]})")
             else:
                 seen[name] = path
 
     def queue_problem(self, name: str) -> str | None:
         if name in self.queues:
             return None
-        return f"'{name}' is not a declared queue (declared queues: {_names(self.queues)})"
+        return f"{_q(name)} is not a declared queue (declared queues: {_declared(self.queues)})"
 
     def exchange_problem(self, name: str, *, default_ok: bool, builtin_ok: bool) -> str | None:
         if name in self.exchanges:
@@ -877,7 +961,8 @@ class _CrossReferences:
             return None
         if name in BUILTIN_EXCHANGES and builtin_ok:
             return None
-        return f"'{name}' is not a declared exchange (declared exchanges: {_names(self.exchanges)})"
+        declared = _declared(self.exchanges)
+        return f"{_q(name)} is not a declared exchange (declared exchanges: {declared})"
 
     def exchange_type(self, name: str) -> str | None:
         if name in self.exchanges:
@@ -951,31 +1036,31 @@ class _CrossReferences:
         seen_bindings: dict[tuple, int] = {}
         for i, binding in enumerate(spec.topology.bindings):
             path = f"topology.bindings[{i}]"
-            prefix = f"binding from '{binding.source}' to '{binding.destination}'"
+            prefix = f"binding from {_q(binding.source)} to {_q(binding.destination)}"
             if binding.source == "":
                 self.add(
                     f"{path}.source",
-                    f"binding from the default exchange to '{binding.destination}': "
+                    f"binding from the default exchange to {_q(binding.destination)}: "
                     "the default exchange cannot be bound (it routes by queue name)",
                 )
             elif binding.source not in self.exchanges and binding.source not in BUILTIN_EXCHANGES:
                 self.add(
                     f"{path}.source",
-                    f"{prefix}: '{binding.source}' is not a declared exchange "
-                    f"(declared exchanges: {_names(self.exchanges)})",
+                    f"{prefix}: {_q(binding.source)} is not a declared exchange "
+                    f"(declared exchanges: {_declared(self.exchanges)})",
                 )
             if binding.destination_type == "queue":
                 if binding.destination not in self.queues:
                     self.add(
                         f"{path}.destination",
-                        f"{prefix}: '{binding.destination}' is not a declared queue "
-                        f"(declared queues: {_names(self.queues)})",
+                        f"{prefix}: {_q(binding.destination)} is not a declared queue "
+                        f"(declared queues: {_declared(self.queues)})",
                     )
             elif binding.destination not in self.exchanges:
                 self.add(
                     f"{path}.destination",
-                    f"{prefix}: '{binding.destination}' is not a declared exchange "
-                    f"(declared exchanges: {_names(self.exchanges)})",
+                    f"{prefix}: {_q(binding.destination)} is not a declared exchange "
+                    f"(declared exchanges: {_declared(self.exchanges)})",
                 )
             x_match = binding.arguments.get("x-match", "all")
             if self.exchange_type(binding.source) == "headers" and x_match not in X_MATCH_VALUES:
@@ -1008,7 +1093,7 @@ class _CrossReferences:
             elif producer.exchange in self.exchanges and self.exchanges[producer.exchange].internal:
                 self.add(
                     f"{path}.exchange",
-                    f"'{producer.exchange}' is an internal exchange: it only receives messages "
+                    f"{_q(producer.exchange)} is an internal exchange: it only receives messages "
                     "from other exchanges, and clients cannot publish to it",
                 )
             elif producer.exchange == "":
@@ -1023,8 +1108,8 @@ class _CrossReferences:
                     if key not in self.queues:
                         self.add(
                             key_path,
-                            f"the default exchange routes by queue name; '{key}' is not a "
-                            f"declared queue (declared queues: {_names(self.queues)})",
+                            f"the default exchange routes by queue name; {_q(key)} is not a "
+                            f"declared queue (declared queues: {_declared(self.queues)})",
                         )
 
         for i, consumer in enumerate(self.spec.workloads.consumers):
@@ -1047,8 +1132,8 @@ class _CrossReferences:
                 self.add(
                     f"{path}.behaviour.park_routing_key",
                     'with the default exchange (park_exchange "") this names the parking '
-                    f"queue; '{behaviour.park_routing_key}' is not a declared queue "
-                    f"(declared queues: {_names(self.queues)})",
+                    f"queue; {_q(behaviour.park_routing_key)} is not a declared queue "
+                    f"(declared queues: {_declared(self.queues)})",
                 )
 
     def steps(self) -> None:
@@ -1080,21 +1165,21 @@ class _CrossReferences:
                 if check.field not in PRODUCER_SETTINGS:
                     self.add(
                         f"{path}.field",
-                        f"producers have no setting '{check.field}' "
+                        f"producers have no setting {_q(check.field)} "
                         f"(producer settings: {_names(PRODUCER_SETTINGS)})",
                     )
             elif check.workload in self.consumers:
                 if check.field not in CONSUMER_SETTINGS:
                     self.add(
                         f"{path}.field",
-                        f"consumers have no setting '{check.field}' "
+                        f"consumers have no setting {_q(check.field)} "
                         f"(consumer settings: {_names(CONSUMER_SETTINGS)})",
                     )
             else:
                 self.add(
                     f"{path}.workload",
-                    f"'{check.workload}' is not a declared workload "
-                    f"(declared workloads: {_names([*self.producers, *self.consumers])})",
+                    f"{_q(check.workload)} is not a declared workload "
+                    f"(declared workloads: {_declared([*self.producers, *self.consumers])})",
                 )
         # binding_exists / binding_absent read the live broker: the learner may create the
         # objects at run time, so their names need not be declared.
@@ -1102,24 +1187,12 @@ class _CrossReferences:
     def not_a(self, kind: str, name: str) -> str:
         names = self.consumers if kind == "consumer" else self.producers
         if name in self.producers or name in self.consumers:
-            return f"'{name}' is not a {kind} (declared {kind}s: {_names(names)})"
-        return f"'{name}' is not a declared {kind} (declared {kind}s: {_names(names)})"
+            return f"{_q(name)} is not a {kind} (declared {kind}s: {_declared(names)})"
+        return f"{_q(name)} is not a declared {kind} (declared {kind}s: {_declared(names)})"
 
 
 # --------------------------------------------------------------------------------------
 # Turning pydantic's errors into "path: message"
-
-
-def _format_path(loc: Iterable[str | int]) -> str:
-    out = ""
-    for item in loc:
-        if isinstance(item, int):
-            out += f"[{item}]"
-        elif re.fullmatch(r"[A-Za-z0-9_\-]+", item):
-            out += f".{item}" if out else item
-        else:
-            out += f"[{json.dumps(item, ensure_ascii=False)}]"
-    return out
 
 
 def _strip_optional(tp: Any) -> Any:
@@ -1186,8 +1259,11 @@ def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return f"the number {value}"
+        return f"the number {excerpt(value)}"
     if isinstance(value, str):
+        if len(value) > LIMITS.excerpt_chars:
+            start = json.dumps(value[: LIMITS.excerpt_chars], ensure_ascii=False)
+            return f"a string of {len(value)} characters starting {start}…"
         return f"the string {json.dumps(value, ensure_ascii=False)}"
     if isinstance(value, list):
         return "a list"
@@ -1207,9 +1283,9 @@ def _bounds(field: Any) -> dict[str, Any]:
 
 
 def _num(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return str(int(value))
-    return str(value)
+    return excerpt(value)
 
 
 def _range_message(field: Any, err: dict) -> str:
@@ -1235,7 +1311,7 @@ def _message(err: dict, where: _Location) -> str:
     kind = err["type"]
     value = err.get("input")
     got = f" (got {_describe(value)})"
-    if where.is_key:
+    if where.is_key and kind == "string_type":
         return f"names must be strings{got}"
     if kind == "missing":
         return "required field is missing"
@@ -1245,8 +1321,6 @@ def _message(err: dict, where: _Location) -> str:
         return f"unknown field (expected one of: {expected})"
     if kind == "literal_error":
         options = [v for v in get_args(_strip_optional(where.type))] if where.type else []
-        if where.path == ["version"]:
-            return f"unsupported format version {value!r}; this console reads version 1"
         if len(options) == 1:
             return f"must be {options[0]!r}{got}"
         if options:
@@ -1274,14 +1348,22 @@ def _message(err: dict, where: _Location) -> str:
         return _range_message(where.field, err)
     if kind == "string_too_short":
         return "must not be empty"
+    if kind == "string_too_long":
+        limit = err.get("ctx", {}).get("max_length")
+        return f"must be at most {limit} characters{got}"
+    if kind == "too_long":
+        ctx = err.get("ctx", {})
+        items = "keys" if isinstance(value, dict) else "items"
+        return f"must have at most {ctx.get('max_length')} {items} (got {ctx.get('actual_length')})"
     if kind == "string_pattern_mismatch":
         pattern = err.get("ctx", {}).get("pattern")
         return _PATTERN_MESSAGES.get(pattern, f"must match {pattern}") + got
     if kind in ("value_error", "assertion_error"):
         error = err.get("ctx", {}).get("error")
-        return str(error) if error is not None else err["msg"]
+        return excerpt(str(error), limit=300) if error is not None else err["msg"]
     if kind == "union_tag_invalid":
-        return f"unknown check type {value.get('type')!r} (expected one of: {_names(CHECK_TYPES)})"
+        tag = _q(value.get("type"))
+        return f"unknown check type {tag} (expected one of: {_names(CHECK_TYPES)})"
     if kind == "union_tag_not_found":
         return f"required field is missing (one of: {_names(CHECK_TYPES)})"
     return err["msg"]
@@ -1294,56 +1376,16 @@ def _errors_from_validation(exc: ValidationError) -> list[str]:
         path = list(where.path)
         if err["type"] == "spec_items":
             for subpath, message in err["ctx"]["items"]:
-                out.append(f"{_format_path([*path, *subpath]) or '(document)'}: {message}")
+                out.append(f"{format_path([*path, *subpath]) or '(document)'}: {message}")
             continue
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             path.append("type")
-        out.append(f"{_format_path(path) or '(document)'}: {_message(err, where)}")
+        out.append(f"{format_path(path) or '(document)'}: {_message(err, where)}")
     return out
 
 
 # --------------------------------------------------------------------------------------
 # Entry points
-
-
-class _Loader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys in a mapping."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    seen: dict[Any, Any] = {}
-    for key_node, _value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            duplicate = key in seen
-        except TypeError:
-            duplicate = False
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {key!r} (first at line {seen[key].line + 1})",
-                key_node.start_mark,
-            )
-        with contextlib.suppress(TypeError):  # an unhashable key: YAML reports it itself
-            seen[key] = key_node.start_mark
-    return loader.construct_mapping(node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
-    context_mark = getattr(exc, "context_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
-        context = f"{context} started at line {context_mark.line + 1}"
-    detail = f"{problem} ({context})" if context else problem
-    return f"{source}: YAML syntax error{where}: {detail}"
 
 
 def _validate(data: Any, source: str) -> ExerciseSpec:
@@ -1356,23 +1398,50 @@ def _validate(data: Any, source: str) -> ExerciseSpec:
         raise SpecError(_errors_from_validation(exc)) from None
 
 
-def parse_spec(text: str, *, source: str = "<string>") -> ExerciseSpec:
-    """Parse and validate one exercise document (YAML). Raises SpecError."""
+def parse_spec(text: str | bytes, *, source: str = "(document)") -> ExerciseSpec:
+    """Parse and validate one exercise document: YAML as text, or as bytes that must be
+    UTF-8. Raises SpecError."""
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
-    except yaml.YAMLError as exc:
-        raise SpecError([_yaml_error(exc, source)]) from None
+        data = load_document(text, source=source)
+    except DocumentRefused as exc:
+        raise SpecError(exc.errors) from None
     return _validate(data, source)
 
 
+@functools.lru_cache(maxsize=LIMITS.cached_specs)
+def _parse_stored(text: str) -> ExerciseSpec:
+    return parse_spec(text)
+
+
+def parse_spec_cached(text: str, *, source: str) -> ExerciseSpec:
+    """`parse_spec` for a document kept in the database, remembered by its text.
+
+    An exercise's source only changes together with its version (a lab pins the text of
+    the version it started with), so the text is the version's key: every page that shows
+    it shares one parse, and an edit is parsed once, when it is first shown. Specs are
+    frozen models, safe to share. A document that fails is not remembered; it is parsed
+    again so that the error names `source`."""
+    try:
+        return _parse_stored(text)
+    except SpecError:
+        return parse_spec(text, source=source)
+
+
+def spec_cache_clear() -> None:
+    """Forget every remembered spec (tests that count parses start from here)."""
+    _parse_stored.cache_clear()
+
+
 def load_spec_file(path: str | Path) -> ExerciseSpec:
-    """Read, parse and validate an exercise file. Raises SpecError (also if unreadable)."""
+    """Read, parse and validate an exercise file. Raises SpecError (also if unreadable or
+    larger than the limit, which is found without reading the whole file)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([f"{path}: cannot read the file: {exc}"]) from None
-    return parse_spec(text, source=str(path))
+        with path.open("rb") as file:
+            raw = file.read(LIMITS.document_bytes + 1)
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read the file: {excerpt(str(exc), limit=200)}"]) from None
+    return parse_spec(raw, source=str(path))
 
 
 def validate_data(data: dict) -> ExerciseSpec:

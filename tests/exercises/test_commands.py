@@ -28,6 +28,29 @@ def test_validate_prints_paths_and_exits_1(tmp_path, capsys):
     )
 
 
+def test_validate_refuses_hostile_files_naming_where(tmp_path, capsys):
+    """An alias bomb, a 600-level nesting and a file that is not UTF-8: one line each,
+    naming the file and where in it, and no traceback."""
+    bomb = tmp_path / "bomb.yaml"
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb.write_text("\n".join(lines) + "\n")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("version: 1\nsteps: " + "[" * 600 + "]" * 600 + "\n")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("version: 1\nslug: café\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("exercise", "validate", str(bomb), str(deep), str(latin1))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{bomb}: a3[7]: the document holds more than 10000 values, counting each alias as "
+        "everything it repeats (line 4)",
+        f"{deep}: steps" + "[0]" * 31 + ": mappings and lists nest deeper than 32 levels (line 2)",
+        f"{latin1}: the document is not UTF-8 text: byte 0xe9 at offset 20 (line 2)",
+    ]
+
+
 def test_validate_accepts_the_catalogue(capsys):
     call_command("exercise", "validate", "exercises/catalogue/direct-routing.yaml")
     assert "valid (direct-routing" in capsys.readouterr().out

@@ -2,11 +2,15 @@
 
 import copy
 import re
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from exercises.limits import LIMITS
 from exercises.spec import (
     CHECK_TYPES,
     DeadLetteredCheck,
@@ -15,6 +19,7 @@ from exercises.spec import (
     SpecError,
     load_spec_file,
     parse_spec,
+    parse_spec_cached,
     validate_data,
 )
 from labconsole.workloads.payload import compile_template
@@ -229,9 +234,7 @@ def test_yaml_bad_indentation_reports_its_line():
 def test_yaml_duplicate_key():
     with pytest.raises(SpecError) as info:
         parse_spec("version: 1\nslug: a\nslug: b\n", source="dup.yaml")
-    assert str(info.value) == (
-        "dup.yaml: YAML syntax error at line 3, column 1: duplicate key 'slug' (first at line 2)"
-    )
+    assert str(info.value) == "slug: duplicate key at line 3 (first at line 2)"
 
 
 def test_top_level_list_is_refused():
@@ -352,7 +355,7 @@ def test_bad_argument_values():
         "x-max-age": "7D",
     }
     found = errors(data)
-    assert has(found, "topology.queues[0].arguments.x-message-ttl", "0 or more")
+    assert has(found, "topology.queues[0].arguments.x-message-ttl", "from 0 to 4294967295")
     assert has(found, "topology.queues[0].arguments.x-overflow", "drop-head, reject-publish")
     assert has(found, "topology.queues[0].arguments.x-max-age", "only stream queues")
 
@@ -510,7 +513,10 @@ def test_policy_pattern_and_definition():
     ]
     found = errors(data)
     assert has(found, "topology.policies[0].pattern", "is not a valid regular expression")
-    assert "topology.policies[0].definition.message-ttl: must be an integer, 0 or more" in found
+    assert (
+        "topology.policies[0].definition.message-ttl: must be an integer from 0 to 4294967295"
+        in found
+    )
 
 
 def test_field_errors_are_all_reported_at_once():
@@ -760,3 +766,250 @@ def test_spec_error_str_joins_messages():
     error = SpecError(["a: one", "b: two"])
     assert str(error) == "a: one\nb: two"
     assert error.errors == ["a: one", "b: two"]
+
+
+# -- limits: what a document may cost --------------------------------------------------
+
+
+def billion_laughs(levels: int) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def refusal(text: str | bytes) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(text)
+    return info.value.errors
+
+
+def test_billion_laughs_is_refused_within_a_small_budget():
+    """Nine levels of ten aliases (a billion strings, 54 s and 6 GB before the limits) are
+    refused at the first alias past the budget, with little time and memory."""
+    assert len(yaml.safe_load(billion_laughs(3))["a2"]) == 10  # the aliases do expand
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        found = refusal(billion_laughs(9))
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == [
+        "a3[7]: the document holds more than 10000 values, counting each alias as everything "
+        "it repeats (line 4)"
+    ]
+    assert seconds < 2.0
+    assert peak < 8 * 1024 * 1024
+
+
+def test_a_long_string_repeated_by_aliases_counts_its_text():
+    text = f"a: &s {'x' * 20_000}\nb: [{', '.join(['*s'] * 60)}]\n"
+    assert refusal(text) == [
+        "b[51]: the document holds more than 1024 KiB of text, counting each alias as "
+        "everything it repeats (line 2)"
+    ]
+
+
+def test_merge_keys_count_what_they_repeat():
+    lines = ["a0: &a0 {k0: lol, k1: lol, k2: lol, k3: lol, k4: lol}"]
+    lines += [f"a{i}: &a{i} {{<<: [{', '.join([f'*a{i - 1}'] * 5)}]}}" for i in range(1, 9)]
+    (message,) = refusal("\n".join(lines))
+    assert "counting each alias as everything it repeats" in message
+
+
+def test_an_alias_to_its_own_collection_is_refused():
+    assert refusal("tags: &t [a, *t]\n") == [
+        "tags[1]: the alias *t repeats a collection that contains it (line 1)"
+    ]
+
+
+def test_anchors_aliases_and_merge_keys_still_work():
+    text = BASE_YAML.replace(
+        "  queues:\n    - {name: errors}\n    - {name: infos}\n",
+        "  queues:\n    - &q {name: errors, durable: true}\n    - {<<: *q, name: infos}\n",
+    )
+    spec = parse_spec(text)
+    assert [q.name for q in spec.topology.queues] == ["errors", "infos"]
+
+
+@pytest.mark.parametrize("depth", [33, 490, 600, 5000])
+@pytest.mark.parametrize(("opening", "closing"), [("[", "]"), ("{a: ", "}")])
+def test_deep_nesting_is_refused_before_any_recursion(depth, opening, closing):
+    """About 490 levels used to raise RecursionError; now any depth past the limit is a
+    message naming where."""
+    (message,) = refusal(f"tags: {opening * depth}1{closing * depth}\n")
+    assert message.startswith("tags")
+    assert message.endswith(": mappings and lists nest deeper than 32 levels (line 1)")
+
+
+def test_nesting_up_to_the_limit_is_read():
+    """The document is level 1 and `tags` level 2: 31 lists in `tags` make 32 levels, the
+    limit, and are read (only their type is wrong); one more is refused."""
+    at_limit = BASE_YAML + "tags: " + "[" * 31 + "x" + "]" * 31 + "\n"
+    assert refusal(at_limit)[0].startswith("tags[0]: must be a string (got a list)")
+    (message,) = refusal(BASE_YAML + "tags: " + "[" * 32 + "x" + "]" * 32 + "\n")
+    assert message.endswith("nest deeper than 32 levels (line 31)")
+
+
+def test_document_size_and_encoding():
+    assert refusal(BASE_YAML + "# " + "x" * LIMITS.document_bytes) == [
+        "(document): the document is larger than the limit of 128 KiB"
+    ]
+    # Counted in UTF-8 bytes: 70,000 Cyrillic letters are 140,000 bytes.
+    assert refusal(BASE_YAML + "# " + "я" * 70_000) == [
+        "(document): the document is larger than the limit of 128 KiB"
+    ]
+    assert refusal(BASE_YAML.encode("cp1251")) == [
+        "(document): the document is not UTF-8 text: byte 0xca at offset 70 (line 5)"
+    ]
+    assert refusal(BASE_YAML + "\ud800") == [
+        f"(document): the document is not UTF-8 text (at character {len(BASE_YAML)})"
+    ]
+    assert parse_spec(BASE_YAML.encode()).slug == "tiny"
+
+
+def test_characters_yaml_does_not_allow_are_a_message():
+    assert refusal("version: 1\nslug: ab\x00c\n") == [
+        "(document): YAML does not allow the character #x0000 (at line 2, column 9)"
+    ]
+
+
+def test_oversized_file_is_refused_without_reading_it_all(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text(BASE_YAML + "# " + "x" * (10 * LIMITS.document_bytes))
+    with pytest.raises(SpecError) as info:
+        load_spec_file(big)
+    assert info.value.errors == [f"{big}: the document is larger than the limit of 128 KiB"]
+
+
+def test_long_strings_and_numbers_are_refused_with_an_excerpt():
+    (message,) = refusal(
+        BASE_YAML.replace("description: Some *Markdown*.", "description: " + "d" * 30_000)
+    )
+    assert message == (
+        "description: a string of 30000 characters; the limit is 20000 "
+        f"({'d' * 60}… (30000 characters)) (line 6)"
+    )
+    (message,) = refusal(BASE_YAML.replace("minutes: 5", "minutes: " + "9" * 5000))
+    assert message == (
+        f"minutes: a number of 5000 characters; at most 32 are read ({'9' * 20}… (5000 "
+        "characters)) (line 8)"
+    )
+
+
+def test_a_value_yaml_cannot_build_is_a_message():
+    """PyYAML lets a ValueError through for an impossible date; it is a message here."""
+    (message,) = refusal(BASE_YAML.replace("minutes: 5", "minutes: 2024-13-45"))
+    assert message.startswith("(document): YAML syntax error at line 8, column 10: cannot read")
+    assert "month must be in 1..12" in message
+
+
+def test_version_is_a_strict_integer():
+    for value, got in [(1.0, "the number 1.0"), (True, "true"), ("1", 'the string "1"')]:
+        data = base()
+        data["version"] = value
+        assert the_error(data) == f"version: must be an integer (got {got})"
+    data = base()
+    data["version"] = 2
+    assert the_error(data) == "version: unsupported format version 2; this console reads version 1"
+
+
+@pytest.mark.parametrize(
+    ("key", "size"), [("k" * 255, 255), ("é" * 127, 254), ("k" * 256, 256), ("é" * 128, 256)]
+)
+def test_routing_keys_are_at_most_255_utf8_bytes(key, size):
+    data = base()
+    data["topology"]["bindings"][0]["routing_key"] = key
+    data["workloads"]["producers"][0]["routing_key"] = key
+    if size <= 255:
+        assert validate_data(data).topology.bindings[0].routing_key == key
+        return
+    found = errors(data)
+    message = f"must be at most 255 bytes in UTF-8 (got {size} bytes)"
+    assert f"topology.bindings[0].routing_key: {message}" in found
+    assert f"workloads.producers[0].routing_key: {message}" in found
+
+
+def test_names_and_amqp_short_strings_are_at_most_255_bytes():
+    data = base()
+    data["topology"]["queues"][0]["name"] = "я" * 128
+    data["topology"]["queues"][1]["arguments"] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "r" * 300,
+    }
+    data["workloads"]["consumers"][0]["queue"] = "q" * 256
+    data["workloads"]["producers"][0]["headers"] = {"h" * 300: 1}
+    found = errors(data)
+    assert (
+        f'workloads.producers[0].headers["{"h" * 40}… (300 characters)"]: must be at most 255 '
+        "bytes in UTF-8 (got 300 bytes)" in found
+    )
+    assert "topology.queues[0].name: must be at most 255 bytes in UTF-8 (got 256 bytes)" in found
+    assert (
+        "topology.queues[1].arguments.x-dead-letter-routing-key: must be at most 255 bytes in "
+        "UTF-8 (got 300 bytes)" in found
+    )
+    assert (
+        "workloads.consumers[0].queue: must be at most 255 bytes in UTF-8 (got 256 bytes)" in found
+    )
+
+
+def test_lists_are_bounded():
+    data = base()
+    data["topology"]["queues"] = [{"name": f"q{i}"} for i in range(LIMITS.queues + 1)]
+    data["tags"] = ["t"] * (LIMITS.items + 1)
+    found = errors(data)
+    assert "topology.queues: must have at most 64 items (got 65)" in found
+    assert "tags: must have at most 64 items (got 65)" in found
+
+
+def test_numbers_the_broker_keeps_in_32_or_64_bits_are_bounded():
+    data = base()
+    data["topology"]["queues"][0]["arguments"] = {"x-message-ttl": 2**32, "x-max-length": 2**63}
+    data["workloads"]["producers"][0]["headers"] = {"big": 2**63}
+    data["workloads"]["producers"][0]["properties"] = {"expiration": 2**32}
+    found = errors(data)
+    assert has(found, "topology.queues[0].arguments.x-message-ttl", "from 0 to 4294967295")
+    assert has(found, "topology.queues[0].arguments.x-max-length", f"from 0 to {2**63 - 1}")
+    assert has(found, "workloads.producers[0].headers.big", f"to {2**63 - 1}")
+    assert has(found, "workloads.producers[0].properties.expiration", "from 0 to 4294967295")
+
+
+def test_messages_quote_only_an_excerpt():
+    """A 15,000-character slug (under the string limit) is named by its start and its
+    length, and a cross-reference to a long name is cut short too."""
+    data = base()
+    data["slug"] = "s" * 15_000
+    data["workloads"]["producers"][0]["exchange"] = "e" * 200
+    found = errors(data)
+    assert has(found, "slug", f'a string of 15000 characters starting "{"s" * 60}"…')
+    assert all(len(e) < 400 for e in found), found
+    data = base()
+    data["workloads"]["consumers"][0]["queue"] = "q" * 200
+    (message,) = errors(data)
+    assert message == (
+        f"workloads.consumers[0].queue: '{'q' * 60}… (200 characters)' is not a declared queue "
+        "(declared queues: errors, infos)"
+    )
+
+
+def test_many_problems_are_reported_up_to_a_limit():
+    data = base()
+    data["topology"]["bindings"] = [
+        {"source": "logs", "destination": f"nowhere-{i}"} for i in range(LIMITS.bindings)
+    ]
+    found = errors(data)
+    assert len(found) == LIMITS.errors
+    assert found[-1] == f"(document): and {LIMITS.bindings - LIMITS.errors + 1} more problems"
+
+
+def test_a_parsed_spec_is_frozen_and_remembered_by_its_text():
+    spec = parse_spec_cached(BASE_YAML, source="tiny")
+    assert parse_spec_cached(BASE_YAML, source="tiny") is spec
+    assert parse_spec_cached(BASE_YAML + "\n", source="tiny") is not spec
+    with pytest.raises(ValidationError):
+        spec.slug = "other"
+    with pytest.raises(SpecError) as info:
+        parse_spec_cached("version: [1", source="broken")
+    assert info.value.errors[0].startswith("broken: YAML syntax error")

@@ -5,8 +5,8 @@ import html
 import pytest
 from django.urls import reverse
 
-from exercises.models import LabSession, Workload
-from exercises.services import lab_session_start
+from exercises.models import Exercise, LabSession, Workload
+from exercises.services import exercise_apply_source, lab_session_start
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,6 +36,48 @@ def test_catalogue_lists_and_filters(client_in, catalogue):
     assert "Dead letters" in partial and "Direct routing" not in partial
     tagged = client_in.get(reverse("catalogue"), {"tag": "no-such-tag"}).content.decode()
     assert "Direct routing" not in tagged
+
+
+def test_catalogue_parses_each_version_once(client_in, catalogue, monkeypatch):
+    """Every view of the catalogue reads each exercise's spec; only the first view of a
+    version parses it, an edit (a new version) is parsed once more."""
+    from exercises import spec as spec_module
+
+    parsed = []
+    real_parse = spec_module.parse_spec
+
+    def counting_parse(text, **kwargs):
+        parsed.append(text)
+        return real_parse(text, **kwargs)
+
+    monkeypatch.setattr(spec_module, "parse_spec", counting_parse)
+    spec_module.spec_cache_clear()
+    page = client_in.get(reverse("catalogue")).content.decode()
+    assert "Direct routing" in page and "Dead letters" in page
+    assert len(parsed) == 2
+    client_in.get(reverse("catalogue"))
+    client_in.get(reverse("catalogue"), {"level": "beginner"}, headers={"HX-Request": "true"})
+    assert len(parsed) == 2
+
+    exercise = catalogue["direct-routing"]
+    edited = exercise.source.replace("rate: 2\n", "rate: 3\n", 1)
+    exercise_apply_source(exercise=exercise, source=edited)
+    exercise.save()
+    assert exercise.version == 2
+    client_in.get(reverse("catalogue"))
+    client_in.get(reverse("catalogue"))
+    assert parsed[2:] == [edited]
+
+
+def test_catalogue_leaves_out_a_stored_exercise_that_no_longer_reads(client_in, catalogue):
+    """A document saved before the format's limits were tightened does not break the
+    catalogue: it is left out, the others are listed."""
+    assert "Dead letters" in client_in.get(reverse("catalogue")).content.decode()
+    Exercise.objects.filter(slug="dlq-retries").update(source="version: true\n")
+    response = client_in.get(reverse("catalogue"))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Direct routing" in page and "Dead letters" not in page
 
 
 def test_catalogue_in_russian(client_in, catalogue):

@@ -27,7 +27,9 @@ class Command(BaseCommand):
                 except SpecError as exc:
                     failed = True
                     for error in exc.errors:
-                        self.stderr.write(f"{path}: {error}")
+                        # Errors about the whole file already start with its name.
+                        named = error.startswith(f"{path}: ")
+                        self.stderr.write(error if named else f"{path}: {error}")
                 else:
                     self.stdout.write(f"{path}: valid ({spec.slug}, {len(spec.steps)} steps)")
             if failed:
