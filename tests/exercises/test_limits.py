@@ -133,7 +133,7 @@ def test_lab_vhost_refuses_a_connection_past_its_limit(catalogue, learner, labs,
 
 
 def test_lab_user_is_refused_a_channel_past_its_limit(catalogue, learner, labs, settings):
-    settings.LAB_MAX_CHANNELS = 11  # two producers, two consumers with two each, three more
+    settings.LAB_MAX_CHANNELS = 11  # the 9 the exercise needs, and two more
     session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
     connection = lab_connection(session)
     try:
