@@ -140,3 +140,24 @@ class CheckpointResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.session_id}: {self.checkpoint}"
+
+
+class RateEvent(models.Model):
+    """One lab start or page publish by a user, kept for a minute: the per-minute limits
+    count these rows (exercises/quotas.py), so they hold across every web process."""
+
+    class Action(models.TextChoices):
+        START = "start"
+        PUBLISH = "publish"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="rate_events"
+    )
+    action = models.CharField(max_length=10, choices=Action.choices)
+    at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "action", "at"], name="rate_event_window")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.action} at {self.at:%H:%M:%S}"

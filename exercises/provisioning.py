@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
-from django.conf import settings
-
 from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
 
+from .quotas import LabQuotas, lab_quotas
 from .spec import ExerciseSpec
 
+#: The operator policy every lab vhost gets: it caps each queue whatever the exercise's
+#: own policies say (the broker applies the lower of the two values).
+CAP_POLICY = "labconsole-cap"
 
-def lab_definitions(spec: ExerciseSpec, *, vhost: str, user: str, password: str) -> dict:
+
+def lab_definitions(
+    spec: ExerciseSpec,
+    *,
+    vhost: str,
+    user: str,
+    password: str,
+    quotas: LabQuotas | None = None,
+) -> dict:
     """A definitions document (https://www.rabbitmq.com/docs/definitions) for the lab: one
-    POST declares the user, its permissions, the vhost limits and the whole topology."""
+    POST declares the user and its limits, its permissions, the vhost limits and the whole
+    topology."""
+    quotas = quotas or lab_quotas()
     t = spec.topology
     return {
-        "users": [{"name": user, "password": password, "tags": ""}],
+        "users": [
+            {
+                "name": user,
+                "password": password,
+                "tags": "",
+                "limits": {
+                    "max-connections": quotas.connections,
+                    "max-channels": quotas.channels,
+                },
+            }
+        ],
         "permissions": [
             {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
         ],
@@ -25,8 +47,8 @@ def lab_definitions(spec: ExerciseSpec, *, vhost: str, user: str, password: str)
                 "component": "vhost-limits",
                 "name": "limits",
                 "value": {
-                    "max-queues": settings.LAB_MAX_QUEUES,
-                    "max-connections": settings.LAB_MAX_CONNECTIONS,
+                    "max-queues": quotas.queues,
+                    "max-connections": quotas.connections,
                 },
             }
         ],
@@ -97,13 +119,38 @@ def lab_definitions(spec: ExerciseSpec, *, vhost: str, user: str, password: str)
     }
 
 
-def provision(spec: ExerciseSpec, *, vhost: str, user: str, password: str) -> None:
-    """Creates the vhost with the firehose on, then imports everything else in one call.
-    On any failure it removes what it made and re-raises the broker's refusal."""
+def cap_policy(quotas: LabQuotas) -> dict:
+    """Operator policies cannot set `overflow` (https://www.rabbitmq.com/docs/policies
+    #operator-policies): a queue past the cap follows its own overflow behaviour, the
+    broker's drop-head unless the exercise set reject-publish or reject-publish-dlx, so an
+    exercise about limits teaches its own, lower, limit unchanged."""
+    return {
+        "pattern": ".*",
+        "apply-to": "queues",
+        "priority": 0,
+        "definition": {"max-length": quotas.queue_length, "max-length-bytes": quotas.queue_bytes},
+    }
+
+
+def provision(
+    spec: ExerciseSpec,
+    *,
+    vhost: str,
+    user: str,
+    password: str,
+    quotas: LabQuotas | None = None,
+) -> None:
+    """Creates the vhost with the firehose on and its cap policy, then imports everything
+    else in one call (definitions cannot carry operator policies). On any failure it
+    removes what it made and re-raises the broker's refusal."""
+    quotas = quotas or lab_quotas()
     api = ManagementClient()
     try:
         api.put_vhost(vhost, tracing=True, description=f"lab: {spec.slug}")
-        api.import_definitions(lab_definitions(spec, vhost=vhost, user=user, password=password))
+        api.put_operator_policy(vhost, CAP_POLICY, cap_policy(quotas))
+        api.import_definitions(
+            lab_definitions(spec, vhost=vhost, user=user, password=password, quotas=quotas)
+        )
     except Exception:
         teardown(vhost=vhost, user=user)
         raise

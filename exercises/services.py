@@ -12,12 +12,14 @@ import pika
 import pika.exceptions as px
 from django.db import transaction
 from django.utils import timezone
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
 
 from labconsole.broker import amqp, control
 from labconsole.broker.management import BrokerError, ManagementClient
 
-from . import provisioning
-from .models import CheckpointResult, Exercise, LabSession, Workload
+from . import provisioning, quotas
+from .models import CheckpointResult, Exercise, LabSession, RateEvent, Workload
 from .spec import ExerciseSpec, SpecError, load_spec_file, parse_spec
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,12 @@ CATALOGUE_DIR = Path(__file__).resolve().parent / "catalogue"
 
 
 class LabError(Exception):
-    """A lab could not be started or changed; the message says why, for a person."""
+    """A lab could not be started or changed; the message says why, for a person (a lazy
+    translation where the page shows it in the reader's language)."""
+
+
+class LimitReached(LabError):
+    """The user reached one of their limits (exercises/quotas.py); the page answers 429."""
 
 
 # --- exercises -----------------------------------------------------------------------------
@@ -99,6 +106,7 @@ def _provision(session: LabSession) -> None:
             vhost=session.vhost,
             user=session.rabbit_user,
             password=session.rabbit_password,
+            quotas=quotas.lab_quotas(user=session.owner),
         )
     except BrokerError as exc:
         raise LabError(f"the broker refused the lab's topology: {exc.reason}") from exc
@@ -126,11 +134,75 @@ def _start_tasks(session: LabSession, *, run_workloads: bool) -> None:
             workload_start(workload=workload)
 
 
+def _refuse_over_vhost_limits(spec: ExerciseSpec, limits: quotas.LabQuotas) -> None:
+    """A lab whose own objects exceed its vhost's limits would fail half-way: say so first.
+    Every workload connects as the lab's user (one connection, a consumer two channels),
+    and so do the monitor (two channels) and a publish from the page (one)."""
+    queues = len(spec.topology.queues) + 1  # and the firehose's
+    connections = len(spec.workloads.producers) + len(spec.workloads.consumers) + 2
+    channels = len(spec.workloads.producers) + 2 * len(spec.workloads.consumers) + 3
+    needs = [
+        (queues, limits.queues, _("queues")),
+        (connections, limits.connections, _("connections")),
+        (channels, limits.channels, _("channels")),
+    ]
+    over = [
+        format_lazy(_("{what}: {needed} (at most {limit})"), what=what, needed=n, limit=cap)
+        for n, cap, what in needs
+        if n > cap
+    ]
+    if over:
+        raise LabError(
+            format_lazy(
+                _("This exercise needs more than a lab may use: {over}. Ask an instructor."),
+                over=format_lazy(", ".join(["{}"] * len(over)), *over),
+            )
+        )
+
+
+def _claim_lab_place(session: LabSession, limits: quotas.LabQuotas) -> None:
+    """Refuses (deleting the saved `session`) a lab past the owner's limits: labs at once,
+    then starts a minute, so a refused lab does not use up a start."""
+    running = quotas.labs_over_limit(session=session, limit=limits.labs)
+    if running is not None:
+        session.delete()
+        raise LimitReached(
+            format_lazy(
+                _(
+                    "You already have {running} labs running, the most one person may "
+                    "have at once. End one of them (End lab on its page) and start again."
+                ),
+                running=running,
+            )
+        )
+    action = RateEvent.Action.START
+    if not quotas.rate_take(user=session.owner, action=action, per_minute=limits.starts_per_minute):
+        session.delete()
+        raise LimitReached(
+            format_lazy(
+                _(
+                    "You started {limit} labs in the last minute, the most one person may. "
+                    "Try again in {seconds} s."
+                ),
+                limit=limits.starts_per_minute,
+                seconds=quotas.rate_retry_after(user=session.owner, action=action),
+            )
+        )
+
+
 def lab_session_start(
-    *, exercise: Exercise, owner, run: bool = True, source: str | None = None
+    *,
+    exercise: Exercise,
+    owner,
+    run: bool = True,
+    source: str | None = None,
+    enforce_quotas: bool = True,
 ) -> LabSession:
     """Provisions a lab for `exercise` (its current version) and starts its monitor and,
-    with `run`, the workloads that start by themselves. Nothing is left behind on failure."""
+    with `run`, the workloads that start by themselves. Nothing is left behind on failure.
+    The owner's limits (labs at once, starts a minute) hold unless `enforce_quotas` is
+    false, which only operators' tools (the `lab` command, benchmarks) pass; the vhost's
+    limits always hold."""
     session = LabSession(
         owner=owner,
         exercise=exercise,
@@ -142,7 +214,11 @@ def lab_session_start(
         session.spec  # noqa: B018 - a bad document fails here, before anything is made
     except SpecError as exc:
         raise LabError(f"the exercise is not valid:\n{exc}") from exc
+    limits = quotas.lab_quotas(user=owner)
+    _refuse_over_vhost_limits(session.spec, limits)
     session.save()
+    if enforce_quotas:
+        _claim_lab_place(session, limits)
     try:
         _create_workloads(session)
         _provision(session)  # removes what it made on the broker if it fails
@@ -339,6 +415,20 @@ def lab_publish(
     happened, in words; raises LabError when the broker refused it."""
     if not session.is_active:
         raise LabError("this lab has ended")
+    limit = quotas.lab_quotas(user=session.owner).publishes_per_minute
+    action = RateEvent.Action.PUBLISH
+    if not quotas.rate_take(user=session.owner, action=action, per_minute=limit):
+        raise LimitReached(
+            format_lazy(
+                _(
+                    "You published {limit} messages from this page in the last minute, the "
+                    "most one person may. Try again in {seconds} s, or let a producer "
+                    "publish many."
+                ),
+                limit=limit,
+                seconds=quotas.rate_retry_after(user=session.owner, action=action),
+            )
+        )
     _refuse_during_alarm()
     params = amqp.parameters(
         vhost=session.vhost,

@@ -5,6 +5,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import translation
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -19,6 +20,12 @@ def _lang(request: HttpRequest) -> str:
         request.session["lang"] = request.GET["lang"]
     lang = request.session.get("lang") or getattr(request, "LANGUAGE_CODE", "en")
     return "ru" if lang.startswith("ru") else "en"
+
+
+def _message(request: HttpRequest, exc: Exception) -> str:
+    """A service's message in the page's language (limits say theirs in both)."""
+    with translation.override(_lang(request)):
+        return str(exc)
 
 
 def _redirect(request: HttpRequest, url: str) -> HttpResponse:
@@ -81,7 +88,8 @@ def lab_start(request: HttpRequest, slug: str) -> HttpResponse:
         return render(
             request,
             "exercises/exercise.html#start-error",
-            {"error": str(exc), "lang": _lang(request)},
+            {"error": _message(request, exc), "lang": _lang(request)},
+            status=429 if isinstance(exc, services.LimitReached) else 200,
         )
     return _redirect(request, session.get_absolute_url())
 
@@ -168,20 +176,22 @@ def lab_workload(request: HttpRequest, lab_id: str, name: str) -> HttpResponse:
 def lab_publish(request: HttpRequest, lab_id: str) -> HttpResponse:
     session = _own_lab(request, lab_id)
     form = PublishForm(request.POST, exchanges=selectors.lab_exchanges(session))
+    status = 200
     if not form.is_valid():
-        result = {"ok": False, "message": form_errors(form)}
+        result, status = {"ok": False, "message": form_errors(form)}, 400
     else:
         d = form.cleaned_data
         try:
             message = services.lab_publish(session=session, **d)
             result = {"ok": not message.startswith("returned"), "message": message}
         except services.LabError as exc:
-            result = {"ok": False, "message": str(exc)}
+            result = {"ok": False, "message": _message(request, exc)}
+            status = 429 if isinstance(exc, services.LimitReached) else 400
     return render(
         request,
         "exercises/lab.html#publish-result",
         {"result": result, "lang": _lang(request)},
-        status=200 if result["ok"] or result["message"].startswith("returned") else 400,
+        status=status,
     )
 
 

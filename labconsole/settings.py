@@ -168,9 +168,23 @@ RABBITMQ_API_PASSWORD = env("RABBITMQ_API_PASSWORD", default="") or unquote(
 # two consoles (say, the test suite and a developer's `make run`) can share one broker.
 LABCONSOLE_PREFIX = env("LABCONSOLE_PREFIX", default="labconsole")
 
-# Limits every lab vhost gets (https://www.rabbitmq.com/docs/vhosts#limits).
-LAB_MAX_QUEUES = env.int("LAB_MAX_QUEUES", default=64)
-LAB_MAX_CONNECTIONS = env.int("LAB_MAX_CONNECTIONS", default=64)
+# What one user may use (exercises/quotas.py, docs/operations.md): labs not ended at once,
+# and lab starts and publishes from the lab page in any minute.
+LAB_MAX_PER_USER = env.int("LAB_MAX_PER_USER", default=3)
+LAB_STARTS_PER_MINUTE = env.int("LAB_STARTS_PER_MINUTE", default=6)
+LAB_PUBLISHES_PER_MINUTE = env.int("LAB_PUBLISHES_PER_MINUTE", default=120)
+# Limits every lab vhost gets (https://www.rabbitmq.com/docs/vhosts#limits) and its user
+# (https://www.rabbitmq.com/docs/user-limits). Everything of a lab connects as its user:
+# one connection per workload, the monitor's, one per publish from the page; a consumer
+# uses up to two channels, the monitor two. A lab whose exercise needs more is refused.
+LAB_MAX_QUEUES = env.int("LAB_MAX_QUEUES", default=32)
+LAB_MAX_CONNECTIONS = env.int("LAB_MAX_CONNECTIONS", default=32)
+LAB_MAX_CHANNELS = env.int("LAB_MAX_CHANNELS", default=64)
+# An operator policy on every queue of a lab vhost (https://www.rabbitmq.com/docs/policies
+# #operator-policies): the broker applies the lower of it and the exercise's own limits,
+# with the queue's own overflow behaviour (drop-head unless the exercise says otherwise).
+LAB_QUEUE_MAX_LENGTH = env.int("LAB_QUEUE_MAX_LENGTH", default=10_000)
+LAB_QUEUE_MAX_BYTES = env.int("LAB_QUEUE_MAX_BYTES", default=8 * 1024 * 1024)
 # A lab nobody has looked at for this long is ended by the sweeper.
 LAB_IDLE_MINUTES = env.int("LAB_IDLE_MINUTES", default=30)
 # How often workloads flush their reports, and how many updates a second a browser gets.

@@ -94,6 +94,9 @@ class ManagementClient:
     def delete_user(self, name: str) -> None:
         self.request("DELETE", f"users/{_q(name)}", ok_missing=True)
 
+    def put_operator_policy(self, vhost: str, name: str, policy: dict) -> None:
+        self.request("PUT", f"operator-policies/{_q(vhost)}/{_q(name)}", policy)
+
     def import_definitions(self, definitions: dict) -> None:
         """One call for users, permissions, topology and limits (the fastest way)."""
         self.request("POST", "definitions", definitions)
