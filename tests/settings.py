@@ -9,6 +9,11 @@ _root = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LABCONSOLE_PREFIX", f"labconsole-test-{os.getpid()}")
 os.environ.setdefault("TEST_DATABASE_NAME", str(_root / "test-db.sqlite3"))
 os.environ.setdefault("LAB_IDLE_MINUTES", "30")
+# Tests start many labs for one learner in quick succession; the tests of the limits
+# themselves set the limits they reach.
+os.environ.setdefault("LAB_MAX_PER_USER", "50")
+os.environ.setdefault("LAB_STARTS_PER_MINUTE", "1000")
+os.environ.setdefault("LAB_PUBLISHES_PER_MINUTE", "10000")
 # A key of their own, so that the tests run on a checkout without `.env`.
 os.environ.setdefault("SECRET_KEY", "tests-only-" + "k" * 50)
 

@@ -66,9 +66,7 @@ def message_ids(api, session) -> list[str]:
 
 def test_a_killed_workers_labs_continue_on_the_other(api, worker, second_worker, learner, labs):
     exercise, _ = exercise_save(source=SEQUENCED)
-    sessions = [
-        lab_session_start(exercise=exercise, owner=learner, enforce_quotas=False) for _ in range(4)
-    ]
+    sessions = [lab_session_start(exercise=exercise, owner=learner) for _ in range(4)]
     pids = {worker.proc.pid, second_worker.proc.pid}
     wait_for(
         lambda: all(set(unit_pids(s)) <= pids for s in sessions),
