@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from django.conf import settings
 
 from labconsole.broker import amqp
@@ -10,12 +12,17 @@ from labconsole.broker.management import ManagementClient
 from .spec import ExerciseSpec
 
 
-def lab_definitions(spec: ExerciseSpec, *, vhost: str, user: str, password: str) -> dict:
+def lab_definitions(
+    spec: ExerciseSpec, *, vhost: str, user: str, password: str, made: float | None = None
+) -> dict:
     """A definitions document (https://www.rabbitmq.com/docs/definitions) for the lab: one
-    POST declares the user, its permissions, the vhost limits and the whole topology."""
+    POST declares the user, its permissions, the vhost limits and the whole topology. The
+    user's tags are the console's mark (amqp.lab_tags); none of them opens the management
+    UI."""
     t = spec.topology
+    tags = ",".join(amqp.lab_tags(time.time() if made is None else made))
     return {
-        "users": [{"name": user, "password": password, "tags": ""}],
+        "users": [{"name": user, "password": password, "tags": tags}],
         "permissions": [
             {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
         ],
@@ -101,15 +108,22 @@ def provision(spec: ExerciseSpec, *, vhost: str, user: str, password: str) -> No
     """Creates the vhost with the firehose on, then imports everything else in one call.
     On any failure it removes what it made and re-raises the broker's refusal."""
     api = ManagementClient()
+    made = time.time()
     try:
-        api.put_vhost(vhost, tracing=True, description=f"lab: {spec.slug}")
-        api.import_definitions(lab_definitions(spec, vhost=vhost, user=user, password=password))
+        api.put_vhost(
+            vhost, tracing=True, description=f"lab: {spec.slug}", tags=amqp.lab_tags(made)
+        )
+        api.import_definitions(
+            lab_definitions(spec, vhost=vhost, user=user, password=password, made=made)
+        )
     except Exception:
         teardown(vhost=vhost, user=user)
         raise
 
 
 def teardown(*, vhost: str, user: str) -> None:
+    """Deletes the vhost (everything in it, its connections) and the user; either may be
+    gone already. Raises BrokerError if the broker does not answer or refuses."""
     api = ManagementClient()
     api.delete_vhost(vhost)
     api.delete_user(user)
