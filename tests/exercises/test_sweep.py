@@ -112,3 +112,41 @@ def test_a_starting_lab_is_never_swept(api, catalogue, learner, labs):
     api.delete_vhost(session.vhost)
     assert labs_sweep(grace_seconds=0).ended == []
     assert LabSession.objects.get(pk=session.pk).state == LabSession.State.STARTING
+
+
+def test_the_beat_sends_the_sweep_task(api, catalogue, learner, labs, settings):
+    """The task the beat sends every LAB_SWEEP_SECONDS runs the sweep (called in-process)."""
+    from django.conf import settings as live
+
+    from exercises.tasks import sweep_labs
+
+    assert live.CELERY_BEAT_SCHEDULE["sweep-labs"] == {
+        "task": sweep_labs.name,
+        "schedule": live.LAB_SWEEP_SECONDS,
+    }
+    session = lab_start(catalogue, learner)
+    LabSession.objects.filter(pk=session.pk).update(
+        state=LabSession.State.ENDED, teardown_pending=True
+    )
+    settings.LAB_SWEEP_GRACE_SECONDS = 300
+    assert sweep_labs()["torn_down"] == [session.id]
+    assert not api.vhost_exists(session.vhost)
+
+
+def test_a_reset_does_not_bring_back_a_lab_the_sweeper_ended(api, catalogue, learner, labs):
+    """A reset claims the lab (still not ended, same generation) before it deletes
+    anything: a lab ended meanwhile stays ended and gets no vhost again."""
+    from exercises.services import LabError, lab_session_reset
+
+    session = lab_start(catalogue, learner)
+    stale = LabSession.objects.get(pk=session.pk)
+    assert lab_session_reset(session=session).generation == 2  # alive: a reset works
+    with pytest.raises(LabError, match="has ended"):
+        lab_session_reset(session=stale)  # an older generation: refused
+    api.delete_vhost(session.vhost)
+    LabSession.objects.update(created_at=session.created_at.replace(year=2000))
+    assert labs_sweep(grace_seconds=300).ended == [session.id]
+    with pytest.raises(LabError, match="has ended"):
+        lab_session_reset(session=session)  # in memory still running, in the database not
+    assert not api.vhost_exists(session.vhost)
+    assert LabSession.objects.get(pk=session.pk).state == LabSession.State.ENDED
