@@ -6,6 +6,8 @@ from django.db import models
 from django.urls import reverse
 from django.utils.functional import cached_property
 
+from labconsole.broker import amqp
+
 
 class Exercise(models.Model):
     """An exercise as a versioned YAML document; the columns are read from it for listing."""
@@ -62,6 +64,9 @@ class LabSession(models.Model):
     rabbit_password = models.CharField(max_length=64, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # Ended, but its vhost and user could not be deleted yet (the broker was away): the
+    # sweeper deletes them when the broker is back (exercises/sweep.py).
+    teardown_pending = models.BooleanField(default=False, editable=False)
     last_seen_at = models.DateTimeField(auto_now_add=True)
     # The lab's monitor: what a worker taking it over resumes from (its flow record,
     # checks, sequence numbers), which worker process runs it, and until when its lease
@@ -81,11 +86,11 @@ class LabSession(models.Model):
 
     @property
     def vhost(self) -> str:
-        return f"lab-{self.id}"
+        return amqp.lab_vhost(self.id)
 
     @property
     def rabbit_user(self) -> str:
-        return f"lab-{self.id}"
+        return amqp.lab_vhost(self.id)
 
     @property
     def is_active(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
 
@@ -20,18 +22,21 @@ def lab_definitions(
     user: str,
     password: str,
     quotas: LabQuotas | None = None,
+    made: float | None = None,
 ) -> dict:
     """A definitions document (https://www.rabbitmq.com/docs/definitions) for the lab: one
     POST declares the user and its limits, its permissions, the vhost limits and the whole
-    topology."""
+    topology. The user's tags are the console's mark (amqp.lab_tags); none of them opens
+    the management UI."""
     quotas = quotas or lab_quotas()
     t = spec.topology
+    tags = ",".join(amqp.lab_tags(time.time() if made is None else made))
     return {
         "users": [
             {
                 "name": user,
                 "password": password,
-                "tags": "",
+                "tags": tags,
                 "limits": {
                     "max-connections": quotas.connections,
                     "max-channels": quotas.channels,
@@ -145,11 +150,16 @@ def provision(
     removes what it made and re-raises the broker's refusal."""
     quotas = quotas or lab_quotas()
     api = ManagementClient()
+    made = time.time()
     try:
-        api.put_vhost(vhost, tracing=True, description=f"lab: {spec.slug}")
+        api.put_vhost(
+            vhost, tracing=True, description=f"lab: {spec.slug}", tags=amqp.lab_tags(made)
+        )
         api.put_operator_policy(vhost, CAP_POLICY, cap_policy(quotas))
         api.import_definitions(
-            lab_definitions(spec, vhost=vhost, user=user, password=password, quotas=quotas)
+            lab_definitions(
+                spec, vhost=vhost, user=user, password=password, quotas=quotas, made=made
+            )
         )
     except Exception:
         teardown(vhost=vhost, user=user)
@@ -157,6 +167,8 @@ def provision(
 
 
 def teardown(*, vhost: str, user: str) -> None:
+    """Deletes the vhost (everything in it, its connections) and the user; either may be
+    gone already. Raises BrokerError if the broker does not answer or refuses."""
     api = ManagementClient()
     api.delete_vhost(vhost)
     api.delete_user(user)

@@ -488,7 +488,8 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
 
     def ensure_tracing() -> None:
         try:
-            api.put_vhost(session.vhost, tracing=True, description=f"lab: {spec.slug}")
+            # Never makes the vhost again: one that is gone ends the lab (the sweeper).
+            api.tracing_on(session.vhost)
         except BrokerError:
             log.warning("tracing of %s not turned on again", session.vhost, exc_info=True)
 

@@ -273,28 +273,64 @@ def _send_quietly(key: str, message: dict, exchange: str | None = None) -> None:
         log.warning("control message %s to %s not sent", message, key, exc_info=True)
 
 
+def lab_session_teardown(*, session: LabSession) -> bool:
+    """Deletes the ended lab's vhost and user. If the broker is away or refuses, the lab is
+    marked `teardown_pending` for the sweeper to try again. Returns whether it was done."""
+    try:
+        provisioning.teardown(vhost=session.vhost, user=session.rabbit_user)
+    except BrokerError as exc:
+        log.warning("lab %s: vhost and user not deleted yet (%s)", session.id, exc.reason)
+        pending = True
+    else:
+        pending = False
+    if session.teardown_pending != pending:
+        session.teardown_pending = pending
+        LabSession.objects.filter(pk=session.pk).update(teardown_pending=pending)
+    return not pending
+
+
 def lab_session_stop(*, session: LabSession) -> LabSession:
-    """Stops the workloads and the monitor and deletes the vhost and user. Idempotent."""
+    """Ends the lab at once (in the database), stops the workloads and the monitor and
+    deletes the vhost and user. With the broker away the lab ends all the same and its
+    vhost and user are deleted by the sweeper once the broker is back. Idempotent."""
     if session.state != LabSession.State.ENDED:
         session.state = LabSession.State.ENDED
         session.ended_at = timezone.now()
         session.save(update_fields=["state", "ended_at"])
     _stop_tasks(session)
-    provisioning.teardown(vhost=session.vhost, user=session.rabbit_user)
+    lab_session_teardown(session=session)
     _announce(session, "status", {"state": "ended", "message": "This lab has ended."})
     return session
 
 
 def lab_session_reset(*, session: LabSession) -> LabSession:
     """Stop and start again with the same spec, in the same session (its page stays)."""
+    ended = LabError("this lab has ended; start a new one from the exercise page")
     if not session.is_active:
-        raise LabError("this lab has ended; start a new one from the exercise page")
-    _stop_tasks(session)
-    provisioning.teardown(vhost=session.vhost, user=session.rabbit_user)
+        raise ended
+    # Starting again before the vhost goes, and only if nothing (the sweeper, another
+    # request) ended or reset the lab meanwhile: a lab that is starting is never swept.
+    password = secrets.token_urlsafe(24)
+    claimed = (
+        LabSession.objects.filter(pk=session.pk, generation=session.generation)
+        .exclude(state=LabSession.State.ENDED)
+        .update(
+            generation=session.generation + 1,
+            rabbit_password=password,
+            state=LabSession.State.STARTING,
+        )
+    )
+    if not claimed:
+        raise ended
     session.generation += 1
-    session.rabbit_password = secrets.token_urlsafe(24)
+    session.rabbit_password = password
     session.state = LabSession.State.STARTING
-    session.save(update_fields=["generation", "rabbit_password", "state"])
+    _stop_tasks(session)
+    try:
+        provisioning.teardown(vhost=session.vhost, user=session.rabbit_user)
+    except BrokerError as exc:
+        lab_session_stop(session=session)  # the sweeper deletes it when the broker is back
+        raise LabError(f"the lab could not be reset: {exc.reason}") from exc
     session.workloads.all().delete()
     CheckpointResult.objects.filter(session=session).delete()
     _create_workloads(session)

@@ -41,6 +41,23 @@ def sweep_idle_labs() -> list[str]:
     return lab_sessions_sweep_idle(idle_minutes=settings.LAB_IDLE_MINUTES)
 
 
+@shared_task(name="exercises.sweep_labs")
+def sweep_labs() -> dict[str, list[str]] | None:
+    """Reconciles the broker's lab vhosts and users with the database (exercises/sweep.py);
+    while the broker is away it does nothing and the next round tries again."""
+    from dataclasses import asdict
+
+    from labconsole.broker.management import BrokerError
+
+    from .sweep import labs_sweep
+
+    try:
+        return asdict(labs_sweep(grace_seconds=settings.LAB_SWEEP_GRACE_SECONDS))
+    except BrokerError as exc:
+        log.warning("sweep not done: %s", exc.reason)
+        return None
+
+
 @worker_ready.connect
 def _start_runtime(**_) -> None:
     """The keeper starts with the worker, so a worker that has run nothing yet still takes

@@ -187,6 +187,11 @@ LAB_QUEUE_MAX_LENGTH = env.int("LAB_QUEUE_MAX_LENGTH", default=10_000)
 LAB_QUEUE_MAX_BYTES = env.int("LAB_QUEUE_MAX_BYTES", default=8 * 1024 * 1024)
 # A lab nobody has looked at for this long is ended by the sweeper.
 LAB_IDLE_MINUTES = env.int("LAB_IDLE_MINUTES", default=30)
+# How often the sweeper reconciles the broker's lab vhosts and users with the database
+# (exercises/sweep.py), and how old a vhost or user with this console's mark and no lab
+# starting or running must be before it deletes it.
+LAB_SWEEP_SECONDS = env.float("LAB_SWEEP_SECONDS", default=60.0)
+LAB_SWEEP_GRACE_SECONDS = env.float("LAB_SWEEP_GRACE_SECONDS", default=300.0)
 # How often workloads flush their reports, and how many updates a second a browser gets.
 FLOW_BATCH_MS = env.int("FLOW_BATCH_MS", default=100)
 FLOW_FRAMES_PER_SECOND = env.int("FLOW_FRAMES_PER_SECOND", default=20)
@@ -243,7 +248,10 @@ CELERY_WORKER_CONCURRENCY = 1
 CELERY_BEAT_SCHEDULE_FILENAME = env(
     "CELERY_BEAT_SCHEDULE_FILENAME", default=str(BASE_DIR / ".celerybeat-schedule")
 )
-CELERY_BEAT_SCHEDULE = {"sweep-idle-labs": {"task": "exercises.sweep_idle_labs", "schedule": 60.0}}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-idle-labs": {"task": "exercises.sweep_idle_labs", "schedule": 60.0},
+    "sweep-labs": {"task": "exercises.sweep_labs", "schedule": LAB_SWEEP_SECONDS},
+}
 
 # A worker process renews the leases of the workloads and monitors it runs this often, and
 # a lease that has not been renewed for RUNTIME_LEASE_SECONDS is taken over by another

@@ -100,6 +100,46 @@ FIREHOSE_ARGUMENTS = {"x-max-length": FIREHOSE_QUEUE_LENGTH, "x-overflow": "drop
 FIREHOSE_PATTERNS = ("publish.#",)
 
 
+LAB_NAME_PREFIX = "lab-"
+
+
+def lab_vhost(session_id: str) -> str:
+    """The vhost of one lab, and the name of its user: the only place the name is made."""
+    return f"{LAB_NAME_PREFIX}{session_id}"
+
+
+def lab_session_id(name: str) -> str | None:
+    """The lab id in a vhost or user name `lab_vhost` made, or None for any other name."""
+    return name.removeprefix(LAB_NAME_PREFIX) if name.startswith(LAB_NAME_PREFIX) else None
+
+
+# Lab vhost names do not carry LABCONSOLE_PREFIX, and several consoles (a developer's, the
+# test suite, a benchmark) may share one broker, each with labs of its own database. So
+# every lab vhost and user carries two tags the console sets when it makes them: whose it
+# is, and when it was made (the management API tells neither). The sweeper removes only
+# what carries its own console's mark.
+MADE_TAG = "made:"
+
+
+def lab_mark() -> str:
+    return f"labconsole:{settings.LABCONSOLE_PREFIX}"
+
+
+def lab_tags(made: float) -> list[str]:
+    """The tags of a lab vhost or user made at `made` (seconds since the epoch)."""
+    return [lab_mark(), f"{MADE_TAG}{int(made)}"]
+
+
+def lab_made(tags: list[str] | str) -> float | None:
+    """When a lab vhost or user was made, from its tags; None if they do not say."""
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    for tag in tags:
+        if tag.startswith(MADE_TAG) and tag[len(MADE_TAG) :].isdigit():
+            return float(tag[len(MADE_TAG) :])
+    return None
+
+
 def lab_key(session_id: str, kind: str) -> str:
     """Routing key of one lab's messages on the flow exchange (`report`, `frame`,
     `status`, `workload`) and of its monitor on the control exchange (`monitor`)."""

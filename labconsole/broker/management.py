@@ -84,8 +84,44 @@ class ManagementClient:
     def user_exists(self, name: str) -> bool:
         return self.request("GET", f"users/{_q(name)}", ok_missing=True) is not None
 
-    def put_vhost(self, name: str, *, tracing: bool = False, description: str = "") -> None:
-        self.request("PUT", f"vhosts/{_q(name)}", {"tracing": tracing, "description": description})
+    def vhosts(self) -> list[dict]:
+        """Every vhost's name, description and tags (a list)."""
+        return self.request("GET", "vhosts?columns=name,description,tags")
+
+    def users(self) -> list[dict]:
+        """Every user's name and tags (a list, or a comma-separated string on older nodes)."""
+        return self.request("GET", "users?columns=name,tags")
+
+    def put_vhost(
+        self,
+        name: str,
+        *,
+        tracing: bool = False,
+        description: str = "",
+        tags: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        """Creates the vhost, or sets all of these on it (a PUT replaces the description
+        and tags it had)."""
+        self.request(
+            "PUT",
+            f"vhosts/{_q(name)}",
+            {"tracing": tracing, "description": description, "tags": ",".join(tags)},
+        )
+
+    def tracing_on(self, name: str) -> bool:
+        """Turns the firehose of an existing vhost on again, keeping its description and
+        tags; a vhost that is gone is not made again. Returns whether it exists."""
+        vhost = self.request("GET", f"vhosts/{_q(name)}", ok_missing=True)
+        if vhost is None:
+            return False
+        tags = vhost.get("tags") or []
+        self.put_vhost(
+            name,
+            tracing=True,
+            description=vhost.get("description") or "",
+            tags=tags.split(",") if isinstance(tags, str) else tags,
+        )
+        return True
 
     def delete_vhost(self, name: str) -> None:
         """Deletes the vhost and everything in it, closing its connections; absent is fine."""

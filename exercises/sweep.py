@@ -1,0 +1,118 @@
+"""The sweeper: reconciles the broker's lab vhosts and users with the database.
+
+Three things can leave the two apart: a lab ended while the broker was away (its vhost and
+user are still there: `teardown_pending`), a process that died between making a vhost and
+recording the lab, and a vhost deleted behind the console's back (a lab that cannot run).
+
+Only names this console made are touched. Lab vhost names do not say which console made
+them, and several consoles may share a broker, so provisioning tags each lab vhost and
+user with this console's mark and the time it was made (`amqp.lab_tags`); a name without
+this console's mark is never deleted, whatever it is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.utils import timezone
+
+from labconsole.broker import amqp
+from labconsole.broker.management import ManagementClient
+
+from .models import LabSession
+from .services import lab_session_stop, lab_session_teardown
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    torn_down: list[str] = field(default_factory=list)  # pending teardowns now done
+    vhosts: list[str] = field(default_factory=list)  # orphan vhosts deleted
+    users: list[str] = field(default_factory=list)  # orphan users deleted
+    ended: list[str] = field(default_factory=list)  # running labs whose vhost was gone
+
+
+def _ours(items: list[dict], *, made_before: float) -> dict[str, str]:
+    """{name: lab id} of the vhosts or users with this console's mark that were made
+    before `made_before` (seconds since the epoch)."""
+    mark = amqp.lab_mark()
+    found = {}
+    for item in items:
+        lab_id = amqp.lab_session_id(item["name"])
+        tags = item.get("tags") or []
+        if isinstance(tags, str):
+            tags = tags.split(",")
+        made = amqp.lab_made(tags)
+        if lab_id and mark in tags and made is not None and made < made_before:
+            found[item["name"]] = lab_id
+    return found
+
+
+def _live(lab_ids) -> set[str]:
+    return set(
+        LabSession.objects.filter(pk__in=set(lab_ids))
+        .exclude(state=LabSession.State.ENDED)
+        .values_list("pk", flat=True)
+    )
+
+
+def labs_sweep(*, grace_seconds: float) -> SweepResult:
+    """One round of the sweeper; raises BrokerError if the broker does not answer.
+
+    1. Deletes the vhost and user of every ended lab whose teardown is pending.
+    2. Deletes vhosts and users with this console's mark, made more than `grace_seconds`
+       ago, of no lab that is starting or running. The grace covers a lab whose vhost is
+       made but whose row is not yet visible (a transaction not yet committed); a lab
+       being made or reset is in the `starting` state and is never touched.
+    3. Ends the running labs whose vhost is gone (looked up once more before each).
+    """
+    result = SweepResult()
+    api = ManagementClient()
+
+    for session in LabSession.objects.filter(
+        state=LabSession.State.ENDED, teardown_pending=True
+    ).order_by("ended_at"):
+        if lab_session_teardown(session=session):
+            result.torn_down.append(session.id)
+
+    listed_at = timezone.now()
+    vhosts = api.vhosts()
+    users = api.users()
+    made_before = time.time() - grace_seconds
+
+    ours = _ours(vhosts, made_before=made_before)
+    live = _live(ours.values())
+    for name, lab_id in sorted(ours.items()):
+        if lab_id not in live:
+            api.delete_vhost(name)
+            result.vhosts.append(name)
+    ours = _ours(users, made_before=made_before)
+    live = _live(ours.values())
+    for name, lab_id in sorted(ours.items()):
+        if lab_id not in live:
+            api.delete_user(name)
+            result.users.append(name)
+
+    # Labs recorded as running before the list was read: their vhost was in it unless it
+    # was deleted (a reset in between is `starting`, or has made it again: looked up).
+    names = {v["name"] for v in vhosts}
+    for session in LabSession.objects.filter(
+        state=LabSession.State.RUNNING, created_at__lt=listed_at - timedelta(seconds=1)
+    ):
+        if session.vhost in names or api.vhost_exists(session.vhost):
+            continue
+        ended = LabSession.objects.filter(
+            pk=session.pk, state=LabSession.State.RUNNING, generation=session.generation
+        ).update(state=LabSession.State.ENDED, ended_at=timezone.now())
+        if ended:
+            session.refresh_from_db()
+            lab_session_stop(session=session)
+            result.ended.append(session.id)
+
+    if result.torn_down or result.vhosts or result.users or result.ended:
+        log.info("sweep: %s", result)
+    return result
