@@ -84,18 +84,16 @@ def labs_sweep(*, grace_seconds: float) -> SweepResult:
     users = api.users()
     made_before = time.time() - grace_seconds
 
-    ours = _ours(vhosts, made_before=made_before)
-    live = _live(ours.values())
-    for name, lab_id in sorted(ours.items()):
-        if lab_id not in live:
-            api.delete_vhost(name)
-            result.vhosts.append(name)
-    ours = _ours(users, made_before=made_before)
-    live = _live(ours.values())
-    for name, lab_id in sorted(ours.items()):
-        if lab_id not in live:
-            api.delete_user(name)
-            result.users.append(name)
+    for listed, delete, removed in (
+        (vhosts, api.delete_vhost, result.vhosts),
+        (users, api.delete_user, result.users),
+    ):
+        ours = _ours(listed, made_before=made_before)
+        live = _live(ours.values())
+        for name, lab_id in sorted(ours.items()):
+            if lab_id not in live:
+                delete(name)
+                removed.append(name)
 
     # Labs recorded as running before the list was read: their vhost was in it unless it
     # was deleted (a reset in between is `starting`, or has made it again: looked up).

@@ -68,5 +68,12 @@ def catalogue(db):
 
 
 @pytest.fixture
+def client_in(client, learner):
+    """Django's test client, logged in as the learner."""
+    client.force_login(learner)
+    return client
+
+
+@pytest.fixture
 def learner(django_user_model):
     return django_user_model.objects.create_user("learner", password="learner-pass-1")

@@ -3,6 +3,7 @@ in a process of its own."""
 
 from __future__ import annotations
 
+import html
 import os
 import random
 import signal
@@ -134,3 +135,8 @@ class Daphne:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+
+
+def text_of(response) -> str:
+    """A Django test response's page as text, entities decoded."""
+    return html.unescape(response.content.decode())

@@ -1,7 +1,6 @@
 """Limits per user and per lab, each reached against the real broker and answered with
 its message (docs/operations.md lists the settings)."""
 
-import html
 from datetime import timedelta
 
 import pika
@@ -14,18 +13,9 @@ from exercises.models import LabSession, RateEvent
 from exercises.provisioning import CAP_POLICY
 from exercises.services import LabError, lab_session_start, lab_session_stop
 from labconsole.broker import amqp
+from tests.support import text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def text_of(response) -> str:
-    return html.unescape(response.content.decode())
-
-
-@pytest.fixture
-def client_in(client, learner):
-    client.force_login(learner)
-    return client
 
 
 def lab_connection(session: LabSession) -> pika.BlockingConnection:
@@ -204,30 +194,19 @@ def test_an_exercise_keeps_its_own_overflow_under_the_cap(catalogue, learner, la
     from exercises.services import exercise_save
 
     exercise, _ = exercise_save(source=OWN_LIMIT)
-    settings.LAB_QUEUE_MAX_LENGTH = 100
-    session = lab_session_start(exercise=exercise, owner=learner, run=False)
-    connection = lab_connection(session)
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        for _ in range(5):
-            channel.basic_publish("", "small", b"m")
-        with pytest.raises(px.NackError):
-            channel.basic_publish("", "small", b"m")
-    finally:
-        amqp.close_quietly(connection)
-    settings.LAB_QUEUE_MAX_LENGTH = 3
-    session = lab_session_start(exercise=exercise, owner=learner, run=False)
-    connection = lab_connection(session)
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        for _ in range(3):
-            channel.basic_publish("", "small", b"m")
-        with pytest.raises(px.NackError):
-            channel.basic_publish("", "small", b"m")
-    finally:
-        amqp.close_quietly(connection)
+    for cap, taken in ((100, 5), (3, 3)):
+        settings.LAB_QUEUE_MAX_LENGTH = cap
+        session = lab_session_start(exercise=exercise, owner=learner, run=False)
+        connection = lab_connection(session)
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            for _ in range(taken):
+                channel.basic_publish("", "small", b"m")
+            with pytest.raises(px.NackError):
+                channel.basic_publish("", "small", b"m")
+        finally:
+            amqp.close_quietly(connection)
 
 
 def test_an_exercise_needing_more_than_a_lab_may_use_is_refused(catalogue, learner, labs, settings):

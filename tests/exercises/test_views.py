@@ -1,24 +1,13 @@
 """The pages through Django's test client: catalogue, exercise, lab, controls, access."""
 
-import html
-
 import pytest
 from django.urls import reverse
 
 from exercises.models import Exercise, LabSession, Workload
 from exercises.services import exercise_apply_source, lab_session_start
+from tests.support import text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def text_of(response) -> str:
-    return html.unescape(response.content.decode())
-
-
-@pytest.fixture
-def client_in(client, learner):
-    client.force_login(learner)
-    return client
 
 
 def test_pages_need_a_login(client, catalogue):
