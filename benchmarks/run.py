@@ -62,8 +62,8 @@ def bench_provisioning(api: ManagementClient) -> None:
 
 
 def _producer_run(params, bus: ConsoleBus, **settings) -> ProducerUnit:
-    """The producer workload as a worker runs it (its reports go through the bus); call
-    its run() to run it in this thread."""
+    """The producer workload as a worker runs it (its reports go through the bus, on the
+    bus's loop): start it and join it."""
     return ProducerUnit(
         name="bench",
         bus=bus,
@@ -128,7 +128,8 @@ def bench_producer(api: ManagementClient, count: int = 20000) -> None:
                 _purge(params)
                 run = _producer_run(params, bus, rate=1e9, count=n, confirms=confirms)
                 t = time.perf_counter()
-                run.run()
+                run.start(on_exit=lambda _: None)
+                run.join()
                 ours.append(run.progress["sent"] / (time.perf_counter() - t))
                 _purge(params)
             bare_rate, our_rate = statistics.median(bare), statistics.median(ours)

@@ -1,7 +1,7 @@
 """The runtime of one worker process, with this app's rows.
 
 A Celery task only asks a worker process to run a workload or a monitor: the process
-claims it (a lease in the database), starts it as a unit on a thread of its own
+claims it (a lease in the database), hands it as a unit to the process's I/O loop
 (labconsole/runtime) and the task returns at once. So tasks are short, the worker's pool
 is `solo` (no pool thread ever touches Celery's connection: threads pools deadlock on a
 broker reconnect), and a worker that dies costs no Celery redelivery dance:
@@ -232,11 +232,14 @@ class Runtime:
     def _publish_flow(self, routing_key: str, body: bytes) -> None:
         self.bus.publish(amqp.flow_exchange(), routing_key, body, JSON)
 
-    # --- a unit ended (its own thread) -------------------------------------------------------
+    # --- a unit ended (on the loop; its rows are written on the blocking pool) --------------
     def _exited(self, unit: Unit) -> None:
         with self.units_lock:
             self.units.pop(unit.key, None)
         self.written.pop(unit.key, None)
+        self.bus.loop.run_blocking(lambda: self._record_exit(unit))
+
+    def _record_exit(self, unit: Unit) -> None:
         kind, pk, run = unit.row
         try:
             if kind == "workload":
@@ -343,9 +346,11 @@ class Runtime:
             unit.request_stop("released")
         deadline = time.monotonic() + timeout
         for unit in units:
-            if unit.thread is not None:
-                unit.thread.join(max(0.0, deadline - time.monotonic()))
+            unit.join(max(0.0, deadline - time.monotonic()))
+        # Their exits are recorded on the blocking pool: let it finish before the loop ends.
+        self.bus.loop.blocking.shutdown(wait=True, cancel_futures=False)
         self.bus.stop()
+        self.bus.join(max(0.5, deadline - time.monotonic()))
 
 
 def _db(query):

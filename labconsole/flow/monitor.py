@@ -2,8 +2,10 @@
 (the workloads' reports, the firehose of the lab's vhost, queue depths) into frames for
 the browser, at most `fps` a second, and keeps the flow record the checks read.
 
-It is a unit (labconsole/runtime/unit.py): asleep until a firehose message, a report or
-control message (through the worker's console bus) or its next timer. Frames are sent
+It is a unit (labconsole/runtime/unit.py), on its worker process's I/O loop: idle until a
+firehose message, a report or control message (through the worker's console bus) or its
+next timer. The checks, which read the database and the management API, run on the
+loop's blocking pool, on a copy of the flow record. Frames are sent
 only when something changed (and once a second otherwise, so rates fall to zero on the
 page); queue depths are read often while messages move and rarely when nothing does.
 Each frame carries the newest events and traces: what could not be shown in time is
@@ -191,35 +193,86 @@ class LabMonitor(Unit):
         self.next_frame = self.next_depths = self.next_checks = 0.0
         self.next_checkpoint = self.next_firehose_ack = 0.0
         self.last_frame = 0.0
-        self.depths = None
+        self.firehose = self.depths = None
+        self.polling: int | None = None  # the index of the queue whose depth is being read
+        self.checking = False
         self.checkpoint = self.export()
 
     # --- connection --------------------------------------------------------------------------
     def connected(self) -> None:
         if self.reconnects:
             # What a restart of the broker loses: tracing is off after a hard restart.
-            self.ensure_tracing()
-        self.bus.consume(self.reports_queue, self._post_report, self.declare_reports)
-        firehose = self.lab.channel()
-        firehose.queue_declare(self.firehose_queue, durable=True, arguments=self.firehose_arguments)
-        for pattern in self.firehose_patterns:
-            firehose.queue_bind(self.firehose_queue, "amq.rabbitmq.trace", pattern)
-        firehose.basic_qos(prefetch_count=FIREHOSE_PREFETCH)
-        firehose.basic_consume(self.firehose_queue, self._on_firehose)
-        self.firehose = firehose
+            self.loop.run_blocking(self.ensure_tracing)
+        self.bus.consume(self.reports_queue, self._report_arrived, self.declare_reports)
+        self.firehose = self.depths = None
         self.firehose_tag = 0
-        self.depths = self.lab.channel()
+        self.polling = None
         self.next_depths = 0.0
+        self._open_firehose()
+        self._open_depths()
+
+    def _open_firehose(self) -> None:
+        def opened(channel):
+            if self.lab is None or self.outcome is not None:
+                return
+            channel.add_on_close_callback(self.guarded(self._firehose_closed))
+            channel.queue_declare(
+                self.firehose_queue, durable=True, arguments=self.firehose_arguments
+            )
+            for pattern in self.firehose_patterns:
+                channel.queue_bind(self.firehose_queue, "amq.rabbitmq.trace", pattern)
+            channel.basic_qos(prefetch_count=FIREHOSE_PREFETCH)
+            channel.basic_consume(self.firehose_queue, self.guarded(self._on_firehose))
+            self.firehose = channel
+            self.firehose_tag = 0
+
+        self.lab.channel(on_open_callback=self.guarded(opened))
+
+    def _firehose_closed(self, channel, exc) -> None:
+        if channel is not self.firehose:
+            return
+        self.firehose = None
+        if isinstance(exc, px.ChannelClosedByBroker) and self.lab is not None:
+            log.warning("monitor %s: firehose closed (%s); opening it again", self.name, exc)
+            self.loop.call_later(1.0, self._reopen_firehose)
+
+    def _reopen_firehose(self) -> None:
+        if self.lab is not None and self.lab.is_open and self.firehose is None:
+            self.guard(self._open_firehose)
+
+    def _open_depths(self) -> None:
+        def opened(channel):
+            if self.lab is None or self.outcome is not None:
+                return
+            channel.add_on_close_callback(self.guarded(self._depths_closed))
+            self.depths = channel
+            if self.polling is not None:
+                self._poll_next()  # after a queue that was not there
+
+        self.lab.channel(on_open_callback=self.guarded(opened))
+
+    def _depths_closed(self, channel, exc) -> None:
+        if channel is not self.depths:
+            return
+        self.depths = None
+        if self.lab is None or not self.lab.is_open:
+            return
+        if self.polling is not None and isinstance(exc, px.ChannelClosedByBroker):
+            # A passive declare of a queue that is not there (deleted, or expired by
+            # x-expires) closes the channel: say so, and go on with the next queue.
+            q = self.queue_names[self.polling]
+            if not self.queues[q].get("missing"):
+                self.changed = self.checks_dirty = True
+            self.queues[q].update(ready=0, consumers=0, missing=True)
+            self.polling += 1
+        self._open_depths()
 
     def finish(self) -> None:
-        self.bus.cancel(self.reports_queue, self._post_report)
+        self.bus.cancel(self.reports_queue, self._report_arrived)
         self.checkpoint = self.export()
 
     # --- inputs ------------------------------------------------------------------------------
     def handle(self, message: Incoming) -> None:
-        if message.routing_key.endswith(".report"):
-            self._on_report(message.body)
-            return
         try:
             data = json.loads(message.body)
         except ValueError:
@@ -241,10 +294,12 @@ class LabMonitor(Unit):
                 pika.BasicProperties(correlation_id=message.correlation_id),
             )
 
-    def _post_report(self, message: Incoming) -> None:
-        """A workload's report: while frames go at full rate the next one is at most a
-        frame interval away, and it reads the report then; otherwise it wakes the monitor."""
-        self.post(message, wake=not self.lively)
+    def _report_arrived(self, message: Incoming) -> None:
+        """A workload's report: while frames go at full rate the next frame is at most a
+        frame interval away and shows it; otherwise the monitor looks at once."""
+        self.guard(self._on_report, message.body)
+        if not self.lively:
+            self.poke()
 
     def _on_report(self, body: bytes) -> None:
         report = json.loads(body)
@@ -324,6 +379,8 @@ class LabMonitor(Unit):
         inner = headers.get("properties") or {}
         inner_headers = inner.get("headers") or {}
         x_death = inner_headers.get("x-death")
+        if not self.lively:
+            self.poke()  # frames at full rate from now on
         self.changed = self.moved = self.checks_dirty = True
         if kind == "publish":
             keys = headers.get("routing_keys") or []
@@ -467,33 +524,57 @@ class LabMonitor(Unit):
 
     # --- timed work --------------------------------------------------------------------------
     def poll_depths(self) -> None:
-        for q in self.queue_names:
-            try:
-                ok = self.depths.queue_declare(q, passive=True)
-            except px.ChannelClosedByBroker:
-                # The queue is gone (deleted, or expired by x-expires): say so, carry on.
-                self.queues[q].update(ready=0, consumers=0, missing=True)
-                self.depths = self.lab.channel()
-                continue
+        """Reads every queue's depth with a passive declare, one after the other."""
+        if self.polling is None:
+            self.polling = 0
+            self._poll_next()
+
+    def _poll_next(self) -> None:
+        if self.depths is None or self.polling is None:
+            return  # the channel opens again and goes on
+        if self.polling >= len(self.queue_names):
+            self.polling = None
+            return
+        q = self.queue_names[self.polling]
+
+        def ok(frame, q=q):
             before = self.queues[q]
             now = {
-                "ready": ok.method.message_count,
-                "consumers": ok.method.consumer_count,
+                "ready": frame.method.message_count,
+                "consumers": frame.method.consumer_count,
                 "missing": False,
             }
             if any(before.get(k) != v for k, v in now.items()):
                 before.update(now)
                 self.changed = self.checks_dirty = True
+            self.polling += 1
+            self._poll_next()
+
+        self.depths.queue_declare(q, passive=True, callback=self.guarded(ok))
 
     def run_checks(self) -> None:
+        """Evaluates the checkpoints on the blocking pool (they may read the database and
+        the management API), on copies of what the loop goes on changing."""
+        if self.checking:
+            return
         self.checks_dirty = False
-        results = self.evaluate(self.record, self.queues)
-        if results != self.checks:
+        self.checking = True
+        record = FlowRecord.restore(self.record.export())
+        queues = {q: dict(stats) for q, stats in self.queues.items()}
+        self.loop.run_blocking(lambda: self.evaluate(record, queues), self._checked)
+
+    def _checked(self, results: dict[str, bool] | None, error: BaseException | None) -> None:
+        self.checking = False
+        if error is not None:
+            log.warning("monitor %s: checks not evaluated: %r", self.name, error)
+            self.checks_dirty = True
+        elif results != self.checks:
             self.checks = results
             self.changed = True
+        self.poke()
 
     def tick(self, now: float) -> float | None:
-        if self.firehose_tag and now >= self.next_firehose_ack:
+        if self.firehose_tag and now >= self.next_firehose_ack and self.firehose is not None:
             # Acknowledged in batches: at most once a second, or every FIREHOSE_ACK_EVERY.
             self.firehose.basic_ack(self.firehose_tag, multiple=True)
             self.firehose_tag = 0

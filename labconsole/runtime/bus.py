@@ -2,12 +2,13 @@
 carries, for every unit (workload or monitor) this process hosts, its control messages in
 and its reports and frames out.
 
-Units block on their own lab connection only; what the bus receives for a unit is put in
-the unit's inbox, which wakes it (`Unit.post`). What a unit publishes goes into the bus's
-bounded outbox and is sent from the bus's thread, so that no pika object is shared between
-threads. When the broker goes away the bus reconnects with backoff and declares again
+It lives on the process's I/O loop (labconsole/runtime/loop.py) with the units: a control
+message is handed to its units' handlers directly, and what a unit publishes goes to the
+connection's output buffer at once (every message of one pass of the loop is written to
+the socket together). Other threads may publish too; their messages go through a bounded
+outbox. When the broker goes away the bus reconnects with backoff and declares again
 everything it had: its control queue, the bindings of every hosted unit and the consumers
-of the queues units read (a lab's reports).
+of the queues units read (a lab's reports); meanwhile the outbox keeps the newest messages.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,15 +26,12 @@ import pika.exceptions as px
 
 from labconsole.broker import amqp
 
+from .loop import Loop, close_quietly
+
 log = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 20_000  # messages waiting while the broker is away; the oldest go first
 BACKOFF = (0.25, 0.5, 1.0, 2.0, 3.0)  # as the units': frames wait for the bus
-# While messages flow, the bus sends what waits this often rather than being woken for each
-# one: under load a wake per frame and per report cost more than the sending itself.
-BATCH_SECONDS = 0.01
-BUSY_SECONDS = 1.0  # batching ends this long after the last message sent
-CONNECTION_ERRORS = (px.AMQPConnectionError, px.AMQPChannelError, px.StreamLostError, OSError)
 
 
 @dataclass(frozen=True)
@@ -50,74 +47,48 @@ Declare = Callable[[object], None]
 
 
 class ConsoleBus:
-    def __init__(self, params: Callable[[], list[pika.ConnectionParameters]] | None = None):
+    def __init__(
+        self,
+        params: Callable[[], list[pika.ConnectionParameters]] | None = None,
+        loop: Loop | None = None,
+    ):
         self._params = params or (
             lambda: amqp.console_parameters(name=f"labconsole runtime {socket.gethostname()}")
         )
+        self.loop = loop or Loop()
         self.control_queue = (
             f"{amqp.control_exchange()}.runtime.{socket.gethostname()}.{os.getpid()}"
         )
-        self._lock = threading.Lock()
         self._bindings: dict[str, list[Handler]] = {}  # control routing key -> handlers
         self._consumers: dict[str, tuple[Handler, Declare]] = {}  # queue -> handler, declare
+        self._tags: dict[str, str] = {}  # queue -> consumer tag on the current channel
         self._outbox: deque[tuple[str, str, bytes, pika.BasicProperties | None]] = deque(
             maxlen=OUTBOX_LIMIT
         )
-        self._changes: deque[tuple[str, str]] = deque()  # ("bind"|"unbind"|"consume"|..., name)
-        self._connection: pika.BlockingConnection | None = None
-        self._wake_pending = False
-        self._batching = False
-        self._stopped = threading.Event()
+        self._connection: pika.SelectConnection | None = None
+        self._channel = None
+        self._blocked = False  # a memory or disk alarm: messages wait in the bounded outbox
+        self._attempts = 0
+        self._stopped = False
         self.connected = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="console-bus", daemon=True)
 
-    # --- what units call (any thread) ---------------------------------------------------
+    # --- any thread -------------------------------------------------------------------------
     def start(self) -> None:
-        self.thread.start()
+        self.loop.start()
+        self.loop.call_soon(self._connect)
 
     def stop(self) -> None:
-        self._stopped.set()
-        self._wake()
+        """Closes the connection and ends the loop."""
 
-    def bind(self, routing_key: str, handler: Handler) -> None:
-        """Control messages published with `routing_key` go to `handler`, and to every
-        other handler bound to the key (a lab's units share its pace key; a new run of a
-        workload may overlap the old one's end). Handlers run in the bus thread: they only
-        hand the message on."""
-        with self._lock:
-            handlers = self._bindings.setdefault(routing_key, [])
-            if handler not in handlers:
-                handlers.append(handler)
-            if len(handlers) == 1:
-                self._changes.append(("bind", routing_key))
-        self._wake()
+        def close():
+            self._stopped = True
+            close_quietly(self._connection)
+            self.loop.call_later(0.2, self.loop.stop)
 
-    def unbind(self, routing_key: str, handler: Handler) -> None:
-        """Undoes `bind` for this handler; the key is unbound with its last handler."""
-        with self._lock:
-            handlers = self._bindings.get(routing_key, [])
-            if handler in handlers:
-                handlers.remove(handler)
-                if not handlers:
-                    del self._bindings[routing_key]
-                    self._changes.append(("unbind", routing_key))
-        self._wake()
+        self.loop.call_soon(close)
 
-    def consume(self, queue: str, handler: Handler, declare: Declare) -> None:
-        """Messages of a queue of the console's vhost go to `handler`; `declare` declares
-        the queue first (the same arguments every time), so that it is there again after
-        a broker restart."""
-        with self._lock:
-            self._consumers[queue] = (handler, declare)
-            self._changes.append(("consume", queue))
-        self._wake()
-
-    def cancel(self, queue: str, handler: Handler) -> None:
-        with self._lock:
-            if self._consumers.get(queue, (None,))[0] == handler:
-                del self._consumers[queue]
-                self._changes.append(("cancel", queue))
-        self._wake()
+    def join(self, timeout: float | None = None) -> None:
+        self.loop.join(timeout)
 
     def publish(
         self,
@@ -126,114 +97,153 @@ class ConsoleBus:
         body: bytes,
         properties: pika.BasicProperties | None = None,
     ) -> None:
-        """Queues a message for the bus thread to send. Never blocks; while the broker is
-        away the oldest waiting messages are dropped (frames and reports carry cumulative
-        numbers, so a lost one costs animation, not counts)."""
-        self._outbox.append((exchange, routing_key, body, properties))
-        if not self._batching:
-            self._wake()
-
-    # --- the bus thread -------------------------------------------------------------------
-    def _wake(self) -> None:
-        connection = self._connection
-        if connection is None or self._wake_pending:
-            return
-        self._wake_pending = True
-        try:
-            connection.add_callback_threadsafe(self._woken)
-        except Exception:  # noqa: BLE001 - closing or closed: the run loop reconnects
-            self._wake_pending = False
-
-    def _woken(self) -> None:
-        self._wake_pending = False
-
-    def _run(self) -> None:
-        attempt = 0
-        while not self._stopped.is_set():
+        """Sends a message. Never blocks; while the broker is away the oldest waiting
+        messages are dropped (frames and reports carry cumulative numbers, so a lost one
+        costs animation, not counts)."""
+        direct = self._channel is not None and not self._outbox and not self._blocked
+        if direct and self.loop.in_loop():
             try:
-                self._serve()
-            except CONNECTION_ERRORS as exc:
-                if self.connected.is_set():
-                    attempt = 0  # it was connected: a new outage starts from the first step
-                self.connected.clear()
-                delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
-                attempt += 1
-                log.warning("console bus: %s; connecting again in %.1f s", exc or repr(exc), delay)
-                self._stopped.wait(delay)
-            finally:
-                connection, self._connection = self._connection, None
-                amqp.close_quietly(connection)
+                self._channel.basic_publish(exchange, routing_key, body, properties)
+                return
+            except (px.ChannelWrongStateError, px.ConnectionWrongStateError):
+                pass  # closing: kept for the next connection
+        self._outbox.append((exchange, routing_key, body, properties))
+        if not self.loop.in_loop():
+            self.loop.call_soon(self._flush)
 
-    def _serve(self) -> None:
-        connection = amqp.connect(self._params())
-        channel = connection.channel()
+    # --- the loop thread (units call these from their callbacks) -------------------------------
+    def bind(self, routing_key: str, handler: Handler) -> None:
+        """Control messages published with `routing_key` go to `handler`, and to every
+        other handler bound to the key (a lab's units share its pace key; a new run of a
+        workload may overlap the old one's end)."""
+        if not self.loop.in_loop():
+            self.loop.call_soon(self.bind, routing_key, handler)
+            return
+        handlers = self._bindings.setdefault(routing_key, [])
+        if handler not in handlers:
+            handlers.append(handler)
+        if len(handlers) == 1 and self._channel is not None:
+            self._channel.queue_bind(self.control_queue, amqp.control_exchange(), routing_key)
+
+    def unbind(self, routing_key: str, handler: Handler) -> None:
+        """Undoes `bind` for this handler; the key is unbound with its last handler."""
+        if not self.loop.in_loop():
+            self.loop.call_soon(self.unbind, routing_key, handler)
+            return
+        handlers = self._bindings.get(routing_key, [])
+        if handler in handlers:
+            handlers.remove(handler)
+            if not handlers:
+                del self._bindings[routing_key]
+                if self._channel is not None:
+                    self._channel.queue_unbind(
+                        self.control_queue, amqp.control_exchange(), routing_key
+                    )
+
+    def consume(self, queue: str, handler: Handler, declare: Declare) -> None:
+        """Messages of a queue of the console's vhost go to `handler`; `declare` declares
+        the queue first (the same arguments every time), so that it is there again after
+        a broker restart."""
+        if not self.loop.in_loop():
+            self.loop.call_soon(self.consume, queue, handler, declare)
+            return
+        self._consumers[queue] = (handler, declare)
+        if self._channel is not None:
+            if queue in self._tags:  # a new handler for the queue: consume again
+                self._channel.basic_cancel(self._tags.pop(queue))
+            self._start_consumer(queue)
+
+    def cancel(self, queue: str, handler: Handler) -> None:
+        if not self.loop.in_loop():
+            self.loop.call_soon(self.cancel, queue, handler)
+            return
+        if self._consumers.get(queue, (None,))[0] == handler:
+            del self._consumers[queue]
+            tag = self._tags.pop(queue, None)
+            if tag is not None and self._channel is not None:
+                self._channel.basic_cancel(tag)
+
+    # --- the connection ---------------------------------------------------------------------
+    def _connect(self) -> None:
+        if self._stopped:
+            return
+        self.loop.connect(
+            self._params(), on_open=self._opened, on_failed=self._lost, on_close=self._closed
+        )
+
+    def _opened(self, connection) -> None:
+        self._connection = connection
+        self._blocked = False
+        connection.add_on_connection_blocked_callback(lambda *_: self._set_blocked(True))
+        connection.add_on_connection_unblocked_callback(lambda *_: self._set_blocked(False))
+        connection.channel(on_open_callback=self._channel_opened)
+
+    def _channel_opened(self, channel) -> None:
+        channel.add_on_close_callback(self._channel_closed)
         amqp.declare_console_exchanges(channel)
         channel.queue_declare(self.control_queue, exclusive=True, auto_delete=True)
         channel.basic_consume(self.control_queue, self._on_control, auto_ack=True)
-        with self._lock:
-            self._changes.clear()
-            keys, queues = list(self._bindings), list(self._consumers)
-        for key in keys:
+        for key in self._bindings:
             channel.queue_bind(self.control_queue, amqp.control_exchange(), key)
-        tags: dict[str, str] = {}
-        for queue in queues:
-            tags[queue] = self._start_consumer(channel, queue)
-        self._connection = connection
+        self._channel = channel
+        self._tags.clear()
+        for queue in list(self._consumers):
+            self._start_consumer(queue)
+        self._attempts = 0
         self.connected.set()
-        log.info("console bus connected (%d units, %d queues)", len(keys), len(queues))
-        busy_until = 0.0
-        while not self._stopped.is_set():
-            self._apply_changes(channel, tags)
-            if self._flush(connection, channel):
-                busy_until = time.monotonic() + BUSY_SECONDS
-            if time.monotonic() < busy_until:
-                self._batching = True
-                connection.process_data_events(time_limit=BATCH_SECONDS)
-                continue
-            self._batching = False
-            if not self._outbox:  # else a publisher saw `_batching` still set and did not wake
-                connection.process_data_events(time_limit=1.0)
+        log.info(
+            "console bus connected (%d keys, %d queues)", len(self._bindings), len(self._consumers)
+        )
+        self._flush()
 
-    def _start_consumer(self, channel, queue: str) -> str:
+    def _set_blocked(self, blocked: bool) -> None:
+        self._blocked = blocked
+        if not blocked:
+            self._flush()
+
+    def _channel_closed(self, channel, exc) -> None:
+        """A declaration the broker refused closes the channel: start over on a new
+        connection, which declares everything again."""
+        if channel is self._channel:
+            self._channel = None
+            self.connected.clear()
+            if self._connection is not None and self._connection.is_open:
+                log.warning("console bus: channel closed (%s); connecting again", exc)
+                close_quietly(self._connection)
+
+    def _closed(self, connection, exc) -> None:
+        if connection is self._connection:
+            self._lost(exc)
+
+    def _lost(self, exc) -> None:
+        self._connection = self._channel = None
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if self._stopped:
+            return
+        if was_connected:
+            self._attempts = 0  # it was connected: a new outage starts from the first step
+        delay = BACKOFF[min(self._attempts, len(BACKOFF) - 1)]
+        self._attempts += 1
+        log.warning("console bus: %s; connecting again in %.1f s", exc or repr(exc), delay)
+        self.loop.call_later(delay, self._connect)
+
+    def _start_consumer(self, queue: str) -> None:
         handler, declare = self._consumers[queue]
-        declare(channel)
+        declare(self._channel)
 
         def on_message(ch, method, props, body, handler=handler):
             handler(Incoming(method.routing_key, body, props.reply_to, props.correlation_id))
 
-        return channel.basic_consume(queue, on_message, auto_ack=True)
+        self._tags[queue] = self._channel.basic_consume(queue, on_message, auto_ack=True)
 
-    def _apply_changes(self, channel, tags: dict[str, str]) -> None:
-        while True:
-            with self._lock:
-                if not self._changes:
-                    return
-                op, name = self._changes.popleft()
-                present = name in (self._bindings if op in ("bind", "unbind") else self._consumers)
-            if op == "bind" and present:
-                channel.queue_bind(self.control_queue, amqp.control_exchange(), name)
-            elif op == "unbind" and not present:
-                channel.queue_unbind(self.control_queue, amqp.control_exchange(), name)
-            elif op == "consume" and present:
-                if name in tags:  # a new handler for the queue: consume again
-                    channel.basic_cancel(tags.pop(name))
-                tags[name] = self._start_consumer(channel, name)
-            elif op == "cancel" and not present and name in tags:
-                channel.basic_cancel(tags.pop(name))
-
-    def _flush(self, connection, channel) -> bool:
-        """Sends what waits in the outbox. Each message goes to the channel's output
-        buffer and the socket is written once for them all: BlockingChannel.basic_publish
-        runs the I/O loop once per message, which made the bus the worker's busiest part."""
-        outbox = self._outbox
-        if not outbox:
-            return False
-        while outbox:
-            exchange, key, body, props = outbox.popleft()
-            channel._impl.basic_publish(exchange, key, body, props)
-        connection.process_data_events(time_limit=0)
-        return True
+    def _flush(self) -> None:
+        channel = self._channel
+        while self._outbox and channel is not None and not self._blocked:
+            exchange, key, body, props = self._outbox.popleft()
+            channel.basic_publish(exchange, key, body, props)
 
     def _on_control(self, channel, method, props, body: bytes) -> None:
+        message = Incoming(method.routing_key, body, props.reply_to, props.correlation_id)
         for handler in tuple(self._bindings.get(method.routing_key, ())):
-            handler(Incoming(method.routing_key, body, props.reply_to, props.correlation_id))
+            self.loop.guarded(handler, message)

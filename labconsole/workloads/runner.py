@@ -1,14 +1,14 @@
 """Producers and consumers: the behaviours a lab's workloads play on the broker with pika.
 
-Each is a unit (labconsole/runtime/unit.py): a thread with one connection to the lab's
-vhost as the lab's user, asleep until a message, a control message or its next timer. It
-runs until it is told to stop, its count or duration is reached, or the lab ends; a lost
-connection is connected again with backoff, and its counters and sequence numbers go on.
+Each is a unit (labconsole/runtime/unit.py): one connection to the lab's vhost as the
+lab's user, on its worker process's I/O loop, idle until a message, a control message or
+its next timer. It runs until it is told to stop, its count or duration is reached, or
+the lab ends; a lost connection is connected again with backoff, and its counters and
+sequence numbers go on. Channels are opened, and confirms arrive, asynchronously.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
@@ -28,8 +28,14 @@ from .payload import compile_template
 
 log = logging.getLogger(__name__)
 
-MAX_BURST = 500  # messages a producer publishes before it looks at its inbox again
+MAX_BURST = 500  # messages a producer publishes before it lets the loop run again
 CHANNEL_RETRY = 1.0  # seconds before a channel the broker closed is opened again
+# A producer publishes no more while this much waits unwritten for the socket (the broker
+# applies flow control by reading slower) or this many publishes await their confirm.
+WRITE_BUFFER_LIMIT = 1 << 20
+CONFIRM_WINDOW = 1_000
+CONFIRM_WAIT = 5.0  # a finished producer waits this long for its last confirms
+BACKPRESSURE_RETRY = 0.01
 
 
 def x_death_count(headers: dict | None, queue: str | None = None) -> int:
@@ -52,6 +58,7 @@ class WorkloadUnit(Unit):
         self.reporter = reporter
         self.progress = dict(progress or {})
         self.channel = None
+        self.opening = False
         self.reopen_at: float | None = None
         self.checkpoint: dict[str, Any] = self._checkpoint()
 
@@ -76,7 +83,7 @@ class WorkloadUnit(Unit):
                 old = self.settings
                 self.settings = {**old, **changes}
                 self.reporter.event("updated", settings=self.settings)
-                if self.lab is not None:
+                if self.channel is not None:
                     self.apply_update(old)
 
     def apply_update(self, old: dict[str, Any]) -> None:
@@ -89,38 +96,74 @@ class WorkloadUnit(Unit):
         else:
             self.reporter.event("started", settings=self.settings)
         self.reporter.gauge("state", "running")
+        self.channel = None
+        self.opening = False
         self.open_channel()
 
     def disconnected(self, exc: BaseException) -> None:
         self.channel = None
+        self.opening = False
         self.reporter.gauge("state", "reconnecting")
         self.reporter.event("error", message=f"connection lost: {exc or exc.__class__.__name__}")
         self.report()
 
     def open_channel(self) -> None:
-        self.channel = self.lab.channel()
+        """Opens the workload's channel; `channel_ready` runs when the broker has."""
+        if self.lab is None or self.opening:
+            return
+        self.opening = True
         self.reopen_at = None
+        self.lab.channel(on_open_callback=self.guarded(self._channel_opened))
+
+    def _channel_opened(self, channel) -> None:
+        self.opening = False
+        if self.lab is None or self.outcome is not None:
+            return
+        self.channel = channel
+        channel.add_on_close_callback(self.guarded(self._channel_closed))
+        self.channel_ready(channel)
+        self.poke()
+
+    def channel_ready(self, channel) -> None:
+        """The channel is open: set it up (qos, consume, confirms)."""
+
+    def close_channel(self) -> None:
+        """Closes the channel (a restart with new settings); its close is not an error."""
+        channel, self.channel = self.channel, None
+        if channel is not None and channel.is_open:
+            channel.close()
+
+    def _channel_closed(self, channel, exc: BaseException) -> None:
+        if channel is not self.channel:
+            return  # closed on purpose, or one of a connection gone before
+        self.channel = None
+        if isinstance(exc, px.ChannelClosedByBroker):
+            self.channel_closed(exc)
 
     def channel_closed(self, exc: px.ChannelClosedByBroker) -> None:
         """The broker closed our channel (an unknown exchange, ACCESS_REFUSED, ...): say so,
         and open a new one a second later, as a real client would."""
         self.reporter.event("error", message=f"{exc.reply_code} {exc.reply_text}")
         self.reporter.count("errors")
-        self.channel = None
         self.reopen_at = time.monotonic() + CHANNEL_RETRY
+        self.poke()
 
     def tick(self, now: float) -> float | None:
         if self.channel is None or not self.channel.is_open:
+            self.channel = None
+            if self.opening:
+                return self.report(now)
             if self.reopen_at is None:
                 self.reopen_at = now
             if now < self.reopen_at:
                 return self._sooner(self.reopen_at, self.report(now))
             self.open_channel()
+            return self.report(now)
         try:
             due = self.work(now)
-        except px.ChannelClosedByBroker as exc:
-            self.channel_closed(exc)
-            due = self.reopen_at
+        except (px.ChannelWrongStateError, px.ChannelClosed):
+            self.channel = None  # its close callback tells why, if the broker closed it
+            due = now + CHANNEL_RETRY
         return self._sooner(due, self.report(now))
 
     def work(self, now: float) -> float | None:
@@ -145,6 +188,13 @@ class WorkloadUnit(Unit):
         finally:
             self.checkpoint = self._checkpoint()
 
+    def write_backlog(self) -> int:
+        """Bytes waiting to be written to the lab's socket."""
+        try:
+            return self.lab._transport.get_write_buffer_size()
+        except AttributeError:
+            return 0
+
     @staticmethod
     def _sooner(*times: float | None) -> float | None:
         due = [t for t in times if t is not None]
@@ -158,26 +208,36 @@ class ProducerUnit(WorkloadUnit):
         super().__init__(**kwargs)
         self.started_at = time.monotonic() - float(self.progress.get("elapsed", 0.0))
         self.next_at = time.monotonic()
-
-    def open_channel(self) -> None:
-        super().open_channel()
         self.render = compile_template(self.settings.get("payload") or "")
+        # Publishes awaiting the broker's confirm: delivery tag -> message id.
+        self.unconfirmed: dict[int, str | None] = {}
+        self.returned: set[str | None] = set()  # message ids returned, not yet confirmed
+        self.tag = 0
+        self.done_at: float | None = None
+
+    def channel_ready(self, channel) -> None:
+        self.render = compile_template(self.settings.get("payload") or "")
+        self.unconfirmed.clear()
+        self.returned.clear()
+        self.tag = 0
+        channel.add_on_return_callback(self.guarded(self._on_return))
         if self.settings.get("confirms"):
-            self.channel.confirm_delivery()
-        else:
-            self.channel.add_on_return_callback(self._on_return)
+            channel.confirm_delivery(ack_nack_callback=self.guarded(self._on_confirm))
         self.next_at = time.monotonic()
 
     def apply_update(self, old: dict[str, Any]) -> None:
         self.render = compile_template(self.settings.get("payload") or "")
-        if old.get("confirms") != self.settings.get("confirms") and self.channel is not None:
-            with contextlib.suppress(px.AMQPError):
-                self.channel.close()
+        if old.get("confirms") != self.settings.get("confirms"):
+            self.close_channel()
             self.open_channel()
         elif old.get("rate") != self.settings.get("rate"):
             self.next_at = time.monotonic()
 
     def _on_return(self, channel, method, props, body: bytes) -> None:
+        if channel is not self.channel:
+            return
+        if self.settings.get("confirms"):
+            self.returned.add(props.message_id)  # its confirm follows: not counted confirmed
         self.reporter.count("returned")
         self.reporter.event(
             "returned",
@@ -186,6 +246,32 @@ class ProducerUnit(WorkloadUnit):
             message_id=props.message_id,
             reply=f"{method.reply_code} {method.reply_text}",
         )
+        self.poke()
+
+    def _on_confirm(self, frame) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        tags = (
+            [t for t in self.unconfirmed if t <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        for tag in tags:
+            if tag not in self.unconfirmed:
+                continue
+            message_id = self.unconfirmed.pop(tag)
+            if message_id in self.returned:
+                self.returned.discard(message_id)
+            elif acked:
+                self.reporter.count("confirmed")
+            else:
+                self.reporter.count("nacked_by_broker")
+                self.reporter.event(
+                    "nacked_by_broker",
+                    exchange=self.settings.get("exchange", ""),
+                    message_id=message_id,
+                )
+        self.poke()
 
     def routing_key(self, n: int) -> str:
         keys = self.settings.get("routing_keys") or []
@@ -216,19 +302,27 @@ class ProducerUnit(WorkloadUnit):
         )
 
     def work(self, now: float) -> float | None:
+        if self.finished(now):
+            # Done; with confirms, the last ones are waited for (a little) before the end.
+            self.done_at = self.done_at or now
+            if self.unconfirmed and now - self.done_at < CONFIRM_WAIT:
+                return now + BACKPRESSURE_RETRY * 5
+            raise Stop("finished")
+        if self.blocked:
+            return now + 1.0  # the unblocked callback pokes the unit sooner
         rate = max(float(self.settings.get("rate") or 1.0), 0.01)
         if self.next_at < now - 1.0:
             self.next_at = now  # do not try to catch up more than a second of backlog
         burst = 0
         while self.next_at <= now and burst < MAX_BURST:
             if self.finished(now):
-                raise Stop("finished")
+                return now
+            if len(self.unconfirmed) >= CONFIRM_WINDOW or self.write_backlog() > WRITE_BUFFER_LIMIT:
+                return now + BACKPRESSURE_RETRY
             self.publish_one()
             self.next_at += 1.0 / rate
             burst += 1
-        if self.finished(time.monotonic()):
-            raise Stop("finished")
-        return self.next_at
+        return now if self.finished(time.monotonic()) else self.next_at
 
     def publish_one(self) -> None:
         n = self.progress.get("sent", 0) + 1
@@ -237,25 +331,13 @@ class ProducerUnit(WorkloadUnit):
         props = self.properties(n)
         exchange = self.settings.get("exchange", "")
         mandatory = bool(self.settings.get("mandatory"))
+        self.channel.basic_publish(exchange, key, body, props, mandatory=mandatory)
         self.progress["sent"] = n
-        try:
-            self.channel.basic_publish(exchange, key, body, props, mandatory=mandatory)
-        except px.UnroutableError:
-            self.reporter.count("published")
-            self.reporter.count("returned")
-            self.reporter.event(
-                "returned", exchange=exchange, routing_key=key, message_id=props.message_id
-            )
-            return
-        except px.NackError:
-            self.reporter.count("published")
-            self.reporter.count("nacked_by_broker")
-            self.reporter.event("nacked_by_broker", exchange=exchange, routing_key=key)
-            return
         # Counted only: the firehose describes each publish, with where it was routed.
         self.reporter.count("published")
         if self.settings.get("confirms"):
-            self.reporter.count("confirmed")
+            self.tag += 1
+            self.unconfirmed[self.tag] = props.message_id
 
 
 class ConsumerUnit(WorkloadUnit):
@@ -271,21 +353,33 @@ class ConsumerUnit(WorkloadUnit):
         self.head_due: float | None = None
         self.restart = False
         self.park_channel = None
+        self.park_opening = False
+        self.park_tag = 0
+        # Copies sent to the parking place awaiting their confirm: tag -> the original.
+        self.parking: dict[int, tuple] = {}
 
-    def open_channel(self) -> None:
-        super().open_channel()
+    def channel_ready(self, channel) -> None:
         self.held.clear()
         self.head_due = None
         self.restart = False
-        self.park_channel = None
         s = self.settings
-        self.channel.basic_qos(prefetch_count=int(s.get("prefetch") or 0))
-        self.channel.basic_consume(s["queue"], self.on_message, auto_ack=s.get("ack") == "auto")
+        channel.basic_qos(prefetch_count=int(s.get("prefetch") or 0))
+        channel.basic_consume(
+            s["queue"], self.guarded(self.on_message), auto_ack=s.get("ack") == "auto"
+        )
+
+    def connected(self) -> None:
+        self.park_channel = None
+        self.park_opening = False
+        self.parking.clear()
+        super().connected()
 
     def disconnected(self, exc: BaseException) -> None:
         # The broker requeues what the connection held.
         self.held.clear()
+        self.parking.clear()
         self.head_due = None
+        self.park_channel = None
         self.reporter.gauge("held", 0)
         super().disconnected(exc)
 
@@ -297,6 +391,8 @@ class ConsumerUnit(WorkloadUnit):
             self.restart = True
 
     def on_message(self, channel, method, props, body: bytes) -> None:
+        if channel is not self.channel or self.outcome is not None:
+            return  # a delivery of a channel closed meanwhile: the broker requeues it
         s = self.settings
         headers = props.headers or {}
         delivered = self.progress.get("delivered", 0) + 1
@@ -323,34 +419,41 @@ class ConsumerUnit(WorkloadUnit):
             return
         self.held.append((method, props, body, delivered))
         self.reporter.gauge("held", len(self.held))
+        if len(self.held) == 1:
+            self.poke()
 
     def work(self, now: float) -> float | None:
         if self.restart:
-            with contextlib.suppress(px.AMQPError):
-                self.channel.close()
-            self.open_channel()
+            self.close_channel()
+            self.held.clear()
+            self.head_due = None
+            self.restart = False
             self.reporter.gauge("held", 0)
+            self.open_channel()
+            return None
         while self.held:
             if self.head_due is None:
                 self.head_due = now + float(self.settings.get("processing_ms") or 0) / 1000
             if now < self.head_due:
                 return self.head_due
-            method, props, body, delivered = self.held.popleft()
+            method, props, body, delivered = self.held[0]
+            if not self.settle(method, props, body, delivered):
+                return None  # waits for the parking channel; it pokes the unit when open
+            self.held.popleft()
             self.head_due = None
-            self.settle(method, props, body, delivered)
             self.reporter.gauge("held", len(self.held))
             now = time.monotonic()
         return None
 
-    def settle(self, method, props, body: bytes, delivered: int) -> None:
+    def settle(self, method, props, body: bytes, delivered: int) -> bool:
+        """Acknowledges, rejects or parks the message; False if it must wait."""
         s = self.settings
         queue = s["queue"]
         tag = method.delivery_tag
         headers = props.headers or {}
         park_after = s.get("park_after")
         if park_after and x_death_count(headers, queue) >= park_after:
-            self.park(method, props, body)
-            return
+            return self.park(method, props, body)
         self._maybe_crash(delivered)
         if random.random() < float(s.get("fail") or 0):
             requeue = bool(s.get("requeue"))
@@ -367,42 +470,85 @@ class ConsumerUnit(WorkloadUnit):
             self.reporter.count("acked")
             if self.reporter.wants_event():
                 self.reporter.event("acked", queue=queue, message_id=props.message_id)
+        return True
 
-    def park(self, method, props, body: bytes) -> None:
+    # --- parking ---------------------------------------------------------------------------
+    def park(self, method, props, body: bytes) -> bool:
         """Moves the message, x-death and all, to the parking place. The original is
         acknowledged only once the broker has confirmed the copy, so a broker that dies in
         between leaves the original in its queue rather than losing both."""
+        if self.park_channel is None:
+            self._open_park_channel()
+            return False
         s = self.settings
-        if self.park_channel is None or not self.park_channel.is_open:
-            self.park_channel = self.lab.channel()
-            self.park_channel.confirm_delivery()
         props.app_id = self.name  # marked as published by this consumer
-        try:
-            self.park_channel.basic_publish(
-                s.get("park_exchange", ""), s.get("park_routing_key", ""), body, props
-            )
-        except (px.NackError, px.UnroutableError, px.ChannelClosedByBroker) as exc:
-            self.park_channel = None
-            self.channel.basic_nack(method.delivery_tag, requeue=True)
-            self.reporter.event("error", message=f"not parked, requeued: {exc!r}")
-            return
-        self.channel.basic_ack(method.delivery_tag)
-        self.reporter.count("parked")
-        self.reporter.event(
-            "parked",
-            queue=s["queue"],
-            message_id=props.message_id,
-            retries=x_death_count(props.headers),
+        self.park_channel.basic_publish(
+            s.get("park_exchange", ""), s.get("park_routing_key", ""), body, props
         )
+        self.park_tag += 1
+        self.parking[self.park_tag] = (self.channel, method.delivery_tag, props)
+        return True
+
+    def _open_park_channel(self) -> None:
+        if self.park_opening or self.lab is None:
+            return
+        self.park_opening = True
+
+        def opened(channel):
+            self.park_opening = False
+            if self.lab is None or self.outcome is not None:
+                return
+            channel.add_on_close_callback(self.guarded(self._park_closed))
+            channel.confirm_delivery(ack_nack_callback=self.guarded(self._on_park_confirm))
+            self.park_channel = channel
+            self.park_tag = 0
+            self.poke()
+
+        self.lab.channel(on_open_callback=self.guarded(opened))
+
+    def _on_park_confirm(self, frame) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        tags = (
+            [t for t in self.parking if t <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        for tag in tags:
+            if tag in self.parking:
+                self._parked(*self.parking.pop(tag), ok=acked)
+
+    def _parked(self, channel, delivery_tag: int, props, *, ok: bool, why: str = "") -> None:
+        if channel is not self.channel or not channel.is_open:
+            return  # the original's channel is gone: the broker requeued it
+        if ok:
+            channel.basic_ack(delivery_tag)
+            self.reporter.count("parked")
+            self.reporter.event(
+                "parked",
+                queue=self.settings["queue"],
+                message_id=props.message_id,
+                retries=x_death_count(props.headers),
+            )
+        else:
+            channel.basic_nack(delivery_tag, requeue=True)
+            self.reporter.event("error", message=f"not parked, requeued: {why or 'nacked'}")
+
+    def _park_closed(self, channel, exc: BaseException) -> None:
+        if channel is not self.park_channel:
+            return
+        self.park_channel = None
+        pending, self.parking = self.parking, {}
+        for original in pending.values():
+            self._parked(*original, ok=False, why=repr(exc))
+        self.poke()
 
     def _maybe_crash(self, delivered: int) -> None:
         crash_after = self.settings.get("crash_after")
         if crash_after and delivered >= crash_after:
             self.reporter.event("crashed", message=f"crashed after {delivered}")
-            # Close the socket without a clean AMQP close: what a process that dies does.
-            with contextlib.suppress(AttributeError, OSError):
-                self.lab._impl._transport._sock.close()
-            self.lab = None  # nothing left to close cleanly
+            # Drop the socket without a clean AMQP close: what a process that dies does.
+            self.abort()
             raise Stop("crashed", f"crashed after {delivered}")
 
 

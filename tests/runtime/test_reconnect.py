@@ -95,9 +95,9 @@ def test_every_outage_starts_from_the_first_backoff_step(node, caplog):
             )
     finally:
         unit.request_stop()
-        unit.thread.join(10)
+        assert unit.join(10)
         bus.stop()
-        bus.thread.join(10)
+        bus.join(10)
     first_bus = round(bus_module.BACKOFF[0], 1)
     assert delays(caplog, "labconsole.runtime.bus") == [first_bus] * OUTAGES
     assert delays(caplog, "labconsole.runtime.unit") == [unit_module.BACKOFF[0]] * OUTAGES

@@ -1,0 +1,100 @@
+"""The worker's I/O loop: all of a process's units on one thread, and nothing that blocks
+(the database, the management API) held up on it. Against the shared broker: the units
+only open a connection each to the console's vhost and tick."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from labconsole.broker import amqp
+from labconsole.runtime.bus import ConsoleBus
+from labconsole.runtime.unit import Unit
+from tests.support import wait_for
+
+UNITS = 30
+
+
+class Ticker(Unit):
+    """Ticks every 20 ms and records the thread it runs on."""
+
+    kind = "ticker"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.ticks = 0
+        self.threads: set[int] = set()
+
+    def connected(self) -> None:
+        self.threads.add(threading.get_ident())
+
+    def tick(self, now: float) -> float:
+        self.ticks += 1
+        self.threads.add(threading.get_ident())
+        return now + 0.02
+
+
+@pytest.fixture
+def bus():
+    bus = ConsoleBus(params=lambda: amqp.console_parameters(name="loop test bus"))
+    bus.start()
+    wait_for(bus.connected.is_set, message="bus connected")
+    yield bus
+    bus.stop()
+    bus.join(10)
+
+
+def tickers(bus: ConsoleBus, n: int) -> list[Ticker]:
+    units = [
+        Ticker(
+            name=f"ticker-{i}",
+            bus=bus,
+            control_key=f"loop-test.{i}",
+            lab_params=amqp.console_parameters(name=f"loop test unit {i}"),
+            still_current=lambda: True,
+        )
+        for i in range(n)
+    ]
+    for unit in units:
+        unit.start(on_exit=lambda _: None)
+    return units
+
+
+def stop_all(units: list[Ticker]) -> None:
+    for unit in units:
+        unit.request_stop()
+    for unit in units:
+        assert unit.join(10), f"{unit.name} did not stop"
+        assert unit.outcome == "stopped"
+
+
+def test_all_units_of_a_process_run_on_its_one_loop_thread(bus):
+    before = threading.active_count()
+    units = tickers(bus, UNITS)
+    try:
+        wait_for(lambda: all(u.ticks >= 5 for u in units), message="every unit ticking")
+        # Each unit has its own connection, and not one thread more than the loop's.
+        assert all(u.lab is not None and u.lab.is_open for u in units)
+        assert {t for u in units for t in u.threads} == {bus.loop.thread.ident}
+        assert threading.active_count() <= before + 1  # at most a thread of the blocking pool
+    finally:
+        stop_all(units)
+
+
+def test_a_blocking_call_does_not_hold_up_the_units(bus):
+    units = tickers(bus, 3)
+    try:
+        wait_for(lambda: all(u.ticks >= 5 for u in units), message="every unit ticking")
+        done = threading.Event()
+        start = [u.ticks for u in units]
+        # Asked for on the loop, as the units do.
+        bus.loop.call_soon(bus.loop.run_blocking, lambda: time.sleep(1.0), lambda *_: done.set())
+        assert done.wait(10), "the blocking call's result never came back to the loop"
+        # 50 ticks a second each; during the second the blocking call took, they went on.
+        assert all(u.ticks - s >= 10 for u, s in zip(units, start, strict=True)), [
+            u.ticks - s for u, s in zip(units, start, strict=True)
+        ]
+    finally:
+        stop_all(units)
