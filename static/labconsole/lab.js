@@ -69,6 +69,8 @@
   };
   const ACK_MODES = { manual: gettext("manual"), auto: gettext("auto") };
   const kindName = (kind) => EVENT_KINDS[kind] || kind || "?";
+  // "@you" is the learner's own publishes from the page (the graph's p:@you).
+  const workloadName = (name) => (name === "@you" ? T.you : name || "");
 
   // ------------------------------------------------------------------ constants
   const MAX_EVENTS = 500; // rows kept in memory and in the DOM
@@ -511,7 +513,7 @@
     if (key === graphKey && !force) return;
     graphKey = key;
     graph = localizeGraph(g);
-    layout = chooseLayout(g);
+    layout = chooseLayout(graph);
     nodeViews.clear();
     edgeViews.clear();
     edgeIndex.clear();
@@ -1178,7 +1180,7 @@
     const producers = graph.nodes.filter((n) => n.kind === "producer").map((n) => nameOf(n.id));
     const consumers = graph.nodes.filter((n) => n.kind === "consumer").map((n) => nameOf(n.id));
     fillSelect(filters.queue, [[null, queues.map((q) => [q, q])]]);
-    fillSelect(filters.workload, [[T.producers, producers.map((w) => [w, w])], [T.consumers, consumers.map((w) => [w, w])]]);
+    fillSelect(filters.workload, [[T.producers, producers.map((w) => [w, workloadName(w)])], [T.consumers, consumers.map((w) => [w, w])]]);
     const kinds = new Set(KNOWN_KINDS);
     for (const ev of state.events) if (ev.kind) kinds.add(ev.kind);
     fillSelect(filters.kind, [[null, [...kinds].map((k) => [k, kindName(k)])]]);
@@ -1222,7 +1224,7 @@
       { class: `${fresh ? "is-new" : ""}${selectedEvent === ev ? " is-selected" : ""}`, tabindex: 0, dataset: { seq: ev.seq, kind: ev.kind || "", messageId: ev.message_id ?? "" } },
       h("td", { class: "t", title: fmtTime(ev.t) }, fmtTime(ev.t)),
       h("td", {}, h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}` }, kindName(ev.kind))),
-      h("td", { title: ev.workload || "" }, ev.workload || ""),
+      h("td", { title: workloadName(ev.workload) }, workloadName(ev.workload)),
       h("td", { class: "r", title: routeText }, route, ev.redelivered ? h("span", { class: "redelivered", title: T.redelivered }, "↻") : null),
       h("td", { class: "m", title: ev.message_id ?? "" }, ev.message_id ?? ""),
     );
@@ -1375,7 +1377,7 @@
     );
 
     const route = [];
-    if (ev.workload) route.push([T.workload, ev.workload]);
+    if (ev.workload) route.push([T.workload, workloadName(ev.workload)]);
     if (ev.exchange != null) route.push([T.exchange, ev.exchange || T.defaultExchange]);
     if (ev.routing_key != null) route.push([T.routingKey, ev.routing_key]);
     if (ev.queue) route.push([T.queue, ev.queue]);
