@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext as _
 
 from labconsole.flow import stream
 
@@ -56,6 +59,17 @@ def _touch_now(session: LabSession) -> None:
 
 
 _touch = database_sync_to_async(_touch_now)
+
+
+def _language(scope: dict) -> str:
+    """The language of the page that opened the socket, chosen as LocaleMiddleware chose it
+    for the page: the cookie set_language writes, else the browser's Accept-Language."""
+    accept = dict(scope.get("headers") or []).get(b"accept-language", b"")
+    request = SimpleNamespace(
+        COOKIES=scope.get("cookies") or {},
+        META={"HTTP_ACCEPT_LANGUAGE": accept.decode("latin-1")},
+    )
+    return translation.get_language_from_request(request)
 
 
 @database_sync_to_async
@@ -115,6 +129,7 @@ class LabConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self) -> None:
+        self.language = _language(self.scope)
         lab_id = self.scope["url_route"]["kwargs"]["lab_id"]
         self.session, allowed = await _load(lab_id, self.scope.get("user"))
         await self.accept()
@@ -167,11 +182,21 @@ class LabConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
             return
+        # What the page is told goes into its language.
+        with translation.override(self.language):
+            await self._receive(text_data, bytes_data)
+
+    async def _receive(self, text_data: str | None, bytes_data: bytes | None) -> None:
         if not self.bucket.take():
             await self.refuse(
                 TOO_MANY_FRAMES,
-                f"too many frames: at most {settings.LAB_SOCKET_FRAMES_PER_SECOND:g} a second"
-                f" (bursts of {settings.LAB_SOCKET_FRAME_BURST}); the socket is closed",
+                _(
+                    "too many frames: at most {rate} a second (bursts of {burst}); the socket "
+                    "is closed"
+                ).format(
+                    rate=f"{settings.LAB_SOCKET_FRAMES_PER_SECOND:g}",
+                    burst=settings.LAB_SOCKET_FRAME_BURST,
+                ),
             )
             return
         limit = settings.LAB_SOCKET_MAX_FRAME_BYTES
@@ -183,25 +208,32 @@ class LabConsumer(AsyncWebsocketConsumer):
                 size = len(text_data.encode())
         if size > limit:
             await self.refuse(
-                TOO_BIG, f"frame of {size} bytes is over the limit of {limit}; the socket is closed"
+                TOO_BIG,
+                _(
+                    "frame of {size} bytes is over the limit of {limit}; the socket is closed"
+                ).format(size=size, limit=limit),
             )
             return
         if text_data is None:
-            await self.error("binary frames are not accepted; send JSON text")
+            await self.error(_("binary frames are not accepted; send JSON text"))
             return
         try:
             message = json.loads(text_data)
         except ValueError as exc:
-            await self.error(f"frame is not valid JSON: {exc}")
+            await self.error(_("frame is not valid JSON: {error}").format(error=exc))
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self.error('frame must be a JSON object with a "type", e.g. {"type": "ping"}')
+            await self.error(
+                _('frame must be a JSON object with a "type", e.g. {example}').format(
+                    example='{"type": "ping"}'
+                )
+            )
             return
         kind = message["type"]
         if kind == "ack":
             delivered = message.get("d")
             if not isinstance(delivered, int) or isinstance(delivered, bool) or delivered < 0:
-                await self.error('"ack" needs "d": the number of the last message received')
+                await self.error(_('"ack" needs "d": the number of the last message received'))
                 return
             await self.viewer.ack(delivered)
         elif kind == "ping":
@@ -212,7 +244,11 @@ class LabConsumer(AsyncWebsocketConsumer):
         elif kind == "snapshot":
             await self.send_snapshot()
         else:
-            await self.error(f"unknown type {kind!r}; expected one of: {', '.join(ACCEPTED)}")
+            await self.error(
+                _("unknown type {kind}; expected one of: {accepted}").format(
+                    kind=repr(kind), accepted=", ".join(ACCEPTED)
+                )
+            )
 
     async def error(self, message: str) -> None:
         await self.send_json({"type": "error", "message": message})

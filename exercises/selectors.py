@@ -7,14 +7,32 @@ import logging
 import markdown
 import nh3
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import get_language
+from django.utils.translation import gettext_lazy as _
 
 from .models import Exercise, LabSession
-from .spec import SpecError
+from .spec import LocalizedText, SpecError
 from .topology import lab_graph
 
 log = logging.getLogger(__name__)
 
 LEVELS = ["beginner", "intermediate", "advanced"]
+LEVEL_NAMES = {
+    "beginner": _("beginner"),
+    "intermediate": _("intermediate"),
+    "advanced": _("advanced"),
+}
+
+
+def level_choices() -> list[tuple[str, str]]:
+    """The levels for the catalogue's filter: (value, name in the reader's language)."""
+    return [(level, LEVEL_NAMES[level]) for level in LEVELS]
+
+
+def localized(text: LocalizedText) -> str:
+    """An exercise's text in the active language (Django's, chosen by LocaleMiddleware);
+    English where the exercise has none in it."""
+    return text.get(get_language() or "en")
 
 
 def can_view_lab(user, session: LabSession) -> bool:
@@ -35,13 +53,14 @@ def markdown_inline(text: str) -> SafeString:
     return mark_safe(html)  # noqa: S308 - sanitised by markdown_html
 
 
-def exercise_card(exercise: Exercise, lang: str) -> dict:
+def exercise_card(exercise: Exercise) -> dict:
     spec = exercise.spec
     return {
         "slug": exercise.slug,
-        "title": spec.title.get(lang),
-        "summary": spec.summary.get(lang),
+        "title": localized(spec.title),
+        "summary": localized(spec.summary),
         "level": spec.level,
+        "level_name": LEVEL_NAMES.get(spec.level, spec.level),
         "minutes": spec.minutes,
         "tags": list(spec.tags),
         "url": exercise.get_absolute_url(),
@@ -61,39 +80,39 @@ def _readable(exercise: Exercise) -> bool:
     return True
 
 
-def exercise_cards(*, lang: str, tag: str = "", level: str = "") -> tuple[list[dict], list[str]]:
+def exercise_cards(*, tag: str = "", level: str = "") -> tuple[list[dict], list[str]]:
     """Cards matching the filters, and every tag there is (for the filter)."""
     exercises = [e for e in Exercise.objects.filter(published=True) if _readable(e)]
     exercises.sort(key=lambda e: (LEVELS.index(e.level) if e.level in LEVELS else 9, e.title))
     tags = sorted({t for e in exercises for t in e.tags})
     cards = [
-        exercise_card(e, lang)
+        exercise_card(e)
         for e in exercises
         if (not tag or tag in e.tags) and (not level or e.level == level)
     ]
     return cards, tags
 
 
-def exercise_detail(exercise: Exercise, lang: str) -> dict:
+def exercise_detail(exercise: Exercise) -> dict:
     spec = exercise.spec
     return {
-        **exercise_card(exercise, lang),
-        "description_html": markdown_html(spec.description.get(lang)),
-        "steps": [{"title": s.title.get(lang)} for s in spec.steps],
+        **exercise_card(exercise),
+        "description_html": markdown_html(localized(spec.description)),
+        "steps": [{"title": localized(s.title)} for s in spec.steps],
     }
 
 
-def lab_steps(session: LabSession, lang: str, passed: set[str]) -> list[dict]:
+def lab_steps(session: LabSession, passed: set[str]) -> list[dict]:
     return [
         {
             "id": step.id,
-            "title": step.title.get(lang),
-            "instructions_html": markdown_html(step.instructions.get(lang)),
-            "hints": [markdown_html(h.get(lang)) for h in step.hints],
+            "title": localized(step.title),
+            "instructions_html": markdown_html(localized(step.instructions)),
+            "hints": [markdown_html(localized(h)) for h in step.hints],
             "checkpoints": [
                 {
                     "id": cp.id,
-                    "description": markdown_inline(cp.description.get(lang)),
+                    "description": markdown_inline(localized(cp.description)),
                     "passed": cp.id in passed,
                 }
                 for cp in step.checkpoints

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,9 @@ def _provision(session: LabSession) -> None:
             quotas=quotas.lab_quotas(user=session.owner),
         )
     except BrokerError as exc:
-        raise LabError(f"the broker refused the lab's topology: {exc.reason}") from exc
+        raise LabError(
+            format_lazy(_("the broker refused the lab's topology: {reason}"), reason=exc.reason)
+        ) from exc
 
 
 def _create_workloads(session: LabSession) -> None:
@@ -213,7 +216,7 @@ def lab_session_start(
     try:
         session.spec  # noqa: B018 - a bad document fails here, before anything is made
     except SpecError as exc:
-        raise LabError(f"the exercise is not valid:\n{exc}") from exc
+        raise LabError(format_lazy(_("the exercise is not valid:\n{errors}"), errors=exc)) from exc
     limits = quotas.lab_quotas(user=owner)
     _refuse_over_vhost_limits(session.spec, limits)
     session.save()
@@ -232,7 +235,9 @@ def lab_session_start(
     except (px.AMQPError, OSError) as exc:
         lab_session_stop(session=session)
         session.delete()
-        raise LabError(f"the lab's workloads could not be started: {exc!r}") from exc
+        raise LabError(
+            format_lazy(_("the lab's workloads could not be started: {error}"), error=repr(exc))
+        ) from exc
     return session
 
 
@@ -305,7 +310,7 @@ def lab_session_stop(*, session: LabSession) -> LabSession:
 
 def lab_session_reset(*, session: LabSession) -> LabSession:
     """Stop and start again with the same spec, in the same session (its page stays)."""
-    ended = LabError("this lab has ended; start a new one from the exercise page")
+    ended = LabError(_("this lab has ended; start a new one from the exercise page"))
     if not session.is_active:
         raise ended
     # Starting again before the vhost goes, and only if nothing (the sweeper, another
@@ -330,7 +335,9 @@ def lab_session_reset(*, session: LabSession) -> LabSession:
         provisioning.teardown(vhost=session.vhost, user=session.rabbit_user)
     except BrokerError as exc:
         lab_session_stop(session=session)  # the sweeper deletes it when the broker is back
-        raise LabError(f"the lab could not be reset: {exc.reason}") from exc
+        raise LabError(
+            format_lazy(_("the lab could not be reset: {reason}"), reason=exc.reason)
+        ) from exc
     session.workloads.all().delete()
     CheckpointResult.objects.filter(session=session).delete()
     _create_workloads(session)
@@ -374,7 +381,7 @@ def workload_start(*, workload: Workload) -> Workload:
     from .tasks import run_workload
 
     if not workload.session.is_active:
-        raise LabError("this lab has ended")
+        raise LabError(_("this lab has ended"))
     if workload.running:
         return workload
     workload.run += 1
@@ -407,7 +414,13 @@ def workload_update(*, workload: Workload, changes: dict[str, Any]) -> Workload:
     allowed = PRODUCER_FIELDS if workload.kind == Workload.Kind.PRODUCER else CONSUMER_FIELDS
     unknown = set(changes) - allowed
     if unknown:
-        raise LabError(f"{workload.name}: cannot change {', '.join(sorted(unknown))}")
+        raise LabError(
+            format_lazy(
+                _("{workload}: cannot change {fields}"),
+                workload=workload.name,
+                fields=", ".join(sorted(unknown)),
+            )
+        )
     changes = {k: v for k, v in changes.items() if workload.settings.get(k) != v}
     if not changes:
         return workload
@@ -422,7 +435,16 @@ def workload_update(*, workload: Workload, changes: dict[str, Any]) -> Workload:
 # --- one message from the page ---------------------------------------------------------------
 
 PUBLISH_BLOCKED_TIMEOUT = 5  # seconds a publish from the page may wait on a blocked broker
-BLOCKED = "the broker is refusing messages for now (a resource alarm); try again in a moment"
+BLOCKED = _("the broker is refusing messages for now (a resource alarm); try again in a moment")
+
+
+@dataclass(frozen=True)
+class Published:
+    """What became of one message from the page: `routed` is false when the broker
+    returned it (mandatory, and no queue bound); `message` says so in words."""
+
+    routed: bool
+    message: str
 
 
 def _refuse_during_alarm() -> None:
@@ -432,7 +454,7 @@ def _refuse_during_alarm() -> None:
     except BrokerError:
         return  # the publish itself will say what is wrong
     if alarms:
-        raise LabError(f"{BLOCKED}: {', '.join(alarms)}")
+        raise LabError(format_lazy("{}: {}", BLOCKED, ", ".join(alarms)))
 
 
 def lab_publish(
@@ -446,11 +468,11 @@ def lab_publish(
     priority: int | None = None,
     expiration: int | None = None,
     mandatory: bool = False,
-) -> str:
+) -> Published:
     """Publishes one message as the lab's user, with publisher confirms. Returns what
-    happened, in words; raises LabError when the broker refused it."""
+    happened; raises LabError when the broker refused it."""
     if not session.is_active:
-        raise LabError("this lab has ended")
+        raise LabError(_("this lab has ended"))
     limit = quotas.lab_quotas(user=session.owner).publishes_per_minute
     action = RateEvent.Action.PUBLISH
     if not quotas.rate_take(user=session.owner, action=action, per_minute=limit):
@@ -482,23 +504,49 @@ def lab_publish(
         headers=headers or None,
         app_id="@you",
     )
-    where = f"exchange '{exchange or '(default)'}' with key '{routing_key}'"
+    where = format_lazy(
+        _("exchange '{exchange}' with key '{key}'"),
+        exchange=exchange or _("(default)"),
+        key=routing_key,
+    )
     try:
         connection = amqp.connect(params)
     except px.AMQPError as exc:
-        raise LabError(f"could not connect to the lab's vhost: {exc!r}") from exc
+        raise LabError(
+            format_lazy(_("could not connect to the lab's vhost: {error}"), error=repr(exc))
+        ) from exc
     try:
         channel = connection.channel()
         channel.confirm_delivery()
         channel.basic_publish(exchange, routing_key, body.encode(), props, mandatory=mandatory)
     except px.UnroutableError:
-        return f"returned: no queue is bound to {where} (mandatory)"
+        return Published(
+            False,
+            format_lazy(_("returned: no queue is bound to {where} (mandatory)"), where=where),
+        )
     except px.NackError:
-        raise LabError(f"the broker nacked the message to {where}") from None
+        raise LabError(
+            format_lazy(_("the broker nacked the message to {where}"), where=where)
+        ) from None
     except px.ChannelClosedByBroker as exc:
-        raise LabError(f"the broker refused it: {exc.reply_code} {exc.reply_text}") from exc
+        raise LabError(
+            format_lazy(
+                _("the broker refused it: {code} {text}"),
+                code=exc.reply_code,
+                text=exc.reply_text,
+            )
+        ) from exc
     except (px.ConnectionBlockedTimeout, px.AMQPConnectionError) as exc:
-        raise LabError(f"{BLOCKED}, or the connection was lost ({exc!r})") from exc
+        raise LabError(
+            format_lazy(
+                _("{blocked}, or the connection was lost ({error})"),
+                blocked=BLOCKED,
+                error=repr(exc),
+            )
+        ) from exc
     finally:
         amqp.close_quietly(connection)
-    return f"published to {where}; message id {props.message_id}"
+    return Published(
+        True,
+        format_lazy(_("published to {where}; message id {id}"), where=where, id=props.message_id),
+    )

@@ -40,6 +40,7 @@ def lab_graph(spec: ExerciseSpec) -> dict:
                 "kind": "producer",
                 "label": p.name,
                 "detail": f"{p.rate:g} msg/s",
+                "rate": p.rate,
             }
         )
         edge(f"p:{p.name}", f"x:{p.exchange}", "publish", ", ".join(keys))
@@ -81,6 +82,8 @@ def lab_graph(spec: ExerciseSpec) -> dict:
                 "kind": "consumer",
                 "label": c.name,
                 "detail": f"prefetch {c.prefetch}, {c.ack} ack",
+                "prefetch": c.prefetch,
+                "ack": c.ack,
             }
         )
         edge(f"q:{c.queue}", f"c:{c.name}", "consume", "")

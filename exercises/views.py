@@ -5,27 +5,13 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import translation
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from . import selectors, services
 from .forms import ConsumerForm, ProducerForm, PublishForm, form_errors
 from .models import Exercise, LabSession, Workload
-
-
-def _lang(request: HttpRequest) -> str:
-    """?lang= switches and is remembered; otherwise the browser's language."""
-    if request.GET.get("lang") in ("en", "ru"):
-        request.session["lang"] = request.GET["lang"]
-    lang = request.session.get("lang") or getattr(request, "LANGUAGE_CODE", "en")
-    return "ru" if lang.startswith("ru") else "en"
-
-
-def _message(request: HttpRequest, exc: Exception) -> str:
-    """A service's message in the page's language (limits say theirs in both)."""
-    with translation.override(_lang(request)):
-        return str(exc)
 
 
 def _redirect(request: HttpRequest, url: str) -> HttpResponse:
@@ -42,14 +28,12 @@ def _own_lab(request: HttpRequest, lab_id: str) -> LabSession:
 @require_GET
 @login_required
 def catalogue(request: HttpRequest) -> HttpResponse:
-    lang = _lang(request)
     tag, level = request.GET.get("tag", ""), request.GET.get("level", "")
-    cards, tags = selectors.exercise_cards(lang=lang, tag=tag, level=level)
+    cards, tags = selectors.exercise_cards(tag=tag, level=level)
     context = {
-        "lang": lang,
         "cards": cards,
         "tags": tags,
-        "levels": selectors.LEVELS,
+        "levels": selectors.level_choices(),
         "selected_tag": tag,
         "selected_level": level,
     }
@@ -60,7 +44,6 @@ def catalogue(request: HttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 def exercise(request: HttpRequest, slug: str) -> HttpResponse:
-    lang = _lang(request)
     ex = get_object_or_404(Exercise, slug=slug, published=True)
     active = (
         LabSession.objects.filter(owner=request.user, exercise=ex)
@@ -71,8 +54,7 @@ def exercise(request: HttpRequest, slug: str) -> HttpResponse:
         request,
         "exercises/exercise.html",
         {
-            "lang": lang,
-            "exercise": selectors.exercise_detail(ex, lang),
+            "exercise": selectors.exercise_detail(ex),
             "active_lab": {"id": active.id, "url": active.get_absolute_url()} if active else None,
         },
     )
@@ -88,7 +70,7 @@ def lab_start(request: HttpRequest, slug: str) -> HttpResponse:
         return render(
             request,
             "exercises/exercise.html#start-error",
-            {"error": _message(request, exc), "lang": _lang(request)},
+            {"error": str(exc)},
             status=429 if isinstance(exc, services.LimitReached) else 200,
         )
     return _redirect(request, session.get_absolute_url())
@@ -102,7 +84,6 @@ def _workload_context(session: LabSession, workload: Workload, error: str = "") 
 @require_GET
 @login_required
 def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
-    lang = _lang(request)
     session = _own_lab(request, lab_id)
     services.lab_session_touch(session=session)
     passed = set(session.results.values_list("checkpoint", flat=True))
@@ -111,19 +92,18 @@ def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
         request,
         "exercises/lab.html",
         {
-            "lang": lang,
             "lab": {
                 "id": session.id,
                 "vhost": session.vhost,
                 "state": session.state,
-                "exercise_title": session.spec.title.get(lang),
+                "exercise_title": selectors.localized(session.spec.title),
                 "exercise_slug": session.exercise.slug,
                 "started_at": session.created_at,
                 "end_url": reverse("lab-end", args=[session.id]),
                 "reset_url": reverse("lab-reset", args=[session.id]),
                 "publish_url": reverse("lab-publish", args=[session.id]),
             },
-            "steps": selectors.lab_steps(session, lang, passed),
+            "steps": selectors.lab_steps(session, passed),
             "workloads": [_workload_context(session, w) for w in session.workloads.all()],
             "exchanges": selectors.lab_exchanges(session),
             "lab_config": {
@@ -155,7 +135,9 @@ def lab_workload(request: HttpRequest, lab_id: str, name: str) -> HttpResponse:
             else:
                 error = form_errors(form)
         else:
-            error = f"unknown action '{action}' (expected start, stop or update)"
+            error = _("unknown action '{action}' (expected start, stop or update)").format(
+                action=action
+            )
     except services.LabError as exc:
         error = str(exc)
     workload.refresh_from_db()
@@ -164,7 +146,6 @@ def lab_workload(request: HttpRequest, lab_id: str, name: str) -> HttpResponse:
         "exercises/lab.html#workload-card",
         {
             "w": _workload_context(session, workload, error),
-            "lang": _lang(request),
             "lab": {"state": session.state},
         },
         status=400 if error else 200,
@@ -182,15 +163,15 @@ def lab_publish(request: HttpRequest, lab_id: str) -> HttpResponse:
     else:
         d = form.cleaned_data
         try:
-            message = services.lab_publish(session=session, **d)
-            result = {"ok": not message.startswith("returned"), "message": message}
+            published = services.lab_publish(session=session, **d)
+            result = {"ok": published.routed, "message": published.message}
         except services.LabError as exc:
-            result = {"ok": False, "message": _message(request, exc)}
+            result = {"ok": False, "message": str(exc)}
             status = 429 if isinstance(exc, services.LimitReached) else 400
     return render(
         request,
         "exercises/lab.html#publish-result",
-        {"result": result, "lang": _lang(request)},
+        {"result": result},
         status=status,
     )
 

@@ -13,25 +13,16 @@ from django.utils import translation
 logger = logging.getLogger(__name__)
 
 
-def _language(request: HttpRequest, *, session: bool = True) -> str:
-    """The pages' language: ?lang=, else the one the session remembers, else the browser's.
-    Read only: an error page writes nothing."""
-    chosen = request.GET.get("lang")
-    if chosen not in ("en", "ru") and session:
-        try:
-            chosen = request.session.get("lang")
-        except Exception:  # a broken session store must not break the error page
-            chosen = None
-    chosen = chosen or getattr(request, "LANGUAGE_CODE", "en")
-    return "ru" if chosen.startswith("ru") else "en"
+def _language(request: HttpRequest) -> str:
+    """The pages' language as LocaleMiddleware chooses it (the language cookie that
+    set_language writes, else the browser's Accept-Language), read again here: an error
+    may have been raised before that middleware ran, and the session is not needed."""
+    return translation.get_language_from_request(request)
 
 
 def _page(request: HttpRequest, template: str, status: int, **context) -> HttpResponse:
-    lang = _language(request)
-    with translation.override(lang):
-        body = render_to_string(
-            template, {"lang": lang, "status": status, **context}, request=request
-        )
+    with translation.override(_language(request)):
+        body = render_to_string(template, {"status": status, **context}, request=request)
     return HttpResponse(body, status=status)
 
 
@@ -54,10 +45,9 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
 def server_error(request: HttpRequest) -> HttpResponse:
     """Rendered without the request's context: the session, the database or the user may
     be what failed. If even that fails, a line of plain text."""
-    lang = _language(request, session=False)
     try:
-        with translation.override(lang):
-            body = render_to_string("500.html", {"lang": lang, "status": 500})
+        with translation.override(_language(request)):
+            body = render_to_string("500.html", {"status": 500})
     except Exception:
         logger.exception("the 500 page could not be rendered")
         return HttpResponseServerError(

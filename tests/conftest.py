@@ -7,6 +7,7 @@ import os
 
 import pytest
 from django.conf import settings
+from django.utils import translation
 
 from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
@@ -23,6 +24,15 @@ def subprocess_env() -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+@pytest.fixture(autouse=True)
+def default_language():
+    """Each test starts in the default language: a request in Russian leaves Russian active
+    in the test's thread (LocaleMiddleware activates it; nothing there deactivates it)."""
+    translation.deactivate()
+    yield
+    translation.deactivate()
 
 
 @pytest.fixture(scope="session")

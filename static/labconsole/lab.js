@@ -14,61 +14,63 @@
   const config = JSON.parse(configEl.textContent);
 
   // ------------------------------------------------------------------ words
-  const LANG = document.documentElement.lang === "ru" ? "ru" : "en";
+  // gettext, ngettext and interpolate are Django's JavaScript catalogue (/jsi18n/, loaded
+  // before this file), in the page's language: `makemessages -d djangojs` collects these
+  // calls into locale/<language>/LC_MESSAGES/djangojs.po.
+  const LANG = document.documentElement.lang || "en";
   const T = {
-    en: {
-      conn: { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", disconnected: "Disconnected" },
-      connEnded: "Lab ended",
-      connRefused: { 4403: "Not your lab", 4404: "Lab not found" },
-      brokerUnavailable: "Broker unavailable — reconnecting…",
-      brokerBack: "Live: broker back",
-      monitorSilent: "Lab monitor not answering — restarting it…",
-      running: "running", stopped: "stopped",
-      ready: "ready", unacked: "unacked", in: "in", out: "out", perSec: "/s", msgPerSec: "msg/s",
-      sent: "sent", acked: "acked", unroutable: "unroutable",
-      defaultExchange: "(default)",
-      dropped: (n) => `${n} frame${n === 1 ? "" : "s"} dropped`,
-      sampled: (n) => `log: 1 in ${n} shown`,
-      pause: "Pause", resume: "Resume", resumeN: (n) => `Resume (${n} new)`,
-      producers: "Producers", consumers: "Consumers", consumersOnQueue: "consumers",
-      workload: "workload", exchange: "exchange", routingKey: "routing key", queue: "queue",
-      routedQueues: "routed to", redelivered: "redelivered", yes: "yes",
-      body: "Body", properties: "Properties", headers: "Headers", xDeath: "x-death",
-      journey: "This message in the log", truncated: "cut at 2 KiB", emptyBody: "(empty)",
-      notInLog: "This message is not in the log (any more).",
-      xDeathCols: ["count", "reason", "queue", "exchange", "routing keys", "time"],
-      stepComplete: (title) => `Step complete: ${title}`,
-      allComplete: "All steps complete. Well done!",
-      progress: (done, total) => `${done} / ${total} checks`,
-      refused: "The server refused a message",
-    },
-    ru: {
-      conn: { connecting: "Подключение…", live: "В эфире", reconnecting: "Переподключение…", disconnected: "Нет связи" },
-      connEnded: "Лаборатория завершена",
-      connRefused: { 4403: "Это не ваша лаборатория", 4404: "Лаборатория не найдена" },
-      brokerUnavailable: "Брокер недоступен — переподключение…",
-      brokerBack: "В эфире: брокер снова доступен",
-      monitorSilent: "Монитор лаборатории не отвечает — перезапуск…",
-      running: "работает", stopped: "остановлен",
-      ready: "готово", unacked: "без ack", in: "вход", out: "выход", perSec: "/с", msgPerSec: "сообщ./с",
-      sent: "отпр.", acked: "ack", unroutable: "без маршрута",
-      defaultExchange: "(по умолчанию)",
-      dropped: (n) => `пропущено кадров: ${n}`,
-      sampled: (n) => `журнал: показано 1 из ${n}`,
-      pause: "Пауза", resume: "Продолжить", resumeN: (n) => `Продолжить (+${n})`,
-      producers: "Производители", consumers: "Потребители", consumersOnQueue: "потребителей",
-      workload: "клиент", exchange: "обменник", routingKey: "ключ", queue: "очередь",
-      routedQueues: "в очереди", redelivered: "повторная доставка", yes: "да",
-      body: "Тело", properties: "Свойства", headers: "Заголовки", xDeath: "x-death",
-      journey: "Это сообщение в журнале", truncated: "обрезано до 2 КиБ", emptyBody: "(пусто)",
-      notInLog: "Этого сообщения нет в журнале (уже или ещё).",
-      xDeathCols: ["раз", "причина", "очередь", "обменник", "ключи", "время"],
-      stepComplete: (title) => `Шаг выполнен: ${title}`,
-      allComplete: "Все шаги выполнены. Отлично!",
-      progress: (done, total) => `${done} / ${total} проверок`,
-      refused: "Сервер отклонил сообщение",
-    },
-  }[LANG];
+    conn: { connecting: gettext("Connecting…"), live: gettext("Live"), reconnecting: gettext("Reconnecting…"), disconnected: gettext("Disconnected") },
+    connEnded: gettext("Lab ended"),
+    connRefused: { 4403: gettext("Not your lab"), 4404: gettext("Lab not found") },
+    brokerUnavailable: gettext("Broker unavailable — reconnecting…"),
+    brokerBack: gettext("Live: broker back"),
+    monitorSilent: gettext("Lab monitor not answering — restarting it…"),
+    running: gettext("running"), stopped: gettext("stopped"),
+    ready: gettext("ready"), unacked: gettext("unacked"), in: gettext("in"), out: gettext("out"),
+    perSec: gettext("/s"), msgPerSec: gettext("msg/s"),
+    sent: gettext("sent"), acked: gettext("acked"), unroutable: gettext("unroutable"),
+    returned: (n) => interpolate(gettext("returned: %s"), [fmtInt(n)]),
+    failed: (nacked, rejected) => interpolate(gettext("nack: %(nacked)s · reject: %(rejected)s"), { nacked: fmtInt(nacked), rejected: fmtInt(rejected) }, true),
+    defaultExchange: gettext("(default)"),
+    noKey: gettext("(no key)"),
+    you: gettext("you"), publishForm: gettext("publish form"),
+    producerDetail: (rate) => interpolate(gettext("%s msg/s"), [fmtRate(rate)]),
+    consumerDetail: (prefetch, ack) => interpolate(gettext("prefetch %(prefetch)s, %(ack)s ack"), { prefetch, ack: ACK_MODES[ack] || ack }, true),
+    dropped: (n) => interpolate(ngettext("%s frame dropped", "%s frames dropped", n), [fmtInt(n)]),
+    sampled: (n) => interpolate(gettext("log: 1 in %s shown"), [fmtInt(n)]),
+    pause: gettext("Pause"), resume: gettext("Resume"), resumeN: (n) => interpolate(gettext("Resume (%s new)"), [fmtInt(n)]),
+    producers: gettext("Producers"), consumers: gettext("Consumers"), consumersOnQueue: gettext("consumers"),
+    workload: gettext("workload"), exchange: gettext("exchange"), routingKey: gettext("routing key"), queue: gettext("queue"),
+    routedQueues: gettext("routed to"), redelivered: gettext("redelivered"), yes: gettext("yes"),
+    body: gettext("Body"), properties: gettext("Properties"), headers: gettext("Headers"), xDeath: "x-death",
+    journey: gettext("This message in the log"), truncated: gettext("cut at 2 KiB"), emptyBody: gettext("(empty)"),
+    notInLog: gettext("This message is not in the log (any more)."),
+    xDeathCols: [gettext("count"), gettext("reason"), gettext("queue"), gettext("exchange"), gettext("routing keys"), gettext("time")],
+    stepComplete: (title) => interpolate(gettext("Step complete: %s"), [title]),
+    allComplete: gettext("All steps complete. Well done!"),
+    progress: (done, total) => interpolate(ngettext("%(done)s / %(total)s check", "%(done)s / %(total)s checks", total), { done, total }, true),
+    passed: gettext("passed"), pending: gettext("pending"),
+    refused: gettext("The server refused a message"),
+    endedTitle: gettext("This lab has ended."), failedTitle: gettext("This lab failed."),
+  };
+  // What the page calls the protocol's kinds; the protocol's own names stay in data
+  // attributes, CSS classes and the log filter's values.
+  const EVENT_KINDS = {
+    published: gettext("published"), confirmed: gettext("confirmed"), returned: gettext("returned"),
+    routed: gettext("routed"), unroutable: gettext("unroutable"), delivered: gettext("delivered"),
+    acked: gettext("acked"), nacked: gettext("nacked"), rejected: gettext("rejected"),
+    "dead-lettered": gettext("dead-lettered"), expired: gettext("expired"), parked: gettext("parked"),
+    error: gettext("error"),
+  };
+  const NODE_KINDS = { producer: gettext("producer"), exchange: gettext("exchange"), queue: gettext("queue"), consumer: gettext("consumer") };
+  const EDGE_KINDS = {
+    binding: gettext("binding"), "dead-letter": gettext("dead-letter"), alternate: gettext("alternate"),
+    publish: gettext("publish"), consume: gettext("consume"),
+  };
+  const ACK_MODES = { manual: gettext("manual"), auto: gettext("auto") };
+  const kindName = (kind) => EVENT_KINDS[kind] || kind || "?";
+  // "@you" is the learner's own publishes from the page (the graph's p:@you).
+  const workloadName = (name) => (name === "@you" ? T.you : name || "");
 
   // ------------------------------------------------------------------ constants
   const MAX_EVENTS = 500; // rows kept in memory and in the DOM
@@ -119,12 +121,12 @@
 
   // ------------------------------------------------------------------ helpers
   const $ = (id) => document.getElementById(id);
-  const numberFormat = new Intl.NumberFormat(LANG === "ru" ? "ru-RU" : "en-US");
+  const numberFormat = new Intl.NumberFormat(LANG);
   const fmtInt = (n) => (n == null || Number.isNaN(+n) ? "–" : numberFormat.format(Math.round(+n)));
   const fmtRate = (r) => {
     r = +r || 0;
     const digits = r > 0 && r < 10 ? 1 : 0;
-    return r.toLocaleString(LANG === "ru" ? "ru-RU" : "en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+    return r.toLocaleString(LANG, { minimumFractionDigits: digits, maximumFractionDigits: digits });
   };
   const toast = (message, kind) => window.consoleToast && window.consoleToast(message, kind);
   const nameOf = (id) => id.slice(id.indexOf(":") + 1);
@@ -487,12 +489,31 @@
     return layoutGraph(g, DENSITY.compact);
   }
 
+  // The graph's texts for people, in the page's language: the server sends the same graph
+  // to every viewer, with numbers (a producer's rate, a consumer's prefetch and ack) and
+  // English placeholders where there is no name. Idempotent: a graph shown once is
+  // shown again after a resize.
+  function localizeGraph(g) {
+    const nodes = g.nodes.map((n) => {
+      if (n.id === "p:@you") return { ...n, label: T.you, detail: T.publishForm };
+      if (n.kind === "producer" && n.rate != null) return { ...n, detail: T.producerDetail(n.rate) };
+      if (n.kind === "consumer" && n.prefetch != null) return { ...n, detail: T.consumerDetail(n.prefetch, n.ack) };
+      return n;
+    });
+    const edges = g.edges.map((e) => {
+      if (e.kind === "alternate") return { ...e, label: T.unroutable };
+      if (e.kind === "binding" && e.label === "(no key)") return { ...e, label: T.noKey };
+      return e;
+    });
+    return { ...g, nodes, edges };
+  }
+
   function renderGraph(g, force = false) {
     const key = JSON.stringify(g);
     if (key === graphKey && !force) return;
     graphKey = key;
-    graph = g;
-    layout = chooseLayout(g);
+    graph = localizeGraph(g);
+    layout = chooseLayout(graph);
     nodeViews.clear();
     edgeViews.clear();
     edgeIndex.clear();
@@ -519,7 +540,7 @@
       const marker = kind === "dead-letter" || kind === "alternate" ? kind : "default";
       const path = s("path", { d: layout.routes.get(e.id), class: `edge edge-${kind}`, "data-edge": e.id, "marker-end": `url(#arrow-${marker})` }, layers.edges);
       const title = s("title", {}, path);
-      title.textContent = `${kind}: ${nameOf(e.source) || T.defaultExchange} → ${nameOf(e.target) || T.defaultExchange}${e.label ? ` (${e.label})` : ""}`;
+      title.textContent = `${EDGE_KINDS[kind] || kind}: ${nameOf(e.source) || T.defaultExchange} → ${nameOf(e.target) || T.defaultExchange}${e.label ? ` (${e.label})` : ""}`;
       edgeViews.set(e.id, { data: e, path, samples: samplePath(path) });
       const k = `${e.source}>${e.target}`;
       if (!edgeIndex.has(k)) edgeIndex.set(k, []);
@@ -615,7 +636,7 @@
     const rows = ROWS[layout.density.name][n.kind === "queue" ? "queue" : "node"];
     const name = nodeName(d);
     const g = s("g", { class: `node node-${n.kind}`, "data-node": n.id, transform: `translate(${n.x} ${n.y})`, tabindex: 0 }, layers.nodes);
-    s("title", {}, g).textContent = `${n.kind} ${name}${d.detail ? ` — ${d.detail}` : ""}`;
+    s("title", {}, g).textContent = `${NODE_KINDS[n.kind] || n.kind} ${name}${d.detail ? ` — ${d.detail}` : ""}`;
     s("path", { d: SHAPES[n.kind](n), class: "node-box" }, g);
     const iconX = n.kind === "exchange" ? 25 : 19, iconY = n.kind === "queue" ? rows.label - 5 : n.h / 2;
     const icon = s("g", { transform: `translate(${iconX} ${iconY})` }, g);
@@ -629,7 +650,7 @@
     label.textContent = fitText(name, LABEL_FONT(), n.kind === "queue" ? n.w - textX - 30 : maxText);
     if (rows.detail) {
       const detail = s("text", { x: n.kind === "queue" ? 10 : textX, y: rows.detail, class: "node-detail" }, g);
-      detail.textContent = fitText(d.detail || n.kind, `10.5px ${FONT}`, n.kind === "queue" ? n.w - 20 : maxText);
+      detail.textContent = fitText(d.detail || NODE_KINDS[n.kind] || n.kind, `10.5px ${FONT}`, n.kind === "queue" ? n.w - 20 : maxText);
     }
     if (n.kind === "queue") {
       const bw = n.w - 20;
@@ -725,12 +746,12 @@
       } else if (v.kind === "producer") {
         const c = state.counters[name] || {};
         setStatText(v.stat, [[fmtRate(workloadRate(name, "published")), "strong"], [`${T.perSec} · ${T.sent} ${fmtInt(c.published || 0)}`, ""]]);
-        setBadge(v, +c.returned || 0, `returned ${fmtInt(c.returned)}`, "warn");
+        setBadge(v, +c.returned || 0, T.returned(c.returned), "warn");
       } else if (v.kind === "consumer") {
         const c = state.counters[name] || {};
         setStatText(v.stat, [[fmtRate(workloadRate(name, "handled")), "strong"], [`${T.perSec} · ${T.acked} ${fmtInt(c.acked || 0)}`, ""]]);
         const failed = (+c.nacked || 0) + (+c.rejected || 0);
-        setBadge(v, failed, `nack ${fmtInt(c.nacked || 0)} · reject ${fmtInt(c.rejected || 0)}`);
+        setBadge(v, failed, T.failed(c.nacked || 0, c.rejected || 0));
       }
     }
   }
@@ -1034,7 +1055,7 @@
     if (!el) return;
     const sampled = of > seen && of > 0;
     el.hidden = !sampled;
-    if (sampled) el.textContent = T.sampled(fmtInt(Math.max(2, Math.round(of / Math.max(seen, 1)))));
+    if (sampled) el.textContent = T.sampled(Math.max(2, Math.round(of / Math.max(seen, 1))));
   }
 
   function setDropped(n) {
@@ -1042,7 +1063,7 @@
     const el = $("frames-dropped");
     if (!el) return;
     el.hidden = !(n > 0);
-    if (n > 0) el.textContent = T.dropped(fmtInt(n));
+    if (n > 0) el.textContent = T.dropped(n);
   }
 
   // ================================================================== checkpoints
@@ -1056,7 +1077,7 @@
         el.dataset.state = passed ? "passed" : "pending";
         el.classList.toggle("is-passed", !!passed);
         const status = el.querySelector(".checkpoint-status");
-        if (status) status.textContent = passed ? (LANG === "ru" ? "выполнено" : "passed") : LANG === "ru" ? "ещё нет" : "pending";
+        if (status) status.textContent = passed ? T.passed : T.pending;
         if (passed && live) {
           el.classList.add("just-passed");
           setTimeout(() => el.classList.remove("just-passed"), 2400);
@@ -1158,11 +1179,11 @@
     const queues = graph.nodes.filter((n) => n.kind === "queue").map((n) => nameOf(n.id));
     const producers = graph.nodes.filter((n) => n.kind === "producer").map((n) => nameOf(n.id));
     const consumers = graph.nodes.filter((n) => n.kind === "consumer").map((n) => nameOf(n.id));
-    fillSelect(filters.queue, [[null, queues]]);
-    fillSelect(filters.workload, [[T.producers, producers], [T.consumers, consumers]]);
+    fillSelect(filters.queue, [[null, queues.map((q) => [q, q])]]);
+    fillSelect(filters.workload, [[T.producers, producers.map((w) => [w, workloadName(w)])], [T.consumers, consumers.map((w) => [w, w])]]);
     const kinds = new Set(KNOWN_KINDS);
     for (const ev of state.events) if (ev.kind) kinds.add(ev.kind);
-    fillSelect(filters.kind, [[null, [...kinds]]]);
+    fillSelect(filters.kind, [[null, [...kinds].map((k) => [k, kindName(k)])]]);
   }
 
   function fillSelect(select, groups) {
@@ -1172,13 +1193,13 @@
     for (const [label, values] of groups) {
       if (!values.length) continue;
       const parent = label ? select.appendChild(h("optgroup", { label })) : select;
-      for (const v of values) parent.append(h("option", { value: v }, v));
+      for (const [v, text] of values) parent.append(h("option", { value: v }, text));
     }
     select.value = [...select.options].some((o) => o.value === current) ? current : "";
   }
 
   function addKindOption(kind) {
-    if (kind && ![...filters.kind.options].some((o) => o.value === kind)) filters.kind.append(h("option", { value: kind }, kind));
+    if (kind && ![...filters.kind.options].some((o) => o.value === kind)) filters.kind.append(h("option", { value: kind }, kindName(kind)));
   }
 
   function matches(ev) {
@@ -1202,8 +1223,8 @@
       "tr",
       { class: `${fresh ? "is-new" : ""}${selectedEvent === ev ? " is-selected" : ""}`, tabindex: 0, dataset: { seq: ev.seq, kind: ev.kind || "", messageId: ev.message_id ?? "" } },
       h("td", { class: "t", title: fmtTime(ev.t) }, fmtTime(ev.t)),
-      h("td", {}, h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}` }, ev.kind || "?")),
-      h("td", { title: ev.workload || "" }, ev.workload || ""),
+      h("td", {}, h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}` }, kindName(ev.kind))),
+      h("td", { title: workloadName(ev.workload) }, workloadName(ev.workload)),
       h("td", { class: "r", title: routeText }, route, ev.redelivered ? h("span", { class: "redelivered", title: T.redelivered }, "↻") : null),
       h("td", { class: "m", title: ev.message_id ?? "" }, ev.message_id ?? ""),
     );
@@ -1349,14 +1370,14 @@
     const parts = [];
     parts.push(
       h("div", { class: "insp-title" },
-        h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}` }, ev.kind || "?"),
+        h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}` }, kindName(ev.kind)),
         ev.message_id != null ? h("code", { title: "message_id" }, ev.message_id) : null,
         h("span", { class: "muted mono" }, fmtTime(ev.t)),
       ),
     );
 
     const route = [];
-    if (ev.workload) route.push([T.workload, ev.workload]);
+    if (ev.workload) route.push([T.workload, workloadName(ev.workload)]);
     if (ev.exchange != null) route.push([T.exchange, ev.exchange || T.defaultExchange]);
     if (ev.routing_key != null) route.push([T.routingKey, ev.routing_key]);
     if (ev.queue) route.push([T.queue, ev.queue]);
@@ -1382,7 +1403,7 @@
         parts.push(
           section(T.journey, h("ol", { class: "journey" }, journey.map((e) =>
             h("li", { class: `flow-${e.kind}${e === ev ? " is-current" : ""}`, onclick: () => openInspector(e) },
-              h("span", { class: "t" }, fmtTime(e.t)), e.kind, e.queue ? ` · ${e.queue}` : "", e.workload ? ` · ${e.workload}` : ""),
+              h("span", { class: "t" }, fmtTime(e.t)), kindName(e.kind), e.queue ? ` · ${e.queue}` : "", e.workload ? ` · ${e.workload}` : ""),
           ))),
         );
       }
@@ -1539,14 +1560,14 @@
     labEl.classList.toggle("is-stale", stale);
   }
 
-  function endLab(labState, message) {
+  function endLab(labState) {
     state.labState = labState;
     labEl.dataset.labState = labState;
     stopSocket();
     setConnection("disconnected", T.connEnded);
     const banner = $("lab-ended");
     banner.hidden = false;
-    if (message) banner.querySelector(".banner-message").textContent = message;
+    banner.querySelector(".banner-title").textContent = labState === "failed" ? T.failedTitle : T.endedTitle;
     // The controls stay readable (the last settings are worth seeing) but do nothing.
     for (const form of $("controls").querySelectorAll("form")) {
       form.inert = true;
@@ -1583,7 +1604,7 @@
     else if (m.state === "monitor-back") {
       if (state.broker !== "unavailable") setConnection("live");
     }
-    else if (isOver(m.state)) endLab(m.state, m.message);
+    else if (isOver(m.state)) endLab(m.state);
     // A reset makes the lab anew (new workloads, checkpoints pending): start the page over.
     else if (m.state === "reset") location.reload();
     else if (m.message) toast(m.message, "info");

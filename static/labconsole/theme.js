@@ -66,16 +66,17 @@
 
   // htmx does not swap 5xx answers, 403 or 404 (see the htmx-config meta in _base.html),
   // and a network failure has no answer at all: say so instead of failing silently.
-  const ru = root.lang === "ru";
+  // gettext and interpolate come from Django's JavaScript catalogue (/jsi18n/, deferred):
+  // these run on events, after it has loaded.
   document.addEventListener("htmx:responseError", (event) => {
     const status = event.detail.xhr.status;
     const what =
       status === 403
-        ? ru ? "нет доступа или сессия истекла — обновите страницу" : "not allowed, or your session expired: reload the page"
+        ? gettext("not allowed, or your session expired: reload the page")
         : status === 404
-          ? ru ? "не найдено" : "not found"
-          : ru ? "ошибка сервера" : "server error";
-    toast(`${ru ? "Запрос не выполнен" : "The request failed"} (${status}): ${what}.`, "error");
+          ? gettext("not found")
+          : gettext("server error");
+    toast(interpolate(gettext("The request failed (%(status)s): %(what)s."), { status, what }, true), "error");
   });
   // A 400 from our views carries the partial that explains the mistake (a workload's
   // settings, a publish form), to be swapped like any answer. With DEBUG, django-htmx's
@@ -87,6 +88,6 @@
     });
   });
   document.addEventListener("htmx:sendError", () => {
-    toast(ru ? "Сервер недоступен. Проверьте соединение и попробуйте ещё раз." : "The server cannot be reached. Check your connection and try again.", "error");
+    toast(gettext("The server cannot be reached. Check your connection and try again."), "error");
   });
 })();

@@ -22,7 +22,7 @@ def log_in(page, url, username="learner", password="learner-pass-1"):
     page.goto(f"{url}/accounts/login/")
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
+    page.click(".login-card button[type=submit]")
     expect(page.locator("#cards")).to_be_visible()
 
 

@@ -43,7 +43,9 @@ def test_fourth_lab_at_once_is_refused(client_in, catalogue, learner, labs, sett
     fourth = client_in.post(start_url(catalogue), headers={"HX-Request": "true"})
     assert fourth.status_code == 429
     assert "You already have 3 labs running" in text_of(fourth)
-    russian = client_in.post(start_url(catalogue) + "?lang=ru", headers={"HX-Request": "true"})
+    russian = client_in.post(
+        start_url(catalogue), headers={"HX-Request": "true", "Accept-Language": "ru"}
+    )
     assert "У вас уже запущено лабораторий: 3, больше одновременно нельзя" in text_of(russian)
     assert LabSession.objects.filter(owner=learner).count() == 3
     lab_session_stop(session=LabSession.objects.filter(owner=learner).first())
@@ -79,7 +81,7 @@ def test_publishes_past_the_rate_are_refused(client_in, catalogue, learner, labs
     refused = client_in.post(url, form)
     assert refused.status_code == 429
     assert "You published 3 messages from this page in the last minute" in text_of(refused)
-    russian = client_in.post(url + "?lang=ru", form)
+    russian = client_in.post(url, form, headers={"Accept-Language": "ru"})
     assert "Сообщений, отправленных с этой страницы за последнюю минуту: 3" in text_of(russian)
     connection = lab_connection(session)
     try:

@@ -69,11 +69,6 @@ def test_catalogue_leaves_out_a_stored_exercise_that_no_longer_reads(client_in, 
     assert "Direct routing" in page and "Dead letters" not in page
 
 
-def test_catalogue_in_russian(client_in, catalogue):
-    page = client_in.get(reverse("catalogue"), {"lang": "ru"}).content.decode()
-    assert "Прямая маршрутизация" in page
-
-
 def test_start_lab_redirects_htmx_to_the_lab(client_in, catalogue, learner, labs):
     response = client_in.post(
         reverse("lab-start", args=["direct-routing"]), headers={"HX-Request": "true"}
