@@ -5,11 +5,22 @@ run:
 	scripts/setup
 	scripts/run
 
-# The same preparation plus the test tools, then the whole suite.
+# The PostgreSQL of the suite's second pass: a role that may create databases (the pass
+# makes and drops a database of its own). scripts/ensure-postgres makes sure of it.
+TEST_POSTGRES_URL ?= postgres://labconsole:labconsole@127.0.0.1:5432/labconsole
+export TEST_POSTGRES_URL
+# What touches the database is run again on PostgreSQL: the tests marked `database`
+# (tests/conftest.py marks them) among these, not the browser, runtime or broker-restart
+# tests, whose database work the first pass covers.
+POSTGRES_TESTS = -m database tests/exercises tests/test_*.py
+
+# The same preparation plus the test tools and a PostgreSQL, then the whole suite on
+# SQLite, then the tests that touch the database again on PostgreSQL.
 test:
 	scripts/setup --dev
 	.venv/bin/ruff check .
-	.venv/bin/pytest
+	DATABASE_URL= .venv/bin/pytest
+	DATABASE_URL=$(TEST_POSTGRES_URL) .venv/bin/pytest $(POSTGRES_TESTS)
 
 lint:
 	.venv/bin/ruff check .

@@ -4,12 +4,14 @@ each lab's vhost may hold (queues, connections, channels, a queue's length and b
 The numbers come from settings (docs/operations.md); `lab_quotas` is the one place that
 reads them, so a per-user or per-class override has one place to go.
 
-Both counts write first and count second: a request saves its use (or its lab), then
-counts the rows of the user saved before its own, and deletes its own when those already
-reach the limit. Of two racing requests the later one sees the earlier, so they cannot
-both pass the last free place, without a row lock (SQLite ignores `select_for_update`).
-The one gap left is a row numbered before another but committed after the other counted:
-at most one extra, in a window of a few milliseconds.
+A lab start counts and records under a lock on its owner's row (`owner_lock`, inside the
+start's transaction), so two starts at once by one person take turns and cannot both take
+the last place; on SQLite the IMMEDIATE transaction already makes every writer take turns.
+Publishes from the page count without a lock, writing first and counting second: a request
+saves its use, then counts the uses saved before its own and deletes its own when those
+already reach the limit, so of two racing requests the later one sees the earlier. The gap
+left there is a use numbered before another but committed after the other counted: at most
+one extra a minute, in a window of a few milliseconds.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from .models import LabSession, RateEvent
@@ -79,12 +82,11 @@ def rate_retry_after(*, user, action: RateEvent.Action) -> int:
     return max(1, int((oldest + WINDOW - timezone.now()).total_seconds()) + 1)
 
 
-def labs_over_limit(*, session: LabSession, limit: int) -> int | None:
-    """Counts the owner's labs not ended, `session` (already saved) among them. Returns
-    how many others run when that is over `limit`, else None."""
-    running = LabSession.objects.filter(owner_id=session.owner_id).exclude(
-        state=LabSession.State.ENDED
-    )
-    # Only labs saved before this one: two racing starts cannot each count the other.
-    earlier = running.filter(created_at__lte=session.created_at).exclude(pk=session.pk).count()
-    return earlier if earlier >= limit else None
+def owner_lock(*, user) -> None:
+    """Locks `user`'s row until the end of the caller's transaction (SQLite ignores it)."""
+    get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").get()
+
+
+def labs_running(*, user) -> int:
+    """The labs of `user` not ended (starting or running)."""
+    return LabSession.objects.filter(owner_id=user.pk).exclude(state=LabSession.State.ENDED).count()

@@ -33,6 +33,10 @@ class LabError(Exception):
     translation where the page shows it in the reader's language)."""
 
 
+class LabBusy(LabError):
+    """Another request is starting, resetting or ending the lab at this moment; it won."""
+
+
 class LimitReached(LabError):
     """The user reached one of their limits (exercises/quotas.py); the page answers 429."""
 
@@ -163,34 +167,60 @@ def _refuse_over_vhost_limits(spec: ExerciseSpec, limits: quotas.LabQuotas) -> N
         )
 
 
-def _claim_lab_place(session: LabSession, limits: quotas.LabQuotas) -> None:
-    """Refuses (deleting the saved `session`) a lab past the owner's limits: labs at once,
-    then starts a minute, so a refused lab does not use up a start."""
-    running = quotas.labs_over_limit(session=session, limit=limits.labs)
-    if running is not None:
-        session.delete()
-        raise LimitReached(
-            format_lazy(
-                _(
-                    "You already have {running} labs running, the most one person may "
-                    "have at once. End one of them (End lab on its page) and start again."
-                ),
-                running=running,
+def _record_within_limits(session: LabSession, limits: quotas.LabQuotas) -> None:
+    """Saves the new lab if its owner is within their limits (labs at once, then starts a
+    minute, so a refused lab does not use up a start), else raises LimitReached. Starts by
+    one owner take turns on the owner's row (on SQLite, the IMMEDIATE transaction makes
+    every writer take turns), so two at once cannot both take the last place."""
+    with transaction.atomic():
+        quotas.owner_lock(user=session.owner)
+        running = quotas.labs_running(user=session.owner)
+        if running >= limits.labs:
+            raise LimitReached(
+                format_lazy(
+                    _(
+                        "You already have {running} labs running, the most one person may "
+                        "have at once. End one of them (End lab on its page) and start again."
+                    ),
+                    running=running,
+                )
             )
-        )
-    action = RateEvent.Action.START
-    if not quotas.rate_take(user=session.owner, action=action, per_minute=limits.starts_per_minute):
-        session.delete()
-        raise LimitReached(
-            format_lazy(
-                _(
-                    "You started {limit} labs in the last minute, the most one person may. "
-                    "Try again in {seconds} s."
-                ),
-                limit=limits.starts_per_minute,
-                seconds=quotas.rate_retry_after(user=session.owner, action=action),
+        action = RateEvent.Action.START
+        if not quotas.rate_take(
+            user=session.owner, action=action, per_minute=limits.starts_per_minute
+        ):
+            raise LimitReached(
+                format_lazy(
+                    _(
+                        "You started {limit} labs in the last minute, the most one person "
+                        "may. Try again in {seconds} s."
+                    ),
+                    limit=limits.starts_per_minute,
+                    seconds=quotas.rate_retry_after(user=session.owner, action=action),
+                )
             )
-        )
+        session.save()
+
+
+def _ended_meanwhile(session: LabSession) -> bool:
+    return LabSession.objects.filter(pk=session.pk, state=LabSession.State.ENDED).exists()
+
+
+def _ended_while_starting() -> LabBusy:
+    return LabBusy(_("This lab was ended while it was starting; start a new one."))
+
+
+def _mark_running(session: LabSession) -> None:
+    """STARTING -> RUNNING, unless another request ended the lab meanwhile: then what this
+    start or reset made on the broker goes too, and the caller is told."""
+    made = LabSession.objects.filter(
+        pk=session.pk, generation=session.generation, state=LabSession.State.STARTING
+    ).update(state=LabSession.State.RUNNING)
+    if not made:
+        session.state = LabSession.State.ENDED
+        lab_session_teardown(session=session)
+        raise _ended_while_starting()
+    session.state = LabSession.State.RUNNING
 
 
 def lab_session_start(
@@ -219,17 +249,21 @@ def lab_session_start(
         raise LabError(format_lazy(_("the exercise is not valid:\n{errors}"), errors=exc)) from exc
     limits = quotas.lab_quotas(user=owner)
     _refuse_over_vhost_limits(session.spec, limits)
-    session.save()
     if enforce_quotas:
-        _claim_lab_place(session, limits)
+        _record_within_limits(session, limits)
+    else:
+        session.save()
     try:
         _create_workloads(session)
         _provision(session)  # removes what it made on the broker if it fails
-    except BaseException:
+    except BaseException as exc:
+        # An End meanwhile deletes the vhost under the provisioning: say that, not how
+        # the broker refused the rest; the ended lab stays recorded for its open page.
+        if isinstance(exc, LabError) and _ended_meanwhile(session):
+            raise _ended_while_starting() from exc
         session.delete()
         raise
-    session.state = LabSession.State.RUNNING
-    session.save(update_fields=["state"])
+    _mark_running(session)
     try:
         _start_tasks(session, run_workloads=run)
     except (px.AMQPError, OSError) as exc:
@@ -297,11 +331,17 @@ def lab_session_teardown(*, session: LabSession) -> bool:
 def lab_session_stop(*, session: LabSession) -> LabSession:
     """Ends the lab at once (in the database), stops the workloads and the monitor and
     deletes the vhost and user. With the broker away the lab ends all the same and its
-    vhost and user are deleted by the sweeper once the broker is back. Idempotent."""
-    if session.state != LabSession.State.ENDED:
-        session.state = LabSession.State.ENDED
-        session.ended_at = timezone.now()
-        session.save(update_fields=["state", "ended_at"])
+    vhost and user are deleted by the sweeper once the broker is back. Idempotent, and
+    safe beside a start or reset of the same lab: those see it ended when they finish
+    (a conditional update) and delete what they made."""
+    now = timezone.now()
+    if (
+        LabSession.objects.filter(pk=session.pk)
+        .exclude(state=LabSession.State.ENDED)
+        .update(state=LabSession.State.ENDED, ended_at=now)
+    ):
+        session.ended_at = now
+    session.state = LabSession.State.ENDED
     _stop_tasks(session)
     lab_session_teardown(session=session)
     _announce(session, "status", {"state": "ended", "message": "This lab has ended."})
@@ -309,24 +349,32 @@ def lab_session_stop(*, session: LabSession) -> LabSession:
 
 
 def lab_session_reset(*, session: LabSession) -> LabSession:
-    """Stop and start again with the same spec, in the same session (its page stays)."""
+    """Stop and start again with the same spec, in the same session (its page stays).
+    Only a running lab, as the caller last saw it, is reset: of several resets at once one
+    wins, and a lab still starting or being reset is left to that request (LabBusy)."""
     ended = LabError(_("this lab has ended; start a new one from the exercise page"))
     if not session.is_active:
         raise ended
     # Starting again before the vhost goes, and only if nothing (the sweeper, another
     # request) ended or reset the lab meanwhile: a lab that is starting is never swept.
     password = secrets.token_urlsafe(24)
-    claimed = (
-        LabSession.objects.filter(pk=session.pk, generation=session.generation)
-        .exclude(state=LabSession.State.ENDED)
-        .update(
-            generation=session.generation + 1,
-            rabbit_password=password,
-            state=LabSession.State.STARTING,
-        )
+    claimed = LabSession.objects.filter(
+        pk=session.pk, generation=session.generation, state=LabSession.State.RUNNING
+    ).update(
+        generation=session.generation + 1,
+        rabbit_password=password,
+        state=LabSession.State.STARTING,
     )
     if not claimed:
-        raise ended
+        if (
+            not LabSession.objects.filter(pk=session.pk)
+            .exclude(state=LabSession.State.ENDED)
+            .exists()
+        ):
+            raise ended
+        raise LabBusy(
+            _("Another request is starting or resetting this lab; wait a moment and look again.")
+        )
     session.generation += 1
     session.rabbit_password = password
     session.state = LabSession.State.STARTING
@@ -343,12 +391,14 @@ def lab_session_reset(*, session: LabSession) -> LabSession:
     _create_workloads(session)
     try:
         _provision(session)
-    except LabError:
+    except LabError as exc:
         # The old lab is gone and the new one could not be made: this lab has ended.
+        ended_meanwhile = _ended_meanwhile(session)
         lab_session_stop(session=session)
+        if ended_meanwhile:
+            raise _ended_while_starting() from exc
         raise
-    session.state = LabSession.State.RUNNING
-    session.save(update_fields=["state"])
+    _mark_running(session)
     _start_tasks(session, run_workloads=True)
     _announce(session, "status", {"state": "reset", "message": "The lab was reset."})
     return session

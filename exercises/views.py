@@ -182,6 +182,9 @@ def lab_reset(request: HttpRequest, lab_id: str) -> HttpResponse:
     session = _own_lab(request, lab_id)
     try:
         services.lab_session_reset(session=session)
+    except services.LabBusy:
+        # Another tab or process is resetting it: its page shows the lab as that leaves it.
+        return _redirect(request, session.get_absolute_url())
     except services.LabError:
         # Ended already, or it could not be made again: the exercise page starts a new one.
         return _redirect(request, reverse("exercise", args=[session.exercise.slug]))

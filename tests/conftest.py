@@ -4,6 +4,7 @@ leaves no lab vhost, user or console queue behind."""
 from __future__ import annotations
 
 import os
+from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -14,13 +15,25 @@ from labconsole.broker.management import ManagementClient
 from tests.support import Worker
 
 
+def database_url() -> str:
+    """The URL of the test database (SQLite's file or PostgreSQL's test database), once
+    pytest-django has made it and named it in the settings."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    credentials = quote(db["USER"], safe="")
+    if db["PASSWORD"]:
+        credentials += ":" + quote(db["PASSWORD"], safe="")
+    return f"postgres://{credentials}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
 def subprocess_env() -> dict[str, str]:
     """The environment for processes that must share this test run's database and names."""
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="tests.settings",
         LABCONSOLE_PREFIX=settings.LABCONSOLE_PREFIX,
-        DATABASE_URL=f"sqlite:///{settings.DATABASES['default']['NAME']}",
+        DATABASE_URL=database_url(),
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -33,6 +46,18 @@ def default_language():
     translation.deactivate()
     yield
     translation.deactivate()
+
+
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_setup"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `database` every test that uses the database (a `django_db` mark, or a
+    fixture that needs one, the worker's included): `make test` runs those again on
+    PostgreSQL (`-m database`); the others behave the same whatever the database."""
+    for item in items:
+        if item.get_closest_marker("django_db") or DATABASE_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.database)
 
 
 @pytest.fixture(scope="session")

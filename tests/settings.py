@@ -19,6 +19,14 @@ os.environ.setdefault("SECRET_KEY", "tests-only-" + "k" * 50)
 
 from labconsole.settings import *  # noqa: E402,F403
 
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":  # noqa: F405
+    # A database of this run's own (pytest-django makes and drops it): two runs against
+    # one server do not collide. The worker and daphne processes the fixtures start are
+    # given its name in DATABASE_URL (tests/conftest.py).
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": "test_" + os.environ["LABCONSOLE_PREFIX"].replace("-", "_").lower()
+    }
+
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
