@@ -89,6 +89,7 @@ class Runtime:
         self.owner = f"{socket.gethostname()}:{self.pid}:{secrets.token_hex(3)}"
         self.bus = ConsoleBus()
         self.units: dict[str, Unit] = {}
+        self.monitors: dict[str, LabMonitor] = {}  # lab id -> its monitor, if it runs here
         self.written: dict[str, object] = {}  # unit key -> the checkpoint last saved
         self.units_lock = threading.Lock()
         self.stopping = threading.Event()
@@ -220,6 +221,7 @@ class Runtime:
         session = LabSession.objects.get(pk=session_id)
         unit = _monitor(session, self.bus)
         unit.row = ("monitor", session_id, generation)
+        self.monitors[session_id] = unit
         self._start(key, unit)
         return "started"
 
@@ -230,13 +232,22 @@ class Runtime:
         unit.start(on_exit=self._exited)
 
     def _publish_flow(self, routing_key: str, body: bytes) -> None:
-        self.bus.publish(amqp.flow_exchange(), routing_key, body, JSON)
+        """A workload's report (on the loop). When the lab's monitor runs in this process
+        too, it is handed over here and never crosses the broker; otherwise it goes to the
+        lab's reports queue, which the monitor reads wherever it runs."""
+        monitor = self.monitors.get(routing_key.split(".")[1])
+        if monitor is not None and monitor.outcome is None:
+            monitor.report_arrived(Incoming(routing_key, body))
+        else:
+            self.bus.publish(amqp.flow_exchange(), routing_key, body, JSON)
 
     # --- a unit ended (on the loop; its rows are written on the blocking pool) --------------
     def _exited(self, unit: Unit) -> None:
         with self.units_lock:
             self.units.pop(unit.key, None)
         self.written.pop(unit.key, None)
+        if unit.row[0] == "monitor" and self.monitors.get(unit.row[1]) is unit:
+            del self.monitors[unit.row[1]]
         self.bus.loop.run_blocking(lambda: self._record_exit(unit))
 
     def _record_exit(self, unit: Unit) -> None:

@@ -203,7 +203,7 @@ class LabMonitor(Unit):
         if self.reconnects:
             # What a restart of the broker loses: tracing is off after a hard restart.
             self.loop.run_blocking(self.ensure_tracing)
-        self.bus.consume(self.reports_queue, self._report_arrived, self.declare_reports)
+        self.bus.consume(self.reports_queue, self.report_arrived, self.declare_reports)
         self.firehose = self.depths = None
         self.firehose_tag = 0
         self.polling = None
@@ -268,7 +268,7 @@ class LabMonitor(Unit):
         self._open_depths()
 
     def finish(self) -> None:
-        self.bus.cancel(self.reports_queue, self._report_arrived)
+        self.bus.cancel(self.reports_queue, self.report_arrived)
         self.checkpoint = self.export()
 
     # --- inputs ------------------------------------------------------------------------------
@@ -294,9 +294,10 @@ class LabMonitor(Unit):
                 pika.BasicProperties(correlation_id=message.correlation_id),
             )
 
-    def _report_arrived(self, message: Incoming) -> None:
-        """A workload's report: while frames go at full rate the next frame is at most a
-        frame interval away and shows it; otherwise the monitor looks at once."""
+    def report_arrived(self, message: Incoming) -> None:
+        """A workload's report (from the reports queue, or from a workload in the same
+        process): while frames go at full rate the next frame is at most a frame interval
+        away and shows it; otherwise the monitor looks at once."""
         self.guard(self._on_report, message.body)
         if not self.lively:
             self.poke()
