@@ -236,7 +236,7 @@ class Runtime:
         too, it is handed over here and never crosses the broker; otherwise it goes to the
         lab's reports queue, which the monitor reads wherever it runs."""
         monitor = self.monitors.get(routing_key.split(".")[1])
-        if monitor is not None and monitor.outcome is None:
+        if monitor is not None and monitor.outcome is None and settings.RUNTIME_LOCAL_REPORTS:
             monitor.report_arrived(Incoming(routing_key, body))
         else:
             self.bus.publish(amqp.flow_exchange(), routing_key, body, JSON)

@@ -258,6 +258,9 @@ CELERY_BEAT_SCHEDULE = {
 # worker (its holder died).
 RUNTIME_RENEW_SECONDS = env.float("RUNTIME_RENEW_SECONDS", default=1.5)
 RUNTIME_LEASE_SECONDS = env.float("RUNTIME_LEASE_SECONDS", default=6.0)
+# A workload's reports go straight to its lab's monitor when both run in one worker process,
+# and through the broker otherwise; off, every report crosses the broker.
+RUNTIME_LOCAL_REPORTS = env.bool("RUNTIME_LOCAL_REPORTS", default=True)
 
 # --- Channels ----------------------------------------------------------------------------
 # Live updates travel over RabbitMQ (labconsole/flow), so no channel layer is needed.

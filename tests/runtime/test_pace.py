@@ -1,6 +1,8 @@
 """Workloads report at full pace only while somebody watches their lab: the monitor passes
-the web's `watch` on to them (op `pace`)."""
+the web's `watch` on to them (op `pace`). And a report whose lab's monitor runs in the
+same worker process goes to it directly, not through the broker."""
 
+import json
 import time
 
 import pytest
@@ -8,6 +10,8 @@ import pytest
 from exercises.services import lab_session_start
 from labconsole.broker import amqp, control
 from labconsole.flow.reporter import FIRST_WATCH_SECONDS
+from tests.conftest import subprocess_env
+from tests.support import Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,7 +29,21 @@ def count_reports(channel, queue: str, seconds: float) -> int:
     return n
 
 
-def test_reports_slow_down_unwatched_and_speed_up_when_watched(worker, catalogue, learner, labs):
+@pytest.fixture
+def remote_reports(worker):
+    """The suite's worker stands aside for one whose reports always cross the broker (as
+    they do when a lab's monitor runs in another worker), so that a probe can count them."""
+    worker.stop()
+    other = Worker("pace-worker", env={**subprocess_env(), "RUNTIME_LOCAL_REPORTS": "false"})
+    other.start()
+    yield other
+    other.stop()
+    worker.start()
+
+
+def test_reports_slow_down_unwatched_and_speed_up_when_watched(
+    remote_reports, catalogue, learner, labs
+):
     session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
     connection = amqp.connect(amqp.console_parameters(name="pace probe"))
     try:
@@ -43,3 +61,35 @@ def test_reports_slow_down_unwatched_and_speed_up_when_watched(worker, catalogue
         amqp.close_quietly(connection)
     assert unwatched > 0, "the workloads report while nobody watches, only less often"
     assert watched >= 2 * unwatched, (unwatched, watched)
+
+
+def test_a_monitor_in_the_same_worker_gets_reports_without_the_broker(
+    worker, catalogue, learner, labs
+):
+    """One worker runs the lab's monitor and workloads: the frames' counters grow while no
+    report passes the console's flow exchange."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    connection = amqp.connect(amqp.console_parameters(name="local reports probe"))
+    try:
+        channel = connection.channel()
+        amqp.declare_console_exchanges(channel)
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        for kind in ("report", "frame"):
+            channel.queue_bind(queue, amqp.flow_exchange(), amqp.lab_key(session.id, kind))
+        seen = {"report": 0, "frame": 0}
+        published = []
+        end = time.monotonic() + 6
+        for method, _props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.2):
+            if method is not None:
+                kind = method.routing_key.rpartition(".")[2]
+                seen[kind] += 1
+                if kind == "frame":
+                    counters = json.loads(body).get("counters", {})
+                    published.append(counters.get("temperature-sensor", {}).get("published", 0))
+            if time.monotonic() >= end:
+                break
+        channel.cancel()
+    finally:
+        amqp.close_quietly(connection)
+    assert seen["frame"] > 0 and published[-1] > published[0], (seen, published)
+    assert seen["report"] == 0, seen
