@@ -223,7 +223,18 @@ class Runtime:
         unit.row = ("monitor", session_id, generation)
         self.monitors[session_id] = unit
         self._start(key, unit)
+        self._adopt(session_id)
         return "started"
+
+    def _adopt(self, session_id: str) -> None:
+        """Runs here, beside their monitor, the lab's workloads that were sent and not yet
+        taken by any worker: their reports then never cross the broker. Their own tasks,
+        when they arrive, find them taken."""
+        waiting = Workload.objects.filter(
+            session_id=session_id, running=True, owner="", session__state=LabSession.State.RUNNING
+        ).values_list("id", "run")
+        for workload_id, run in waiting:
+            self.run_workload(workload_id, run)
 
     def _start(self, key: str, unit: Unit) -> None:
         unit.key = key

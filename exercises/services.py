@@ -134,11 +134,15 @@ def _start_tasks(session: LabSession, *, run_workloads: bool) -> None:
     LabSession.objects.filter(pk=session.pk).update(
         monitor_owner="", monitor_lease_until=timezone.now() + DISPATCH_GRACE
     )
-    run_monitor.apply_async(args=[session.id, session.generation])
     if run_workloads:
         autostart = {name for name, _, _, auto in _workload_settings(session.spec) if auto}
         for workload in session.workloads.filter(name__in=autostart):
-            workload_start(workload=workload)
+            # The worker that takes the monitor runs these too (their reports then stay in
+            # that process): they are marked running before the monitor's task goes, with
+            # no task of their own. Should no worker take them within ADOPT_SECONDS (the
+            # monitor's worker died), a worker's keeper sends their tasks.
+            workload_start(workload=workload, adopt=True)
+    run_monitor.apply_async(args=[session.id, session.generation])
 
 
 def _refuse_over_vhost_limits(spec: ExerciseSpec, limits: quotas.LabQuotas) -> None:
@@ -422,11 +426,16 @@ def lab_sessions_sweep_idle(*, idle_minutes: int) -> list[str]:
 
 # --- workloads -----------------------------------------------------------------------------
 
+# How long a new lab's workloads wait for the worker of the lab's monitor to take them
+# before a keeper sends their tasks to any worker.
+ADOPT_SECONDS = 3.0
 PRODUCER_FIELDS = {"rate", "routing_key", "confirms", "mandatory"}
 CONSUMER_FIELDS = {"prefetch", "ack", "fail", "on_fail", "requeue", "processing_ms"}
 
 
-def workload_start(*, workload: Workload) -> Workload:
+def workload_start(*, workload: Workload, adopt: bool = False) -> Workload:
+    """Marks the workload running and sends its task; with `adopt`, the task is left to
+    the worker of the lab's monitor (see _start_tasks)."""
     from .runtime import DISPATCH_GRACE
     from .tasks import run_workload
 
@@ -438,9 +447,11 @@ def workload_start(*, workload: Workload) -> Workload:
     workload.running = True
     # Sent, not yet claimed by a worker: sent again if none has claimed it by then.
     workload.owner = ""
-    workload.lease_until = timezone.now() + DISPATCH_GRACE
+    grace = timezone.timedelta(seconds=ADOPT_SECONDS) if adopt else DISPATCH_GRACE
+    workload.lease_until = timezone.now() + grace
     workload.save(update_fields=["run", "running", "owner", "lease_until"])
-    run_workload.apply_async(args=[workload.id, workload.run])
+    if not adopt:
+        run_workload.apply_async(args=[workload.id, workload.run])
     _announce_workload(workload)
     return workload
 

@@ -104,6 +104,24 @@ def test_a_killed_workers_labs_continue_on_the_other(api, worker, second_worker,
     assert Workload.objects.filter(session__in=sessions, running=True).count() == len(sessions)
 
 
+def test_a_new_labs_workloads_run_beside_its_monitor(
+    worker, second_worker, catalogue, learner, labs
+):
+    """The worker that takes a new lab's monitor runs its workloads too, so their reports
+    stay in that process; labs still spread over both workers."""
+    sessions = [
+        lab_session_start(exercise=catalogue["direct-routing"], owner=learner) for _ in range(4)
+    ]
+    pids = {worker.proc.pid, second_worker.proc.pid}
+    wait_for(
+        lambda: all(None not in unit_pids(s) and len(unit_pids(s)) > 2 for s in sessions),
+        message="every unit of every lab claimed",
+    )
+    for session in sessions:
+        assert len(set(unit_pids(session))) == 1, (session.id, unit_pids(session))
+    assert {unit_pids(s)[-1] for s in sessions} <= pids
+
+
 def test_the_page_is_told_while_a_dead_workers_monitor_is_taken_over(
     catalogue, learner, labs, worker
 ):
@@ -123,7 +141,9 @@ def test_the_page_is_told_while_a_dead_workers_monitor_is_taken_over(
         while before < 3:
             first = await receive(ws, "frame")
             before = first["counters"].get("temperature-sensor", {}).get("published", 0)
-        await asyncio.sleep(2)  # a checkpoint saved with the count
+        # A checkpoint saved with the count: the monitor takes one every second, the keeper
+        # saves it every 1.5 s.
+        await asyncio.sleep(3)
         worker.kill()
         try:
             silent = await receive(ws, "status", timeout=20)
