@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pika
 import pika.exceptions as px
 
@@ -33,7 +34,7 @@ from labconsole.broker.amqp import lab_key
 from labconsole.runtime.bus import Incoming
 from labconsole.runtime.unit import Stop, Unit
 
-from .reporter import FIRST_WATCH_SECONDS, body_text, jsonable
+from .reporter import FIRST_WATCH_SECONDS, body_text, dumps, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ class LabMonitor(Unit):
             self.bus.publish(
                 "",
                 message.reply_to,
-                json.dumps(self.snapshot(), default=str, separators=(",", ":")).encode(),
+                dumps(self.snapshot()),
                 pika.BasicProperties(correlation_id=message.correlation_id),
             )
 
@@ -303,7 +304,7 @@ class LabMonitor(Unit):
             self.poke()
 
     def _on_report(self, body: bytes) -> None:
-        report = json.loads(body)
+        report = orjson.loads(body)
         workload = report["workload"]
         counts = report.get("counts")
         queue = self.consumer_queue.get(workload)
@@ -476,7 +477,7 @@ class LabMonitor(Unit):
         self.bus.publish(
             self.flow_exchange,
             lab_key(self.session, kind),
-            json.dumps({"type": kind, **message}, default=str, separators=(",", ":")).encode(),
+            dumps({"type": kind, **message}),
             pika.BasicProperties(content_type="application/json"),
         )
 
