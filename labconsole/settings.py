@@ -272,5 +272,14 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"pika": {"level": "WARNING"}, "aiormq": {"level": "WARNING"}},
+    "loggers": {
+        "pika": {"level": "WARNING"},
+        "aiormq": {"level": "WARNING"},
+        # pika's asynchronous adapter logs each failed connection attempt and each lost
+        # connection as several errors with tracebacks; the runtime says the same in one
+        # line (labconsole/runtime/unit.py, bus.py), with the backoff it applies.
+        "pika.adapters.utils.connection_workflow": {"level": "CRITICAL"},
+        "pika.adapters.utils.io_services_utils": {"level": "CRITICAL"},
+        "pika.adapters.base_connection": {"level": "CRITICAL"},
+    },
 }

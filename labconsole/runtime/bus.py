@@ -225,7 +225,7 @@ class ConsoleBus:
             self._attempts = 0  # it was connected: a new outage starts from the first step
         delay = BACKOFF[min(self._attempts, len(BACKOFF) - 1)]
         self._attempts += 1
-        log.warning("console bus: %s; connecting again in %.1f s", exc or repr(exc), delay)
+        log.warning("console bus: %s; connecting again in %.1f s", str(exc) or repr(exc), delay)
         self.loop.call_later(delay, self._connect)
 
     def _start_consumer(self, queue: str) -> None:

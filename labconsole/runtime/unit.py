@@ -171,7 +171,7 @@ class Unit:
         delay = BACKOFF[min(self._attempts, len(BACKOFF) - 1)]
         self._attempts += 1
         self.reconnects += 1
-        log.info("%s %s: %s; again in %.2f s", self.kind, self.name, exc or repr(exc), delay)
+        log.info("%s %s: %s; again in %.2f s", self.kind, self.name, str(exc) or repr(exc), delay)
         self._retry = self.loop.call_later(delay, self._connect)
 
     def _receive(self, message: Incoming) -> None:
