@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF = (0.25, 0.5, 1.0, 2.0, 3.0)
 LONGEST_SLEEP = 5.0  # even with nothing to do, look at the clock this often
+CLOSE_WAIT = 5.0  # a run ends this long after its close at the latest
 # Errors of a connection that is going away: its close callback says the rest.
 GOING = (px.ConnectionWrongStateError, px.StreamLostError, px.ConnectionClosed)
 
@@ -197,6 +198,8 @@ class Unit:
         lab = self.lab
         if lab is not None and lab.is_open:
             close_quietly(lab)  # `_closed` finishes the run
+            # ... or this, should the broker never answer the close.
+            self.loop.call_later(CLOSE_WAIT, self._finish)
             return
         if self._attempt is not None:
             self._attempt.abandon()
