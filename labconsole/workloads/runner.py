@@ -44,6 +44,17 @@ def x_death_count(headers: dict | None, queue: str | None = None) -> int:
     return sum(int(d.get("count", 0)) for d in deaths if queue is None or d.get("queue") == queue)
 
 
+def confirmed(frame, pending: dict[int, Any]) -> tuple[bool, list[int]]:
+    """What a publisher confirm (basic.ack or basic.nack, `multiple` or not) settles among
+    the `pending` delivery tags: whether it is an ack, and the tags."""
+    method = frame.method
+    if method.multiple:
+        tags = [t for t in pending if t <= method.delivery_tag]
+    else:
+        tags = [method.delivery_tag] if method.delivery_tag in pending else []
+    return isinstance(method, pika.spec.Basic.Ack), tags
+
+
 class WorkloadUnit(Unit):
     def __init__(
         self,
@@ -249,16 +260,8 @@ class ProducerUnit(WorkloadUnit):
         self.poke()
 
     def _on_confirm(self, frame) -> None:
-        method = frame.method
-        acked = isinstance(method, pika.spec.Basic.Ack)
-        tags = (
-            [t for t in self.unconfirmed if t <= method.delivery_tag]
-            if method.multiple
-            else [method.delivery_tag]
-        )
+        acked, tags = confirmed(frame, self.unconfirmed)
         for tag in tags:
-            if tag not in self.unconfirmed:
-                continue
             message_id = self.unconfirmed.pop(tag)
             if message_id in self.returned:
                 self.returned.discard(message_id)
@@ -507,16 +510,9 @@ class ConsumerUnit(WorkloadUnit):
         self.lab.channel(on_open_callback=self.guarded(opened))
 
     def _on_park_confirm(self, frame) -> None:
-        method = frame.method
-        acked = isinstance(method, pika.spec.Basic.Ack)
-        tags = (
-            [t for t in self.parking if t <= method.delivery_tag]
-            if method.multiple
-            else [method.delivery_tag]
-        )
+        acked, tags = confirmed(frame, self.parking)
         for tag in tags:
-            if tag in self.parking:
-                self._parked(*self.parking.pop(tag), ok=acked)
+            self._parked(*self.parking.pop(tag), ok=acked)
 
     def _parked(self, channel, delivery_tag: int, props, *, ok: bool, why: str = "") -> None:
         if channel is not self.channel or not channel.is_open:

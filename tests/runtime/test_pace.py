@@ -2,6 +2,7 @@
 the web's `watch` on to them (op `pace`). And a report whose lab's monitor runs in the
 same worker process goes to it directly, not through the broker."""
 
+import contextlib
 import json
 import time
 
@@ -41,24 +42,33 @@ def remote_reports(worker):
     worker.start()
 
 
-def test_reports_slow_down_unwatched_and_speed_up_when_watched(
-    remote_reports, catalogue, learner, labs
-):
-    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
-    connection = amqp.connect(amqp.console_parameters(name="pace probe"))
+@contextlib.contextmanager
+def flow_probe(session, name: str, kinds: tuple[str, ...]):
+    """A channel on the console's vhost and a queue of its own bound to the lab's `kinds`
+    of flow messages."""
+    connection = amqp.connect(amqp.console_parameters(name=name))
     try:
         channel = connection.channel()
         amqp.declare_console_exchanges(channel)
         queue = channel.queue_declare("", exclusive=True).method.queue
-        channel.queue_bind(queue, amqp.flow_exchange(), amqp.lab_key(session.id, "report"))
+        for kind in kinds:
+            channel.queue_bind(queue, amqp.flow_exchange(), amqp.lab_key(session.id, kind))
+        yield channel, queue
+    finally:
+        amqp.close_quietly(connection)
+
+
+def test_reports_slow_down_unwatched_and_speed_up_when_watched(
+    remote_reports, catalogue, learner, labs
+):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    with flow_probe(session, "pace probe", ("report",)) as (channel, queue):
         time.sleep(FIRST_WATCH_SECONDS + 2)  # nobody has watched the lab
         unwatched = count_reports(channel, queue, 4)
         # What a web process with a viewer of the lab says every few seconds.
         control.send(control.monitor_key(session.id), {"op": "watch"})
         time.sleep(1)
         watched = count_reports(channel, queue, 4)
-    finally:
-        amqp.close_quietly(connection)
     assert unwatched > 0, "the workloads report while nobody watches, only less often"
     assert watched >= 2 * unwatched, (unwatched, watched)
 
@@ -69,13 +79,7 @@ def test_a_monitor_in_the_same_worker_gets_reports_without_the_broker(
     """One worker runs the lab's monitor and workloads: the frames' counters grow while no
     report passes the console's flow exchange."""
     session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
-    connection = amqp.connect(amqp.console_parameters(name="local reports probe"))
-    try:
-        channel = connection.channel()
-        amqp.declare_console_exchanges(channel)
-        queue = channel.queue_declare("", exclusive=True).method.queue
-        for kind in ("report", "frame"):
-            channel.queue_bind(queue, amqp.flow_exchange(), amqp.lab_key(session.id, kind))
+    with flow_probe(session, "local reports probe", ("report", "frame")) as (channel, queue):
         seen = {"report": 0, "frame": 0}
         published = []
         end = time.monotonic() + 6
@@ -89,7 +93,5 @@ def test_a_monitor_in_the_same_worker_gets_reports_without_the_broker(
             if time.monotonic() >= end:
                 break
         channel.cancel()
-    finally:
-        amqp.close_quietly(connection)
     assert seen["frame"] > 0 and published[-1] > published[0], (seen, published)
     assert seen["report"] == 0, seen
