@@ -12,7 +12,7 @@ from exercises.services import lab_session_start
 from labconsole.broker import amqp, control
 from labconsole.flow.reporter import FIRST_WATCH_SECONDS
 from tests.conftest import subprocess_env
-from tests.support import Worker
+from tests.support import Worker, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,6 +42,12 @@ def remote_reports(worker):
     worker.start()
 
 
+def all_claimed(session) -> list[bool]:
+    session.refresh_from_db()
+    owners = list(session.workloads.filter(running=True).values_list("owner", flat=True))
+    return [bool(o) for o in [*owners, session.monitor_owner]]
+
+
 @contextlib.contextmanager
 def flow_probe(session, name: str, kinds: tuple[str, ...]):
     """A channel on the console's vhost and a queue of its own bound to the lab's `kinds`
@@ -62,8 +68,11 @@ def test_reports_slow_down_unwatched_and_speed_up_when_watched(
     remote_reports, catalogue, learner, labs
 ):
     session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    # Every unit running (a unit counts as watched for its first seconds), then nobody
+    # has watched the lab for a while.
+    wait_for(lambda: all(all_claimed(session)), message="every unit of the lab running")
     with flow_probe(session, "pace probe", ("report",)) as (channel, queue):
-        time.sleep(FIRST_WATCH_SECONDS + 2)  # nobody has watched the lab
+        time.sleep(FIRST_WATCH_SECONDS + 2)
         unwatched = count_reports(channel, queue, 4)
         # What a web process with a viewer of the lab says every few seconds.
         control.send(control.monitor_key(session.id), {"op": "watch"})

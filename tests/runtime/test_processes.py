@@ -41,18 +41,23 @@ def frames(url: str, lab_id: str, cookie: str, count: int) -> list[dict]:
 def test_two_web_and_two_worker_processes_serve_one_lab(
     catalogue, learner, labs, worker, second_worker, two_webs
 ):
-    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    # A lab's units run together, in the worker that took its monitor; labs spread over
+    # the workers by their monitors' tasks, which the broker hands out in turn.
+    sessions = [
+        lab_session_start(exercise=catalogue["direct-routing"], owner=learner) for _ in range(4)
+    ]
+    session = sessions[0]
     client = Client()
     client.force_login(learner)
     cookie = client.cookies["sessionid"].value
 
-    def owners() -> set[str]:
-        session.refresh_from_db()
-        rows = set(session.workloads.filter(running=True).values_list("owner", flat=True))
-        return rows | {session.monitor_owner}
+    def owners(lab) -> set[str]:
+        lab.refresh_from_db()
+        rows = set(lab.workloads.filter(running=True).values_list("owner", flat=True))
+        return rows | {lab.monitor_owner}
 
-    wait_for(lambda: "" not in owners(), message="every unit claimed")
-    pids = {int(o.split(":")[1]) for o in owners()}
+    wait_for(lambda: all("" not in owners(s) for s in sessions), message="every unit claimed")
+    pids = {int(o.split(":")[1]) for s in sessions for o in owners(s)}
     assert pids == {worker.proc.pid, second_worker.proc.pid}, "units in both worker processes"
 
     for web in two_webs:
