@@ -173,7 +173,9 @@ class WorkloadUnit(Unit):
         try:
             due = self.work(now)
         except (px.ChannelWrongStateError, px.ChannelClosed):
-            self.channel = None  # its close callback tells why, if the broker closed it
+            # A channel (the workload's, or the parking one) was going: start again on a
+            # new one, never beside an old one still consuming.
+            self.close_channel()
             due = now + CHANNEL_RETRY
         return self._sooner(due, self.report(now))
 
