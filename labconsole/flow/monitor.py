@@ -32,6 +32,7 @@ import pika.exceptions as px
 
 from labconsole.broker.amqp import lab_key
 from labconsole.runtime.bus import Incoming
+from labconsole.runtime.loop import on_grid
 from labconsole.runtime.unit import Stop, Unit
 
 from .reporter import FIRST_WATCH_SECONDS, body_text, dumps, jsonable
@@ -54,6 +55,11 @@ CHECKPOINT_INTERVAL = 1.0  # how often the state a new worker would resume from 
 # enough that a frame is never late by more than a few tens of milliseconds at full speed.
 FIREHOSE_PREFETCH = 200
 FIREHOSE_ACK_EVERY = 100
+YOU = "@you"  # the learner's publishes from the page (app_id), the graph's p:@you
+# An unroutable publish from the page waits this long for the page to say it came back
+# (mandatory), so that it is logged once, as returned, not as unroutable.
+RETURN_WAIT = 1.0
+AWAITING_RETURN_LIMIT = 100
 
 
 @dataclass
@@ -90,6 +96,17 @@ class FlowRecord:
                 record.workloads[w].update(c)
             for q, history, n in data.get("dead_lettered", []):
                 record.dead_lettered[(q, tuple(tuple(d) for d in history))] = n
+        return record
+
+    def since(self, mark: FlowRecord) -> FlowRecord:
+        """What happened after `mark` (this record as it was at some earlier moment)."""
+        record = FlowRecord(
+            routes=self.routes - mark.routes,
+            delivered=self.delivered - mark.delivered,
+            dead_lettered=self.dead_lettered - mark.dead_lettered,
+        )
+        for w, c in self.workloads.items():
+            record.workloads[w] = c - mark.workloads.get(w, Counter())
         return record
 
     def note_dead_letter(self, queue: str, message_id: str | None, x_death: list) -> None:
@@ -141,12 +158,18 @@ class LabMonitor(Unit):
         firehose_patterns: tuple[str, ...],
         router,
         queues: list[str],
+        make_router: Callable[[dict], Any] | None = None,
+        topology_version: str = "",
         consumers: dict[str, str],
-        evaluate: Callable[[FlowRecord, dict], dict[str, bool]],
+        evaluate: Callable[[FlowRecord, dict, dict[str, FlowRecord]], dict[str, bool]],
+        mandatory: set[str] | frozenset[str] = frozenset(),
+        expiring: set[str] | frozenset[str] = frozenset(),
+        read_expiring: Callable[[], dict[str, dict]] = dict,
         ensure_tracing: Callable[[], None] = lambda: None,
         pace: Callable[[float], None] = lambda seconds: None,
         fps: int = 20,
         state: dict | None = None,
+        shown: dict[str, str] | None = None,
         **kwargs: Any,
     ):
         super().__init__(name=session, **kwargs)
@@ -158,9 +181,22 @@ class LabMonitor(Unit):
         self.firehose_arguments = firehose_arguments
         self.firehose_patterns = firehose_patterns
         self.router = router
-        self.queue_names = queues
+        # The lab's graph -> its router: for a topology the learner changed (op "topology").
+        self.make_router = make_router
+        self.topology_version = topology_version  # the name of the topology it routes by
+        self.queue_names = list(queues)
         self.consumer_queue = consumers  # consumer workload -> its queue
         self.evaluate = evaluate
+        # Producers publishing with `mandatory`: what they publish that no queue takes
+        # comes back to them, and is logged as returned.
+        self.mandatory = set(mandatory)
+        # Queues with x-expires: a passive declare would renew their lease, and they would
+        # never expire while the lab is watched. `read_expiring()` reads them instead (name
+        # -> {ready, consumers}, absent when gone) from the management API, on the
+        # blocking pool.
+        self.expiring = set(expiring)
+        self.read_expiring = read_expiring
+        self.reading_expiring = False
         self.ensure_tracing = ensure_tracing
         self.pace = pace
         self.next_pace = 0.0
@@ -168,7 +204,23 @@ class LabMonitor(Unit):
         state = state or {}
         self.record = FlowRecord.restore(state.get("record"))
         self.checks: dict[str, bool] = state.get("checks", {})
+        # step id -> (when the step was first shown, the flow record at that moment): a
+        # step's checks count only what happened after it (checks.evaluate).
+        self.marks: dict[str, tuple[str, FlowRecord]] = {
+            step: (at, FlowRecord.restore(record))
+            for step, (at, record) in state.get("marks", {}).items()
+        }
         self.unroutable: Counter = Counter(state.get("unroutable", {}))
+        # exchange -> messages the learner published to it from the page (its edge)
+        self.from_you: Counter = Counter(state.get("from_you", {}))
+        # message id -> (deadline, firehose item): the page's unroutable publishes that
+        # may yet be said to have come back
+        self.awaiting_return: dict[str, tuple[float, tuple]] = {}
+        # message id -> (deadline, the page's word that it came back): waiting for the
+        # firehose's record of the publish, which may come after it
+        self.said_returned: dict[str, tuple[float, dict]] = {}
+        # consumer -> (exchange, queues) of its last publish: where it parks messages
+        self.park_routes: dict[str, tuple[str, tuple]] = {}
         self.held: dict[str, int] = {}  # consumer workload -> unacknowledged it holds
         self.queues: dict[str, dict] = {
             q: {"ready": 0, "unacked": 0, "consumers": 0, "rate_in": 0.0, "rate_out": 0.0}
@@ -197,7 +249,35 @@ class LabMonitor(Unit):
         self.firehose = self.depths = None
         self.polling: int | None = None  # the index of the queue whose depth is being read
         self.checking = False
+        self.show_steps(shown or {})
         self.checkpoint = self.export()
+
+    def show_steps(self, shown: dict[str, str]) -> None:
+        """Steps shown to the learner (step id -> when it was first shown, as the database
+        has it): a step not yet marked, or shown again since (a reset), is marked now."""
+        self.marks = {s: m for s, m in self.marks.items() if s in shown}
+        for step, at in shown.items():
+            if step not in self.marks or self.marks[step][0] != at:
+                self.marks[step] = (at, FlowRecord.restore(self.record.export()))
+                self.checks_dirty = True
+
+    def change_topology(self, graph: dict, queues: list[str], version: str = "") -> None:
+        """The learner changed the lab's topology: routes (predictions, dead-letter hops)
+        come from the new graph, and the depths polled are the new queues'. A queue that
+        stays keeps its numbers; the checks run again (a binding check reads the broker)."""
+        if self.make_router is not None and graph.get("edges") is not None:
+            self.router = self.make_router(graph)
+        names = [str(q) for q in queues]
+        self.queues = {
+            q: self.queues.get(q)
+            or {"ready": 0, "unacked": 0, "consumers": 0, "rate_in": 0.0, "rate_out": 0.0}
+            for q in names
+        }
+        self.queue_names = names  # a round of reads under way goes on in the new list
+        self.topology_version = version
+        self.next_depths = 0.0
+        self.changed = self.checks_dirty = self.moved = True
+        self.poke()
 
     # --- connection --------------------------------------------------------------------------
     def connected(self) -> None:
@@ -261,10 +341,11 @@ class LabMonitor(Unit):
         if self.polling is not None and isinstance(exc, px.ChannelClosedByBroker):
             # A passive declare of a queue that is not there (deleted, or expired by
             # x-expires) closes the channel: say so, and go on with the next queue.
-            q = self.queue_names[self.polling]
-            if not self.queues[q].get("missing"):
-                self.changed = self.checks_dirty = True
-            self.queues[q].update(ready=0, consumers=0, missing=True)
+            q = self.queue_names[self.polling] if self.polling < len(self.queue_names) else None
+            if q in self.queues:
+                if not self.queues[q].get("missing"):
+                    self.changed = self.checks_dirty = True
+                self.queues[q].update(ready=0, consumers=0, missing=True)
             self.polling += 1
         self._open_depths()
 
@@ -280,6 +361,16 @@ class LabMonitor(Unit):
             return
         if data.get("op") == "stop":
             raise Stop("stopped")
+        if data.get("op") == "returned":
+            self._you_returned(data)
+        if data.get("op") == "topology":
+            self.change_topology(
+                data.get("graph") or {}, data.get("queues") or [], str(data.get("version", ""))
+            )
+        if data.get("op") == "steps":
+            self.show_steps(data.get("shown") or {})
+            if self.checks_dirty:
+                self.poke()
         if data.get("op") in ("watch", "snapshot"):
             now = time.monotonic()
             self.watched_until = now + WATCH_SECONDS
@@ -332,12 +423,19 @@ class LabMonitor(Unit):
         kind, workload = event["kind"], event["workload"]
         queue = event.get("queue") or self.consumer_queue.get(workload)
         trace = None
+        then = None  # what the broker did next, logged after the event
+        if kind in ("started", "updated") and "mandatory" in (event.get("settings") or {}):
+            if event["settings"]["mandatory"]:
+                self.mandatory.add(workload)
+            else:
+                self.mandatory.discard(workload)
         if kind == "delivered" and queue:
             trace = [f"q:{queue}", f"c:{workload}"]
             deaths = event.get("x_death") or []
             if deaths and deaths[0].get("reason") == "expired":
                 came_from = deaths[0].get("queue")
-                self._sample("expired", self._dead_letter_path(came_from, queue))
+                self._sample("expired", self._dead_letter_path(came_from, queue), event)
+                self._log(self._expired(event, came_from, queue))
         elif kind == "acked":
             trace = [f"c:{workload}"]
         elif kind in ("rejected", "nacked") and queue:
@@ -345,17 +443,86 @@ class LabMonitor(Unit):
                 trace = [f"c:{workload}", f"q:{queue}"]
             elif queue in self.router.dead_letter:
                 self._sample(kind, [f"c:{workload}"], event)
-                kind, trace = "dead-lettered", self._dead_letter_path(queue, None)
+                path = self._dead_letter_path(queue, None)
+                self._sample("dead-lettered", path, event)
+                then = {
+                    "kind": "dead-lettered",
+                    "t": event.get("t"),
+                    "queue": queue,
+                    "exchange": self.router.dead_letter[queue],
+                    "routed_queues": [n[2:] for n in path[1:] if n.startswith("q:")],
+                    "message_id": event.get("message_id"),
+                    "reason": "rejected",  # as x-death says, for a nack too
+                }
             else:
                 trace = [f"c:{workload}"]
         elif kind == "parked":
             trace = [f"c:{workload}"]
+            exchange, routed = self.park_routes.get(workload, (None, ()))
+            if exchange == event.get("exchange") and routed:
+                # The consumer knows where it published the copy; the firehose saw where
+                # the broker put it.
+                event = {**event, "queue": routed[0], "routed_queues": list(routed)}
         elif kind == "returned":
             exchange = event.get("exchange", "")
             trace = [f"x:{exchange}", f"p:{workload}"]
+            if workload in self.mandatory:
+                # The firehose's record of this publish is logged as returned, with its body.
+                self._sample(kind, trace, event)
+                return
+            self.mandatory.add(workload)
         if trace:
             self._sample(kind, trace, event)
         self._log(event)
+        if then:
+            self._log(then)
+
+    def _expired(self, delivered: dict, came_from: str | None, queue: str) -> dict:
+        """The delivery of a message that expired in `came_from` and was dead-lettered to
+        `queue`: the expiry as an event of its own, before the delivery."""
+        death = (delivered.get("x_death") or [{}])[0]
+        return {
+            "kind": "expired",
+            "t": delivered.get("t"),
+            "queue": came_from,
+            "exchange": self.router.dead_letter.get(came_from or "", death.get("exchange")),
+            "routing_key": delivered.get("routing_key"),
+            "routed_queues": [queue],
+            "message_id": delivered.get("message_id"),
+            "x_death": delivered.get("x_death"),
+        }
+
+    def _you_returned(self, data: dict) -> None:
+        """The page says a mandatory publish came back: logged as returned, with what the
+        firehose saw of it. The two arrive by different queues, in either order: the one
+        that comes first waits for the other, at most RETURN_WAIT."""
+        message_id = data.get("message_id")
+        self.record.workloads[YOU]["returned"] += 1
+        held = self.awaiting_return.pop(message_id, None)
+        if held is None and message_id:
+            if len(self.said_returned) >= AWAITING_RETURN_LIMIT:
+                self._release_awaiting(float("inf"))
+            self.said_returned[message_id] = (time.monotonic() + RETURN_WAIT, data)
+            return
+        self._log_you_returned(data, held[1] if held else None)
+
+    def _log_you_returned(self, data: dict, item: tuple | None) -> None:
+        if item is not None:
+            event = {**self._event(item), "kind": "returned"}
+        else:  # the firehose's record of it never came
+            event = {
+                "kind": "returned",
+                "t": time.time(),
+                "workload": YOU,
+                "exchange": data.get("exchange", ""),
+                "routing_key": data.get("routing_key", ""),
+                "message_id": data.get("message_id"),
+            }
+        event["reply"] = data.get("reply")
+        self._sample("returned", [f"x:{event['exchange']}", f"p:{YOU}"], event)
+        self._log(event)
+        self.changed = True
+        self.poke()
 
     def _dead_letter_path(self, queue: str | None, target: str | None) -> list[str]:
         dlx = self.router.dead_letter.get(queue or "")
@@ -401,10 +568,27 @@ class LabMonitor(Unit):
                     self.record.note_dead_letter(q, message_id, jsonable(x_death))
             if not routed:
                 self.unroutable[name] += 1
-            self.events_seen += 1
-            self.pending_events.append((time.time(), name, key, routed, inner, body))
-            app = jsonable(inner.get("app_id")) or "@you"
-            source = f"c:{app}" if app in self.consumer_queue else f"p:{app}"
+            app = jsonable(inner.get("app_id")) or YOU
+            if app == YOU:
+                self.record.workloads[YOU]["published"] += 1
+                self.from_you[name] += 1
+            if app in self.consumer_queue:
+                source = f"c:{app}"
+                self.park_routes[app] = (name, routed)
+            else:
+                source = f"p:{app}"
+            kind = "published" if routed else "returned" if app in self.mandatory else "unroutable"
+            item = (time.time(), kind, name, key, routed, inner, body)
+            if app == YOU and not routed and message_id in self.said_returned:
+                self._log_you_returned(self.said_returned.pop(message_id)[1], item)
+            elif app == YOU and not routed and message_id:
+                # The page says so if it came back (mandatory); until then it waits.
+                if len(self.awaiting_return) >= AWAITING_RETURN_LIMIT:
+                    self._release_awaiting(float("inf"))
+                self.awaiting_return[message_id] = (time.monotonic() + RETURN_WAIT, item)
+            else:
+                self.events_seen += 1
+                self.pending_events.append(item)
             if routed:
                 for q in routed:
                     self._sample("routed", (source, name, q), {"message_id": message_id})
@@ -421,13 +605,27 @@ class LabMonitor(Unit):
         self.events_seen += 1
         self.pending_events.append(event)
 
+    def _release_awaiting(self, now: float) -> None:
+        """The page's unroutable publishes nobody said came back by now: logged as such;
+        and what the page said came back that the firehose never showed, without a body."""
+        for message_id, (deadline, data) in list(self.said_returned.items()):
+            if deadline <= now:
+                del self.said_returned[message_id]
+                self._log_you_returned(data, None)
+        for message_id, (deadline, item) in list(self.awaiting_return.items()):
+            if deadline <= now:
+                del self.awaiting_return[message_id]
+                self.events_seen += 1
+                self.pending_events.append(item)
+                self.changed = True
+
     # --- outputs -----------------------------------------------------------------------------
     def _event(self, item) -> dict:
         if isinstance(item, dict):
             return item
-        t, exchange, key, routed, inner, body = item
+        t, kind, exchange, key, routed, inner, body = item
         return {
-            "kind": "published" if routed else "unroutable",
+            "kind": kind,
             "t": t,
             "exchange": exchange,
             "routing_key": key,
@@ -450,10 +648,15 @@ class LabMonitor(Unit):
         return {w: dict(c) for w, c in self.record.workloads.items()}
 
     def exchanges(self, now: float) -> dict:
-        return {
-            x: {"rate_in": r.tick(now), "unroutable": self.unroutable.get(x, 0)}
-            for x, r in self.exchange_rates.items()
-        }
+        out = {}
+        for x in {*self.exchange_rates, *self.unroutable, *self.from_you}:
+            out[x] = {
+                "rate_in": self.exchange_rates[x].tick(now) if x in self.exchange_rates else 0.0,
+                "unroutable": self.unroutable.get(x, 0),
+            }
+            if x in self.from_you:
+                out[x]["from_you"] = self.from_you[x]
+        return out
 
     def snapshot(self) -> dict:
         return {
@@ -468,7 +671,9 @@ class LabMonitor(Unit):
         return {
             "record": self.record.export(),
             "checks": dict(self.checks),
+            "marks": {step: [at, record.export()] for step, (at, record) in self.marks.items()},
             "unroutable": dict(self.unroutable),
+            "from_you": dict(self.from_you),
             "seq": self.seq,
             "frame_seq": self.frame_seq,
         }
@@ -526,10 +731,31 @@ class LabMonitor(Unit):
 
     # --- timed work --------------------------------------------------------------------------
     def poll_depths(self) -> None:
-        """Reads every queue's depth with a passive declare, one after the other."""
+        """Reads every queue's depth with a passive declare, one after the other; those
+        with x-expires from the management API (see `expiring`)."""
+        if self.expiring and not self.reading_expiring:
+            self.reading_expiring = True
+            self.loop.run_blocking(self.read_expiring, self._expiring_read)
         if self.polling is None:
             self.polling = 0
             self._poll_next()
+
+    def _expiring_read(self, found: dict[str, dict] | None, error: BaseException | None) -> None:
+        self.reading_expiring = False
+        if error is not None:
+            log.debug("monitor %s: expiring queues not read: %r", self.name, error)
+            return
+        for q in self.expiring:
+            stats = self.queues[q]
+            there = found.get(q)
+            now = (
+                {"ready": there["ready"], "consumers": there["consumers"], "missing": False}
+                if there is not None
+                else {"ready": 0, "consumers": 0, "missing": True}
+            )
+            if any(stats.get(k) != v for k, v in now.items()):
+                stats.update(now)
+                self.changed = self.checks_dirty = True
 
     def _poll_next(self) -> None:
         if self.depths is None or self.polling is None:
@@ -538,15 +764,21 @@ class LabMonitor(Unit):
             self.polling = None
             return
         q = self.queue_names[self.polling]
+        if q in self.expiring:
+            self.polling += 1  # read from the management API: a declare renews x-expires
+            self._poll_next()
+            return
 
         def ok(frame, q=q):
-            before = self.queues[q]
+            if self.polling is None:
+                return
+            before = self.queues.get(q)  # None: deleted meanwhile (change_topology)
             now = {
                 "ready": frame.method.message_count,
                 "consumers": frame.method.consumer_count,
                 "missing": False,
             }
-            if any(before.get(k) != v for k, v in now.items()):
+            if before is not None and any(before.get(k) != v for k, v in now.items()):
                 before.update(now)
                 self.changed = self.checks_dirty = True
             self.polling += 1
@@ -563,7 +795,8 @@ class LabMonitor(Unit):
         self.checking = True
         record = FlowRecord.restore(self.record.export())
         queues = {q: dict(stats) for q, stats in self.queues.items()}
-        self.loop.run_blocking(lambda: self.evaluate(record, queues), self._checked)
+        marks = {step: mark for step, (_, mark) in self.marks.items()}  # never changed
+        self.loop.run_blocking(lambda: self.evaluate(record, queues, marks), self._checked)
 
     def _checked(self, results: dict[str, bool] | None, error: BaseException | None) -> None:
         self.checking = False
@@ -582,6 +815,8 @@ class LabMonitor(Unit):
             self.firehose_tag = 0
             self.next_firehose_ack = now + 1.0
         watched = now < self.watched_until
+        if self.awaiting_return or self.said_returned:
+            self._release_awaiting(now)
         if now >= self.next_depths:
             self.poll_depths()
             self.next_depths = now + (DEPTHS_BUSY if self.moved and watched else DEPTHS_IDLE)
@@ -598,13 +833,18 @@ class LabMonitor(Unit):
             self.changed = False
             self.frame(now)
             self.last_frame = now
-            self.next_frame = now + self.frame_interval
+            # On the process's grid of frame intervals: the frames of all its labs leave
+            # in one pass of the loop, in one write to the broker.
+            self.next_frame = on_grid(now + self.frame_interval / 2, self.frame_interval)
         if now >= self.next_checkpoint:
             self.checkpoint = self.export()
             self.next_checkpoint = now + CHECKPOINT_INTERVAL
         due = [self.next_depths, self.next_checkpoint]
         if self.firehose_tag:
             due.append(self.next_firehose_ack)
+        waiting = [*self.awaiting_return.values(), *self.said_returned.values()]
+        if waiting:
+            due.append(min(deadline for deadline, _ in waiting))
         if self.checks_dirty:
             due.append(self.next_checks)
         due.append(self.next_frame if lively else self.last_frame + IDLE_FRAME)

@@ -1,0 +1,177 @@
+"""The lab monitor's log events against the real broker and worker: what a learner opens
+in the event log of the two built-in exercises."""
+
+import contextlib
+import json
+import time
+
+import pika
+import pytest
+
+from exercises.services import lab_publish, lab_session_start
+from labconsole.broker import amqp, control
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Frames:
+    """A lab's frames, read from a queue of our own bound to the console's flow exchange,
+    while telling the monitor that somebody watches (frames at full rate)."""
+
+    def __init__(self, session_id: str):
+        self.session_id = session_id
+        self.connection = amqp.connect(amqp.console_parameters(name="test frames"))
+        self.channel = self.connection.channel()
+        amqp.declare_console_exchanges(self.channel)
+        self.queue = self.channel.queue_declare("", exclusive=True).method.queue
+        self.channel.queue_bind(self.queue, amqp.flow_exchange(), amqp.lab_key(session_id, "frame"))
+        self.frames: list[dict] = []
+        self.next_watch = 0.0
+
+    def events(self) -> list[dict]:
+        return [e for f in self.frames for e in f.get("events", [])]
+
+    def wait(self, predicate, *, timeout: float, message: str):
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() >= self.next_watch:
+                control.send(control.monitor_key(self.session_id), {"op": "watch"})
+                self.next_watch = time.monotonic() + 3
+            method, _, body = self.channel.basic_get(self.queue, auto_ack=True)
+            if method is not None:
+                self.frames.append(json.loads(body))
+                if result := predicate(self):
+                    return result
+                continue
+            assert time.monotonic() < deadline, f"timed out after {timeout} s: {message}"
+            self.connection.process_data_events(time_limit=0.05)
+
+    def close(self) -> None:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            self.connection.close()
+
+
+@pytest.fixture
+def frames():
+    opened: list[Frames] = []
+
+    def open_frames(session_id: str) -> Frames:
+        opened.append(Frames(session_id))
+        return opened[-1]
+
+    yield open_frames
+    for f in opened:
+        f.close()
+
+
+def first(kind, **match):
+    def find(frames: Frames):
+        return next(
+            (
+                e
+                for e in frames.events()
+                if e["kind"] == kind and all(e.get(k) == v for k, v in match.items())
+            ),
+            None,
+        )
+
+    return find
+
+
+def test_the_retry_loop_logs_dead_letters_expiries_and_the_parked_message(
+    worker, catalogue, learner, labs, frames
+):
+    """Rejected orders are dead-lettered to the retry queue, expire back to `orders`, and
+    are parked at last: each step is an event, and the parked one carries the message."""
+    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=True)
+    watch = frames(session.id)
+    dead = watch.wait(first("dead-lettered"), timeout=30, message="a dead-lettered event")
+    assert dead["queue"] == "orders"
+    assert dead["exchange"] == "orders.retry"
+    assert dead["routed_queues"] == ["orders.retry"]
+    expired = watch.wait(first("expired"), timeout=30, message="an expired event")
+    assert expired["queue"] == "orders.retry"
+    assert expired["routed_queues"] == ["orders"]
+    assert expired["x_death"][0]["reason"] == "expired"
+
+    parked = watch.wait(first("parked"), timeout=60, message="a parked event")
+    assert parked["queue"] == "orders.parking"
+    assert json.loads(parked["body"])["order"] >= 1
+    reasons = {(d["queue"], d["reason"]) for d in parked["headers"]["x-death"]}
+    assert reasons == {("orders", "rejected"), ("orders.retry", "expired")}
+    assert parked["x_death"] == parked["headers"]["x-death"]
+
+
+def test_the_learners_publishes_count_and_a_mandatory_one_that_comes_back_is_returned(
+    worker, catalogue, learner, labs, frames
+):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=True)
+    watch = frames(session.id)
+    watch.wait(lambda f: f.frames, timeout=20, message="a first frame")
+    lab_publish(session=session, exchange="sensors", routing_key="temperature", body="{}")
+    back = lab_publish(
+        session=session, exchange="sensors", routing_key="humidity", body="{}", mandatory=True
+    )
+    assert not back.routed
+    returned = watch.wait(first("returned", workload="@you"), timeout=20, message="returned")
+    assert returned["routing_key"] == "humidity"
+    assert returned["reply"] == "312 NO_ROUTE"
+    assert returned["body"] == "{}"
+    counted = watch.wait(
+        lambda f: (
+            f.frames[-1]["counters"].get("@you", {}).get("published") == 2
+            and f.frames[-1]["exchanges"]["sensors"].get("from_you") == 2
+            and f.frames[-1]
+        ),
+        timeout=20,
+        message="two publishes from the page counted",
+    )
+    assert counted["counters"]["@you"]["returned"] == 1
+    assert not any(
+        e["kind"] == "unroutable" and e.get("workload") == "@you" for e in watch.events()
+    )
+
+
+def test_a_return_the_page_reports_before_the_firehose_shows_the_publish_is_logged_once(
+    worker, catalogue, learner, labs, frames
+):
+    """The page's word that a publish came back and the firehose's record of that publish
+    reach the monitor by different queues, in either order."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=True)
+    watch = frames(session.id)
+    watch.wait(lambda f: f.frames, timeout=20, message="a first frame")
+    control.send(
+        control.monitor_key(session.id),
+        {
+            "op": "returned",
+            "message_id": "early-return",
+            "exchange": "sensors",
+            "routing_key": "humidity",
+            "reply": "312 NO_ROUTE",
+        },
+    )
+    time.sleep(0.3)  # the page's word is there first
+    connection = amqp.connect(
+        amqp.parameters(
+            vhost=session.vhost, user=session.rabbit_user, password=session.rabbit_password
+        )
+    )
+    try:
+        connection.channel().basic_publish(
+            "sensors",
+            "humidity",
+            b'{"early": true}',
+            pika.BasicProperties(app_id="@you", message_id="early-return"),
+        )
+    finally:
+        connection.close()
+    returned = watch.wait(
+        first("returned", message_id="early-return"), timeout=20, message="returned"
+    )
+    assert returned["body"] == '{"early": true}'
+    assert returned["reply"] == "312 NO_ROUTE"
+    # Past the wait, nothing more is logged of it: not a second return, not unroutable.
+    later = time.monotonic() + 2.5
+    watch.wait(lambda f: time.monotonic() > later, timeout=10, message="time passing")
+    logged = [e for e in watch.events() if e.get("message_id") == "early-return"]
+    assert [e["kind"] for e in logged] == ["returned"]
