@@ -27,7 +27,6 @@ import secrets
 import socket
 import threading
 import time
-from collections import Counter
 from datetime import timedelta
 
 import pika
@@ -44,9 +43,9 @@ from labconsole.runtime.bus import ConsoleBus, Incoming
 from labconsole.runtime.unit import Unit
 from labconsole.workloads.runner import UNITS, WorkloadUnit
 
-from . import checks
+from . import checks, selectors
 from .models import CheckpointResult, LabSession, Workload
-from .topology import Router, lab_graph
+from .topology import Router, lab_graph, stored_topology_version, topology_version
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +182,8 @@ class Runtime:
             pace_key=control.pace_key(session.id),
             lab_params=amqp.parameters(
                 vhost=session.vhost,
-                user=session.rabbit_user,
-                password=session.rabbit_password,
                 name=f"{workload.kind} {workload.name}",
+                **_credentials(session, workload.settings.get("user")),
             ),
             still_current=lambda: _db(
                 Workload.objects.filter(
@@ -306,11 +304,13 @@ class Runtime:
                     pk__in=workloads, owner=self.owner, running=True, session__state=running
                 ).values("id", "run", "settings")
             }
-            generations = dict(
-                LabSession.objects.filter(
+            sessions = {
+                pk: (generation, shown, topology)
+                for pk, generation, shown, topology in LabSession.objects.filter(
                     pk__in=monitors, monitor_owner=self.owner, state=running
-                ).values_list("id", "generation")
-            )
+                ).values_list("id", "generation", "steps_shown", "topology")
+            }
+            generations = {pk: generation for pk, (generation, _, _) in sessions.items()}
             keep_w = [pk for pk, u in workloads.items() if u.row[2] == _get(wanted, pk, "run")]
             keep_m = [pk for pk, u in monitors.items() if u.row[2] == generations.get(pk)]
             for pk in set(workloads) - set(keep_w):
@@ -338,6 +338,9 @@ class Runtime:
             self.written[monitors[row.pk].key] = row.monitor_state
         for pk in keep_w:
             _resync_settings(workloads[pk], wanted[pk]["settings"] or {})
+        for pk in keep_m:
+            _resync_steps(monitors[pk], sessions[pk][1] or {})
+            _resync_topology(monitors[pk], pk, sessions[pk][2] or {})
 
     def reconcile(self) -> None:
         """Sends again the task of every unit whose lease ran out: its worker died."""
@@ -396,11 +399,8 @@ def _resume_from(workload: Workload) -> dict:
     last saw of it (the two are saved at different moments; the higher is nearer the
     truth), and a sequence that never goes back over messages already sent."""
     progress = dict(workload.progress or {})
-    counts = Counter(progress.get("counts") or {})
-    seen = (workload.session.monitor_state or {}).get("record", {}).get("workloads", {})
-    for name, value in (seen.get(workload.name) or {}).items():
-        counts[name] = max(counts[name], value)
-    progress["counts"] = dict(counts)
+    counts = selectors.workload_counts(workload)
+    progress["counts"] = counts
     progress["sent"] = max(int(progress.get("sent", 0)), counts.get("published", 0))
     return progress
 
@@ -428,10 +428,43 @@ def _get(rows: dict, pk, field: str):
     return rows.get(pk, {}).get(field)
 
 
+def _credentials(session: LabSession, user: str | None) -> dict[str, str]:
+    """The lab's user, or one of the exercise's own users a producer publishes as."""
+    if not user:
+        return {"user": session.rabbit_user, "password": session.rabbit_password}
+    return {
+        "user": amqp.lab_extra_user(session.rabbit_user, user),
+        "password": amqp.lab_extra_password(session.rabbit_password, user),
+    }
+
+
 def _resync_settings(unit: WorkloadUnit, wanted: dict) -> None:
     changed = {k: v for k, v in wanted.items() if unit.settings.get(k) != v}
     if changed:
         unit.post(Incoming("", json.dumps({"op": "update", "settings": changed}).encode()))
+
+
+def _resync_steps(unit: LabMonitor, shown: dict[str, str]) -> None:
+    """Steps the learner was shown that the monitor has not marked (the control message
+    was lost, or it went to a worker that died)."""
+    if any(unit.marks.get(step, (None,))[0] != at for step, at in shown.items()):
+        unit.post(Incoming("", json.dumps({"op": "steps", "shown": shown}).encode()))
+
+
+def _resync_topology(unit: LabMonitor, session_id: str, topology: dict) -> None:
+    """The learner changed the topology and the monitor was not told (the control message
+    was lost): it is given the lab's topology as the row has it. An unedited lab's monitor
+    routes by the exercise's, as it started."""
+    if not topology or stored_topology_version(topology) == unit.topology_version:
+        return
+    spec = LabSession.objects.get(pk=session_id).spec
+    message = {
+        "op": "topology",
+        "graph": lab_graph(spec),
+        "queues": [q.name for q in spec.topology.queues],
+        "version": topology_version(spec),
+    }
+    unit.post(Incoming("", json.dumps(message).encode()))
 
 
 def _workload_exited(unit: WorkloadUnit, workload_id: int, run: int, owner: str) -> None:
@@ -451,9 +484,9 @@ def _workload_exited(unit: WorkloadUnit, workload_id: int, run: int, owner: str)
 
 def _monitor_exited(unit: LabMonitor, session_id: str, generation: int, owner: str) -> None:
     mine = LabSession.objects.filter(pk=session_id, generation=generation, monitor_owner=owner)
+    # Whoever ended the lab (lab_session_stop) told its viewers; a monitor also stops for
+    # a reset or when another worker took it over, which end nothing.
     mine.update(monitor_owner="", monitor_lease_until=_over(), monitor_state=unit.checkpoint)
-    if unit.outcome in ("stopped", "ended"):
-        unit.publish("status", {"state": "ended", "message": "This lab has ended."})
     log.info("monitor %s/%s: %s %s", session_id, generation, unit.outcome, unit.message)
 
 
@@ -480,7 +513,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
     passed = set(session.results.values_list("checkpoint", flat=True))
     all_checkpoints = {cp.id for step in spec.steps for cp in step.checkpoints}
 
-    def evaluate(record, queues) -> dict[str, bool]:
+    def evaluate(record, queues, marks) -> dict[str, bool]:
         if all_checkpoints <= passed:
             return dict.fromkeys(all_checkpoints, True)
         bindings_cache: list = []
@@ -505,6 +538,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
             broker={"queues": queues, "bindings": bindings},
             workloads=workloads,
             passed=passed,
+            shown=marks,
         )
         for checkpoint, ok in results.items():
             if ok and checkpoint not in passed:
@@ -512,6 +546,15 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
                 passed.add(checkpoint)
                 log.info("lab %s: checkpoint %s passed", session_id, checkpoint)
         return results
+
+    expiring = {q.name for q in spec.topology.queues if "x-expires" in q.arguments}
+
+    def read_expiring() -> dict[str, dict]:
+        return {
+            q["name"]: {"ready": q.get("messages_ready") or 0, "consumers": q.get("consumers", 0)}
+            for q in api.queues(session.vhost)
+            if q["name"] in expiring
+        }
 
     def ensure_tracing() -> None:
         try:
@@ -542,8 +585,13 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         firehose_arguments=amqp.FIREHOSE_ARGUMENTS,
         firehose_patterns=amqp.FIREHOSE_PATTERNS,
         router=Router(lab_graph(spec)),
+        make_router=Router,
+        topology_version=topology_version(spec),
         queues=[q.name for q in spec.topology.queues],
         consumers={c.name: c.queue for c in spec.workloads.consumers},
+        mandatory={p.name for p in spec.workloads.producers if p.mandatory},
+        expiring=expiring,
+        read_expiring=read_expiring,
         evaluate=evaluate,
         ensure_tracing=ensure_tracing,
         pace=lambda seconds: bus.publish(
@@ -554,4 +602,5 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         ),
         fps=settings.FLOW_FRAMES_PER_SECOND,
         state=session.monitor_state,
+        shown=session.steps_shown,
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 from urllib.parse import quote, unquote, urlsplit
 
 import pika
@@ -109,8 +111,23 @@ def lab_vhost(session_id: str) -> str:
 
 
 def lab_session_id(name: str) -> str | None:
-    """The lab id in a vhost or user name `lab_vhost` made, or None for any other name."""
-    return name.removeprefix(LAB_NAME_PREFIX) if name.startswith(LAB_NAME_PREFIX) else None
+    """The lab id in a vhost or user name `lab_vhost` or `lab_extra_user` made, or None for
+    any other name."""
+    if not name.startswith(LAB_NAME_PREFIX):
+        return None
+    return name.removeprefix(LAB_NAME_PREFIX).partition(".")[0]
+
+
+def lab_extra_user(lab_user: str, name: str) -> str:
+    """The RabbitMQ name of one of an exercise's own users in a lab (`users` in the spec):
+    the lab's user, a dot, the name (a lab id has no dot)."""
+    return f"{lab_user}.{name}"
+
+
+def lab_extra_password(lab_password: str, name: str) -> str:
+    """The password of an exercise's own user, derived from the lab's, so that whoever
+    holds the lab's credentials (its workloads) can connect as it, and nobody else."""
+    return hmac.new(lab_password.encode(), name.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 # Lab vhost names do not carry LABCONSOLE_PREFIX, and several consoles (a developer's, the

@@ -165,6 +165,55 @@ class ManagementClient:
     def bindings(self, vhost: str) -> list[dict]:
         return self.request("GET", f"bindings/{_q(vhost)}")
 
+    def put_exchange(self, vhost: str, name: str, definition: dict) -> None:
+        """Declares an exchange (`type`, `durable`, `auto_delete`, `internal`, `arguments`);
+        the broker refuses one that exists with other properties (400)."""
+        self.request("PUT", f"exchanges/{_q(vhost)}/{_q(name)}", definition)
+
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        """Deletes an exchange and every binding from or to it; absent is fine."""
+        self.request("DELETE", f"exchanges/{_q(vhost)}/{_q(name)}", ok_missing=True)
+
+    def put_queue(self, vhost: str, name: str, definition: dict) -> None:
+        """Declares a queue (`durable`, `auto_delete`, `arguments` with x-queue-type)."""
+        self.request("PUT", f"queues/{_q(vhost)}/{_q(name)}", definition)
+
+    def delete_queue(self, vhost: str, name: str) -> None:
+        """Deletes a queue, its messages and its bindings; absent is fine."""
+        self.request("DELETE", f"queues/{_q(vhost)}/{_q(name)}", ok_missing=True)
+
+    def bind(
+        self, vhost: str, source: str, destination: str, destination_type: str, binding: dict
+    ) -> None:
+        """Binds `destination` (a queue, or an exchange) to `source` with `routing_key`
+        and `arguments`."""
+        kind = "q" if destination_type == "queue" else "e"
+        self.request(
+            "POST", f"bindings/{_q(vhost)}/e/{_q(source)}/{kind}/{_q(destination)}", binding
+        )
+
+    def unbind(
+        self,
+        vhost: str,
+        source: str,
+        destination: str,
+        destination_type: str,
+        *,
+        routing_key: str,
+        arguments: dict,
+    ) -> bool:
+        """Deletes the binding with this key and these arguments; returns whether there
+        was one. The API names a binding by its `properties_key`, read from the list."""
+        kind = "q" if destination_type == "queue" else "e"
+        path = f"bindings/{_q(vhost)}/e/{_q(source)}/{kind}/{_q(destination)}"
+        for found in self.request("GET", path, ok_missing=True) or []:
+            if found.get("routing_key") == routing_key and (found.get("arguments") or {}) == (
+                arguments or {}
+            ):
+                self.request("DELETE", f"{path}/{_q(found['properties_key'])}", ok_missing=True)
+                return True
+        return False
+
     def connections(self, vhost: str) -> list[dict]:
         return self.request("GET", f"vhosts/{_q(vhost)}/connections")
 

@@ -1,13 +1,13 @@
 """The async side of the live view: one subscription per lab per web process, fanned out in
 memory to that lab's WebSockets (docs/live-protocol.md).
 
-    monitor ──lab.<id>.frame|status|workload──▶ hub queue (one per lab with viewers here)
+    monitor ──lab.<id>.<kind>──▶ hub queue (one per lab with viewers here; kinds: KINDS)
                                                    │  each message read once
                                                    ▼
                                      Hub ──▶ Viewer ──▶ WebSocket   (one per socket: a small
                                          ──▶ Viewer ──▶ WebSocket    buffer, the in-flight limit)
 
-A `Hub` holds one exclusive, auto-deleted, short queue bound to the lab's three routing keys
+A `Hub` holds one exclusive, auto-deleted, short queue bound to the lab's four routing keys
 on the flow exchange. It exists while the lab has viewers in this process (and a few
 seconds more, so that a page reload does not delete and declare it again). The text of a
 message is forwarded as it came: each socket's `d` (and a frame's `dropped`) is spliced in
@@ -17,6 +17,9 @@ Every hub of this process shares one AMQP connection. When it is lost, sockets s
 each is told `broker-unavailable`, the hubs connect again with backoff (0.5 s doubling to
 5 s), declare their queues anew (an exclusive queue dies with its connection) and each
 socket is told `broker-back` and given a fresh snapshot.
+
+Status messages (the lab ended, the broker is away, ...) are the only ones decoded here: each
+socket is told them in its own language, chosen for the page that opened it.
 
 No Django app is imported here; the consumer in exercises/consumers.py supplies the socket.
 """
@@ -35,12 +38,14 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext_noop
 
 from labconsole.broker import amqp
 
 log = logging.getLogger(__name__)
 
-KINDS = ("frame", "status", "workload")
+KINDS = ("frame", "status", "workload", "topology", "steps")
 CONNECTION_NAME = "labconsole stream {pid}"
 CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 20
@@ -53,13 +58,23 @@ WATCH_EVERY = 5.0
 # A watched monitor sends a frame at least every five seconds (IDLE_FRAME): after this long
 # without one, the viewers are told it is silent.
 MONITOR_SILENT_AFTER = 8.0
-MONITOR_SILENT_MESSAGE = "The lab's monitor is not answering; a worker is taking it over."
-MONITOR_BACK_MESSAGE = "The lab's monitor is back."
 # How long a new socket waits for its lab's hub to be subscribed before its snapshot.
 JOIN_WAIT = 3.0
 
-UNAVAILABLE_MESSAGE = "The console lost its connection to RabbitMQ and is reconnecting."
-BACK_MESSAGE = "The console is connected to RabbitMQ again."
+# What a socket is told of each state, in its own language. A state not named here keeps
+# the message it came with.
+STATUS_TEXTS = {
+    "ended": gettext_noop("This lab has ended."),
+    "reset": gettext_noop("The lab was reset."),
+    "broker-unavailable": gettext_noop(
+        "The console lost its connection to RabbitMQ and is reconnecting."
+    ),
+    "broker-back": gettext_noop("The console is connected to RabbitMQ again."),
+    "monitor-silent": gettext_noop(
+        "The lab's monitor is not answering; a worker is taking it over."
+    ),
+    "monitor-back": gettext_noop("The lab's monitor is back."),
+}
 
 # A frame is `{"type": "frame", "seq": N, ...}`: its number is read from the first bytes;
 # anything else is decoded once per hub.
@@ -112,6 +127,15 @@ def _tail(text: str) -> str | None:
 def _status_tail(state: str, message: str) -> str:
     text = json.dumps({"type": "status", "state": state, "message": message})
     return "," + text[1:]
+
+
+def status_text(state: str, language: str | None, message: str = "") -> str:
+    """What a socket in `language` is told of `state`."""
+    msgid = STATUS_TEXTS.get(state)
+    if msgid is None:
+        return message
+    with translation.override(language):
+        return translation.gettext(msgid)
 
 
 def frame_seq(body: bytes) -> int | None:
@@ -212,10 +236,12 @@ class Viewer:
         hub: Hub,
         send_text: Callable[[str], Awaitable[None]],
         broker_back: Callable[[], Awaitable[None]],
+        language: str | None = None,
     ):
         self.hub = hub
         self.send_text = send_text
         self.broker_back = broker_back
+        self.language = language
         self.sent = 0
         self.acked = 0
         self.buffer: deque[tuple[bool, str]] = deque()  # (is a frame, tail)
@@ -254,6 +280,10 @@ class Viewer:
                     del self.buffer[i]
                     break
         self.buffer.append((is_frame, tail))
+
+    def offer_status(self, state: str, message: str = "") -> None:
+        """A status message, in this socket's language."""
+        self.offer(False, _status_tail(state, status_text(state, self.language, message)))
 
     async def pump(self) -> None:
         """Sends what waits, up to the in-flight limit. One pump at a time per socket, so
@@ -335,7 +365,7 @@ class Hub:
         self.viewers[viewer] = None
         if self.state == "down":
             viewer.told_unavailable = True
-            viewer.offer(False, _status_tail("broker-unavailable", UNAVAILABLE_MESSAGE))
+            viewer.offer_status("broker-unavailable")
 
     def remove(self, viewer: Viewer) -> None:
         self.viewers.pop(viewer, None)
@@ -353,6 +383,13 @@ class Hub:
         viewers = list(self.viewers)
         for viewer in viewers:  # every buffer first, with no await in between: same order
             viewer.offer(is_frame, tail)
+        for viewer in viewers:
+            await viewer.pump()
+
+    async def _fan_out_status(self, state: str, message: str = "") -> None:
+        viewers = list(self.viewers)
+        for viewer in viewers:
+            viewer.offer_status(state, message)
         for viewer in viewers:
             await viewer.pump()
 
@@ -434,6 +471,9 @@ class Hub:
                         future.set_result(None)
                 return
             kind = (message.routing_key or "").rpartition(".")[2]
+            if kind == "status":
+                await self._on_status(message.body)
+                return
             tail = _tail(message.body.decode("utf-8", "replace"))
             if tail is None:
                 log.warning("lab %s: a %s message is not a JSON object", self.lab_id, kind)
@@ -444,9 +484,7 @@ class Hub:
                 self.last_frame_at = asyncio.get_running_loop().time()
                 if self.monitor_silent:
                     self.monitor_silent = False
-                    await self._fan_out(False, _status_tail("monitor-back", MONITOR_BACK_MESSAGE))
-            elif kind == "status" and b'"ended"' in message.body:
-                self.lab_ended = True
+                    await self._fan_out_status("monitor-back")
             await self._fan_out(is_frame, tail)
         finally:
             # Acknowledged in groups (half the prefetch at a time, `multiple`): one
@@ -456,6 +494,18 @@ class Hub:
                 self.unacked = 0
                 with contextlib.suppress(Exception):
                     await message.ack(multiple=True)
+
+    async def _on_status(self, body: bytes) -> None:
+        """A change of the lab's state, said to each socket in its language."""
+        try:
+            status = json.loads(body)
+            state, message = str(status["state"]), str(status.get("message") or "")
+        except (ValueError, TypeError, KeyError):
+            log.warning("lab %s: a status message is not one: %r", self.lab_id, body[:200])
+            return
+        if state == "ended":
+            self.lab_ended = True
+        await self._fan_out_status(state, message)
 
     def _count_gap(self, body: bytes) -> None:
         seq = frame_seq(body)
@@ -473,10 +523,9 @@ class Hub:
         if was != "down":
             return
         back = [v for v in self.viewers if v.told_unavailable]
-        tail = _status_tail("broker-back", BACK_MESSAGE)
         for viewer in back:
             viewer.told_unavailable = False
-            viewer.offer(False, tail)
+            viewer.offer_status("broker-back")
         for viewer in back:
             await viewer.pump()
             if not viewer.closed:
@@ -501,11 +550,10 @@ class Hub:
         self.replies.clear()
         if was == "down":
             return
-        tail = _status_tail("broker-unavailable", UNAVAILABLE_MESSAGE)
         viewers = [v for v in self.viewers if not v.told_unavailable]
         for viewer in viewers:
             viewer.told_unavailable = True
-            viewer.offer(False, tail)
+            viewer.offer_status("broker-unavailable")
         for viewer in viewers:
             await viewer.pump()
 
@@ -544,7 +592,7 @@ class Hub:
             silent = now - self.last_frame_at > MONITOR_SILENT_AFTER
             if silent and self.viewers and not self.monitor_silent and not self.lab_ended:
                 self.monitor_silent = True
-                await self._fan_out(False, _status_tail("monitor-silent", MONITOR_SILENT_MESSAGE))
+                await self._fan_out_status("monitor-silent")
             await asyncio.sleep(1.0)
 
     async def monitor_snapshot(self, timeout: float) -> dict | None:
@@ -602,16 +650,18 @@ async def join(
     lab_id: str,
     send_text: Callable[[str], Awaitable[None]],
     broker_back: Callable[[], Awaitable[None]],
+    language: str | None = None,
 ) -> Viewer:
     """A new socket of a lab. `send_text` sends one WebSocket text message; `broker_back`
     is called after an outage, once the socket was told `broker-back` (it should send a
-    fresh snapshot). The viewer is held until release(). Waits (up to JOIN_WAIT) for the
-    lab's subscription on a new hub, so that a snapshot RPC can be answered."""
+    fresh snapshot); status messages are in `language`. The viewer is held until
+    release(). Waits (up to JOIN_WAIT) for the lab's subscription on a new hub, so that a
+    snapshot RPC can be answered."""
     broker = _broker()
     hub = broker.hubs.get(lab_id)
     if hub is None:
         hub = broker.hubs[lab_id] = Hub(broker, lab_id)
-    viewer = Viewer(hub, send_text, broker_back)
+    viewer = Viewer(hub, send_text, broker_back, language)
     hub.add(viewer)
     if not hub.settled.is_set():
         with contextlib.suppress(TimeoutError):

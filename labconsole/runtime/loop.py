@@ -13,6 +13,8 @@ call, not a thread switch under the interpreter's lock (docs/architecture.md).
 from __future__ import annotations
 
 import logging
+import math
+import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,21 @@ from pika.adapters.select_connection import IOLoop
 log = logging.getLogger(__name__)
 
 BLOCKING_THREADS = 4  # database and management API calls of all the process's units
+# Units' timers fall on a grid of this step, so that the many units of a process wake in
+# one pass of the loop and what they send leaves in one write per connection.
+TIMER_GRID = 0.005
+# ... and may fire this much before the instant a unit asked for, rather than a whole step
+# after it.
+TIMER_EARLY = 0.001
+# Where this process's grids start: two processes' frames do not all leave at one instant.
+_PHASE = random.random()
+
+
+def on_grid(t: float, step: float = TIMER_GRID) -> float:
+    """The first instant at or after `t` (a time.monotonic() reading) on this process's grid
+    of `step` seconds."""
+    offset = _PHASE * step
+    return math.ceil((t - offset) / step) * step + offset
 
 
 class Loop:

@@ -25,7 +25,7 @@ import pika
 import pika.exceptions as px
 
 from .bus import ConsoleBus, Incoming
-from .loop import Attempt, close_quietly
+from .loop import TIMER_EARLY, Attempt, close_quietly, on_grid
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class Unit:
         self._offline: deque[Incoming] = deque(maxlen=1_000)  # control messages while away
         self._timer = None
         self._timer_at: float | None = None
+        self._timer_wanted = 0.0
         self._retry = None
         self._finished = False
 
@@ -265,11 +266,14 @@ class Unit:
     def _schedule(self, due: float) -> None:
         if self.outcome is not None or not self.serving:
             return
+        wanted, due = due, on_grid(due - TIMER_EARLY)
         if self._timer is not None:
+            if self._timer_at == due:
+                self._timer_wanted = max(self._timer_wanted, wanted)
             if self._timer_at <= due:
                 return
             self.loop.cancel(self._timer)
-        self._timer_at = due
+        self._timer_at, self._timer_wanted = due, wanted
         self._timer = self.loop.call_later(due - time.monotonic(), self._on_timer)
 
     def _cancel_timer(self) -> None:
@@ -277,12 +281,15 @@ class Unit:
         self._timer = self._timer_at = None
 
     def _on_timer(self) -> None:
+        # A timer that fired up to TIMER_EARLY before the instant it was asked for is on
+        # time: the unit's deadlines stay on the grid instead of drifting a step each round.
+        now = max(time.monotonic(), self._timer_wanted)
         self._timer = self._timer_at = None
         if self.outcome is not None or not self.serving:
             return
         due = None
         try:
-            due = self.tick(time.monotonic())
+            due = self.tick(now)
         except Stop as stop:
             self.stop(stop.outcome, stop.message)
             return

@@ -69,11 +69,21 @@ def on_node(node):
 
 @pytest.fixture(scope="module")
 def node_worker(django_db_setup, node, node_env):
-    """One Celery worker of the console against the node (the solo pool and the runtime)."""
+    """One Celery worker of the console against the node (the solo pool and the runtime).
+    The workers of the shared broker that other tests started share the database: their
+    keepers would take over the node's units whose worker died and run them against the
+    wrong broker. They are stopped meanwhile and started again after."""
+    others = [w for w in Worker.alive if w.env is not node_env]
+    for other in others:
+        other.stop()
     w = Worker("restart-worker", env=node_env)
     w.start()
-    yield w
-    w.stop()
+    try:
+        yield w
+    finally:
+        w.stop()
+        for other in others:
+            other.start()
 
 
 @pytest.fixture

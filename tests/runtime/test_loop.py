@@ -11,6 +11,7 @@ import pytest
 
 from labconsole.broker import amqp
 from labconsole.runtime.bus import ConsoleBus
+from labconsole.runtime.loop import TIMER_GRID, on_grid
 from labconsole.runtime.unit import Unit
 from tests.support import wait_for
 
@@ -26,6 +27,7 @@ class Ticker(Unit):
         super().__init__(**kwargs)
         self.ticks = 0
         self.threads: set[int] = set()
+        self.times: list[float] = []
 
     def connected(self) -> None:
         self.threads.add(threading.get_ident())
@@ -33,6 +35,7 @@ class Ticker(Unit):
     def tick(self, now: float) -> float:
         self.ticks += 1
         self.threads.add(threading.get_ident())
+        self.times.append(time.monotonic())
         return now + 0.02
 
 
@@ -46,7 +49,7 @@ def bus():
     bus.join(10)
 
 
-def tickers(bus: ConsoleBus, n: int) -> list[Ticker]:
+def tickers(bus: ConsoleBus, n: int, first: int = 0) -> list[Ticker]:
     units = [
         Ticker(
             name=f"ticker-{i}",
@@ -55,7 +58,7 @@ def tickers(bus: ConsoleBus, n: int) -> list[Ticker]:
             lab_params=amqp.console_parameters(name=f"loop test unit {i}"),
             still_current=lambda: True,
         )
-        for i in range(n)
+        for i in range(first, first + n)
     ]
     for unit in units:
         unit.start(on_exit=lambda _: None)
@@ -96,5 +99,27 @@ def test_a_blocking_call_does_not_hold_up_the_units(bus):
         assert all(u.ticks - s >= 10 for u, s in zip(units, start, strict=True)), [
             u.ticks - s for u, s in zip(units, start, strict=True)
         ]
+    finally:
+        stop_all(units)
+
+
+def test_the_units_of_a_process_wake_together(bus):
+    """Their timers fall on one grid: the units started at different moments wake in the
+    same passes of the loop (so that what they send leaves together), not each on its own."""
+    units = []
+    for i in range(10):
+        units += tickers(bus, 1, first=i)
+        time.sleep(0.0037)  # started out of step with each other
+    try:
+        wait_for(lambda: all(u.ticks >= 20 for u in units), message="every unit ticking")
+        times = sorted(t for u in units for t in u.times[5:])
+        # Wake-ups less than a millisecond apart were one pass of the loop: ten units
+        # ticking every 20 ms on a 5 ms grid share at most four passes a period.
+        passes = 1 + sum(b - a > 0.001 for a, b in zip(times, times[1:], strict=False))
+        assert passes * 2 <= len(times), (passes, len(times))
+        # ... and every tick is on the grid (the drift of `now + 20 ms` does not add up).
+        # Off the grid, the time after the last grid instant would be 2.5 ms in the median.
+        late = sorted(t - on_grid(t - TIMER_GRID + 1e-9) for t in times)
+        assert late[len(late) // 2] < 0.0015, late[len(late) // 2]
     finally:
         stop_all(units)

@@ -25,7 +25,7 @@ from tests.support import Daphne
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-PAGE_BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)  # static/labconsole/lab.js
+PAGE_BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)  # static/labconsole/lab/main.js
 
 
 @pytest.fixture(scope="module")
