@@ -2,7 +2,7 @@
 
 Each check type of the spec (docs/exercise-format.md) has one function here. They read:
 - `record`: the monitor's FlowRecord (routes seen by the firehose, deliveries, the
-  workloads' counters, dead-letter arrivals);
+  workloads' counters, dead-letter arrivals) since the checkpoint's step was shown;
 - `broker`: `queues` (ready/unacked/consumers by queue name) and `bindings` (the
   management API's list, read when a check needs it);
 - `workloads`: name -> {"running": bool, **settings}, as the learner set them.
@@ -61,8 +61,53 @@ def _acked(c, record, broker, workloads) -> bool:
     return record.workloads.get(c.workload, {}).get("acked", 0) >= c.min
 
 
+def _redelivered(c, record, broker, workloads) -> bool:
+    return record.workloads.get(c.workload, {}).get("redelivered", 0) >= c.min
+
+
+def _delivered_share(c, record, broker, workloads) -> bool:
+    counts = {w: record.workloads.get(w, {}).get("delivered", 0) for w in c.among}
+    total = sum(counts.values())
+    if total < c.min_total:
+        return False
+    share = counts[c.workload] / total
+    return c.min_share - 1e-9 <= share <= c.max_share + 1e-9
+
+
+def _overtook(c, record, broker, workloads) -> bool:
+    counts = record.workloads.get(c.workload, {})
+    prioritized = counts.get("acked_priority", 0)
+    return prioritized >= c.min and counts.get("acked", 0) - prioritized <= c.max_others
+
+
+def _refused(c, record, broker, workloads) -> bool:
+    return record.workloads.get(c.workload, {}).get("nacked_by_broker", 0) >= c.min
+
+
+def _returned(c, record, broker, workloads) -> bool:
+    return record.workloads.get(c.workload, {}).get("returned", 0) >= c.min
+
+
+def _committed(c, record, broker, workloads) -> bool:
+    return record.workloads.get(c.workload, {}).get("committed", 0) >= c.min
+
+
+def _queue_deleted(c, record, broker, workloads) -> bool:
+    q = broker["queues"].get(c.queue)
+    return q is not None and bool(q.get("missing"))
+
+
 def _published(c, record, broker, workloads) -> bool:
     return record.workloads.get(c.workload, {}).get("published", 0) >= c.min
+
+
+def _counter_at_least(counter: str) -> Callable[..., bool]:
+    """A check that a workload's `counter` reached the check's `min`."""
+
+    def check(c, record, broker, workloads) -> bool:
+        return record.workloads.get(c.workload, {}).get(counter, 0) >= c.min
+
+    return check
 
 
 def _dead_lettered(c, record, broker, workloads) -> bool:
@@ -102,21 +147,44 @@ CHECKS: dict[str, Callable[..., bool]] = {
     "published": _published,
     "dead_lettered": _dead_lettered,
     "workload_setting": _workload_setting,
+    "redelivered": _redelivered,
+    "delivered_share": _delivered_share,
+    "overtook": _overtook,
+    "refused": _refused,
+    "queue_deleted": _queue_deleted,
+    "returned": _returned,
+    "committed": _committed,
+    "replied": _counter_at_least("replied"),
+    "unanswered": _counter_at_least("unanswered"),
+    "replayed": _counter_at_least("replayed"),
+    "access_refused": _counter_at_least("access_refused"),
 }
 
 
-def evaluate(spec, *, record, broker: Broker, workloads: dict, passed: set[str]) -> dict[str, bool]:
-    """The state of every checkpoint. A checkpoint that passed once stays passed, and the
-    checkpoints of a step are looked at only when every earlier step is complete, so a
-    lab is played in order."""
+def evaluate(
+    spec,
+    *,
+    record,
+    broker: Broker,
+    workloads: dict,
+    passed: set[str],
+    shown: dict,
+) -> dict[str, bool]:
+    """The state of every checkpoint. A checkpoint that passed once stays passed. The
+    checkpoints of a step are looked at only once the learner was shown the step (`shown`:
+    step id -> the flow record as it was at that moment) and every earlier step is
+    complete, so a lab is played in order; they count only the flow since the step was
+    shown, so what a step asks the learner to do is not passed by what came before."""
     results: dict[str, bool] = {}
     open_step = True
     for step in spec.steps:
+        mark = shown.get(step.id)
+        since = record.since(mark) if open_step and mark is not None else None
         for cp in step.checkpoints:
             if cp.id in passed:
                 results[cp.id] = True
-            elif open_step:
-                results[cp.id] = CHECKS[cp.check.type](cp.check, record, broker, workloads)
+            elif since is not None:
+                results[cp.id] = CHECKS[cp.check.type](cp.check, since, broker, workloads)
             else:
                 results[cp.id] = False
         open_step = open_step and all(results[cp.id] for cp in step.checkpoints)

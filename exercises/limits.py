@@ -43,6 +43,10 @@ class SpecLimits(BaseModel):
     queues: int = 64
     bindings: int = 256
     policies: int = 32
+    #: Exchanges, queues and bindings a running lab may have once the learner changed its
+    #: topology from the page (an exercise's own topology may have more; edits that would
+    #: go past this are refused, deletions never are).
+    lab_objects: int = 30
     producers: int = 32
     consumers: int = 32
     steps: int = 50

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
@@ -31,20 +32,33 @@ def lab_definitions(
     quotas = quotas or lab_quotas()
     t = spec.topology
     tags = ",".join(amqp.lab_tags(time.time() if made is None else made))
+    limits = {"max-connections": quotas.connections, "max-channels": quotas.channels}
+    # The exercise's own users, with limited permissions (a security lesson), carry the
+    # lab's marks too: the sweeper reconciles them with the lab like its user.
+    extra = [(amqp.lab_extra_user(user, u.name), u) for u in spec.users]
     return {
-        "users": [
+        "users": [{"name": user, "password": password, "tags": tags, "limits": limits}]
+        + [
             {
-                "name": user,
-                "password": password,
+                "name": name,
+                "password": amqp.lab_extra_password(password, u.name),
                 "tags": tags,
-                "limits": {
-                    "max-connections": quotas.connections,
-                    "max-channels": quotas.channels,
-                },
+                "limits": limits,
             }
+            for name, u in extra
         ],
         "permissions": [
             {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+        ]
+        + [
+            {
+                "vhost": vhost,
+                "user": name,
+                "configure": u.configure,
+                "write": u.write,
+                "read": u.read,
+            }
+            for name, u in extra
         ],
         "parameters": [
             {
@@ -167,8 +181,13 @@ def provision(
 
 
 def teardown(*, vhost: str, user: str) -> None:
-    """Deletes the vhost (everything in it, its connections) and the user; either may be
-    gone already. Raises BrokerError if the broker does not answer or refuses."""
+    """Deletes the vhost (everything in it, its connections), the user and the exercise's
+    own users (found by their permissions on the vhost, before it goes); any may be gone
+    already. Raises BrokerError if the broker does not answer or refuses."""
     api = ManagementClient()
+    permissions = api.request("GET", f"vhosts/{quote(vhost, safe='')}/permissions", ok_missing=True)
+    extra = sorted({p["user"] for p in permissions or [] if p["user"].startswith(f"{user}.")})
     api.delete_vhost(vhost)
     api.delete_user(user)
+    for name in extra:
+        api.delete_user(name)

@@ -22,7 +22,8 @@ The format is described for authors in `docs/exercise-format.md`.
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -75,6 +76,7 @@ __all__ = [
     "parse_spec",
     "parse_spec_cached",
     "spec_cache_clear",
+    "spec_with_topology_cached",
     "validate_data",
 ]
 
@@ -519,6 +521,14 @@ class MessageProperties(_Model):
 
 
 DEFAULT_PAYLOAD = '{"n": {n}}'
+RATE_MIN, RATE_MAX = 0.2, 10000  # a producer's messages per second
+# A transactional producer commits after this many publishes (tx.commit); AMQP has no
+# bound, this one keeps uncommitted messages few.
+TX_BATCH_MAX = 1000
+# A channel in confirm mode refuses tx.select, and the other way round (406).
+CONFIRMS_OR_TRANSACTIONS = (
+    "a channel uses publisher confirms or transactions, not both: turn one of them off"
+)
 
 
 class Producer(_Model):
@@ -527,13 +537,21 @@ class Producer(_Model):
     routing_key: RoutingKey = ""
     routing_keys: list[RoutingKey] = _items(LIMITS.items)
     headers: dict[Name, HeaderValue] = _mapping()
-    rate: float = Field(default=1.0, ge=0.2, le=10000)
+    rate: float = Field(default=1.0, ge=RATE_MIN, le=RATE_MAX)
     count: int | None = Field(default=None, ge=1, le=LIMITS.int64)
     duration: float | None = Field(default=None, gt=0)
     payload: str = DEFAULT_PAYLOAD
     properties: MessageProperties = Field(default_factory=MessageProperties)
     mandatory: bool = False
     confirms: bool = False
+    transactions: bool = False
+    tx_batch: int = Field(default=1, ge=1, le=TX_BATCH_MAX)
+    #: RPC: each message is a request whose replies go to this queue (through the default
+    #: exchange); the producer sets `reply_to` and a `correlation_id` on every message.
+    reply_to: Name | None = None
+    #: Publish as this one of the exercise's `users` (with its permissions), not as the
+    #: lab's own user.
+    user: str | None = None
     autostart: bool = True
 
     @field_validator("headers", mode="before")
@@ -563,6 +581,12 @@ class Producer(_Model):
         return value
 
     @model_validator(mode="after")
+    def _tx(self) -> "Producer":
+        if self.confirms and self.transactions:
+            raise _spec_items([(("transactions",), CONFIRMS_OR_TRANSACTIONS)])
+        return self
+
+    @model_validator(mode="after")
     def _keys(self) -> "Producer":
         if self.routing_key and self.routing_keys:
             raise _spec_items(
@@ -580,6 +604,9 @@ class Producer(_Model):
         return list(self.routing_keys) or [self.routing_key]
 
 
+POISON_MAX = 200  # characters of a behaviour's `poison` text
+
+
 class Behaviour(_Model):
     """What a consumer does with each delivery.
 
@@ -593,6 +620,10 @@ class Behaviour(_Model):
     `count >= park_after`, the consumer publishes the message unchanged (body, properties
     and headers, `x-death` included) to `park_exchange` with `park_routing_key` and acks
     it, instead of processing it.
+
+    With `reply`, every delivery it acknowledges is answered (RPC): a message to the
+    default exchange with the request's `reply_to` as routing key and its `correlation_id`.
+    A delivery whose body contains `poison` always fails, as a fraction `fail` would.
     """
 
     processing_ms: int = Field(default=0, ge=0, le=600000)
@@ -603,6 +634,11 @@ class Behaviour(_Model):
     park_after: int | None = Field(default=None, ge=1, le=LIMITS.int64)
     park_exchange: Name = ""
     park_routing_key: RoutingKey = ""
+    #: RPC: answer each request it acknowledges on the default exchange, to the request's
+    #: `reply_to`, with its `correlation_id`.
+    reply: bool = False
+    #: A delivery whose body contains this text always fails (a poison message).
+    poison: str | None = Field(default=None, min_length=1, max_length=POISON_MAX)
 
     @model_validator(mode="after")
     def _park(self) -> "Behaviour":
@@ -611,12 +647,52 @@ class Behaviour(_Model):
         return self
 
 
+# basic.qos prefetch_count is a short: 0 means no limit (the broker sends all it has), which
+# an exercise may want to show. https://www.rabbitmq.com/docs/consumer-prefetch
+PREFETCH_MIN, PREFETCH_MAX = 0, 65535
+
+
+STREAM_OFFSETS = ("first", "last", "next")
+STREAM_INTERVAL_RE = re.compile(r"^\d{1,9}(Y|M|D|h|m|s)$")
+
+
+def _stream_offset(value: Any) -> Any:
+    """first, last, next; an offset (an integer from 0); an interval back from now ("10m");
+    or an ISO 8601 timestamp ("2026-01-31T12:00:00Z"), each as RabbitMQ reads them:
+    https://www.rabbitmq.com/docs/streams#consuming"""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.isoformat()  # a timestamp YAML read as one
+    if _is_int(value):
+        if not 0 <= value <= LIMITS.int64:
+            raise ValueError(f"an offset must be an integer from 0 to {LIMITS.int64}")
+        return value
+    if isinstance(value, str):
+        if value in STREAM_OFFSETS or STREAM_INTERVAL_RE.match(value):
+            return value
+        try:
+            stamp = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if stamp.tzinfo is not None:
+                return value
+    raise ValueError(
+        "must be first, last, next, an offset (an integer from 0), an interval like "
+        '"10m" or "1h", or a timestamp with its time zone, like "2026-01-31T12:00:00Z"'
+    )
+
+
+StreamOffset = Annotated[int | str, BeforeValidator(_stream_offset)]
+
+
 class Consumer(_Model):
     name: WorkloadName
     queue: Name
-    prefetch: int = Field(default=0, ge=0, le=65535)
+    prefetch: int = Field(default=0, ge=PREFETCH_MIN, le=PREFETCH_MAX)
     ack: Literal["manual", "auto"] = "manual"
     behaviour: Behaviour = Field(default_factory=Behaviour)
+    #: Where a consumer of a stream starts reading (the x-stream-offset consumer argument).
+    stream_offset: StreamOffset | None = None
     autostart: bool = True
 
     @model_validator(mode="after")
@@ -633,6 +709,10 @@ class Consumer(_Model):
                         ("behaviour", "park_after"),
                         "auto-ack consumers cannot fail or park messages",
                     )
+                )
+            if self.behaviour.poison is not None:
+                items.append(
+                    (("behaviour", "poison"), "auto-ack consumers cannot fail or park messages")
                 )
             if items:
                 raise _spec_items(items)
@@ -750,7 +830,126 @@ class DeadLetteredCheck(_Model):
     retries: int | None = Field(default=None, ge=1, le=LIMITS.int64)
 
 
-PRODUCER_SETTINGS = ("rate", "running", "routing_key")
+class RedeliveredCheck(_Model):
+    """From the recorded flow: consumer `workload` received at least `min` deliveries with
+    the redelivered flag (messages the broker gave back: another consumer died holding
+    them, or rejected them with requeue)."""
+
+    type: Literal["redelivered"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class RefusedCheck(_Model):
+    """From the recorded flow: the broker refused (nacked) at least `min` of the messages
+    producer `workload` published with publisher confirms."""
+
+    type: Literal["refused"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class ReturnedCheck(_Model):
+    """From the recorded flow: at least `min` of the messages producer `workload` (or the
+    learner, `@you`, from the page) published with `mandatory` came back to it unroutable."""
+
+    type: Literal["returned"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class CommittedCheck(_Model):
+    """From the recorded flow: the transactional producer `workload` has had at least `min`
+    messages committed (the broker answered their transaction's tx.commit)."""
+
+    type: Literal["committed"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class QueueDeletedCheck(_Model):
+    """The broker no longer has `queue` (deleted, or expired by `x-expires`)."""
+
+    type: Literal["queue_deleted"]
+    queue: Name
+
+
+class OvertookCheck(_Model):
+    """From the recorded flow: consumer `workload` acknowledged at least `min` messages with
+    a priority above 0 before it had acknowledged more than `max_others` without one."""
+
+    type: Literal["overtook"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+    max_others: int = Field(ge=0, le=LIMITS.int64)
+
+
+class DeliveredShareCheck(_Model):
+    """From the recorded flow: the consumers `among` received at least `min_total`
+    deliveries together, and consumer `workload`'s share of them is within
+    [`min_share`, `max_share`]."""
+
+    type: Literal["delivered_share"]
+    workload: str
+    among: list[str] = Field(min_length=2, max_length=LIMITS.items)
+    min_share: float = Field(default=0.0, ge=0, le=1)
+    max_share: float = Field(default=1.0, ge=0, le=1)
+    min_total: int = Field(default=10, ge=1, le=LIMITS.int64)
+
+    @model_validator(mode="after")
+    def _shares(self) -> "DeliveredShareCheck":
+        items = [
+            (("among", i), f"{_q(name)} is listed twice")
+            for i, name in enumerate(self.among)
+            if name in self.among[:i]
+        ]
+        if self.workload not in self.among:
+            items.append((("workload",), f"must be one of among ({_names(self.among)})"))
+        if self.min_share > self.max_share:
+            items.append((("max_share",), f"must not be less than min_share ({self.min_share})"))
+        if items:
+            raise _spec_items(items)
+        return self
+
+
+class RepliedCheck(_Model):
+    """From the recorded flow: consumer `workload` (with `reply: true`) answered at least
+    `min` requests, each to its `reply_to`."""
+
+    type: Literal["replied"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class UnansweredCheck(_Model):
+    """From the recorded flow: consumer `workload` (with `reply: true`) received at least
+    `min` requests without `reply_to`, which it could not answer."""
+
+    type: Literal["unanswered"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class ReplayedCheck(_Model):
+    """From the recorded flow: consumer `workload` received at least `min` messages that
+    were published over a second before it began consuming (a stream read from an offset
+    in the past, or a backlog)."""
+
+    type: Literal["replayed"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class AccessRefusedCheck(_Model):
+    """From the recorded flow: the broker refused producer `workload` (publishing as one
+    of the exercise's `users`) at least `min` times with ACCESS_REFUSED."""
+
+    type: Literal["access_refused"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+PRODUCER_SETTINGS = ("rate", "running", "routing_key", "tx_batch")
 CONSUMER_SETTINGS = ("prefetch", "ack", "running", "fail", "on_fail", "requeue")
 WORKLOAD_SETTINGS = (
     "rate",
@@ -761,16 +960,17 @@ WORKLOAD_SETTINGS = (
     "fail",
     "on_fail",
     "requeue",
+    "tx_batch",
 )
 
 
 def _setting_value_problem(field: str, value: Any) -> str | None:
     if field == "rate":
-        if not (_is_number(value) and 0.2 <= value <= 10000):
-            return "rate must be a number from 0.2 to 10000"
+        if not (_is_number(value) and RATE_MIN <= value <= RATE_MAX):
+            return f"rate must be a number from {RATE_MIN:g} to {RATE_MAX:g}"
     elif field == "prefetch":
-        if not (_is_int(value) and 0 <= value <= 65535):
-            return "prefetch must be an integer from 0 to 65535"
+        if not (_is_int(value) and PREFETCH_MIN <= value <= PREFETCH_MAX):
+            return f"prefetch must be an integer from {PREFETCH_MIN} to {PREFETCH_MAX}"
     elif field == "ack":
         if value not in ("manual", "auto"):
             return "ack must be manual or auto"
@@ -785,6 +985,9 @@ def _setting_value_problem(field: str, value: Any) -> str | None:
     elif field == "fail":
         if not (_is_number(value) and 0 <= value <= 1):
             return "fail must be a number from 0 to 1"
+    elif field == "tx_batch":
+        if not (_is_int(value) and 1 <= value <= TX_BATCH_MAX):
+            return f"tx_batch must be an integer from 1 to {TX_BATCH_MAX}"
     elif field == "on_fail" and value not in ("reject", "nack"):
         return "on_fail must be reject or nack"
     return None
@@ -796,7 +999,15 @@ class WorkloadSettingCheck(_Model):
     type: Literal["workload_setting"]
     workload: str
     field: Literal[
-        "rate", "prefetch", "ack", "running", "routing_key", "fail", "on_fail", "requeue"
+        "rate",
+        "prefetch",
+        "ack",
+        "running",
+        "routing_key",
+        "fail",
+        "on_fail",
+        "requeue",
+        "tx_batch",
     ]
     equals: Any
 
@@ -808,8 +1019,12 @@ class WorkloadSettingCheck(_Model):
         return self
 
 
+YOU = "@you"  # in a `published` check: the learner, publishing from the page
+
+
 class PublishedCheck(_Model):
-    """From the recorded flow: producer `workload` published at least `min` messages."""
+    """From the recorded flow: producer `workload` (or the learner, `@you`, from the page)
+    published at least `min` messages."""
 
     type: Literal["published"]
     workload: str
@@ -825,7 +1040,18 @@ Check = Annotated[
     | AckedCheck
     | DeadLetteredCheck
     | WorkloadSettingCheck
-    | PublishedCheck,
+    | PublishedCheck
+    | RedeliveredCheck
+    | DeliveredShareCheck
+    | OvertookCheck
+    | RefusedCheck
+    | QueueDeletedCheck
+    | ReturnedCheck
+    | CommittedCheck
+    | RepliedCheck
+    | UnansweredCheck
+    | ReplayedCheck
+    | AccessRefusedCheck,
     Field(discriminator="type"),
 ]
 
@@ -850,10 +1076,43 @@ class Step(_Model):
     instructions: LocalizedText
     hints: list[LocalizedText] = _items(LIMITS.items)
     checkpoints: list[Checkpoint] = _items(LIMITS.checkpoints)
+    #: Whether the learner may change the lab's topology from the page while this step
+    #: is the current one; unset, the exercise's `topology_edits` holds.
+    topology_edits: bool | None = None
 
 
 # --------------------------------------------------------------------------------------
 # The exercise
+
+
+# --------------------------------------------------------------------------------------
+# Users
+
+LAB_USERS_MAX = 4
+LAB_USER_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}$"
+
+
+def _permission(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression: {exc}") from None
+    return value
+
+
+Permission = Annotated[str, Field(max_length=LIMITS.shortstr_bytes), AfterValidator(_permission)]
+
+
+class LabUser(_Model):
+    """A second RabbitMQ user of the lab's vhost, with the permissions given here (regular
+    expressions on the names of exchanges and queues, as RabbitMQ reads them:
+    https://www.rabbitmq.com/docs/access-control#authorisation). Made and removed with the
+    lab; producers publish as it with `user`."""
+
+    name: Annotated[str, Field(pattern=LAB_USER_NAME_PATTERN)]
+    configure: Permission = "^$"
+    write: Permission = "^$"
+    read: Permission = "^$"
 
 
 class ExerciseSpec(_Model):
@@ -868,7 +1127,11 @@ class ExerciseSpec(_Model):
     tags: list[str] = _items(LIMITS.items)
     topology: Topology
     workloads: Workloads = Field(default_factory=Workloads)
+    users: list[LabUser] = _items(LAB_USERS_MAX)
     steps: list[Step] = _items(LIMITS.steps)
+    #: Whether the learner may declare, delete, bind and unbind from the lab page, unless
+    #: a step says otherwise.
+    topology_edits: bool = True
 
     @field_validator("version")
     @classmethod
@@ -904,6 +1167,21 @@ class ExerciseSpec(_Model):
     def workload(self, name: str) -> Producer | Consumer | None:
         return self.producer(name) or self.consumer(name)
 
+    def topology_edits_allowed(self, step_id: str | None) -> bool:
+        """Whether the learner may change the topology while `step_id` is the current step
+        (None: before any step, or an exercise without steps)."""
+        step = next((s for s in self.steps if s.id == step_id), None)
+        if step is not None and step.topology_edits is not None:
+            return step.topology_edits
+        return self.topology_edits
+
+    def with_topology(self, topology: dict) -> "ExerciseSpec":
+        """This exercise with another topology (a mapping as in the document), checked by
+        every rule a document is: each object's own and the cross references (workloads and
+        checks must still find their queues and exchanges). Raises SpecError with paths
+        like `topology.queues[2].arguments.x-max-priority`."""
+        return validate_data({**self.model_dump(), "topology": topology})
+
     def all_checkpoints(self) -> list[tuple[Step, Checkpoint]]:
         return [(step, checkpoint) for step in self.steps for checkpoint in step.checkpoints]
 
@@ -915,6 +1193,30 @@ class ExerciseSpec(_Model):
         if errors:
             raise SpecError(errors)
         return self
+
+
+# A check on a producer's counter, and what the producer must do for the counter to move.
+PRODUCER_NEEDS: dict[type, tuple[Callable[[Producer], bool], str]] = {
+    RefusedCheck: (
+        lambda p: p.confirms,
+        "must publish with confirms: true (without publisher confirms the broker does not "
+        "say it refused a message)",
+    ),
+    ReturnedCheck: (
+        lambda p: p.mandatory,
+        "must publish with mandatory: true (without it the broker drops what it cannot "
+        "route and returns nothing)",
+    ),
+    CommittedCheck: (
+        lambda p: p.transactions,
+        "must publish with transactions: true (only a transactional producer commits)",
+    ),
+    AccessRefusedCheck: (
+        lambda p: p.user is not None,
+        "publishes as the lab's own user, who may do anything in the lab: give it a user "
+        "with limited permissions",
+    ),
+}
 
 
 class _CrossReferences:
@@ -1002,6 +1304,7 @@ class _CrossReferences:
             ],
             "workload name",
         )
+        self.unique(((f"users[{i}].name", u.name) for i, u in enumerate(spec.users)), "user name")
         self.unique(((f"steps[{i}].id", s.id) for i, s in enumerate(spec.steps)), "step id")
         self.unique(
             (
@@ -1112,11 +1415,28 @@ class _CrossReferences:
                             f"declared queue (declared queues: {_declared(self.queues)})",
                         )
 
+            users = [u.name for u in self.spec.users]
+            if producer.user is not None and producer.user not in users:
+                self.add(
+                    f"{path}.user",
+                    f"{_q(producer.user)} is not a declared user (declared users: "
+                    f"{_declared(users)})",
+                )
+            if producer.reply_to is not None and producer.reply_to not in self.queues:
+                self.add(
+                    f"{path}.reply_to",
+                    "replies go through the default exchange, which routes by queue name; "
+                    f"{_q(producer.reply_to)} is not a declared queue "
+                    f"(declared queues: {_declared(self.queues)})",
+                )
+
         for i, consumer in enumerate(self.spec.workloads.consumers):
             path = f"workloads.consumers[{i}]"
             problem = self.queue_problem(consumer.queue)
             if problem:
                 self.add(f"{path}.queue", problem)
+            else:
+                self.stream_consumer(path, consumer)
             behaviour = consumer.behaviour
             problem = self.exchange_problem(
                 behaviour.park_exchange, default_ok=True, builtin_ok=True
@@ -1136,13 +1456,31 @@ class _CrossReferences:
                     f"(declared queues: {_declared(self.queues)})",
                 )
 
+    def stream_consumer(self, path: str, consumer: Consumer) -> None:
+        """A stream is read with manual acks and a prefetch above 0, from an offset
+        (https://www.rabbitmq.com/docs/streams#consuming); other queues take no offset."""
+        if self.queues[consumer.queue].type != "stream":
+            if consumer.stream_offset is not None:
+                self.add(
+                    f"{path}.stream_offset",
+                    f"only consumers of a stream take an offset ({_q(consumer.queue)} is a "
+                    f"{self.queues[consumer.queue].type} queue)",
+                )
+            return
+        if consumer.ack != "manual":
+            self.add(f"{path}.ack", "a stream's consumers must acknowledge manually")
+        if consumer.prefetch == 0:
+            self.add(f"{path}.prefetch", "a stream's consumers need a prefetch above 0")
+
     def steps(self) -> None:
         for i, step in enumerate(self.spec.steps):
             for j, checkpoint in enumerate(step.checkpoints):
                 self.check(f"steps[{i}].checkpoints[{j}].check", checkpoint.check)
 
     def check(self, path: str, check: Any) -> None:
-        if isinstance(check, QueueMessagesCheck | DeliveredCheck | DeadLetteredCheck):
+        if isinstance(
+            check, QueueMessagesCheck | DeliveredCheck | DeadLetteredCheck | QueueDeletedCheck
+        ):
             problem = self.queue_problem(check.queue)
             if problem:
                 self.add(f"{path}.queue", problem)
@@ -1154,11 +1492,33 @@ class _CrossReferences:
                 problem = self.queue_problem(name)
                 if problem:
                     self.add(f"{path}.queues[{k}]", problem)
-        elif isinstance(check, AckedCheck):
+        elif isinstance(check, AckedCheck | RedeliveredCheck | OvertookCheck | ReplayedCheck):
             if check.workload not in self.consumers:
                 self.add(f"{path}.workload", self.not_a("consumer", check.workload))
+        elif isinstance(check, RepliedCheck | UnansweredCheck):
+            consumer = self.spec.consumer(check.workload)
+            if consumer is None:
+                self.add(f"{path}.workload", self.not_a("consumer", check.workload))
+            elif not consumer.behaviour.reply:
+                self.add(
+                    f"{path}.workload",
+                    f"{_q(check.workload)} must answer requests: set its behaviour's reply: true",
+                )
+        elif isinstance(check, DeliveredShareCheck):
+            for k, name in enumerate(check.among):
+                if name not in self.consumers:
+                    self.add(f"{path}.among[{k}]", self.not_a("consumer", name))
+        elif type(check) in PRODUCER_NEEDS:
+            needs, why = PRODUCER_NEEDS[type(check)]
+            producer = self.spec.producer(check.workload)
+            if isinstance(check, ReturnedCheck) and check.workload == YOU:
+                pass  # the page's mandatory publishes
+            elif producer is None:
+                self.add(f"{path}.workload", self.not_a("producer", check.workload))
+            elif not needs(producer):
+                self.add(f"{path}.workload", f"{_q(check.workload)} {why}")
         elif isinstance(check, PublishedCheck):
-            if check.workload not in self.producers:
+            if check.workload not in self.producers and check.workload != YOU:
                 self.add(f"{path}.workload", self.not_a("producer", check.workload))
         elif isinstance(check, WorkloadSettingCheck):
             if check.workload in self.producers:
@@ -1427,9 +1787,21 @@ def parse_spec_cached(text: str, *, source: str) -> ExerciseSpec:
         return parse_spec(text, source=source)
 
 
+@functools.lru_cache(maxsize=LIMITS.cached_specs)
+def _with_topology_stored(text: str, topology: str) -> ExerciseSpec:
+    return _parse_stored(text).with_topology(json.loads(topology))
+
+
+def spec_with_topology_cached(text: str, topology: dict) -> ExerciseSpec:
+    """The stored document `text` with a lab's stored topology (`with_topology`),
+    remembered by both texts: every viewer and the monitor share one check of it."""
+    return _with_topology_stored(text, json.dumps(topology, sort_keys=True))
+
+
 def spec_cache_clear() -> None:
     """Forget every remembered spec (tests that count parses start from here)."""
     _parse_stored.cache_clear()
+    _with_topology_stored.cache_clear()
 
 
 def load_spec_file(path: str | Path) -> ExerciseSpec:

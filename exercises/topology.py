@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import deque
 
 from .spec import ExerciseSpec
@@ -10,8 +12,12 @@ YOU = "p:@you"  # the learner's own publishes from the page
 
 
 def _binding_label(b) -> str:
+    """A headers binding by its arguments, x-match first and the rest by name: the same
+    label however the arguments were stored (a lab's edited topology comes back from the
+    database with its keys in the database's order)."""
     if b.arguments:
-        return ", ".join(f"{k}={v}" for k, v in b.arguments.items())
+        keys = sorted(b.arguments, key=lambda k: (k != "x-match", k))
+        return ", ".join(f"{k}={b.arguments[k]}" for k in keys)
     return b.routing_key or "(no key)"
 
 
@@ -95,6 +101,19 @@ def lab_graph(spec: ExerciseSpec) -> dict:
                 c.behaviour.park_routing_key,
             )
     return {"nodes": nodes, "edges": edges}
+
+
+def topology_version(spec: ExerciseSpec) -> str:
+    """A short name for the lab's topology as it is: a page compares it with the one a
+    change announces to know whether its Topology panel is out of date, and a worker's
+    keeper with the one its lab's monitor routes by."""
+    return stored_topology_version(spec.topology.model_dump())
+
+
+def stored_topology_version(topology: dict) -> str:
+    """`topology_version` of a topology as a lab's row keeps it."""
+    text = json.dumps(topology, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class Router:

@@ -15,6 +15,7 @@ import random
 import time
 import uuid
 from collections import deque
+from datetime import datetime
 from typing import Any
 
 import pika
@@ -53,6 +54,16 @@ def confirmed(frame, pending: dict[int, Any]) -> tuple[bool, list[int]]:
     else:
         tags = [method.delivery_tag] if method.delivery_tag in pending else []
     return isinstance(method, pika.spec.Basic.Ack), tags
+
+
+def stream_arguments(offset: int | str | None) -> dict[str, Any] | None:
+    """The x-stream-offset consumer argument: a name (first, last, next), an offset, an
+    interval back from now ("10m") or, sent as an AMQP timestamp, an ISO 8601 time."""
+    if offset is None:
+        return None
+    if isinstance(offset, str) and "T" in offset:
+        offset = datetime.fromisoformat(offset)
+    return {"x-stream-offset": offset}
 
 
 class WorkloadUnit(Unit):
@@ -156,6 +167,8 @@ class WorkloadUnit(Unit):
         and open a new one a second later, as a real client would."""
         self.reporter.event("error", message=f"{exc.reply_code} {exc.reply_text}")
         self.reporter.count("errors")
+        if exc.reply_code == 403:  # ACCESS_REFUSED: the user may not (write here, say)
+            self.reporter.count("access_refused")
         self.reopen_at = time.monotonic() + CHANNEL_RETRY
         self.poke()
 
@@ -227,20 +240,35 @@ class ProducerUnit(WorkloadUnit):
         self.returned: set[str | None] = set()  # message ids returned, not yet confirmed
         self.tag = 0
         self.done_at: float | None = None
+        # A transactional producer (tx.select) publishes `tx_batch` messages, then commits
+        # and waits for the broker's Commit-Ok before it publishes again: the broker routes
+        # the messages of a transaction only when it commits.
+        self.tx_state: str | None = None  # None, "selecting", "open" or "committing"
+        self.tx_pending = 0  # published since the last commit
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self.settings.get("transactions"))
 
     def channel_ready(self, channel) -> None:
         self.render = compile_template(self.settings.get("payload") or "")
         self.unconfirmed.clear()
         self.returned.clear()
         self.tag = 0
+        self.tx_state, self.tx_pending = None, 0  # what was not committed is gone
         channel.add_on_return_callback(self.guarded(self._on_return))
         if self.settings.get("confirms"):
             channel.confirm_delivery(ack_nack_callback=self.guarded(self._on_confirm))
+        elif self.transactional:
+            self.tx_state = "selecting"
+            channel.tx_select(callback=self.guarded(lambda _: self._tx_ok(channel, 0)))
         self.next_at = time.monotonic()
 
     def apply_update(self, old: dict[str, Any]) -> None:
         self.render = compile_template(self.settings.get("payload") or "")
-        if old.get("confirms") != self.settings.get("confirms"):
+        if old.get("confirms") != self.settings.get("confirms") or old.get(
+            "transactions"
+        ) != self.settings.get("transactions"):
             self.close_channel()
             self.open_channel()
         elif old.get("rate") != self.settings.get("rate"):
@@ -278,6 +306,21 @@ class ProducerUnit(WorkloadUnit):
                 )
         self.poke()
 
+    def _tx_ok(self, channel, committed: int) -> None:
+        """Select-Ok or Commit-Ok: the next transaction may begin."""
+        if channel is not self.channel:
+            return
+        self.tx_state = "open"
+        if committed:
+            self.tx_pending -= committed
+            self.reporter.count("committed", committed)
+        self.poke()
+
+    def _commit(self) -> None:
+        channel, n = self.channel, self.tx_pending
+        self.tx_state = "committing"
+        channel.tx_commit(callback=self.guarded(lambda _: self._tx_ok(channel, n)))
+
     def routing_key(self, n: int) -> str:
         keys = self.settings.get("routing_keys") or []
         return keys[(n - 1) % len(keys)] if keys else self.settings.get("routing_key", "")
@@ -285,7 +328,11 @@ class ProducerUnit(WorkloadUnit):
     def properties(self, n: int) -> pika.BasicProperties:
         props = self.settings.get("properties") or {}
         expiration = props.get("expiration")
+        reply_to = self.settings.get("reply_to")
         return pika.BasicProperties(
+            # An RPC request: where to answer, and the id that joins it and its reply.
+            reply_to=reply_to or None,
+            correlation_id=f"{self.name}-{n}" if reply_to else None,
             content_type=props.get("content_type", "application/json"),
             delivery_mode=2 if props.get("persistent") else 1,
             priority=props.get("priority"),
@@ -308,13 +355,19 @@ class ProducerUnit(WorkloadUnit):
 
     def work(self, now: float) -> float | None:
         if self.finished(now):
-            # Done; with confirms, the last ones are waited for (a little) before the end.
+            # Done; with confirms, the last ones are waited for (a little) before the end,
+            # and a transaction's last messages are committed.
             self.done_at = self.done_at or now
-            if self.unconfirmed and now - self.done_at < CONFIRM_WAIT:
+            if self.tx_pending and self.tx_state == "open":
+                self._commit()
+            waiting = self.unconfirmed or (self.tx_pending and self.tx_state is not None)
+            if waiting and now - self.done_at < CONFIRM_WAIT:
                 return now + BACKPRESSURE_RETRY * 5
             raise Stop("finished")
         if self.blocked:
             return now + 1.0  # the unblocked callback pokes the unit sooner
+        if self.transactional and self.tx_state != "open":
+            return now + 1.0  # Select-Ok or Commit-Ok pokes the unit
         rate = max(float(self.settings.get("rate") or 1.0), 0.01)
         if self.next_at < now - 1.0:
             self.next_at = now  # do not try to catch up more than a second of backlog
@@ -327,6 +380,11 @@ class ProducerUnit(WorkloadUnit):
             self.publish_one()
             self.next_at += 1.0 / rate
             burst += 1
+            if self.transactional:
+                self.tx_pending += 1
+                if self.tx_pending >= int(self.settings.get("tx_batch") or 1):
+                    self._commit()
+                    return now + 1.0
         return now if self.finished(time.monotonic()) else self.next_at
 
     def publish_one(self) -> None:
@@ -356,6 +414,7 @@ class ConsumerUnit(WorkloadUnit):
         super().__init__(**kwargs)
         self.held: deque = deque()
         self.head_due: float | None = None
+        self.consuming_since = 0
         self.restart = False
         self.park_channel = None
         self.park_opening = False
@@ -368,9 +427,15 @@ class ConsumerUnit(WorkloadUnit):
         self.head_due = None
         self.restart = False
         s = self.settings
+        # Deliveries published before this (whole seconds, as AMQP timestamps are) are
+        # history: a stream read from an offset in the past, or a backlog.
+        self.consuming_since = int(time.time()) - 1
         channel.basic_qos(prefetch_count=int(s.get("prefetch") or 0))
         channel.basic_consume(
-            s["queue"], self.guarded(self.on_message), auto_ack=s.get("ack") == "auto"
+            s["queue"],
+            self.guarded(self.on_message),
+            auto_ack=s.get("ack") == "auto",
+            arguments=stream_arguments(s.get("stream_offset")),
         )
 
     def connected(self) -> None:
@@ -403,6 +468,11 @@ class ConsumerUnit(WorkloadUnit):
         delivered = self.progress.get("delivered", 0) + 1
         self.progress["delivered"] = delivered
         self.reporter.count("delivered")
+        if method.redelivered:
+            # Given back by the broker: another consumer died, or rejected it with requeue.
+            self.reporter.count("redelivered")
+        if props.timestamp is not None and props.timestamp < self.consuming_since:
+            self.reporter.count("replayed")
         if "x-death" in headers:
             self.reporter.death(props.message_id, jsonable(headers["x-death"]))
         if self.reporter.wants_event():
@@ -420,7 +490,11 @@ class ConsumerUnit(WorkloadUnit):
             )
         if s.get("ack") == "auto":
             self.reporter.count("acked")
+            if props.priority:
+                self.reporter.count("acked_priority")  # of them, with a priority above 0
             self._maybe_crash(delivered)
+            if s.get("reply"):
+                self.reply(props, body)
             return
         self.held.append((method, props, body, delivered))
         self.reporter.gauge("held", len(self.held))
@@ -460,7 +534,8 @@ class ConsumerUnit(WorkloadUnit):
         if park_after and x_death_count(headers, queue) >= park_after:
             return self.park(method, props, body)
         self._maybe_crash(delivered)
-        if random.random() < float(s.get("fail") or 0):
+        poison = s.get("poison")
+        if (poison and poison.encode() in body) or random.random() < float(s.get("fail") or 0):
             requeue = bool(s.get("requeue"))
             if s.get("on_fail") == "nack":
                 self.channel.basic_nack(tag, requeue=requeue)
@@ -471,11 +546,43 @@ class ConsumerUnit(WorkloadUnit):
             self.reporter.count(kind)
             self.reporter.event(kind, queue=queue, message_id=props.message_id, requeue=requeue)
         else:
+            if s.get("reply"):
+                self.reply(props, body)  # answered before acked, as an RPC server does
             self.channel.basic_ack(tag)
             self.reporter.count("acked")
+            if props.priority:
+                self.reporter.count("acked_priority")  # of them, with a priority above 0
             if self.reporter.wants_event():
                 self.reporter.event("acked", queue=queue, message_id=props.message_id)
         return True
+
+    def reply(self, props, body: bytes) -> None:
+        """RPC: answers the request through the default exchange to its `reply_to`, with
+        its `correlation_id`; a request without `reply_to` cannot be answered."""
+        queue = self.settings["queue"]
+        if not props.reply_to:
+            self.reporter.count("unanswered")
+            self.reporter.event(
+                "unanswered",
+                queue=queue,
+                message_id=props.message_id,
+                message="no reply_to: nowhere to send the reply",
+            )
+            return
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = body_text(body)
+        answer = json.dumps({"answer": request, "server": self.name}).encode()
+        reply = pika.BasicProperties(
+            content_type="application/json",
+            correlation_id=props.correlation_id,
+            message_id=uuid.uuid4().hex,
+            timestamp=int(time.time()),
+            app_id=self.name,  # the monitor draws it from this consumer
+        )
+        self.channel.basic_publish("", props.reply_to, answer, reply)
+        self.reporter.count("replied")
 
     # --- parking ---------------------------------------------------------------------------
     def park(self, method, props, body: bytes) -> bool:
@@ -491,7 +598,7 @@ class ConsumerUnit(WorkloadUnit):
             s.get("park_exchange", ""), s.get("park_routing_key", ""), body, props
         )
         self.park_tag += 1
-        self.parking[self.park_tag] = (self.channel, method.delivery_tag, props)
+        self.parking[self.park_tag] = (self.channel, method.delivery_tag, props, body)
         return True
 
     def _open_park_channel(self) -> None:
@@ -516,17 +623,27 @@ class ConsumerUnit(WorkloadUnit):
         for tag in tags:
             self._parked(*self.parking.pop(tag), ok=acked)
 
-    def _parked(self, channel, delivery_tag: int, props, *, ok: bool, why: str = "") -> None:
+    def _parked(
+        self, channel, delivery_tag: int, props, body: bytes, *, ok: bool, why: str = ""
+    ) -> None:
         if channel is not self.channel or not channel.is_open:
             return  # the original's channel is gone: the broker requeued it
         if ok:
             channel.basic_ack(delivery_tag)
             self.reporter.count("parked")
+            headers = jsonable(props.headers or {})
+            # Where the copy went (the monitor names the queue the broker put it in), and
+            # the copy itself, x-death and all: what a learner opens to see its history.
             self.reporter.event(
                 "parked",
-                queue=self.settings["queue"],
+                exchange=self.settings.get("park_exchange", ""),
+                routing_key=self.settings.get("park_routing_key", ""),
                 message_id=props.message_id,
                 retries=x_death_count(props.headers),
+                x_death=headers.get("x-death"),
+                body=body_text(body),
+                properties=describe_properties(props),
+                headers=headers,
             )
         else:
             channel.basic_nack(delivery_tag, requeue=True)

@@ -1,5 +1,6 @@
-"""Checkpoint evaluation on a flow record and broker state: every check type, and the
-rule that a step's checkpoints wait for the steps before it."""
+"""Checkpoint evaluation on a flow record and broker state: every check type, the rule
+that a step's checkpoints wait for the steps before it, and that they count only the flow
+since their step was shown."""
 
 from exercises.checks import evaluate
 from exercises.spec import validate_data
@@ -22,8 +23,14 @@ def spec_with(*checks):
                 "bindings": [{"source": "logs", "destination": "errors", "routing_key": "*.error"}],
             },
             "workloads": {
-                "producers": [{"name": "app", "exchange": "logs", "routing_key": "a.error"}],
-                "consumers": [{"name": "reader", "queue": "errors"}],
+                "producers": [
+                    {"name": "app", "exchange": "logs", "routing_key": "a.error", "confirms": True},
+                    {"name": "tx", "exchange": "logs", "transactions": True},
+                ],
+                "consumers": [
+                    {"name": "reader", "queue": "errors"},
+                    {"name": "second", "queue": "errors"},
+                ],
             },
             "steps": [
                 {
@@ -38,13 +45,15 @@ def spec_with(*checks):
     )
 
 
-def run(spec, record=None, queues=None, bindings=(), workloads=None, passed=()):
+def run(spec, record=None, queues=None, bindings=(), workloads=None, passed=(), shown=None):
+    """Every step shown when the lab started, unless `shown` says otherwise."""
     return evaluate(
         spec,
         record=record or FlowRecord(),
         broker={"queues": queues or {}, "bindings": lambda: list(bindings)},
         workloads=workloads or {},
         passed=set(passed),
+        shown={s.id: FlowRecord() for s in spec.steps} if shown is None else shown,
     )
 
 
@@ -112,6 +121,88 @@ def test_published_acked_delivered():
     assert run(spec, record) == {"c0": True, "c1": True, "c2": True}
 
 
+def test_published_by_you_counts_the_pages_publishes_only():
+    """`@you` is the learner publishing from the page, not any producer."""
+    spec = spec_with({"type": "published", "workload": "@you", "min": 1})
+    record = FlowRecord()
+    record.workloads["app"]["published"] = 5
+    assert run(spec, record) == {"c0": False}
+    record.workloads["@you"]["published"] = 1
+    assert run(spec, record) == {"c0": True}
+
+
+def test_redelivered_counts_the_consumers_redeliveries():
+    spec = spec_with({"type": "redelivered", "workload": "reader", "min": 2})
+    record = FlowRecord()
+    record.workloads["reader"].update(delivered=9, redelivered=1)
+    record.workloads["second"]["redelivered"] = 5
+    assert run(spec, record) == {"c0": False}
+    record.workloads["reader"]["redelivered"] = 2
+    assert run(spec, record) == {"c0": True}
+
+
+def test_delivered_share_needs_enough_deliveries_and_the_share():
+    spec = spec_with(
+        {
+            "type": "delivered_share",
+            "workload": "reader",
+            "among": ["reader", "second"],
+            "min_share": 0.4,
+            "max_share": 0.6,
+            "min_total": 10,
+        }
+    )
+    record = FlowRecord()
+    record.workloads["reader"]["delivered"] = 4
+    record.workloads["second"]["delivered"] = 4
+    assert run(spec, record) == {"c0": False}  # 8 deliveries: too few to tell
+    record.workloads["second"]["delivered"] = 6
+    assert run(spec, record) == {"c0": True}  # 4 of 10
+    record.workloads["reader"]["delivered"] = 20
+    assert run(spec, record) == {"c0": False}  # 20 of 26
+
+
+def test_overtook_needs_the_priority_messages_before_too_many_others():
+    spec = spec_with({"type": "overtook", "workload": "reader", "min": 3, "max_others": 5})
+    record = FlowRecord()
+    record.workloads["reader"].update(delivered=30, acked=4, acked_priority=2)
+    assert run(spec, record) == {"c0": False}  # 2 with a priority: not yet 3
+    record.workloads["reader"].update(acked=3, acked_priority=1)
+    assert run(spec, record) == {"c0": True}  # 3 of 7, with 4 others
+    record.workloads["reader"].update(acked=20)
+    assert run(spec, record) == {"c0": False}  # they came after 24 others
+
+
+def test_refused_counts_the_brokers_nacks_to_the_producer():
+    spec = spec_with({"type": "refused", "workload": "app", "min": 2})
+    record = FlowRecord()
+    record.workloads["app"].update(published=10, confirmed=9, nacked_by_broker=1)
+    assert run(spec, record) == {"c0": False}
+    record.workloads["app"]["nacked_by_broker"] = 2
+    assert run(spec, record) == {"c0": True}
+
+
+def test_returned_and_committed_count_the_producers_counters():
+    spec = spec_with(
+        {"type": "returned", "workload": "@you", "min": 2},
+        {"type": "committed", "workload": "tx", "min": 100},
+    )
+    record = FlowRecord()
+    record.workloads["@you"].update(published=5, returned=1)
+    record.workloads["tx"].update(published=150, committed=99)
+    assert run(spec, record) == {"c0": False, "c1": False}
+    record.workloads["@you"]["returned"] = 2
+    record.workloads["tx"]["committed"] = 100
+    assert run(spec, record) == {"c0": True, "c1": True}
+
+
+def test_queue_deleted_reads_the_broker():
+    spec = spec_with({"type": "queue_deleted", "queue": "errors"})
+    assert run(spec, queues={}) == {"c0": False}  # not read yet
+    assert run(spec, queues={"errors": {"ready": 0}}) == {"c0": False}
+    assert run(spec, queues={"errors": {"ready": 0, "missing": True}}) == {"c0": True}
+
+
 def test_dead_lettered_counts_retries_by_reason():
     spec = spec_with(
         {"type": "dead_lettered", "queue": "dlq", "reason": "rejected", "retries": 3, "min": 1}
@@ -163,6 +254,44 @@ def test_later_steps_wait_and_passed_stays_passed():
     record.delivered["errors"] = 5
     assert run(spec, record) == {"c0": False, "c1": False}
     assert run(spec, record, passed={"c0"}) == {"c0": True, "c1": True}
+
+
+def test_a_step_not_shown_yet_waits_for_the_learner():
+    spec = spec_with(
+        {"type": "published", "workload": "app", "min": 1},
+        {"type": "delivered", "queue": "errors", "min": 1},
+    )
+    record = FlowRecord()
+    record.workloads["app"]["published"] = 3
+    record.delivered["errors"] = 3
+    only_first = {"s0": FlowRecord()}
+    assert run(spec, record, shown=only_first) == {"c0": True, "c1": False}
+    assert run(spec, record, passed={"c0"}, shown=only_first) == {"c0": True, "c1": False}
+    assert run(spec, record, shown={}) == {"c0": False, "c1": False}
+
+
+def test_only_the_flow_after_the_step_was_shown_counts():
+    """What happened before the learner was shown a step does not pass it."""
+    spec = spec_with(
+        {"type": "routed_only_to", "exchange": "logs", "routing_key": "x.info", "queues": []},
+        {"type": "delivered", "queue": "errors", "min": 2},
+        {"type": "acked", "workload": "reader", "min": 2},
+        {"type": "dead_lettered", "queue": "dlq", "reason": "expired", "min": 1},
+    )
+    record = FlowRecord()
+    record.routes[("logs", "x.info", ())] = 1
+    record.delivered["errors"] = 5
+    record.workloads["reader"]["acked"] = 5
+    record.note_dead_letter("dlq", "m1", [{"queue": "q", "reason": "expired", "count": 1}])
+    mark = FlowRecord.restore(record.export())
+    shown = {s.id: mark for s in spec.steps}
+    assert set(run(spec, record, shown=shown).values()) == {False}
+
+    record.routes[("logs", "x.info", ())] += 1
+    record.delivered["errors"] += 2
+    record.workloads["reader"]["acked"] += 2
+    record.note_dead_letter("dlq", "m2", [{"queue": "q", "reason": "expired", "count": 1}])
+    assert run(spec, record, shown=shown) == {"c0": True, "c1": True, "c2": True, "c3": True}
 
 
 def test_record_survives_a_slice_boundary():

@@ -162,6 +162,17 @@ def test_check_types_are_all_known():
         "dead_lettered",
         "workload_setting",
         "published",
+        "redelivered",
+        "delivered_share",
+        "overtook",
+        "refused",
+        "queue_deleted",
+        "returned",
+        "committed",
+        "replied",
+        "unanswered",
+        "replayed",
+        "access_refused",
     }
     assert CHECK_TYPES["dead_lettered"] is DeadLetteredCheck
 
@@ -265,7 +276,27 @@ def test_unknown_top_level_field():
     data["colour"] = "blue"
     assert the_error(data) == (
         "colour: unknown field (expected one of: version, slug, title, summary, description, "
-        "level, minutes, tags, topology, workloads, steps)"
+        "level, minutes, tags, topology, workloads, users, steps, topology_edits)"
+    )
+
+
+def test_topology_edits_exercise_wide_and_per_step():
+    """A step's topology_edits overrides the exercise's; unset, the exercise's holds."""
+    data = base()
+    data["topology_edits"] = False
+    data["steps"] = [
+        {"id": "look", "title": "t", "instructions": "i"},
+        {"id": "bind", "title": "t", "instructions": "i", "topology_edits": True},
+    ]
+    spec = validate_data(data)
+    assert [spec.topology_edits_allowed(s) for s in ("look", "bind", None)] == [
+        False,
+        True,
+        False,
+    ]
+    data["steps"][1]["topology_edits"] = "yes"
+    assert (
+        the_error(data) == 'steps[1].topology_edits: must be true or false (got the string "yes")'
     )
 
 
@@ -733,6 +764,114 @@ def test_checks_referencing_unknown_objects():
     assert has(found, f"{p}[4].check.field", "producers have no setting 'prefetch'")
     assert has(found, f"{p}[5].check.queue", "'dlq' is not a declared queue")
     assert len(found) == 6
+
+
+def test_published_by_you_is_the_learner_not_a_producer():
+    """`@you` names the learner's publishes from the page; other names must be producers."""
+    data = base()
+    data["steps"][0]["checkpoints"][0]["check"] = {"type": "published", "workload": "@you"}
+    assert validate_data(data).steps[0].checkpoints[0].check.workload == "@you"
+    data["steps"][0]["checkpoints"][0]["check"] = {"type": "published", "workload": "@me"}
+    assert has(errors(data), "steps[0].checkpoints[0].check.workload", "'@me' is not")
+
+
+def test_redelivered_and_delivered_share_name_consumers():
+    data = base()
+    data["steps"][0]["checkpoints"] = [
+        {"id": "a", "description": "a", "check": {"type": "redelivered", "workload": "app"}},
+        {
+            "id": "c",
+            "description": "c",
+            "check": {"type": "overtook", "workload": "app", "max_others": 3},
+        },
+        {
+            "id": "b",
+            "description": "b",
+            "check": {"type": "delivered_share", "workload": "reader", "among": ["reader", "x"]},
+        },
+    ]
+    found = errors(data)
+    p = "steps[0].checkpoints"
+    assert has(found, f"{p}[0].check.workload", "'app' is not a consumer")
+    assert has(found, f"{p}[2].check.among[1]", "'x' is not a declared consumer")
+    assert has(found, f"{p}[1].check.workload", "'app' is not a consumer")
+    assert len(found) == 3
+
+
+def test_refused_needs_a_producer_with_confirms():
+    data = base()
+    data["steps"][0]["checkpoints"] = [
+        {"id": "a", "description": "a", "check": {"type": "refused", "workload": "app"}},
+        {"id": "b", "description": "b", "check": {"type": "refused", "workload": "reader"}},
+        {"id": "c", "description": "c", "check": {"type": "queue_deleted", "queue": "gone"}},
+    ]
+    found = errors(data)
+    p = "steps[0].checkpoints"
+    assert has(found, f"{p}[0].check.workload", "'app' must publish with confirms: true")
+    assert has(found, f"{p}[1].check.workload", "'reader' is not a producer")
+    assert has(found, f"{p}[2].check.queue", "'gone' is not a declared queue")
+    assert len(found) == 3
+    data["workloads"]["producers"][0]["confirms"] = True
+    del data["steps"][0]["checkpoints"][1:]
+    assert validate_data(data).steps[0].checkpoints[0].check.type == "refused"
+
+
+def test_returned_and_committed_need_a_producer_that_can_say_so():
+    data = base()
+    tx = {"name": "tx", "routing_key": "errors", "transactions": True}
+    data["workloads"]["producers"].append(tx)
+    checks = [
+        {"type": "returned", "workload": "app"},
+        {"type": "returned", "workload": "reader"},
+        {"type": "committed", "workload": "app"},
+        {"type": "committed", "workload": "@you"},
+        {"type": "returned", "workload": "@you"},
+        {"type": "committed", "workload": "tx"},
+        {"type": "workload_setting", "workload": "reader", "field": "tx_batch", "equals": 5},
+        {"type": "workload_setting", "workload": "tx", "field": "tx_batch", "equals": 100},
+    ]
+    data["steps"][0]["checkpoints"] = [
+        {"id": f"c{i}", "description": "d", "check": c} for i, c in enumerate(checks)
+    ]
+    found = errors(data)
+    p = "steps[0].checkpoints"
+    assert has(found, f"{p}[0].check.workload", "'app' must publish with mandatory: true")
+    assert has(found, f"{p}[1].check.workload", "'reader' is not a producer")
+    assert has(found, f"{p}[2].check.workload", "'app' must publish with transactions: true")
+    assert has(found, f"{p}[3].check.workload", "'@you' is not a declared producer")
+    assert has(found, f"{p}[6].check.field", "consumers have no setting 'tx_batch'")
+    assert len(found) == 5
+    data["workloads"]["producers"][0]["mandatory"] = True
+    kept = [cp for i, cp in enumerate(data["steps"][0]["checkpoints"]) if i in (0, 4, 5, 7)]
+    data["steps"][0]["checkpoints"] = kept
+    spec = validate_data(data)
+    assert [cp.check.type for cp in spec.steps[0].checkpoints] == [
+        "returned",
+        "returned",
+        "committed",
+        "workload_setting",
+    ]
+    kept[3]["check"]["equals"] = 0
+    assert the_error(data) == (
+        "steps[0].checkpoints[3].check.equals: tx_batch must be an integer from 1 to 1000"
+    )
+
+
+def test_delivered_share_bounds():
+    data = base()
+    check = {
+        "type": "delivered_share",
+        "workload": "other",
+        "among": ["reader", "reader"],
+        "min_share": 0.8,
+        "max_share": 0.5,
+    }
+    data["steps"][0]["checkpoints"][0]["check"] = check
+    found = errors(data)
+    p = "steps[0].checkpoints[0].check"
+    assert has(found, f"{p}.among[1]", "'reader' is listed twice")
+    assert has(found, f"{p}.workload", "must be one of among")
+    assert has(found, f"{p}.max_share", "must not be less than min_share")
 
 
 def test_binding_checks_need_not_be_declared():

@@ -199,3 +199,80 @@ def test_consumer_that_crashes_gives_its_messages_back(api, worker, learner, lab
         message="18 back in the queue",
     )
     assert sum(m["redelivered"] for m in messages) >= 1
+
+
+TRANSACTIONS = """
+version: 1
+slug: transactions
+title: Transactions
+summary: Two transactional producers
+description: One commits every message, the other only after a thousand.
+level: beginner
+minutes: 5
+topology:
+  queues:
+    - name: each
+    - name: batch
+workloads:
+  producers:
+    - name: each-one
+      routing_key: each
+      rate: 200
+      count: 37
+      transactions: true
+    - name: in-batches
+      routing_key: batch
+      rate: 20
+      count: 60
+      transactions: true
+      tx_batch: 1000
+"""
+
+
+def test_a_transactional_producer_is_routed_only_when_it_commits(api, worker, learner, labs):
+    """tx.select: the broker routes a transaction's messages at tx.commit. Committing after
+    each message puts each in the queue; a batch of 1,000 holds them back until the
+    producer, at its count, commits the rest."""
+    exercise, _ = exercise_save(source=TRANSACTIONS)
+    session = lab_session_start(exercise=exercise, owner=learner)
+    batches = session.workloads.get(name="in-batches")
+
+    def sent() -> int:
+        batches.refresh_from_db()
+        return batches.progress.get("sent", 0)
+
+    wait_for(lambda: sent() >= 10, message="10 published in the open transaction")
+    assert depth(api, session, "batch") == 0
+    wait_for(lambda: depth(api, session, "each") == 37, message="37 committed one by one")
+    wait_for(lambda: "in-batches" not in running_workloads(session), message="batch done")
+    wait_for(lambda: depth(api, session, "batch") == 60, message="60 in the last commit")
+
+    def committed():
+        session.refresh_from_db()
+        counters = session.monitor_state.get("record", {}).get("workloads", {})
+        return {
+            name: counters.get(name, {}).get("committed") for name in ("each-one", "in-batches")
+        }
+
+    wait_for(lambda: committed() == {"each-one": 37, "in-batches": 60}, message="committed")
+
+
+def test_confirms_and_transactions_are_refused_together(learner, labs):
+    from exercises.services import LabError
+    from exercises.spec import SpecError, parse_spec
+
+    both = TRANSACTIONS.replace(
+        "      tx_batch: 1000", "      tx_batch: 1000\n      confirms: true"
+    )
+    with pytest.raises(SpecError, match=r"workloads\.producers\[1\]\.transactions.*not both"):
+        parse_spec(both)
+    exercise, _ = exercise_save(source=TRANSACTIONS)
+    session = lab_session_start(exercise=exercise, owner=learner, run=False)
+    each = session.workloads.get(name="each-one")
+    with pytest.raises(LabError, match="each-one: .*not both"):
+        workload_update(workload=each, changes={"confirms": True})
+    each.refresh_from_db()
+    assert not each.settings["confirms"] and each.settings["transactions"]
+    workload_update(workload=each, changes={"transactions": False, "confirms": True})
+    each.refresh_from_db()
+    assert each.settings["confirms"] and not each.settings["transactions"]
