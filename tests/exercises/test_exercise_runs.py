@@ -5,8 +5,15 @@ import time
 
 import pytest
 
-from exercises.models import CheckpointResult
-from exercises.services import lab_publish, lab_session_start, workload_start, workload_stop
+from exercises.models import CheckpointResult, Workload
+from exercises.services import (
+    lab_publish,
+    lab_session_start,
+    lab_step_show,
+    lab_topology_change,
+    workload_start,
+    workload_stop,
+)
 from exercises.services import workload_update as update
 from tests.support import wait_for
 
@@ -27,61 +34,127 @@ def wait_passed(session, *checkpoints, timeout=30):
     )
 
 
-def stays_pending(session, checkpoint, seconds=4.0) -> bool:
+def stays_pending(*pending, seconds=4.0) -> bool:
+    """Each (session, checkpoint) of `pending`, or one session and one checkpoint, stays
+    pending for `seconds`."""
+    if len(pending) == 2 and isinstance(pending[1], str):
+        pending = (pending,)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        if checkpoint in passed(session):
+        if any(checkpoint in passed(session) for session, checkpoint in pending):
             return False
         time.sleep(0.25)
     return True
 
 
-def test_direct_routing_reference_run(worker, catalogue, learner, labs):
-    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
-    wait_passed(session, "temperature-routed", "temperature-delivered")
+def play_direct(session):
+    yield session, ("temperature-routed", "temperature-delivered")
+    lab_step_show(session=session, step="unknown-key")
     lab_publish(session=session, exchange="sensors", routing_key="humidity", body="{}")
     lab_publish(session=session, exchange="sensors", routing_key="Temperature", body="{}")
-    wait_passed(session, "humidity-dropped", "case-sensitive")
+    yield session, ("humidity-dropped", "case-sensitive")
+    lab_step_show(session=session, step="stop-display")
     workload_stop(workload=session.workloads.get(name="pressure-display"))
-    wait_passed(session, "display-stopped", "pressure-backlog")
+    yield session, ("display-stopped", "pressure-backlog")
+    lab_step_show(session=session, step="restart-display")
     workload_start(workload=session.workloads.get(name="pressure-display"))
-    wait_passed(session, "display-running", "pressure-drained")
-    assert passed(session) == {cp.id for _, cp in session.spec.all_checkpoints()}
+    yield session, ("display-running", "pressure-drained")
+    lab_step_show(session=session, step="bind-humidity")
+    humidity = {"name": "humidity", "type": "classic", "durable": True, "arguments": {}}
+    lab_topology_change(session=session, kind="queue", action="declare", item=humidity)
+    binding = {"source": "sensors", "destination": "humidity", "routing_key": "humidity"}
+    binding.update(destination_type="queue", arguments={})
+    lab_topology_change(session=session, kind="binding", action="declare", item=binding)
+    yield session, ("humidity-bound",)
 
 
-def test_direct_routing_wrong_display_stays_pending(worker, catalogue, learner, labs):
+def play_direct_wrong_display(session):
     """Stopping the temperature display instead of the pressure one does not pass."""
-    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    yield session, ("temperature-routed", "temperature-delivered")
+    lab_step_show(session=session, step="unknown-key")
     lab_publish(session=session, exchange="sensors", routing_key="humidity", body="{}")
     lab_publish(session=session, exchange="sensors", routing_key="Temperature", body="{}")
-    wait_passed(session, "humidity-dropped", "case-sensitive")
+    yield session, ("humidity-dropped", "case-sensitive")
+    lab_step_show(session=session, step="stop-display")
     workload_stop(workload=session.workloads.get(name="temperature-display"))
-    assert stays_pending(session, "display-stopped")
-    assert "pressure-backlog" not in passed(session)
 
 
-def test_direct_routing_routed_key_is_not_an_unknown_key(worker, catalogue, learner, labs):
+def play_direct_routed_key(session):
     """Publishing with a key that has a binding does not pass the 'dropped' checkpoint."""
-    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
-    wait_passed(session, "temperature-routed", "temperature-delivered")
+    yield session, ("temperature-routed", "temperature-delivered")
+    lab_step_show(session=session, step="unknown-key")
     lab_publish(session=session, exchange="sensors", routing_key="pressure", body="{}")
-    assert stays_pending(session, "humidity-dropped")
 
 
-def test_dlq_retries_reference_run(worker, catalogue, learner, labs):
-    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner)
-    wait_passed(session, "retry-queue-holds", "orders-came-back", timeout=40)
-    wait_passed(session, "parked-after-three", "parking-holds", timeout=60)
+def play_dlq(session):
+    yield session, ("retry-queue-holds", "orders-came-back")
+    lab_step_show(session=session, step="count-and-park")
+    yield session, ("parked-after-three", "parking-holds")
+    lab_step_show(session=session, step="fix-the-bug")
     update(workload=session.workloads.get(name="processor"), changes={"fail": 0.0})
-    wait_passed(session, "bug-fixed", "retry-queue-empty", "orders-acked", timeout=40)
-    assert passed(session) == {cp.id for _, cp in session.spec.all_checkpoints()}
+    yield session, ("bug-fixed", "retry-queue-empty", "orders-acked")
 
 
-def test_dlq_requeue_instead_of_dead_letter_stays_pending(worker, catalogue, learner, labs):
-    """Rejecting with requeue loops in the work queue: nothing reaches the retry queue."""
-    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=False)
-    processor = session.workloads.get(name="processor")
+def test_the_built_in_exercises_played_right_and_wrong(worker, catalogue, learner, labs):
+    """Direct routing and Dead letters, each played to the end and with plausible
+    mistakes, all at once: the reference runs pass every checkpoint, each mistake leaves
+    the checkpoint it concerns pending."""
+    from tests.exercises.test_catalogue_runs import drive
+
+    def start(slug, **kwargs):
+        return lab_session_start(exercise=catalogue[slug], owner=learner, **kwargs)
+
+    direct, wrong_display, routed_key = (start("direct-routing") for _ in range(3))
+    dlq = start("dlq-retries")
+    # Rejecting with requeue loops in the work queue: nothing reaches the retry queue.
+    requeue = start("dlq-retries", run=False)
+    processor = requeue.workloads.get(name="processor")
     update(workload=processor, changes={"requeue": True, "processing_ms": 200})
     for name in ("shop", "processor"):
-        workload_start(workload=session.workloads.get(name=name))
-    assert stays_pending(session, "retry-queue-holds", seconds=6)
+        workload_start(workload=requeue.workloads.get(name=name))
+    drive(
+        play_direct(direct),
+        play_direct_wrong_display(wrong_display),
+        play_direct_routed_key(routed_key),
+        play_dlq(dlq),
+        timeout=150,
+    )
+    for session in (direct, dlq):
+        assert passed(session) == {cp.id for _, cp in session.spec.all_checkpoints()}
+    # The requeue lab is alive: its processor has taken orders and handed them back.
+    wait_for(
+        lambda: Workload.objects.get(pk=processor.pk).progress.get("delivered", 0) >= 3,
+        message="the requeueing processor took orders",
+    )
+    assert stays_pending(
+        (wrong_display, "display-stopped"),
+        (routed_key, "humidity-dropped"),
+        (requeue, "retry-queue-holds"),
+        seconds=6,
+    )
+    assert "pressure-backlog" not in passed(wrong_display)
+
+
+def test_a_reset_lab_counts_from_nothing(worker, catalogue, learner, labs):
+    """After a reset the monitor's counters start again: nothing the lab did before counts
+    towards its checkpoints."""
+    from exercises.models import LabSession
+    from exercises.services import lab_session_reset
+
+    def published() -> int:
+        state = LabSession.objects.get(pk=session.pk).monitor_state or {}
+        counters = state.get("record", {}).get("workloads", {})
+        return sum(c.get("published", 0) for c in counters.values())
+
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    before = wait_for(lambda: published() >= 20 and published(), timeout=40, message="20 sent")
+    generation = session.generation
+    lab_session_reset(session=session)
+    assert session.generation == generation + 1
+    # The new monitor's first saved state: it counts only what the new lab's producers sent.
+    after = wait_for(
+        lambda: LabSession.objects.get(pk=session.pk).monitor_owner and published(),
+        timeout=30,
+        message="the new monitor's first saved counters",
+    )
+    assert after < before
