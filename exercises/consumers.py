@@ -141,7 +141,9 @@ class LabConsumer(AsyncWebsocketConsumer):
         )
         # A lost broker does not close the socket: the hub says `broker-unavailable`,
         # comes back by itself, says `broker-back` and calls send_snapshot again.
-        self.viewer = await stream.join(self.session.id, self.send_text, self.send_snapshot)
+        self.viewer = await stream.join(
+            self.session.id, self.send_text, self.send_snapshot, self.language
+        )
         await self.send_snapshot()
         await self.viewer.release()
 
@@ -172,12 +174,14 @@ class LabConsumer(AsyncWebsocketConsumer):
         if self.viewer is None:  # the socket is gone (a hub's broker-back came late)
             return
         state = await _state(self.session)
-        numbers = {"counters": {}, "queues": {}, "exchanges": {}, "events": []}
+        numbers = {}
         if state["lab"]["state"] == LabSession.State.RUNNING:
-            numbers.update(await self.viewer.monitor_snapshot() or {})
+            numbers = await self.viewer.monitor_snapshot() or {}
             numbers["checks"] = {**numbers.get("checks", {}), **state["checks"]}
-        numbers.pop("type", None)
-        await self.send_json({"type": "snapshot", **state, **numbers})
+            numbers.pop("type", None)
+        # An ended lab's state has the numbers it last reported (selectors.lab_state).
+        empty = {"counters": {}, "queues": {}, "exchanges": {}, "events": []}
+        await self.send_json({"type": "snapshot", **empty, **state, **numbers})
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:

@@ -3,21 +3,51 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 from django import forms
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from .limits import LIMITS
+from .spec import (
+    PREFETCH_MAX,
+    PREFETCH_MIN,
+    RATE_MAX,
+    RATE_MIN,
+    TX_BATCH_MAX,
+    Binding,
+    Exchange,
+    Queue,
+)
+
+PREFETCH_HELP = _(
+    "0 means no limit: the broker sends the consumer every message it can, all of them "
+    "unacknowledged at once."
+)
+
 
 class ProducerForm(forms.Form):
-    rate = forms.FloatField(min_value=0.2, max_value=10000, label=_("rate (msg/s)"))
+    rate = forms.FloatField(min_value=RATE_MIN, max_value=RATE_MAX, label=_("rate (msg/s)"))
     routing_key = forms.CharField(
         max_length=255, required=False, strip=False, label=_("routing key")
     )
+    # Only a transactional producer's form has it.
+    tx_batch = forms.IntegerField(
+        min_value=1, max_value=TX_BATCH_MAX, required=False, label=_("commit every")
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("tx_batch") is None:
+            data.pop("tx_batch", None)
+        return data
 
 
 class ConsumerForm(forms.Form):
-    prefetch = forms.IntegerField(min_value=0, max_value=65535, label="prefetch")
+    prefetch = forms.IntegerField(
+        min_value=PREFETCH_MIN, max_value=PREFETCH_MAX, label="prefetch", help_text=PREFETCH_HELP
+    )
     ack = forms.ChoiceField(choices=[("manual", _("manual")), ("auto", _("auto"))], label="ack")
     fail = forms.FloatField(min_value=0, max_value=1, label=_("failure rate"))
     on_fail = forms.ChoiceField(
@@ -66,25 +96,116 @@ class PublishForm(forms.Form):
         return exchange
 
     def clean_headers(self):
-        """`key=value` per line; numbers stay numbers, so x-match and friends work."""
-        headers = {}
-        for number, line in enumerate(self.cleaned_data["headers"].splitlines(), 1):
-            if not line.strip():
-                continue
-            key, sep, value = line.partition("=")
-            if not sep or not key.strip():
-                raise forms.ValidationError(
-                    gettext("line {number}: write key=value, got {line}").format(
-                        number=number, line=repr(line)
-                    )
+        return key_values(self.cleaned_data["headers"])
+
+
+def key_values(text: str) -> dict:
+    """`key=value` per line; numbers and true/false stay numbers and booleans, so that
+    x-match, x-max-priority and friends work; anything else is a string."""
+    found = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise forms.ValidationError(
+                gettext("line {number}: write key=value, got {line}").format(
+                    number=number, line=repr(line)
                 )
-            value = value.strip()
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                parsed = value
-            headers[key.strip()] = parsed if isinstance(parsed, int | float | bool) else value
-        return headers
+            )
+        value = value.strip()
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        found[key.strip()] = parsed if isinstance(parsed, int | float | bool) else value
+    return found
+
+
+# --- the lab's topology ----------------------------------------------------------------------
+# These forms only read what was typed; the rules (names, types, arguments and their bounds,
+# what must exist) are the exercise format's, checked by exercises.spec in the service.
+
+ARGUMENTS_HELP = _("key=value, one a line")
+
+
+def _choices(model, field: str) -> list[tuple[str, str]]:
+    return [(v, v) for v in get_args(model.model_fields[field].annotation)]
+
+
+class _ArgumentsForm(forms.Form):
+    arguments = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.Textarea,
+        max_length=LIMITS.text_chars,
+        label=_("arguments"),
+        help_text=ARGUMENTS_HELP,
+    )
+
+    def clean_arguments(self):
+        return key_values(self.cleaned_data["arguments"])
+
+
+class ExchangeForm(_ArgumentsForm):
+    name = forms.CharField(strip=False, label=_("name"))
+    type = forms.ChoiceField(choices=_choices(Exchange, "type"), label=_("type"))
+    durable = forms.BooleanField(required=False, label="durable")
+    internal = forms.BooleanField(required=False, label="internal")
+
+    def item(self) -> dict:
+        return {**self.cleaned_data, "auto_delete": False}
+
+
+class QueueForm(_ArgumentsForm):
+    name = forms.CharField(strip=False, label=_("name"))
+    type = forms.ChoiceField(choices=_choices(Queue, "type"), label=_("type"))
+    durable = forms.BooleanField(required=False, label="durable")
+
+    def item(self) -> dict:
+        return {**self.cleaned_data, "auto_delete": False}
+
+
+class BindingForm(_ArgumentsForm):
+    source = forms.CharField(strip=False, label=_("from exchange"))
+    destination = forms.CharField(strip=False, label=_("to"))
+    destination_type = forms.ChoiceField(
+        choices=[("queue", _("queue")), ("exchange", _("exchange"))], label=_("to a")
+    )
+    routing_key = forms.CharField(
+        required=False, strip=False, max_length=LIMITS.text_chars, label=_("routing key")
+    )
+
+    def item(self) -> dict:
+        return dict(self.cleaned_data)
+
+
+class DeleteForm(forms.Form):
+    kind = forms.ChoiceField(choices=[("exchange", _("exchange")), ("queue", _("queue"))])
+    name = forms.CharField(strip=False, label=_("name"))
+
+    def item(self) -> dict:
+        return {"name": self.cleaned_data["name"]}
+
+
+def binding_value(binding: dict) -> str:
+    """A binding as the unbind form's choice sends it back: all that names it."""
+    return json.dumps([binding[f] for f in Binding.model_fields], sort_keys=True)
+
+
+class UnbindForm(forms.Form):
+    binding = forms.CharField(label=_("binding"), max_length=LIMITS.text_chars)
+
+    def clean_binding(self):
+        try:
+            values = json.loads(self.cleaned_data["binding"])
+            item = dict(zip(Binding.model_fields, values, strict=True))
+        except (ValueError, TypeError):
+            raise forms.ValidationError(gettext("choose a binding from the list")) from None
+        return item
+
+    def item(self) -> dict:
+        return self.cleaned_data["binding"]
 
 
 def form_errors(form: forms.Form) -> str:

@@ -72,6 +72,14 @@ class LabSession(models.Model):
     # checks, sequence numbers), which worker process runs it, and until when its lease
     # holds (exercises/runtime.py).
     monitor_state = models.JSONField(default=dict, blank=True, editable=False)
+    # Step id -> when the learner was first shown it (ISO 8601), in the order they were:
+    # the first step when the lab starts, each next one when the learner moves on to it.
+    # A step's checkpoints count only what happened after that moment (exercises/checks.py).
+    steps_shown = models.JSONField(default=dict, blank=True, editable=False)
+    # The lab's topology as the learner changed it from the page (exchanges, queues and
+    # bindings as in the exercise's document); empty while it is the exercise's own.
+    # `spec` reads it, so the page, the monitor and the checks all see the edited one.
+    topology = models.JSONField(default=dict, blank=True, editable=False)
     monitor_owner = models.CharField(max_length=120, blank=True, default="", editable=False)
     monitor_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
 
@@ -98,9 +106,13 @@ class LabSession(models.Model):
 
     @cached_property
     def spec(self):
-        from .spec import parse_spec_cached
+        """The exercise the lab runs, with the lab's own topology once it was edited."""
+        from .spec import parse_spec_cached, spec_with_topology_cached
 
-        return parse_spec_cached(self.source, source=self.vhost)
+        spec = parse_spec_cached(self.source, source=self.vhost)
+        if self.topology:
+            spec = spec_with_topology_cached(self.source, self.topology)
+        return spec
 
 
 class Workload(models.Model):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+from typing import get_args
 
 import markdown
 import nh3
+from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 
-from .models import Exercise, LabSession
-from .spec import LocalizedText, SpecError
-from .topology import lab_graph
+from .limits import LIMITS
+from .models import Exercise, LabSession, Workload
+from .spec import BUILTIN_EXCHANGES, Exchange, LocalizedText, Queue, SpecError
+from .topology import lab_graph, topology_version
 
 log = logging.getLogger(__name__)
 
@@ -103,28 +106,92 @@ def exercise_detail(exercise: Exercise) -> dict:
 
 
 def lab_steps(session: LabSession, passed: set[str]) -> list[dict]:
-    return [
-        {
-            "id": step.id,
-            "title": localized(step.title),
-            "instructions_html": markdown_html(localized(step.instructions)),
-            "hints": [markdown_html(localized(h)) for h in step.hints],
-            "checkpoints": [
-                {
-                    "id": cp.id,
-                    "description": markdown_inline(localized(cp.description)),
-                    "passed": cp.id in passed,
-                }
-                for cp in step.checkpoints
-            ],
-        }
-        for step in session.spec.steps
-    ]
+    """The steps as the lab page shows them: those the learner was shown (the last of them
+    is the current one, with the way on to the next once it is complete) and, after them,
+    the steps still ahead, by title only."""
+    steps = session.spec.steps
+    shown = [step.id in session.steps_shown for step in steps]
+    current = max((i for i, s in enumerate(shown) if s), default=-1)
+    views = []
+    for i, step in enumerate(steps):
+        complete = all(cp.id in passed for cp in step.checkpoints)
+        has_next = i == current and i + 1 < len(steps)
+        views.append(
+            {
+                "id": step.id,
+                "title": localized(step.title),
+                "instructions_html": markdown_html(localized(step.instructions)),
+                "hints": [markdown_html(localized(h)) for h in step.hints],
+                "checkpoints": [
+                    {
+                        "id": cp.id,
+                        "description": markdown_inline(localized(cp.description)),
+                        "passed": cp.id in passed,
+                    }
+                    for cp in step.checkpoints
+                ],
+                "shown": shown[i],
+                "current": i == current,
+                "complete": complete,
+                "next_url": (
+                    reverse("lab-step", args=[session.id, steps[i + 1].id]) if has_next else ""
+                ),
+            }
+        )
+    return views
 
 
 def lab_exchanges(session: LabSession) -> list[str]:
     """The exchanges the publish form offers: the lab's own first, the default one last."""
     return [*(x.name for x in session.spec.topology.exchanges), ""]
+
+
+def lab_current_step(session: LabSession) -> str | None:
+    """The step the learner is on: the last one shown, in the exercise's order."""
+    shown = [s.id for s in session.spec.steps if s.id in session.steps_shown]
+    return shown[-1] if shown else None
+
+
+def lab_topology_editable(*, session: LabSession) -> bool:
+    """Whether the learner may change the topology now: the lab runs, and the exercise (or
+    its current step) allows it."""
+    return session.is_active and session.spec.topology_edits_allowed(lab_current_step(session))
+
+
+def lab_topology_view(session: LabSession) -> dict:
+    """The Topology panel: what the lab has (to delete, bind or unbind), whether the
+    learner may change it now, and how the last change went."""
+    from .forms import binding_value
+
+    t = session.spec.topology
+    sources = [*(x.name for x in t.exchanges), *BUILTIN_EXCHANGES]
+    return {
+        "version": topology_version(session.spec),
+        "url": reverse("lab-topology", args=[session.id]),
+        "panel_url": reverse("lab-topology-panel", args=[session.id]),
+        "editable": lab_topology_editable(session=session),
+        "active": session.is_active,
+        "exchanges": [x.name for x in t.exchanges],
+        "sources": sources,
+        "queues": [q.name for q in t.queues],
+        "bindings": [
+            {
+                "value": binding_value(b.model_dump()),
+                "label": f"{b.source} → {b.destination}"
+                + (f" ({b.routing_key})" if b.routing_key else "")
+                + (
+                    " [" + ", ".join(f"{k}={v}" for k, v in b.arguments.items()) + "]"
+                    if b.arguments
+                    else ""
+                ),
+            }
+            for b in t.bindings
+        ],
+        "exchange_types": get_args(Exchange.model_fields["type"].annotation),
+        "queue_types": get_args(Queue.model_fields["type"].annotation),
+        "objects": len(t.exchanges) + len(t.queues) + len(t.bindings),
+        "limit": LIMITS.lab_objects,
+    }
 
 
 def lab_workload_view(workload, url: str, error: str = "") -> dict:
@@ -138,9 +205,53 @@ def lab_workload_view(workload, url: str, error: str = "") -> dict:
     }
 
 
-def lab_state(session: LabSession) -> dict:
-    """What a viewer needs at once on (re)connecting, before the monitor's numbers."""
+def workload_counts(workload: Workload) -> dict[str, int]:
+    """A workload's counters as last saved: the higher of its own figures and those its
+    lab's monitor last saw of it (the two are saved at different moments; the higher is
+    nearer the truth)."""
+    counts = dict((workload.progress or {}).get("counts") or {})
+    seen = (workload.session.monitor_state or {}).get("record", {}).get("workloads", {})
+    for name, value in (seen.get(workload.name) or {}).items():
+        counts[name] = max(counts.get(name, 0), value)
+    return counts
+
+
+def lab_last_numbers(session: LabSession) -> dict:
+    """What an ended lab last reported, as a snapshot has it: the workloads' counters (the
+    learner's own publishes under `@you`) and what the learner published to each exchange.
+    No queue depths (its queues are gone) and no events (never kept). `kept` is false when
+    nothing was saved: the lab ended before its monitor saved its first record."""
+    saved = session.monitor_state or {}
+    counters = {
+        name: dict(counts)
+        for name, counts in (saved.get("record") or {}).get("workloads", {}).items()
+    }
+    for workload in session.workloads.all():
+        counts = workload_counts(workload)
+        if counts:
+            counters[workload.name] = counts
+    unroutable, from_you = saved.get("unroutable") or {}, saved.get("from_you") or {}
+    exchanges = {
+        x: {
+            "rate_in": 0.0,
+            "unroutable": unroutable.get(x, 0),
+            **({"from_you": from_you[x]} if x in from_you else {}),
+        }
+        for x in {*unroutable, *from_you}
+    }
     return {
+        "counters": counters,
+        "queues": {},
+        "exchanges": exchanges,
+        "events": [],
+        "kept": "record" in saved or bool(counters),
+    }
+
+
+def lab_state(session: LabSession) -> dict:
+    """What a viewer needs at once on (re)connecting, before the monitor's numbers; for an
+    ended lab, with the numbers it last reported."""
+    state = {
         "lab": {
             "id": session.id,
             "state": session.state,
@@ -154,3 +265,6 @@ def lab_state(session: LabSession) -> dict:
         },
         "checks": {cp: True for cp in session.results.values_list("checkpoint", flat=True)},
     }
+    if session.state == LabSession.State.ENDED:
+        state.update(lab_last_numbers(session))
+    return state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 import pika
 import pika.exceptions as px
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import format_lazy
@@ -20,8 +22,11 @@ from labconsole.broker import amqp, control
 from labconsole.broker.management import BrokerError, ManagementClient
 
 from . import provisioning, quotas
+from .limits import LIMITS
 from .models import CheckpointResult, Exercise, LabSession, RateEvent, Workload
+from .selectors import lab_topology_editable
 from .spec import ExerciseSpec, SpecError, load_spec_file, parse_spec
+from .topology import lab_graph, topology_version
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +211,11 @@ def _record_within_limits(session: LabSession, limits: quotas.LabQuotas) -> None
         session.save()
 
 
+def _first_step_shown(spec: ExerciseSpec) -> dict[str, str]:
+    """A lab opens on its first step: its checkpoints count from the lab's start."""
+    return {spec.steps[0].id: timezone.now().isoformat()} if spec.steps else {}
+
+
 def _ended_meanwhile(session: LabSession) -> bool:
     return LabSession.objects.filter(pk=session.pk, state=LabSession.State.ENDED).exists()
 
@@ -251,6 +261,7 @@ def lab_session_start(
         session.spec  # noqa: B018 - a bad document fails here, before anything is made
     except SpecError as exc:
         raise LabError(format_lazy(_("the exercise is not valid:\n{errors}"), errors=exc)) from exc
+    session.steps_shown = _first_step_shown(session.spec)
     limits = quotas.lab_quotas(user=owner)
     _refuse_over_vhost_limits(session.spec, limits)
     if enforce_quotas:
@@ -368,6 +379,9 @@ def lab_session_reset(*, session: LabSession) -> LabSession:
         generation=session.generation + 1,
         rabbit_password=password,
         state=LabSession.State.STARTING,
+        # The new lab's monitor starts from nothing: no counters, checks or step marks of
+        # the lab before the reset.
+        monitor_state={},
     )
     if not claimed:
         if (
@@ -382,6 +396,7 @@ def lab_session_reset(*, session: LabSession) -> LabSession:
     session.generation += 1
     session.rabbit_password = password
     session.state = LabSession.State.STARTING
+    session.monitor_state = {}
     _stop_tasks(session)
     try:
         provisioning.teardown(vhost=session.vhost, user=session.rabbit_user)
@@ -392,6 +407,12 @@ def lab_session_reset(*, session: LabSession) -> LabSession:
         ) from exc
     session.workloads.all().delete()
     CheckpointResult.objects.filter(session=session).delete()
+    # The exercise's own topology again, not the one the learner edited.
+    session.topology = {}
+    session.__dict__.pop("spec", None)
+    LabSession.objects.filter(pk=session.pk).update(topology={})
+    session.steps_shown = _first_step_shown(session.spec)
+    LabSession.objects.filter(pk=session.pk).update(steps_shown=session.steps_shown)
     _create_workloads(session)
     try:
         _provision(session)
@@ -405,6 +426,42 @@ def lab_session_reset(*, session: LabSession) -> LabSession:
     _mark_running(session)
     _start_tasks(session, run_workloads=True)
     _announce(session, "status", {"state": "reset", "message": "The lab was reset."})
+    return session
+
+
+def lab_step_show(*, session: LabSession, step: str) -> LabSession:
+    """The learner moves on to `step`, the one after the last step shown, once that one is
+    complete. Records when it was first shown (its checkpoints count only what happens
+    from then on) and tells the lab's monitor. Showing a step shown before changes
+    nothing."""
+    if not session.is_active:
+        raise LabError(_("this lab has ended"))
+    steps = session.spec.steps
+    ids = [s.id for s in steps]
+    if step not in ids:
+        raise LabError(format_lazy(_("this exercise has no step '{step}'"), step=step))
+    with transaction.atomic():
+        row = LabSession.objects.select_for_update().get(pk=session.pk)
+        shown = dict(row.steps_shown)
+        if step in shown:
+            session.steps_shown = shown
+            return session
+        index = ids.index(step)
+        previous = steps[index - 1] if index else None
+        passed = set(row.results.values_list("checkpoint", flat=True))
+        if (
+            previous is None
+            or previous.id not in shown
+            or any(cp.id not in passed for cp in previous.checkpoints)
+        ):
+            raise LabError(_("finish the step before this one first"))
+        shown[step] = timezone.now().isoformat()
+        row.steps_shown = shown
+        row.save(update_fields=["steps_shown"])
+    session.steps_shown = shown
+    _send_quietly(control.monitor_key(session.id), {"op": "steps", "shown": shown})
+    # Every open page of the lab opens the step too (docs/live-protocol.md, `steps`).
+    _announce(session, "steps", {"shown": sorted(shown)})
     return session
 
 
@@ -424,12 +481,242 @@ def lab_sessions_sweep_idle(*, idle_minutes: int) -> list[str]:
     return ended
 
 
+# --- the learner changes the topology -------------------------------------------------------
+
+#: What an edit acts on, and the list of the topology it is kept in.
+TOPOLOGY_KINDS = {"exchange": "exchanges", "queue": "queues", "binding": "bindings"}
+BINDING_FIELDS = ("source", "destination", "destination_type", "routing_key", "arguments")
+
+
+class TopologyRefused(LabError):
+    """An edit of the lab's topology broke a rule. `errors` holds (field, message) pairs,
+    the field as the edit's form names it ("name", "arguments.x-max-priority"), or "" for
+    the edit as a whole."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{f}: {m}" if f else str(m) for f, m in errors))
+
+
+def _binding_identity(b: dict) -> tuple:
+    return tuple(
+        json.dumps(b.get(f) or {}, sort_keys=True) if f == "arguments" else b.get(f)
+        for f in BINDING_FIELDS
+    )
+
+
+def _spec_problems(exc: SpecError, focus: str, *, deleting: bool) -> list[tuple[str, str]]:
+    """The spec's messages for the edited topology: those about the object being declared
+    (`focus`, like `topology.queues[3]`) by its field; any other names where the rest of
+    the lab still uses what an edit would remove."""
+    errors = []
+    for line in exc.errors:
+        path, _sep, message = line.partition(": ")
+        if path == focus or path.startswith((focus + ".", focus + "[")):
+            errors.append((path[len(focus) :].lstrip("."), message))
+        elif deleting:
+            errors.append(
+                (
+                    "",
+                    format_lazy(
+                        _("it is still used: {path}: {message}"), path=path, message=message
+                    ),
+                )
+            )
+        else:
+            errors.append(("", line))
+    return errors
+
+
+def _apply_on_broker(session: LabSession, kind: str, action: str, item: dict) -> None:
+    api = ManagementClient()
+    vhost = session.vhost
+    if kind == "exchange" and action == "declare":
+        api.put_exchange(vhost, item["name"], {k: v for k, v in item.items() if k != "name"})
+    elif kind == "exchange":
+        api.delete_exchange(vhost, item["name"])
+    elif kind == "queue" and action == "declare":
+        arguments = {**item["arguments"], "x-queue-type": item["type"]}
+        definition = {"durable": item["durable"], "auto_delete": item["auto_delete"]}
+        api.put_queue(vhost, item["name"], {**definition, "arguments": arguments})
+    elif kind == "queue":
+        api.delete_queue(vhost, item["name"])
+    elif action == "declare":
+        api.bind(
+            vhost,
+            item["source"],
+            item["destination"],
+            item["destination_type"],
+            {"routing_key": item["routing_key"], "arguments": item["arguments"]},
+        )
+    elif not api.unbind(
+        vhost,
+        item["source"],
+        item["destination"],
+        item["destination_type"],
+        routing_key=item["routing_key"],
+        arguments=item["arguments"],
+    ):
+        log.warning("lab %s: binding %s was not on the broker", session.id, item)
+
+
+def _undo_declare(session: LabSession, kind: str, item: dict) -> None:
+    try:
+        _apply_on_broker(session, kind, "delete", item)
+    except BrokerError:
+        log.warning("lab %s: %s %s made but not recorded, nor taken back", session.id, kind, item)
+
+
+def _edited_topology(
+    topology: dict, kind: str, action: str, item: dict
+) -> tuple[dict, str | None, list[tuple[str, str]]]:
+    """The topology after the edit, the path of the object it declares (None for a
+    deletion), and what is wrong with the edit itself (something that is not there)."""
+    plural = TOPOLOGY_KINDS[kind]
+    new = {**topology, plural: list(topology[plural])}
+    if action == "declare":
+        new[plural].append(item)
+        return new, f"topology.{plural}[{len(new[plural]) - 1}]", []
+    if kind == "binding":
+        identity = _binding_identity(item)
+        kept = [b for b in new["bindings"] if _binding_identity(b) != identity]
+        if len(kept) == len(new["bindings"]):
+            return new, None, [("", _("there is no such binding in this lab"))]
+        new["bindings"] = kept
+        return new, None, []
+    name = item["name"]
+    if not any(o["name"] == name for o in new[plural]):
+        what = _(
+            "'{name}' is not an exchange of this lab (the broker's own amq.* cannot be deleted)"
+        )
+        if kind == "queue":
+            what = _("'{name}' is not a queue of this lab")
+        return new, None, [("name", format_lazy(what, name=name))]
+    new[plural] = [o for o in new[plural] if o["name"] != name]
+    # The broker deletes the bindings of what it deletes: so does the topology.
+    new["bindings"] = [
+        b
+        for b in new["bindings"]
+        if not (
+            (kind == "exchange" and b["source"] == name)
+            or (b["destination"] == name and b["destination_type"] == kind)
+        )
+    ]
+    return new, None, []
+
+
+def _topology_with(row: LabSession, kind: str, action: str, item: dict) -> ExerciseSpec:
+    """The lab's exercise with the edit made to its topology, if the current step allows
+    edits, the lab stays within its number of objects and the result follows every rule of
+    the format. Raises LabError or TopologyRefused."""
+    if not lab_topology_editable(session=row):
+        raise LabError(_("Changing the topology is not part of this step."))
+    new, focus, errors = _edited_topology(row.spec.topology.model_dump(), kind, action, item)
+    if errors:
+        raise TopologyRefused(errors)
+    objects = sum(len(new[k]) for k in TOPOLOGY_KINDS.values())
+    if action == "declare" and objects > LIMITS.lab_objects:
+        too_many = _(
+            "a lab may have at most {limit} exchanges, queues and bindings in all; delete one first"
+        )
+        raise TopologyRefused([("", format_lazy(too_many, limit=LIMITS.lab_objects))])
+    try:
+        return row.spec.with_topology(new)
+    except SpecError as exc:
+        problems = _spec_problems(exc, focus or "(none)", deleting=action == "delete")
+        raise TopologyRefused(problems) from None
+
+
+@dataclass(frozen=True)
+class TopologyChanged:
+    """An edit that was made: `message` says what, for the page."""
+
+    message: str
+    graph: dict
+
+
+def lab_topology_change(
+    *, session: LabSession, kind: str, action: str, item: dict[str, Any]
+) -> TopologyChanged:
+    """Declares or deletes an exchange or a queue, or binds or unbinds (`kind` one of
+    exchange, queue, binding; `action` declare or delete), on the lab's vhost, as the
+    console's administrator, like provisioning. The lab's topology with the edit is checked
+    by every rule of the exercise format first (exercises.spec), and kept in the lab's
+    row once the broker made it, so that the page, a second tab, the monitor and the
+    checks all see it; every viewer is sent the new graph, the monitor its new routes.
+    A refused edit (TopologyRefused, LabError) changes nothing on the broker or in the
+    database. `item` is the object as in an exercise document (for a deletion, its name).
+    """
+    if kind not in TOPOLOGY_KINDS or action not in ("declare", "delete"):
+        raise LabError(_("unknown topology change"))
+    if not session.is_active:
+        raise LabError(_("this lab has ended"))
+    prefix = f"{settings.LABCONSOLE_PREFIX}."
+    if action == "declare" and kind != "binding" and str(item.get("name", "")).startswith(prefix):
+        raise TopologyRefused(
+            [
+                (
+                    "name",
+                    format_lazy(
+                        _("names starting with '{prefix}' are the console's own"), prefix=prefix
+                    ),
+                )
+            ]
+        )
+    made = False
+    try:
+        with transaction.atomic():
+            row = LabSession.objects.select_for_update().get(pk=session.pk)
+            if row.state == LabSession.State.ENDED:
+                raise LabError(_("this lab has ended"))
+            spec = _topology_with(row, kind, action, item)
+            if action == "declare":  # as the format read it, with its defaults
+                item = getattr(spec.topology, TOPOLOGY_KINDS[kind])[-1].model_dump()
+            try:
+                _apply_on_broker(row, kind, action, item)
+            except BrokerError as exc:
+                raise LabError(
+                    format_lazy(_("the broker refused it: {reason}"), reason=exc.reason)
+                ) from exc
+            made = True
+            row.topology = spec.topology.model_dump()
+            row.save(update_fields=["topology"])
+    except Exception:
+        if made and action == "declare":
+            # Made on the broker, not recorded (the database failed): take it back.
+            _undo_declare(session, kind, item)
+        raise
+    session.topology = row.topology
+    session.__dict__["spec"] = spec
+    graph = lab_graph(spec)
+    _send_quietly(
+        control.monitor_key(session.id),
+        {
+            "op": "topology",
+            "graph": graph,
+            "queues": [q.name for q in spec.topology.queues],
+            "version": topology_version(spec),
+        },
+    )
+    _announce(
+        session,
+        "topology",
+        {
+            "graph": graph,
+            "exchanges": [*(x.name for x in spec.topology.exchanges), ""],
+            "version": topology_version(spec),
+            "change": {"kind": kind, "action": action, "item": item},
+        },
+    )
+    return TopologyChanged(message=_("Done: the diagram shows the change."), graph=graph)
+
+
 # --- workloads -----------------------------------------------------------------------------
 
 # How long a new lab's workloads wait for the worker of the lab's monitor to take them
 # before a keeper sends their tasks to any worker.
 ADOPT_SECONDS = 3.0
-PRODUCER_FIELDS = {"rate", "routing_key", "confirms", "mandatory"}
+PRODUCER_FIELDS = {"rate", "routing_key", "confirms", "mandatory", "transactions", "tx_batch"}
 CONSUMER_FIELDS = {"prefetch", "ack", "fail", "on_fail", "requeue", "processing_ms"}
 
 
@@ -485,6 +772,18 @@ def workload_update(*, workload: Workload, changes: dict[str, Any]) -> Workload:
     changes = {k: v for k, v in changes.items() if workload.settings.get(k) != v}
     if not changes:
         return workload
+    merged = {**workload.settings, **changes}
+    if merged.get("confirms") and merged.get("transactions"):
+        raise LabError(
+            format_lazy(
+                _("{workload}: {problem}"),
+                workload=workload.name,
+                problem=_(
+                    "a channel uses publisher confirms or transactions, not both: turn one "
+                    "of them off"
+                ),
+            )
+        )
     workload.settings = {**workload.settings, **changes}
     workload.save(update_fields=["settings"])
     if workload.running:
@@ -580,7 +879,20 @@ def lab_publish(
         channel = connection.channel()
         channel.confirm_delivery()
         channel.basic_publish(exchange, routing_key, body.encode(), props, mandatory=mandatory)
-    except px.UnroutableError:
+    except px.UnroutableError as exc:
+        returned = exc.messages[0].method if exc.messages else None
+        # The lab's monitor saw an unroutable publish; this says it came back to its
+        # publisher, and the log shows it as returned.
+        _send_quietly(
+            control.monitor_key(session.id),
+            {
+                "op": "returned",
+                "message_id": props.message_id,
+                "exchange": exchange,
+                "routing_key": routing_key,
+                "reply": f"{returned.reply_code} {returned.reply_text}" if returned else None,
+            },
+        )
         return Published(
             False,
             format_lazy(_("returned: no queue is bound to {where} (mandatory)"), where=where),

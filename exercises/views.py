@@ -1,16 +1,30 @@
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from . import selectors, services
-from .forms import ConsumerForm, ProducerForm, PublishForm, form_errors
+from .forms import (
+    BindingForm,
+    ConsumerForm,
+    DeleteForm,
+    ExchangeForm,
+    ProducerForm,
+    PublishForm,
+    QueueForm,
+    UnbindForm,
+    form_errors,
+)
 from .models import Exercise, LabSession, Workload
 
 
@@ -23,6 +37,22 @@ def _own_lab(request: HttpRequest, lab_id: str) -> LabSession:
     if not selectors.can_view_lab(request.user, session):
         raise PermissionDenied("this lab belongs to someone else")
     return session
+
+
+def _lab_action(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A POST endpoint of one lab. Whose lab it is is checked before the method, so that a
+    browser that lands on it (the address bar, a link) gets the site's 403 or 404 page, or,
+    the lab's owner, the lab's page; not a bare 405."""
+
+    @login_required
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, lab_id: str, **kwargs) -> HttpResponse:
+        session = _own_lab(request, lab_id)
+        if request.method != "POST":
+            return redirect(session.get_absolute_url())
+        return view(request, session, **kwargs)
+
+    return wrapper
 
 
 @require_GET
@@ -78,7 +108,12 @@ def lab_start(request: HttpRequest, slug: str) -> HttpResponse:
 
 def _workload_context(session: LabSession, workload: Workload, error: str = "") -> dict:
     url = reverse("lab-workload", args=[session.id, workload.name])
-    return selectors.lab_workload_view(workload, url, error)
+    # The bounds and help of the prefetch and commit fields, as the forms check them.
+    return {
+        **selectors.lab_workload_view(workload, url, error),
+        "prefetch": ConsumerForm.base_fields["prefetch"],
+        "tx_batch": ProducerForm.base_fields["tx_batch"],
+    }
 
 
 @require_GET
@@ -88,6 +123,14 @@ def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
     services.lab_session_touch(session=session)
     passed = set(session.results.values_list("checkpoint", flat=True))
     state = selectors.lab_state(session)
+    config = {
+        "ws_url": f"/ws/labs/{session.id}/",
+        "lab_id": session.id,
+        "steps_url": reverse("lab-steps", args=[session.id]),
+        "graph": state["graph"],
+    }
+    if session.state == LabSession.State.ENDED:  # shown as it last reported, with no socket
+        config["snapshot"] = {k: v for k, v in state.items() if k != "graph"}
     return render(
         request,
         "exercises/lab.html",
@@ -102,23 +145,19 @@ def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
                 "end_url": reverse("lab-end", args=[session.id]),
                 "reset_url": reverse("lab-reset", args=[session.id]),
                 "publish_url": reverse("lab-publish", args=[session.id]),
+                "kept": state.get("kept", True),
             },
             "steps": selectors.lab_steps(session, passed),
             "workloads": [_workload_context(session, w) for w in session.workloads.all()],
             "exchanges": selectors.lab_exchanges(session),
-            "lab_config": {
-                "ws_url": f"/ws/labs/{session.id}/",
-                "lab_id": session.id,
-                "graph": state["graph"],
-            },
+            "topology": selectors.lab_topology_view(session),
+            "lab_config": config,
         },
     )
 
 
-@require_POST
-@login_required
-def lab_workload(request: HttpRequest, lab_id: str, name: str) -> HttpResponse:
-    session = _own_lab(request, lab_id)
+@_lab_action
+def lab_workload(request: HttpRequest, session: LabSession, name: str) -> HttpResponse:
     workload = get_object_or_404(Workload, session=session, name=name)
     action = request.POST.get("action", "update")
     error = ""
@@ -152,10 +191,39 @@ def lab_workload(request: HttpRequest, lab_id: str, name: str) -> HttpResponse:
     )
 
 
-@require_POST
+@_lab_action
+def lab_step(request: HttpRequest, session: LabSession, step: str) -> HttpResponse:
+    """The learner moves on to `step`: the steps column comes back with it open."""
+    error = ""
+    try:
+        services.lab_step_show(session=session, step=step)
+    except services.LabError as exc:
+        error = str(exc)
+    return HttpResponse(_steps(request, session, error), status=400 if error else 200)
+
+
+@require_GET
 @login_required
-def lab_publish(request: HttpRequest, lab_id: str) -> HttpResponse:
-    session = _own_lab(request, lab_id)
+def lab_steps(request: HttpRequest, lab_id: str) -> HttpResponse:
+    """The steps column as it is now: a page of the lab asks for it when a step was opened
+    in another one."""
+    return HttpResponse(_steps(request, _own_lab(request, lab_id)))
+
+
+def _steps(request: HttpRequest, session: LabSession, error: str = "") -> str:
+    passed = set(session.results.values_list("checkpoint", flat=True))
+    steps = render_to_string(
+        "exercises/lab.html#steps",
+        {"steps": selectors.lab_steps(session, passed), "step_error": error},
+        request=request,
+    )
+    # The new step may allow or forbid changing the topology: its panel comes along.
+    panel = _topology_panel(request, session, oob=True) if session.is_active else ""
+    return steps + panel
+
+
+@_lab_action
+def lab_publish(request: HttpRequest, session: LabSession) -> HttpResponse:
     form = PublishForm(request.POST, exchanges=selectors.lab_exchanges(session))
     status = 200
     if not form.is_valid():
@@ -176,10 +244,72 @@ def lab_publish(request: HttpRequest, lab_id: str) -> HttpResponse:
     )
 
 
-@require_POST
+TOPOLOGY_ACTIONS = {
+    "declare-exchange": ("exchange", "declare", ExchangeForm),
+    "declare-queue": ("queue", "declare", QueueForm),
+    "delete": (None, "delete", DeleteForm),
+    "bind": ("binding", "declare", BindingForm),
+    "unbind": ("binding", "delete", UnbindForm),
+}
+
+
+def _topology_panel(request: HttpRequest, session: LabSession, *, oob: bool = False) -> str:
+    return render_to_string(
+        "exercises/lab.html#topology-panel",
+        {"topology": selectors.lab_topology_view(session), "oob": oob},
+        request=request,
+    )
+
+
+def _topology_result(request: HttpRequest, session: LabSession, ok: bool, message: str):
+    """The result beside the form; after a change, the panel with it (its lists), out of
+    band. A refusal leaves the forms as the learner filled them in."""
+    html = render_to_string(
+        "exercises/lab.html#topology-result",
+        {"topology_result": {"ok": ok, "message": message}},
+        request=request,
+    )
+    if ok:
+        html += _topology_panel(request, session, oob=True)
+    return HttpResponse(html, status=200 if ok else 400)
+
+
+@_lab_action
+def lab_topology(request: HttpRequest, session: LabSession) -> HttpResponse:
+    """The learner declares or deletes an exchange or a queue, binds or unbinds: the
+    Topology panel comes back with what happened (the diagram learns it by the socket)."""
+    action = request.POST.get("action", "")
+    if action not in TOPOLOGY_ACTIONS:
+        message = _("unknown action '{action}' (expected one of: {actions})").format(
+            action=action, actions=", ".join(TOPOLOGY_ACTIONS)
+        )
+        return _topology_result(request, session, False, message)
+    kind, verb, form_class = TOPOLOGY_ACTIONS[action]
+    form = form_class(request.POST)
+    if not form.is_valid():
+        return _topology_result(request, session, False, form_errors(form))
+    try:
+        changed = services.lab_topology_change(
+            session=session,
+            kind=kind or form.cleaned_data["kind"],
+            action=verb,
+            item=form.item(),
+        )
+    except services.LabError as exc:
+        return _topology_result(request, session, False, str(exc))
+    return _topology_result(request, session, True, str(changed.message))
+
+
+@require_GET
 @login_required
-def lab_reset(request: HttpRequest, lab_id: str) -> HttpResponse:
-    session = _own_lab(request, lab_id)
+def lab_topology_panel(request: HttpRequest, lab_id: str) -> HttpResponse:
+    """The Topology panel as it is now (a viewer's page asks for it when the topology
+    changed elsewhere)."""
+    return HttpResponse(_topology_panel(request, _own_lab(request, lab_id)))
+
+
+@_lab_action
+def lab_reset(request: HttpRequest, session: LabSession) -> HttpResponse:
     try:
         services.lab_session_reset(session=session)
     except services.LabBusy:
@@ -191,9 +321,7 @@ def lab_reset(request: HttpRequest, lab_id: str) -> HttpResponse:
     return _redirect(request, session.get_absolute_url())
 
 
-@require_POST
-@login_required
-def lab_end(request: HttpRequest, lab_id: str) -> HttpResponse:
-    session = _own_lab(request, lab_id)
+@_lab_action
+def lab_end(request: HttpRequest, session: LabSession) -> HttpResponse:
     services.lab_session_stop(session=session)
     return _redirect(request, reverse("exercise", args=[session.exercise.slug]))

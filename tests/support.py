@@ -36,6 +36,8 @@ class Worker:
     the solo pool, the runtime's threads), logging to `<log_dir>/<name>.log`. Its node name
     carries this process's id, so that two test runs on one broker do not collide."""
 
+    alive: set[Worker] = set()  # started and not yet stopped or killed, in this test run
+
     def __init__(self, name: str, *, env: dict[str, str], log_dir: Path = ARTIFACTS):
         self.name = name
         self.env = env
@@ -60,13 +62,16 @@ class Worker:
             return b" ready." in self.log_path.read_bytes()[start:]
 
         wait_for(ready, timeout=60, message="celery worker ready")
+        Worker.alive.add(self)
 
     def kill(self) -> None:
         """SIGKILL: the worker dies without acknowledging what it was running."""
+        Worker.alive.discard(self)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
     def stop(self) -> None:
+        Worker.alive.discard(self)
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -95,6 +100,8 @@ def free_port() -> int:
 
 class Daphne:
     """A daphne process serving the console on a free port of 127.0.0.1."""
+
+    alive: set[Worker] = set()  # started and not yet stopped or killed, in this test run
 
     def __init__(self, name: str, *, env: dict[str, str], log_dir: Path = ARTIFACTS):
         self.name = name
@@ -128,6 +135,7 @@ class Daphne:
         wait_for(up, timeout=30, message=f"{self.name} listening")
 
     def stop(self) -> None:
+        Worker.alive.discard(self)
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -289,6 +289,9 @@ def flood_once(url: str, cookie: str, origin: str) -> tuple[int, int | None, lis
             for _ in range(FLOOD_FRAMES):
                 ws.send('{"type": "ping"}')
                 sent += 1
+        except ConnectionClosed:
+            pass  # closed while sending: what it said before is still to be read
+        try:
             while True:  # what the server sent, up to its close
                 message = json.loads(ws.recv(timeout=5))
                 if message["type"] == "error":

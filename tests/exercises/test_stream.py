@@ -144,17 +144,22 @@ def test_owner_gets_a_snapshot_then_live_frames(lab, learner):
     run(scenario)
 
 
+async def watch_until_published(lab, headers, n: int) -> None:
+    """Watches the lab until a frame counts `n` messages of its temperature sensor."""
+    ws, _, _ = await connect(f"/ws/labs/{lab.id}/", headers)
+    await receive(ws, "snapshot")
+    while (await receive(ws, "frame"))["counters"].get("temperature-sensor", {}).get(
+        "published", 0
+    ) < n:
+        pass
+    await ws.disconnect()
+
+
 def test_reconnect_gets_the_current_numbers_at_once(lab, learner):
     owner = headers_for(learner)
 
     async def scenario():
-        ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
-        await receive(ws, "snapshot")
-        while (await receive(ws, "frame"))["counters"].get("temperature-sensor", {}).get(
-            "published", 0
-        ) < 2:
-            pass
-        await ws.disconnect()
+        await watch_until_published(lab, owner, 2)
         ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
         snapshot = await receive(ws, "snapshot")
         assert snapshot["counters"]["temperature-sensor"]["published"] >= 2

@@ -1,10 +1,15 @@
 """The pages through Django's test client: catalogue, exercise, lab, controls, access."""
 
+import re
+
 import pytest
 from django.urls import reverse
+from pydantic import ValidationError
 
+from exercises.forms import ConsumerForm
 from exercises.models import Exercise, LabSession, Workload
 from exercises.services import exercise_apply_source, lab_session_start
+from exercises.spec import PREFETCH_MAX, PREFETCH_MIN, Consumer
 from tests.support import text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,10 +48,11 @@ def test_catalogue_parses_each_version_once(client_in, catalogue, monkeypatch):
     spec_module.spec_cache_clear()
     page = client_in.get(reverse("catalogue")).content.decode()
     assert "Direct routing" in page and "Dead letters" in page
-    assert len(parsed) == 2
+    listed = len(catalogue)
+    assert listed >= 2 and len(parsed) == listed
     client_in.get(reverse("catalogue"))
     client_in.get(reverse("catalogue"), {"level": "beginner"}, headers={"HX-Request": "true"})
-    assert len(parsed) == 2
+    assert len(parsed) == listed
 
     exercise = catalogue["direct-routing"]
     edited = exercise.source.replace("rate: 2\n", "rate: 3\n", 1)
@@ -55,7 +61,7 @@ def test_catalogue_parses_each_version_once(client_in, catalogue, monkeypatch):
     assert exercise.version == 2
     client_in.get(reverse("catalogue"))
     client_in.get(reverse("catalogue"))
-    assert parsed[2:] == [edited]
+    assert parsed[listed:] == [edited]
 
 
 def test_catalogue_leaves_out_a_stored_exercise_that_no_longer_reads(client_in, catalogue):
@@ -89,6 +95,44 @@ def test_lab_of_someone_else_is_forbidden(client, catalogue, learner, django_use
     url = reverse("lab-workload", args=[session.id, "temperature-sensor"])
     assert client.post(url, {"action": "stop"}).status_code == 403
     assert client.post(reverse("lab-end", args=[session.id])).status_code == 403
+
+
+def _card(response) -> str:
+    match = re.search(r'<section class="error-card.*?</section>', response.content.decode(), re.S)
+    assert match, f"not the site's error page: {response.content[:200]!r}"
+    return " ".join(re.sub(r"<[^>]+>", " ", match[0]).split())
+
+
+@pytest.mark.parametrize(
+    ("language", "denied"), [("en", "Access denied"), ("ru", "Доступ запрещён")]
+)
+def test_a_lab_of_someone_else_gets_the_sites_error_pages(
+    client, catalogue, learner, django_user_model, labs, language, denied
+):
+    """The lab's page and each of its endpoints, as a browser may land on them (GET) or
+    htmx posts to them: the styled 403, or 404 for a lab that does not exist, in the
+    reader's language; and its owner who lands on an endpoint is sent to the lab."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    other = django_user_model.objects.create_user("other", password="other-pass-1")
+    client.force_login(other)
+    client.cookies["django_language"] = language
+    missing = "Страница не найдена" if language == "ru" else "Page not found"
+    for lab_id, status, words in ((session.id, 403, denied), ("no-such-lab", 404, missing)):
+        page = client.get(reverse("lab", args=[lab_id]))
+        assert page.status_code == status and words in _card(page)
+        urls = [
+            reverse("lab-workload", args=[lab_id, "temperature-sensor"]),
+            reverse("lab-publish", args=[lab_id]),
+            reverse("lab-reset", args=[lab_id]),
+            reverse("lab-end", args=[lab_id]),
+        ]
+        for url in urls:
+            for response in (client.get(url), client.post(url, headers={"hx-request": "true"})):
+                assert response.status_code == status, url
+                assert words in _card(response), url
+    client.force_login(learner)
+    landed = client.get(reverse("lab-publish", args=[session.id]))
+    assert landed.status_code == 302 and landed["Location"] == session.get_absolute_url()
 
 
 def test_workload_form_errors_name_the_field(client_in, catalogue, learner, labs):
@@ -128,6 +172,34 @@ def test_workload_update_is_saved(client_in, catalogue, learner, labs):
     assert settings["rate"] == 5 and settings["routing_key"] == "pressure"
 
 
+def test_prefetch_0_is_allowed_and_the_page_says_it_means_no_limit(
+    client_in, catalogue, learner, labs
+):
+    """0 is a lesson (AMQP's "no limit"), so it is accepted; the page says what it does
+    beside the field, with the bounds the spec and the form share."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    page = client_in.get(session.get_absolute_url()).content.decode()
+    field = re.search(r'<input type="number" name="prefetch"[^>]*>\s*<small[^>]*>([^<]*)', page)
+    assert field, "no note beside the prefetch field"
+    assert "0 means no limit" in field[1]
+    assert f'max="{PREFETCH_MAX}"' in field[0] and f'min="{PREFETCH_MIN}"' in field[0]
+    assert "0 means no limit" in str(ConsumerForm.base_fields["prefetch"].help_text)
+
+    url = reverse("lab-workload", args=[session.id, "temperature-display"])
+    change = {"action": "update", "ack": "manual", "fail": "0", "on_fail": "reject"}
+    change["processing_ms"] = "0"
+    assert client_in.post(url, {**change, "prefetch": "0"}).status_code == 200
+    assert (
+        Workload.objects.get(session=session, name="temperature-display").settings["prefetch"] == 0
+    )
+    too_many = client_in.post(url, {**change, "prefetch": str(PREFETCH_MAX + 1)})
+    assert too_many.status_code == 400 and f"less than or equal to {PREFETCH_MAX}" in (
+        too_many.content.decode()
+    )
+    with pytest.raises(ValidationError):
+        Consumer(name="c", queue="q", prefetch=PREFETCH_MAX + 1)
+
+
 def test_publish_form(client_in, catalogue, learner, labs):
     session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
     url = reverse("lab-publish", args=[session.id])
@@ -163,3 +235,33 @@ def test_reset_makes_the_lab_anew_on_the_same_page(client_in, catalogue, learner
     session.refresh_from_db()
     assert session.generation == 2
     assert "pressure" in {q["name"] for q in api.queues(session.vhost)}
+
+
+def test_a_transactional_producers_card_counts_commits_and_sets_the_batch(client_in, learner, labs):
+    from exercises.services import exercise_save
+    from exercises.spec import TX_BATCH_MAX
+    from tests.exercises.test_workloads import TRANSACTIONS
+
+    exercise, _ = exercise_save(source=TRANSACTIONS)
+    session = lab_session_start(exercise=exercise, owner=learner, run=False)
+    page = client_in.get(session.get_absolute_url()).content.decode()
+    card = page[page.index('id="workload-in-batches"') :]
+    card = card[: card.index("</article>")]
+    assert 'data-counter="in-batches.committed"' in card
+    assert 'data-counter="in-batches.confirmed"' not in card
+    field = re.search(r'<input type="number" name="tx_batch"[^>]*>', card)
+    assert field and f'max="{TX_BATCH_MAX}"' in field[0] and 'value="1000"' in field[0]
+    url = reverse("lab-workload", args=[session.id, "in-batches"])
+    refused = client_in.post(
+        url, {"action": "update", "rate": "20", "routing_key": "batch", "tx_batch": "0"}
+    )
+    assert refused.status_code == 400 and "commit every: " in refused.content.decode()
+    saved = client_in.post(
+        url, {"action": "update", "rate": "20", "routing_key": "batch", "tx_batch": "10"}
+    )
+    assert saved.status_code == 200
+    assert Workload.objects.get(session=session, name="in-batches").settings["tx_batch"] == 10
+    # A producer without transactions posts no batch, and keeps none.
+    plain = reverse("lab-workload", args=[session.id, "each-one"])
+    client_in.post(plain, {"action": "update", "rate": "5", "routing_key": "each"})
+    assert Workload.objects.get(session=session, name="each-one").settings["tx_batch"] == 1
