@@ -66,8 +66,10 @@ def browser():
 
 
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1366, "height": 768}, locale="en-US")
+def page(browser, request):
+    """A page of a new browser context, at the test module's VIEWPORT if it names one."""
+    viewport = getattr(request.module, "VIEWPORT", {"width": 1366, "height": 768})
+    context = browser.new_context(viewport=viewport, locale="en-US")
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -3,14 +3,19 @@
 // One WebSocket (docs/live-protocol.md) feeds everything on this page: the topology
 // diagram with its moving message dots, the queue and exchange badges, the workload
 // counters, the checkpoints, the event log and the message inspector. Plain ES2020 and
-// SVG: no framework, no build step. docs/front-end.md explains the layout algorithm and
-// how to add a node kind.
-(() => {
-  "use strict";
+// SVG: no framework, no build step. This module is the page; format.js, layout.js and
+// paths.js beside it are its pure parts; ELK (elk.bundled.js, a classic script loaded before
+// this module) lays the diagram out. docs/front-end.md explains the layout algorithm
+// and how to add a node kind.
+import { fitText as fitTextWith, fmtTime, nameOf, numberFormats } from "./format.js";
+import { DENSITY, PAD, layoutGraph } from "./layout.js";
+import { centreOf, pointAt } from "./paths.js";
 
-  const configEl = document.getElementById("lab-config");
-  const labEl = document.getElementById("lab");
-  if (!configEl || !labEl) return;
+const configEl = document.getElementById("lab-config");
+const labEl = document.getElementById("lab");
+if (configEl && labEl) main(configEl, labEl);
+
+function main(configEl, labEl) {
   const config = JSON.parse(configEl.textContent);
 
   // ------------------------------------------------------------------ words
@@ -20,7 +25,6 @@
   const LANG = document.documentElement.lang || "en";
   const T = {
     conn: { connecting: gettext("Connecting…"), live: gettext("Live"), reconnecting: gettext("Reconnecting…"), disconnected: gettext("Disconnected") },
-    connEnded: gettext("Lab ended"),
     connRefused: { 4403: gettext("Not your lab"), 4404: gettext("Lab not found") },
     brokerUnavailable: gettext("Broker unavailable — reconnecting…"),
     brokerBack: gettext("Live: broker back"),
@@ -28,7 +32,8 @@
     running: gettext("running"), stopped: gettext("stopped"),
     ready: gettext("ready"), unacked: gettext("unacked"), in: gettext("in"), out: gettext("out"),
     perSec: gettext("/s"), msgPerSec: gettext("msg/s"),
-    sent: gettext("sent"), acked: gettext("acked"), unroutable: gettext("unroutable"),
+    // The counts on a workload's box are short, as "ready" and "unacked" on a queue's are.
+    sent: gettext("sent"), acked: pgettext("count on a consumer's box", "acked"), unroutable: gettext("unroutable"),
     returned: (n) => interpolate(gettext("returned: %s"), [fmtInt(n)]),
     failed: (nacked, rejected) => interpolate(gettext("nack: %(nacked)s · reject: %(rejected)s"), { nacked: fmtInt(nacked), rejected: fmtInt(rejected) }, true),
     defaultExchange: gettext("(default)"),
@@ -38,10 +43,12 @@
     consumerDetail: (prefetch, ack) => interpolate(gettext("prefetch %(prefetch)s, %(ack)s ack"), { prefetch, ack: ACK_MODES[ack] || ack }, true),
     dropped: (n) => interpolate(ngettext("%s frame dropped", "%s frames dropped", n), [fmtInt(n)]),
     sampled: (n) => interpolate(gettext("log: 1 in %s shown"), [fmtInt(n)]),
+    animPause: gettext("Pause animation"), animResume: gettext("Resume animation"),
     pause: gettext("Pause"), resume: gettext("Resume"), resumeN: (n) => interpolate(gettext("Resume (%s new)"), [fmtInt(n)]),
     producers: gettext("Producers"), consumers: gettext("Consumers"), consumersOnQueue: gettext("consumers"),
     workload: gettext("workload"), exchange: gettext("exchange"), routingKey: gettext("routing key"), queue: gettext("queue"),
     routedQueues: gettext("routed to"), redelivered: gettext("redelivered"), yes: gettext("yes"),
+    reply: gettext("reply"), reason: gettext("reason"),
     body: gettext("Body"), properties: gettext("Properties"), headers: gettext("Headers"), xDeath: "x-death",
     journey: gettext("This message in the log"), truncated: gettext("cut at 2 KiB"), emptyBody: gettext("(empty)"),
     notInLog: gettext("This message is not in the log (any more)."),
@@ -52,6 +59,9 @@
     passed: gettext("passed"), pending: gettext("pending"),
     refused: gettext("The server refused a message"),
     endedTitle: gettext("This lab has ended."), failedTitle: gettext("This lab failed."),
+    endedKept: gettext("Its vhost and user are gone; the counters are the last it reported."),
+    endedNotKept: gettext("Its vhost and user are gone, and no counters were kept from it."),
+    logNotKept: gettext("Events are shown only while the lab runs; none were kept."),
   };
   // What the page calls the protocol's kinds; the protocol's own names stay in data
   // attributes, CSS classes and the log filter's values.
@@ -61,6 +71,9 @@
     acked: gettext("acked"), nacked: gettext("nacked"), rejected: gettext("rejected"),
     "dead-lettered": gettext("dead-lettered"), expired: gettext("expired"), parked: gettext("parked"),
     error: gettext("error"),
+    // What a workload reports of itself.
+    started: gettext("started"), stopped: gettext("stopped"), updated: gettext("updated"),
+    reconnected: gettext("reconnected"), crashed: gettext("crashed"),
   };
   const NODE_KINDS = { producer: gettext("producer"), exchange: gettext("exchange"), queue: gettext("queue"), consumer: gettext("consumer") };
   const EDGE_KINDS = {
@@ -71,6 +84,7 @@
   const kindName = (kind) => EVENT_KINDS[kind] || kind || "?";
   // "@you" is the learner's own publishes from the page (the graph's p:@you).
   const workloadName = (name) => (name === "@you" ? T.you : name || "");
+  const YOU = "p:@you";
 
   // ------------------------------------------------------------------ constants
   const MAX_EVENTS = 500; // rows kept in memory and in the DOM
@@ -108,6 +122,7 @@
     snapshotsReceived: 0,
     dropped: 0,
     dotsInFlight: 0,
+    animation: { paused: false, speed: 1 }, // the dots only: counters and the log go on
   };
   let graph = config.graph || { nodes: [], edges: [] };
   let layout = null; // see layoutGraph()
@@ -116,20 +131,14 @@
     state,
     get graph() { return graph; },
     get layout() { return layout; },
+    get drawn() { return drawn; }, // a Promise: the graph drawn once ELK laid it out
     reconnect: () => { attempt = 0; connectNow(); },
   };
 
   // ------------------------------------------------------------------ helpers
   const $ = (id) => document.getElementById(id);
-  const numberFormat = new Intl.NumberFormat(LANG);
-  const fmtInt = (n) => (n == null || Number.isNaN(+n) ? "–" : numberFormat.format(Math.round(+n)));
-  const fmtRate = (r) => {
-    r = +r || 0;
-    const digits = r > 0 && r < 10 ? 1 : 0;
-    return r.toLocaleString(LANG, { minimumFractionDigits: digits, maximumFractionDigits: digits });
-  };
+  const { fmtInt, fmtRate } = numberFormats(LANG);
   const toast = (message, kind) => window.consoleToast && window.consoleToast(message, kind);
-  const nameOf = (id) => id.slice(id.indexOf(":") + 1);
 
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
@@ -151,16 +160,6 @@
     return el;
   }
 
-  // Event times may come as epoch seconds, epoch milliseconds or seconds since the lab began.
-  function fmtTime(t) {
-    if (t == null) return "";
-    t = +t;
-    if (t < 1e8) return `+${t.toFixed(3)}s`;
-    const d = new Date(t > 1e11 ? t : t * 1000);
-    const p = (n, w = 2) => String(n).padStart(w, "0");
-    return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
-  }
-
   // Text width for truncating labels inside nodes (SVG text does not ellipsize).
   const measureCtx = document.createElement("canvas").getContext("2d");
   const rootStyle = getComputedStyle(document.documentElement);
@@ -170,304 +169,31 @@
     measureCtx.font = font;
     return measureCtx.measureText(text).width;
   }
-  function fitText(text, font, maxWidth) {
-    text = String(text ?? "");
-    if (textWidth(text, font) <= maxWidth) return text;
-    let lo = 0, hi = text.length;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if (textWidth(text.slice(0, mid) + "…", font) <= maxWidth) lo = mid;
-      else hi = mid - 1;
-    }
-    return text.slice(0, lo) + "…";
-  }
+  const fitText = (text, font, maxWidth) => fitTextWith(text, font, maxWidth, textWidth);
 
   // ================================================================== layout
-  // Layered left-to-right layout: producers, exchanges (an exchange bound from another
-  // exchange, or used as its alternate, goes one column right of it), queues, consumers.
-  // Within a column nodes are ordered by barycenter sweeps to reduce crossings, then
-  // placed as close to their neighbours' heights as the ordering allows.
-  //
-  // Two densities: "normal", and "compact" (no detail row, tighter gaps) when the normal
-  // layout would have to shrink below 90 % to fit the box. Sizes are [minimum width,
-  // height]; a node grows (up to maxWidth) to show its whole name.
-  const DENSITY = {
-    normal: {
-      name: "normal", colGap: 100, rowGap: 16, maxWidth: 236,
-      size: { producer: [158, 58], exchange: [160, 58], queue: [176, 78], consumer: [158, 58] },
-    },
-    compact: {
-      name: "compact", colGap: 62, rowGap: 10, maxWidth: 204,
-      size: { producer: [140, 44], exchange: [144, 44], queue: [160, 62], consumer: [140, 44] },
-    },
-  };
+  // layout.js places the nodes; the page measures their texts in its language.
   // Room a node needs besides its name: the icon on the left and a margin on the right.
   const LABEL_INSET = { producer: 44, exchange: 56, queue: 66, consumer: 50 };
-  const LABEL_FONT = () => `650 13px ${FONT}`;
+  // Sizes in the drawing's units, which a laptop's lab page shows at about 1:1 (the
+  // drawing is scaled to its box): names at 14 px, the numbers at 13 px.
+  const LABEL_FONT = () => `650 14px ${FONT}`;
+  const STAT_FONT = () => `13px ${FONT}`;
+  // Room for a node's numbers in the page's language, with four-digit counts.
+  const STAT_INSET = { producer: 45, exchange: 56, queue: 20, consumer: 51 };
+  const statSample = (kind) =>
+    kind === "queue" ? `${T.ready} 0000 · ${T.unacked} 0000`
+      : kind === "producer" ? `00.0${T.perSec} · ${T.sent} 00000`
+      : kind === "consumer" ? `00.0${T.perSec} · ${T.acked} 00000`
+      : `00.0 ${T.msgPerSec}`;
   const nodeName = (n) => (n.kind === "exchange" && !nameOf(n.id) ? T.defaultExchange : n.label || nameOf(n.id));
-  const KIND_COLUMN = { producer: 0, exchange: 1, queue: 2, consumer: 3 };
-  const PAD = 20;
-  const DEAD_LETTER_ORDER_WEIGHT = 0.3;
-
-  function layoutGraph(g, density) {
-    const { colGap: COL_GAP, rowGap: ROW_GAP } = density;
-    const nodes = new Map();
-    g.nodes.forEach((n, i) => {
-      const kind = KIND_COLUMN[n.kind] != null ? n.kind : "queue";
-      const [minW, h] = density.size[kind];
-      const need = Math.ceil(textWidth(nodeName(n), LABEL_FONT()) + LABEL_INSET[kind]);
-      const w = Math.max(minW, Math.min(density.maxWidth, need));
-      nodes.set(n.id, { w, h, data: n, kind, id: n.id, index: i, layer: 0, x: 0, y: 0, out: [], in: [] });
-    });
-    const edges = g.edges.filter((e) => nodes.has(e.source) && nodes.has(e.target));
-    for (const e of edges) {
-      nodes.get(e.source).out.push(e);
-      nodes.get(e.target).in.push(e);
-    }
-
-    // 1. Exchange depth: longest chain of exchange-to-exchange edges (bounded, so a cycle
-    //    of exchange bindings cannot loop forever).
-    const exchanges = [...nodes.values()].filter((n) => n.kind === "exchange");
-    const depth = new Map(exchanges.map((n) => [n.id, 0]));
-    const exEdges = edges.filter((e) => e.kind !== "dead-letter" && depth.has(e.source) && depth.has(e.target) && e.source !== e.target);
-    for (let round = 0; round < exchanges.length; round++) {
-      let changed = false;
-      for (const e of exEdges) {
-        const d = depth.get(e.source) + 1;
-        if (d > depth.get(e.target) && d < exchanges.length) {
-          depth.set(e.target, d);
-          changed = true;
-        }
-      }
-      if (!changed) break;
-    }
-    const maxDepth = Math.max(0, ...depth.values());
-    for (const n of nodes.values()) {
-      const base = KIND_COLUMN[n.kind];
-      n.layer = n.kind === "exchange" ? 1 + depth.get(n.id) : base <= 0 ? 0 : base + maxDepth;
-    }
-    // Drop empty columns (a lab without producers starts with exchanges).
-    const used = [...new Set([...nodes.values()].map((n) => n.layer))].sort((a, b) => a - b);
-    for (const n of nodes.values()) n.layer = used.indexOf(n.layer);
-    const layers = used.map(() => []);
-    for (const n of [...nodes.values()].sort((a, b) => a.index - b.index)) layers[n.layer].push(n);
-
-    // Neighbours with weights, for ordering and for vertical alignment.
-    const neighbours = new Map([...nodes.keys()].map((id) => [id, []]));
-    for (const e of edges) {
-      if (e.source === e.target) continue;
-      const w = e.kind === "dead-letter" ? DEAD_LETTER_ORDER_WEIGHT : 1;
-      neighbours.get(e.source).push({ node: nodes.get(e.target), w, dl: e.kind === "dead-letter" });
-      neighbours.get(e.target).push({ node: nodes.get(e.source), w, dl: e.kind === "dead-letter" });
-    }
-
-    // 2. Order within columns: barycenter sweeps, down then up, three times.
-    for (const layer of layers) layer.forEach((n, i) => (n.pos = i - (layer.length - 1) / 2));
-    const sweep = (layerIndexes, side) => {
-      for (const li of layerIndexes) {
-        const layer = layers[li];
-        for (const n of layer) {
-          let sum = 0, weight = 0;
-          for (const { node, w } of neighbours.get(n.id)) {
-            if (side < 0 ? node.layer < li : node.layer > li) {
-              sum += node.pos * w;
-              weight += w;
-            }
-          }
-          n.bary = weight ? sum / weight : n.pos;
-        }
-        layer.sort((a, b) => a.bary - b.bary || a.pos - b.pos);
-        layer.forEach((n, i) => (n.pos = i - (layer.length - 1) / 2));
-      }
-    };
-    const down = layers.map((_, i) => i).slice(1);
-    const up = layers.map((_, i) => i).reverse().slice(1);
-    for (let i = 0; i < 3; i++) {
-      sweep(down, -1);
-      sweep(up, +1);
-    }
-    sweep(down, -1);
-
-    // 3. x: one column per layer, as wide as its widest node; a gap wide enough for the
-    //    labels of the edges that cross it.
-    const gaps = layers.map(() => COL_GAP);
-    for (const e of edges) {
-      const a = nodes.get(e.source), b = nodes.get(e.target);
-      if (e.label && b.layer === a.layer + 1) gaps[a.layer] = Math.max(gaps[a.layer], edgeLabelWidth(e.label) + 28);
-    }
-    const colX = [];
-    let x = 0;
-    layers.forEach((layer, i) => {
-      const width = Math.max(...layer.map((n) => n.w));
-      colX.push(x);
-      for (const n of layer) n.x = x + (width - n.w) / 2;
-      x += width + gaps[i];
-    });
-
-    // 4. y: stack each column, then pull every node toward the mean height of its
-    //    neighbours, keeping the order and the gaps (isotonic regression, PAV).
-    for (const layer of layers) {
-      const total = layer.reduce((acc, n) => acc + n.h, 0) + ROW_GAP * (layer.length - 1);
-      let y = -total / 2;
-      for (const n of layer) {
-        n.y = y;
-        y += n.h + ROW_GAP;
-      }
-    }
-    const centre = (n) => n.y + n.h / 2;
-    for (let round = 0; round < 8; round++) {
-      const order = round % 2 ? [...layers].reverse() : layers;
-      for (const layer of order) {
-        const desired = layer.map((n) => {
-          let sum = 0, weight = 0;
-          for (const { node, dl } of neighbours.get(n.id)) {
-            if (dl || node.layer === n.layer) continue;
-            sum += centre(node);
-            weight += 1;
-          }
-          return weight ? sum / weight - n.h / 2 : n.y;
-        });
-        placeColumn(layer, desired, ROW_GAP);
-      }
-    }
-
-    const L = { nodes, edges, layers, colX, density };
-    L.routes = routeEdges(L);
-    return L;
-  }
-
-  // Place a column's nodes (already ordered) as close as possible to their desired tops
-  // while keeping the order and ROW_GAP: minimise the squared displacement with the
-  // pool-adjacent-violators algorithm on tops shifted by the cumulative minimum offsets.
-  function placeColumn(layer, desired, ROW_GAP) {
-    const offsets = [];
-    let acc = 0;
-    for (const n of layer) {
-      offsets.push(acc);
-      acc += n.h + ROW_GAP;
-    }
-    const blocks = [];
-    layer.forEach((_, i) => {
-      blocks.push({ sum: desired[i] - offsets[i], count: 1 });
-      while (blocks.length > 1) {
-        const b = blocks[blocks.length - 1], a = blocks[blocks.length - 2];
-        if (a.sum / a.count <= b.sum / b.count) break;
-        a.sum += b.sum;
-        a.count += b.count;
-        blocks.pop();
-      }
-    });
-    let i = 0;
-    for (const b of blocks) {
-      const z = b.sum / b.count;
-      for (let k = 0; k < b.count; k++, i++) layer[i].y = z + offsets[i];
-    }
-  }
-
-  // ================================================================== edge routing
-  // Forward edges are cubic Béziers from the right side of the source to the left side
-  // of the target, with ports spread along the side. An edge that goes backwards (a
-  // queue's dead-letter exchange sits to its left) leaves the source on its left side,
-  // drops down (or up) a channel in the column gap to a lane below (or above) every node
-  // between the two columns, and comes back up the channel left of the target: it never
-  // crosses a node. Edges within one column bulge out to the right.
-  function routeEdges(L) {
-    const ports = new Map(); // edge id -> {sy, ty}
-    for (const n of L.nodes.values()) {
-      const spread = (list, other, key) => {
-        list.sort((a, b) => centreY(L.nodes.get(a[other])) - centreY(L.nodes.get(b[other])));
-        const step = list.length > 1 ? Math.min(8, (n.h - 18) / (list.length - 1)) : 0;
-        list.forEach((e, i) => {
-          const p = ports.get(e.id) || {};
-          p[key] = n.y + n.h / 2 + (i - (list.length - 1) / 2) * step;
-          ports.set(e.id, p);
-        });
-      };
-      spread(n.out.filter((e) => L.nodes.get(e.target).layer > n.layer), "target", "sy");
-      spread(n.in.filter((e) => L.nodes.get(e.source).layer < n.layer), "source", "ty");
-    }
-
-    const all = [...L.nodes.values()];
-    const box = {
-      x1: Math.min(...all.map((n) => n.x)), y1: Math.min(...all.map((n) => n.y)),
-      x2: Math.max(...all.map((n) => n.x + n.w)), y2: Math.max(...all.map((n) => n.y + n.h)),
-    };
-    const grow = (x, y) => {
-      box.x1 = Math.min(box.x1, x); box.x2 = Math.max(box.x2, x);
-      box.y1 = Math.min(box.y1, y); box.y2 = Math.max(box.y2, y);
-    };
-    const lanes = { below: 0, above: 0, channel: new Map() };
-    const routes = new Map();
-    for (const e of L.edges) {
-      const a = L.nodes.get(e.source), b = L.nodes.get(e.target);
-      let d;
-      if (a === b) {
-        const x = a.x + a.w, y = centreY(a);
-        d = `M${x} ${y - 8} C${x + 40} ${y - 34} ${x + 40} ${y + 34} ${x + 2} ${y + 8}`;
-        grow(x + 34, y);
-      } else if (b.layer > a.layer) {
-        const p = ports.get(e.id);
-        const x1 = a.x + a.w, x2 = b.x - 2;
-        const dx = Math.max(30, (x2 - x1) * 0.5);
-        d = `M${x1} ${p.sy} C${x1 + dx} ${p.sy} ${x2 - dx} ${p.ty} ${x2} ${p.ty}`;
-      } else if (b.layer === a.layer) {
-        const x = Math.max(a.x + a.w, b.x + b.w);
-        const y1 = centreY(a), y2 = centreY(b);
-        const bulge = 36 + Math.abs(y2 - y1) * 0.12;
-        d = `M${a.x + a.w} ${y1} C${x + bulge} ${y1} ${x + bulge} ${y2} ${b.x + b.w + 2} ${y2}`;
-        grow(x + bulge * 0.75, y1);
-      } else {
-        const points = laneRoute(L, a, b, lanes);
-        points.forEach(([x, y]) => grow(x, y));
-        d = roundedPolyline(points, 9);
-      }
-      routes.set(e.id, d);
-    }
-    L.box = box;
-    return routes;
-  }
-
-  function laneRoute(L, a, b, lanes) {
-    const channel = (n) => {
-      const used = lanes.channel.get(n.layer) || 0;
-      lanes.channel.set(n.layer, used + 1);
-      return L.colX[n.layer] - 14 - used * 7;
-    };
-    const left = Math.min(a.x, b.x) - 30, right = Math.max(a.x + a.w, b.x + b.w);
-    let top = Infinity, bottom = -Infinity;
-    for (const n of L.nodes.values()) {
-      if (n.x + n.w < left || n.x > right) continue;
-      top = Math.min(top, n.y);
-      bottom = Math.max(bottom, n.y + n.h);
-    }
-    const below = bottom + 18 + lanes.below * 12;
-    const above = top - 18 - lanes.above * 12;
-    const ys = (dir) => (dir > 0 ? a.y + a.h * 0.75 : a.y + a.h * 0.25);
-    const yt = (dir) => (dir > 0 ? b.y + b.h * 0.75 : b.y + b.h * 0.25);
-    const costBelow = 2 * below - ys(1) - yt(1);
-    const costAbove = ys(-1) + yt(-1) - 2 * above;
-    const dir = costBelow <= costAbove * 1.1 ? 1 : -1;
-    dir > 0 ? lanes.below++ : lanes.above++;
-    const lane = dir > 0 ? below : above;
-    const cs = channel(a), ct = channel(b);
-    return [[a.x, ys(dir)], [cs, ys(dir)], [cs, lane], [ct, lane], [ct, yt(dir)], [b.x - 2, yt(dir)]];
-  }
-
-  // An orthogonal path with its corners rounded.
-  function roundedPolyline(points, radius) {
-    let d = `M${points[0][0]} ${points[0][1]}`;
-    for (let i = 1; i < points.length - 1; i++) {
-      const [px, py] = points[i - 1], [x, y] = points[i], [nx, ny] = points[i + 1];
-      const r = Math.min(radius, Math.hypot(x - px, y - py) / 2, Math.hypot(nx - x, ny - y) / 2);
-      const ux = Math.sign(x - px), uy = Math.sign(y - py), vx = Math.sign(nx - x), vy = Math.sign(ny - y);
-      d += ` L${x - ux * r} ${y - uy * r} Q${x} ${y} ${x + vx * r} ${y + vy * r}`;
-    }
-    const [lx, ly] = points[points.length - 1];
-    return `${d} L${lx} ${ly}`;
-  }
-
-  const centreY = (n) => n.y + n.h / 2;
-  const centreOf = (n) => ({ x: n.x + n.w / 2, y: n.y + n.h / 2 });
+  const measure = {
+    nodeWidth: (n, kind) => Math.max(
+      textWidth(nodeName(n), LABEL_FONT()) + LABEL_INSET[kind],
+      textWidth(statSample(kind), STAT_FONT()) + STAT_INSET[kind],
+    ),
+    edgeLabelWidth: (label) => edgeLabelWidth(label),
+  };
 
   // ================================================================== drawing
   const svg = $("topology");
@@ -477,16 +203,30 @@
   const edgeViews = new Map(); // edge id -> {path, samples, data}
   const edgeIndex = new Map(); // "source>target" -> [edge id]
   let graphKey = "";
+  let serverGraph = null; // the graph as the server sent it, before the learner's edges
 
   // The box the diagram has, and the scale a layout would get in it.
   const boxSize = () => [Math.floor(diagramEl.clientWidth), Math.floor(diagramEl.clientHeight)];
   const fitScale = (L, [cw, ch]) => Math.min(cw / (L.box.x2 - L.box.x1 + 2 * PAD), ch / (L.box.y2 - L.box.y1 + 2 * PAD));
 
-  function chooseLayout(g) {
+  // ELK lays out asynchronously; each density's layout of the graph drawn last is kept, so
+  // a resize that asks again costs nothing.
+  const elk = new window.ELK();
+  let layoutCache = { graph: null, layouts: {} };
+  function layoutIn(g, density) {
+    if (layoutCache.graph !== g) layoutCache = { graph: g, layouts: {} };
+    layoutCache.layouts[density.name] ??= layoutGraph(elk, g, density, measure);
+    return layoutCache.layouts[density.name];
+  }
+  // The normal layout (with its detail rows) when it fits unshrunk; otherwise whichever
+  // of the two shows its text larger: a shrunk drawing's 13 px numbers fall below 13 px.
+  async function chooseLayout(g) {
     const size = boxSize();
-    const normal = layoutGraph(g, DENSITY.normal);
-    if (!size[0] || !size[1] || fitScale(normal, size) >= 0.9) return normal;
-    return layoutGraph(g, DENSITY.compact);
+    const normal = await layoutIn(g, DENSITY.normal);
+    const scale = fitScale(normal, size);
+    if (!size[0] || !size[1] || scale >= 1) return normal;
+    const compact = await layoutIn(g, DENSITY.compact);
+    return fitScale(compact, size) > scale ? compact : normal;
   }
 
   // The graph's texts for people, in the page's language: the server sends the same graph
@@ -508,12 +248,45 @@
     return { ...g, nodes, edges };
   }
 
+  // The learner's publishes from the page go wherever the form says: the topology has no
+  // edge for them, so one is drawn to each exchange the monitor saw them reach (its
+  // exchanges' `from_you`), and their dots travel along it.
+  function withYourEdges(g) {
+    const nodes = new Set(g.nodes.map((n) => n.id));
+    const have = new Set(g.edges.filter((e) => e.source === YOU).map((e) => e.target));
+    const extra = Object.entries(state.exchanges)
+      .filter(([name, x]) => +x?.from_you > 0 && nodes.has(`x:${name}`) && !have.has(`x:${name}`))
+      .map(([name]) => ({ id: `publish:${YOU}>x:${name}:`, source: YOU, target: `x:${name}`, kind: "publish", label: "" }));
+    return extra.length ? { ...g, edges: [...g.edges, ...extra] } : g;
+  }
+
+  // Draws the graph once ELK has laid it out (a Promise, which `window.labConsole.drawn`
+  // also holds). A layout that resolves after a newer graph arrived is dropped.
+  let layoutRequest = 0;
+  let drawn = Promise.resolve();
   function renderGraph(g, force = false) {
+    serverGraph = g;
+    g = withYourEdges(g);
     const key = JSON.stringify(g);
-    if (key === graphKey && !force) return;
+    if (key === graphKey && !force) return drawn;
     graphKey = key;
-    graph = localizeGraph(g);
-    layout = chooseLayout(graph);
+    const next = localizeGraph(g);
+    const request = ++layoutRequest;
+    drawn = chooseLayout(next).then(
+      (L) => {
+        if (request !== layoutRequest) return;
+        graph = next;
+        layout = L;
+        drawGraph();
+      },
+      (error) => {
+        if (request === layoutRequest) console.error("diagram layout failed", error);
+      },
+    );
+    return drawn;
+  }
+
+  function drawGraph() {
     nodeViews.clear();
     edgeViews.clear();
     edgeIndex.clear();
@@ -566,34 +339,16 @@
     return points;
   }
 
-  function pointAt(samples, t) {
-    const f = Math.max(0, Math.min(1, t)) * (samples.length - 1);
-    const i = Math.floor(f), r = f - i;
-    const a = samples[i], b = samples[Math.min(i + 1, samples.length - 1)];
-    return [a[0] + (b[0] - a[0]) * r, a[1] + (b[1] - a[1]) * r];
-  }
-
   const EDGE_LABEL_FONT = () => `10.5px ${MONO}`;
   const EDGE_LABEL_MAX = 130; // longer binding keys and header arguments are cut (full text in the tooltip)
   const edgeLabelWidth = (label) => textWidth(fitText(label, EDGE_LABEL_FONT(), EDGE_LABEL_MAX), EDGE_LABEL_FONT()) + 12;
 
+  // ELK placed each label beside its edge, clear of the nodes and of the other labels.
   function drawEdgeLabels() {
-    const placed = [...layout.nodes.values()].map((n) => ({ x: n.x - 2, y: n.y - 2, w: n.w + 4, h: n.h + 4 }));
-    for (const { data: e, samples } of edgeViews.values()) {
-      if (!e.label) continue;
+    for (const { data: e } of edgeViews.values()) {
+      const spot = layout.labels.get(e.id);
+      if (!e.label || !spot) continue;
       const text = fitText(e.label, EDGE_LABEL_FONT(), EDGE_LABEL_MAX);
-      const w = edgeLabelWidth(e.label), hgt = 17;
-      let spot = null;
-      for (const t of [0.5, 0.4, 0.6, 0.3, 0.7, 0.22, 0.78]) {
-        const [cx, cy] = pointAt(samples, t);
-        const box = { x: cx - w / 2, y: cy - hgt / 2, w, h: hgt };
-        if (!placed.some((p) => overlaps(p, box))) {
-          spot = box;
-          break;
-        }
-        spot ??= box;
-      }
-      placed.push(spot);
       const g = s("g", { class: `edge-label edge-label-${e.kind}`, "data-edge": e.id }, layers.labels);
       s("rect", { x: spot.x, y: spot.y, width: spot.w, height: spot.h, rx: 4 }, g);
       const t = s("text", { x: spot.x + spot.w / 2, y: spot.y + spot.h / 2 + 3.6, "text-anchor": "middle" }, g);
@@ -601,7 +356,6 @@
       if (text !== e.label) s("title", {}, g).textContent = e.label;
     }
   }
-  const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
 
   // Each kind has its own outline and glyph; see docs/front-end.md to add a kind.
   const SHAPES = {
@@ -627,7 +381,7 @@
   // Baselines of the text rows inside a node, per density (queues have a bar and two
   // stat rows; compact nodes drop the detail row, which stays in the tooltip).
   const ROWS = {
-    normal: { node: { label: 21, detail: 35, stat: 49 }, queue: { label: 19, detail: 32, bar: 39, stat: 58, rates: 71 } },
+    normal: { node: { label: 22, detail: 37, stat: 53 }, queue: { label: 20, detail: 34, bar: 41, stat: 61, rates: 77 } },
     compact: { node: { label: 18, stat: 33 }, queue: { label: 18, bar: 26, stat: 43, rates: 55 } },
   };
 
@@ -650,7 +404,7 @@
     label.textContent = fitText(name, LABEL_FONT(), n.kind === "queue" ? n.w - textX - 30 : maxText);
     if (rows.detail) {
       const detail = s("text", { x: n.kind === "queue" ? 10 : textX, y: rows.detail, class: "node-detail" }, g);
-      detail.textContent = fitText(d.detail || NODE_KINDS[n.kind] || n.kind, `10.5px ${FONT}`, n.kind === "queue" ? n.w - 20 : maxText);
+      detail.textContent = fitText(d.detail || NODE_KINDS[n.kind] || n.kind, `11px ${FONT}`, n.kind === "queue" ? n.w - 20 : maxText);
     }
     if (n.kind === "queue") {
       const bw = n.w - 20;
@@ -783,6 +537,10 @@
   const MIN_SCALE = 0.74; // below this a tall drawing scrolls vertically...
   const MIN_SCALE_WIDTH = 0.6; // ...but a wide one shrinks this far first: sideways scrolling hides consumers
   const MAX_SCALE = 1.25;
+  const MAX_SCALE_PRESENTING = 3; // a projector wants the drawing as large as it fits
+  // The presenter view's zoom (times the fitted scale) and pan (in drawing units).
+  const view = { zoom: 1, x: 0, y: 0 };
+  const presenting = () => labEl.classList.contains("is-presenting");
 
   function fitView() {
     if (!layout) return;
@@ -790,6 +548,16 @@
     if (!cw || !ch) return;
     const { x1, y1, x2, y2 } = layout.box;
     const gw = x2 - x1 + 2 * PAD, gh = y2 - y1 + 2 * PAD;
+    if (presenting()) {
+      // Always fits the window at zoom 1; zoomed in, the rest is reached by dragging.
+      const scale = Math.min(MAX_SCALE_PRESENTING, cw / gw, ch / gh) * view.zoom;
+      const vw = cw / scale, vh = ch / scale;
+      const cx = (x1 + x2) / 2 + view.x, cy = (y1 + y2) / 2 + view.y;
+      svg.setAttribute("viewBox", `${cx - vw / 2} ${cy - vh / 2} ${vw} ${vh}`);
+      svg.style.width = svg.style.height = "";
+      state.diagramScale = +scale.toFixed(3);
+      return;
+    }
     const scale = Math.max(MIN_SCALE_WIDTH, Math.min(MAX_SCALE, cw / gw, Math.max(MIN_SCALE, ch / gh)));
     const sw = Math.max(cw, Math.ceil(gw * scale)), sh = Math.max(ch, Math.ceil(gh * scale));
     const vw = sw / scale, vh = sh / scale;
@@ -799,13 +567,85 @@
     state.diagramScale = +scale.toFixed(3);
   }
 
+  // ------------------------------------------------------------------ presenter view
+  // #presenter in the address (a bookmark, or the button) shows the diagram alone; the
+  // socket, the counters and the log go on underneath. Wheel or buttons zoom, a drag
+  // pans, Esc or the button goes back.
+  const presenterToggle = $("presenter-toggle");
+  function setPresenting(on) {
+    labEl.classList.toggle("is-presenting", on);
+    presenterToggle.setAttribute("aria-pressed", String(on));
+    presenterToggle.textContent = presenterToggle.dataset[on ? "labelExit" : "labelEnter"];
+    presenterToggle.setAttribute("href", on ? "#" : "#presenter");
+    Object.assign(view, { zoom: 1, x: 0, y: 0 });
+    state.presenting = on;
+    fitView();
+  }
+  const fromAddress = () => setPresenting(location.hash === "#presenter");
+  window.addEventListener("hashchange", fromAddress);
+  presenterToggle.addEventListener("click", (ev) => {
+    ev.preventDefault();
+    const on = !presenting();
+    history.replaceState(null, "", on ? "#presenter" : location.pathname + location.search);
+    setPresenting(on);
+  });
+  function zoomBy(factor, clientX, clientY) {
+    const zoom = Math.max(0.5, Math.min(8, view.zoom * factor));
+    const rect = diagramEl.getBoundingClientRect();
+    // Keep the point under the pointer (or the centre) where it is.
+    const scale = state.diagramScale;
+    const dx = ((clientX ?? rect.left + rect.width / 2) - rect.left - rect.width / 2) / scale;
+    const dy = ((clientY ?? rect.top + rect.height / 2) - rect.top - rect.height / 2) / scale;
+    const k = 1 - view.zoom / zoom;
+    view.x += dx * k;
+    view.y += dy * k;
+    view.zoom = zoom;
+    fitView();
+  }
+  $("zoom-in").addEventListener("click", () => zoomBy(1.25));
+  $("zoom-out").addEventListener("click", () => zoomBy(0.8));
+  $("zoom-fit").addEventListener("click", () => {
+    Object.assign(view, { zoom: 1, x: 0, y: 0 });
+    fitView();
+  });
+  diagramEl.addEventListener("wheel", (ev) => {
+    if (!presenting()) return;
+    ev.preventDefault();
+    zoomBy(ev.deltaY < 0 ? 1.1 : 1 / 1.1, ev.clientX, ev.clientY);
+  }, { passive: false });
+  diagramEl.addEventListener("pointerdown", (ev) => {
+    if (!presenting() || ev.button !== 0 || ev.target.closest(".dot, .node")) return;
+    const start = { x: ev.clientX, y: ev.clientY, vx: view.x, vy: view.y };
+    diagramEl.setPointerCapture(ev.pointerId);
+    diagramEl.classList.add("is-panning");
+    const move = (e) => {
+      view.x = start.vx - (e.clientX - start.x) / state.diagramScale;
+      view.y = start.vy - (e.clientY - start.y) / state.diagramScale;
+      fitView();
+    };
+    const up = () => {
+      diagramEl.removeEventListener("pointermove", move);
+      diagramEl.removeEventListener("pointerup", up);
+      diagramEl.classList.remove("is-panning");
+    };
+    diagramEl.addEventListener("pointermove", move);
+    diagramEl.addEventListener("pointerup", up);
+  });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && presenting()) presenterToggle.click();
+  });
+
   let resizeTimer = 0;
   new ResizeObserver(() => {
     fitView();
     // A new size may call for the other density; wait until the resizing stops.
     clearTimeout(resizeTimer);
     resizeTimer = setTimeout(() => {
-      if (layout && chooseLayout(graph).density !== layout.density) renderGraph(graph, true);
+      if (!layout) return;
+      const shown = layout;
+      chooseLayout(graph).then((L) => {
+        if (layout === shown && L.density !== shown.density) renderGraph(serverGraph, true);
+      });
     }, 200);
   }).observe(diagramEl);
 
@@ -875,6 +715,22 @@
   let rafId = 0;
   let lastFrameAt = 0;
   let lastTick = 0;
+  // The animation's own clock, in milliseconds: it runs at the chosen speed and stands
+  // still while the animation is paused, so a dot can be hovered or clicked.
+  let clock = 0;
+
+  const animPause = $("anim-pause");
+  const animSpeed = $("anim-speed");
+  function setPaused(paused) {
+    state.animation.paused = paused;
+    animPause.setAttribute("aria-pressed", String(paused));
+    animPause.textContent = paused ? T.animResume : T.animPause;
+    diagramEl.classList.toggle("is-paused", paused);
+  }
+  animPause?.addEventListener("click", () => setPaused(!state.animation.paused));
+  animSpeed?.addEventListener("change", () => {
+    state.animation.speed = +animSpeed.value > 0 ? +animSpeed.value : 1;
+  });
 
   function clearDots() {
     dots.length = 0;
@@ -885,10 +741,11 @@
   }
 
   function animateSamples(samples) {
-    if (!layout || document.hidden) return;
+    // While paused, the dots on the diagram stay still and no new ones start.
+    if (!layout || document.hidden || state.animation.paused) return;
     const now = performance.now();
     // Spread a frame's samples over the time until the next frame, so they do not move in clumps.
-    const spreadMs = Math.min(200, Math.max(0, now - lastFrameAt || 50));
+    const spreadMs = Math.min(200, Math.max(0, now - lastFrameAt || 50)) * state.animation.speed;
     lastFrameAt = now;
     samples.forEach((trace, i) => {
       if (dots.length >= MAX_DOTS || !trace || !Array.isArray(trace.path) || !trace.path.length) return;
@@ -898,7 +755,7 @@
         if (hop) hops.push(hop);
       }
       const end = layout.nodes.get(trace.path[trace.path.length - 1]);
-      const start = now + (spreadMs * i) / samples.length;
+      const start = clock + (spreadMs * i) / samples.length;
       if (!hops.length) {
         if (end) effects.push(flashEffect(end, trace.kind, start));
         return;
@@ -906,7 +763,10 @@
       const g = s("g", { class: `dot flow-${trace.kind}`, "data-message-id": trace.id ?? "", visibility: "hidden" }, layers.dots);
       s("circle", { r: 11, class: "dot-hit" }, g);
       s("circle", { r: 5, class: "dot-core" }, g);
-      g.addEventListener("pointerenter", () => (dot.hold = true));
+      g.addEventListener("pointerenter", () => {
+        dot.hold = true;
+        if (state.animation.paused) inspectMessage(trace.id);
+      });
       g.addEventListener("pointerleave", () => (dot.hold = false));
       const dot = { g, hops, start, kind: trace.kind, end, hold: false };
       dots.push(dot);
@@ -943,9 +803,11 @@
 
   const ease = (t) => t * t * (3 - 2 * t);
 
-  function tick(now) {
-    const dt = now - lastTick;
-    lastTick = now;
+  function tick(realNow) {
+    const dt = state.animation.paused ? 0 : (realNow - lastTick) * state.animation.speed;
+    lastTick = realNow;
+    clock += dt;
+    const now = clock;
     for (let i = dots.length - 1; i >= 0; i--) {
       const dot = dots[i];
       if (dot.hold) dot.start += dt;
@@ -1087,50 +949,81 @@
     updateSteps(live);
   }
 
+  // The learner sets the pace: a step that completes is marked so and offers "Next step"
+  // (the server records when each step was first shown; its checkpoints count only what
+  // happens after that). The page never moves on by itself.
   let stepsFolded = false;
-
-  function foldStep(step, current) {
-    const details = step.querySelector(":scope > details");
-    if (details) details.open = false;
-    if (current) current.scrollIntoView({ block: "nearest", behavior: "smooth" });
-  }
+  let stepsEl = $("steps");
+  // Steps already announced: the steps column the server sends back ("Next step") comes
+  // without the page's marks, and a step is said complete once.
+  const announced = new Set();
 
   function updateSteps(live) {
     const steps = document.querySelectorAll("#steps .step");
-    let done = 0, total = 0, current = null, newlyComplete = [];
+    const current = document.querySelector("#steps .step.is-current");
+    let done = 0, total = 0, newlyComplete = [];
     for (const step of steps) {
       const cps = step.querySelectorAll("[data-checkpoint]");
       const passed = [...cps].filter((c) => c.dataset.state === "passed").length;
       done += passed;
       total += cps.length;
       const complete = cps.length > 0 && passed === cps.length;
-      if (complete && !step.classList.contains("is-complete") && live) newlyComplete.push(step);
+      if (complete && !step.classList.contains("is-complete") && live && !announced.has(step.dataset.step)) {
+        newlyComplete.push(step);
+      }
+      if (complete) announced.add(step.dataset.step);
       step.classList.toggle("is-complete", complete);
-      step.dataset.state = complete ? "complete" : "pending";
-      if (!complete && !current && cps.length) current = step;
+      step.dataset.state = complete ? "complete" : step.dataset.shown === "true" ? "pending" : "locked";
+      const next = step.querySelector(".step-next-btn");
+      if (next) {
+        next.hidden = passed < cps.length;
+        const note = step.querySelector(".step-next-note");
+        if (note) note.hidden = !next.hidden;
+      }
     }
-    for (const step of steps) step.classList.toggle("is-current", step === current);
     const bar = $("steps-progress-bar"), text = $("steps-progress-text");
     if (bar) bar.style.width = total ? `${(100 * done) / total}%` : "0";
     if (text) text.textContent = total ? T.progress(done, total) : "";
     const rail = $("steps-rail-progress");
     if (rail) rail.textContent = total ? `${done}/${total}` : "";
-    // Completed steps fold away so the current one is in view: at once when the page
-    // opens, and after the highlight when a step completes live.
+    // The steps done before the current one fold away so it is in view; the current one
+    // stays open, complete or not, until the learner moves on.
     if (!stepsFolded) {
       stepsFolded = true;
-      for (const step of steps) if (step.classList.contains("is-complete")) foldStep(step, current);
+      for (const step of steps) {
+        if (step === current || step.dataset.shown !== "true") continue;
+        const details = step.querySelector(":scope > details");
+        if (details) details.open = false;
+      }
+      current?.scrollIntoView({ block: "nearest" });
     }
     for (const step of newlyComplete) {
       step.classList.add("just-completed");
-      setTimeout(() => {
-        step.classList.remove("just-completed");
-        foldStep(step, current);
-      }, 1700);
+      setTimeout(() => step.classList.remove("just-completed"), 1700);
       toast(T.stepComplete(step.querySelector(".step-title")?.textContent || ""), "ok");
     }
     if (newlyComplete.length && total && done === total) toast(T.allComplete, "ok");
   }
+
+  // A step was opened in another page of the lab (`steps`): this one asks the server for
+  // its steps column again, as "Next step" brings it back here.
+  function onSteps(m) {
+    const shown = new Set(m.shown || []);
+    const stale = [...document.querySelectorAll("#steps .step")].some(
+      (step) => shown.has(step.dataset.step) !== (step.dataset.shown === "true"));
+    if (stale && config.steps_url && window.htmx) {
+      window.htmx.ajax("GET", config.steps_url, { target: "#steps", swap: "outerHTML" });
+    }
+  }
+
+  // "Next step" brings the steps column back from the server with the next step open:
+  // the checkpoints then show what this page last heard.
+  document.body.addEventListener("htmx:afterSettle", () => {
+    if ($("steps") === stepsEl) return;
+    stepsEl = $("steps");
+    stepsFolded = false;
+    applyChecks(Object.fromEntries(Object.entries(state.checks).filter(([, passed]) => passed)), false);
+  });
 
   // ================================================================== workloads
   // A workload was started, stopped or changed (maybe in another tab): flip the card's
@@ -1163,6 +1056,10 @@
 
   // A card re-rendered by htmx starts with zeros: give it the counters we already know.
   document.body.addEventListener("htmx:afterSettle", applyCounters);
+  // The publish result appears where the learner is looking: beside the button, in view.
+  document.body.addEventListener("htmx:afterSettle", (event) => {
+    if (event.target.id === "publish-result") event.target.scrollIntoView({ block: "nearest" });
+  });
 
   // ================================================================== event log
   const filters = { queue: $("log-filter-queue"), workload: $("log-filter-workload"), kind: $("log-filter-kind") };
@@ -1226,7 +1123,7 @@
       h("td", {}, h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}` }, kindName(ev.kind))),
       h("td", { title: workloadName(ev.workload) }, workloadName(ev.workload)),
       h("td", { class: "r", title: routeText }, route, ev.redelivered ? h("span", { class: "redelivered", title: T.redelivered }, "↻") : null),
-      h("td", { class: "m", title: ev.message_id ?? "" }, ev.message_id ?? ""),
+      h("td", { class: "m", title: ev.message_id ?? ev.message ?? "" }, ev.message_id ?? ev.message ?? ""),
     );
   }
 
@@ -1383,6 +1280,9 @@
     if (ev.queue) route.push([T.queue, ev.queue]);
     if (Array.isArray(ev.routed_queues)) route.push([T.routedQueues, ev.routed_queues.length ? ev.routed_queues.join(", ") : "✕"]);
     if (ev.redelivered) route.push([T.redelivered, T.yes]);
+    if (ev.reason) route.push([T.reason, ev.reason]);
+    if (ev.reply) route.push([T.reply, ev.reply]);
+    if (ev.message && !ev.reason) route.push([T.reason, ev.message]); // an error, a crash
     if (route.length) parts.push(kvTable(route));
 
     if (ev.body !== undefined) parts.push(section(T.body, bodyView(ev.body)));
@@ -1397,19 +1297,50 @@
     if (headerRows.length) parts.push(section(T.headers, kvTable(headerRows)));
     if (Array.isArray(xDeath) && xDeath.length) parts.push(section(T.xDeath, xDeathTable(xDeath)));
 
+    const journeyList = (events) => h("ol", { class: "journey" }, events.map((e) =>
+      h("li", { class: `flow-${e.kind}${e === ev ? " is-current" : ""}`, onclick: () => openInspector(e) },
+        h("span", { class: "t" }, fmtTime(e.t)), kindName(e.kind), e.queue ? ` · ${e.queue}` : "", e.workload ? ` · ${e.workload}` : ""),
+    ));
     if (ev.message_id != null) {
-      const journey = state.events.filter((e) => String(e.message_id) === String(ev.message_id));
-      if (journey.length > 1) {
-        parts.push(
-          section(T.journey, h("ol", { class: "journey" }, journey.map((e) =>
-            h("li", { class: `flow-${e.kind}${e === ev ? " is-current" : ""}`, onclick: () => openInspector(e) },
-              h("span", { class: "t" }, fmtTime(e.t)), kindName(e.kind), e.queue ? ` · ${e.queue}` : "", e.workload ? ` · ${e.workload}` : ""),
-          ))),
-        );
-      }
+      const journey = causalOrder(state.events.filter((e) => String(e.message_id) === String(ev.message_id)));
+      if (journey.length > 1) parts.push(section(T.journey, journeyList(journey)));
+    }
+    // RPC: a request and its reply are two messages joined by their correlation_id.
+    const correlation = ev.properties?.correlation_id;
+    if (correlation != null) {
+      const joined = causalOrder(state.events.filter((e) => e.properties?.correlation_id === correlation));
+      if (joined.length > 1) parts.push(section(`correlation_id ${correlation}`, journeyList(joined)));
     }
     inspectorBody.replaceChildren(...parts);
     inspectorBody.scrollTop = 0;
+  }
+
+  // Where each kind of event falls in one pass of a message through a queue. Timestamps
+  // come from different processes (the monitor stamps a publish when the firehose brings
+  // it, a consumer its delivery), a few milliseconds apart either way, so a delivery can
+  // look older than its publish. A republish by a consumer (parking) is part of its
+  // settling the delivery.
+  const STAGE = { published: 0, unroutable: 0, returned: 1, confirmed: 1, expired: 1, delivered: 2, acked: 3, nacked: 3, rejected: 3, parked: 3, "dead-lettered": 4 };
+  const CLOCK_SKEW_MS = 250;
+
+  function stageOf(e) {
+    if (e.kind === "published" && state.workloads[e.workload]?.kind === "consumer") return 3;
+    return STAGE[e.kind] ?? 5;
+  }
+
+  // Events of one message by time, except that of two within the clocks' skew the
+  // earlier stage goes first: publish, routing, delivery, settling, dead-lettering.
+  function causalOrder(events) {
+    const out = [...events].sort((a, b) => (a.t || 0) - (b.t || 0));
+    for (let i = 1; i < out.length; i++) {
+      for (let j = i; j > 0; j--) {
+        const a = out[j - 1], b = out[j];
+        if (((b.t || 0) - (a.t || 0)) * 1000 > CLOCK_SKEW_MS || stageOf(a) <= stageOf(b)) break;
+        out[j - 1] = b;
+        out[j] = a;
+      }
+    }
+    return out;
   }
 
   function section(title, content, note) {
@@ -1498,13 +1429,20 @@
   });
 
   // ================================================================== splitter
-  // Drag (or arrow keys) to share the centre column between the diagram and the log;
-  // the share is remembered.
-  const centreEl = $("splitter").parentElement;
+  // Drag (or arrow keys) to share the height between the diagram and the log; the share
+  // is remembered. On a laptop the centre column is not a box of its own (the diagram
+  // spans the controls' column too, console.css): the share is measured from the top of
+  // the diagram to the bottom of the log, and set as two grid fractions on the workspace.
+  const diagramPanel = $("diagram").parentElement;
   const SPLIT_KEY = "labconsole.split";
+  const splitRect = () => {
+    const top = diagramPanel.getBoundingClientRect().top, bottom = lowerEl.getBoundingClientRect().bottom;
+    return { top, height: bottom - top };
+  };
   function setSplit(share, save) {
     share = Math.max(0.25, Math.min(0.85, share));
-    centreEl.style.gridTemplateRows = `minmax(160px, ${share}fr) 10px minmax(140px, ${1 - share}fr)`;
+    workspaceEl.style.setProperty("--split-diagram", `${share}fr`);
+    workspaceEl.style.setProperty("--split-lower", `${1 - share}fr`);
     $("splitter").setAttribute("aria-valuenow", Math.round(share * 100));
     if (save) {
       try {
@@ -1525,7 +1463,7 @@
     const splitter = ev.currentTarget;
     splitter.setPointerCapture(ev.pointerId);
     splitter.classList.add("is-dragging");
-    const rect = centreEl.getBoundingClientRect();
+    const rect = splitRect();
     const move = (e) => setSplit((e.clientY - rect.top) / rect.height, false);
     const up = (e) => {
       splitter.removeEventListener("pointermove", move);
@@ -1539,8 +1477,8 @@
   $("splitter").addEventListener("keydown", (ev) => {
     if (ev.key !== "ArrowUp" && ev.key !== "ArrowDown") return;
     ev.preventDefault();
-    const rect = centreEl.getBoundingClientRect();
-    const current = $("diagram").parentElement.getBoundingClientRect().height / rect.height;
+    const rect = splitRect();
+    const current = diagramPanel.getBoundingClientRect().height / rect.height;
     setSplit(current + (ev.key === "ArrowDown" ? 0.05 : -0.05), true);
   });
 
@@ -1560,14 +1498,22 @@
     labEl.classList.toggle("is-stale", stale);
   }
 
-  function endLab(labState) {
+  // The lab is over: every tab of it shows the last numbers it had (`kept` false: none were
+  // kept) and says so once, in the banner; its workloads are stopped.
+  function endLab(labState, kept = true) {
     state.labState = labState;
     labEl.dataset.labState = labState;
     stopSocket();
-    setConnection("disconnected", T.connEnded);
+    setConnection("disconnected");
+    if (connEl) connEl.hidden = true;
     const banner = $("lab-ended");
     banner.hidden = false;
     banner.querySelector(".banner-title").textContent = labState === "failed" ? T.failedTitle : T.endedTitle;
+    banner.querySelector(".banner-message").textContent = kept ? T.endedKept : T.endedNotKept;
+    logEmpty.textContent = T.logNotKept;
+    const names = new Set(Object.keys(state.workloads));
+    for (const card of document.querySelectorAll(".workload-card[data-workload]")) names.add(card.dataset.workload);
+    for (const name of names) applyWorkload(name, { running: false });
     // The controls stay readable (the last settings are worth seeing) but do nothing.
     for (const form of $("controls").querySelectorAll("form")) {
       form.inert = true;
@@ -1612,10 +1558,10 @@
 
   function onSnapshot(m) {
     state.snapshotsReceived++;
-    if (m.graph) renderGraph(m.graph);
     state.counters = m.counters || {};
     state.queues = m.queues || {};
     state.exchanges = m.exchanges || {};
+    if (m.graph || serverGraph) renderGraph(m.graph || serverGraph);
     rateHistory.length = 0;
     state.workloads = {};
     for (const [name, w] of Object.entries(m.workloads || {})) applyWorkload(name, w);
@@ -1632,7 +1578,7 @@
     recordRates();
     applyCounters();
     renderStats();
-    if (isOver(m.lab?.state)) endLab(m.lab.state);
+    if (isOver(m.lab?.state)) endLab(m.lab.state, m.kept !== false);
   }
 
   function onFrame(m) {
@@ -1640,7 +1586,10 @@
     // Counters are cumulative and exact: the newest value wins.
     if (m.counters) for (const [name, c] of Object.entries(m.counters)) state.counters[name] = { ...(state.counters[name] || {}), ...c };
     if (m.queues) Object.assign(state.queues, m.queues);
-    if (m.exchanges) Object.assign(state.exchanges, m.exchanges);
+    if (m.exchanges) {
+      Object.assign(state.exchanges, m.exchanges);
+      if (serverGraph && Object.values(m.exchanges).some((x) => x?.from_you)) renderGraph(serverGraph);
+    }
     if (m.checks) applyChecks(m.checks, true);
     if (Array.isArray(m.events) && m.events.length) addEvents(m.events);
     if (Array.isArray(m.samples) && m.samples.length) animateSamples(m.samples);
@@ -1657,6 +1606,8 @@
       case "frame": return onFrame(m);
       case "workload": return applyWorkload(m.name, m);
       case "status": return onStatus(m);
+      case "topology": return onTopology(m); // see "topology edits" below
+      case "steps": return onSteps(m);
       case "error": return toast(`${T.refused}: ${m.message}`, "error");
       default: return undefined; // pong, and anything newer than this page
     }
@@ -1805,14 +1756,37 @@
     }
   });
 
+  // ------------------------------------------------------------------ topology edits
+  // The owner changed the lab's topology from the Topology panel (docs/live-protocol.md,
+  // `topology`): every viewer draws the new graph at once, the publish form offers the
+  // lab's exchanges as they now are, and a Topology panel that shows another version of
+  // the topology asks the server for itself again (its lists of what there is). Nothing
+  // else in this file depends on this block.
+  function onTopology(m) {
+    if (m.graph) renderGraph(m.graph);
+    const select = document.querySelector("#publish-form select[name=exchange]");
+    if (select && Array.isArray(m.exchanges)) {
+      const chosen = select.value;
+      select.replaceChildren(...m.exchanges.map((name) => h("option", { value: name }, name || T.defaultExchange)));
+      select.value = m.exchanges.includes(chosen) ? chosen : "";
+    }
+    const panel = $("topology-panel");
+    if (panel && m.version && panel.dataset.version !== m.version && window.htmx) {
+      window.htmx.ajax("GET", panel.dataset.panelUrl, { target: "#topology-panel", swap: "outerHTML" });
+    }
+  }
+
   // ------------------------------------------------------------------ start
   renderGraph(graph);
+  if (location.hash === "#presenter") setPresenting(true);
   updateSteps(false);
   renderLog();
   if (!isOver(state.labState)) {
     setConnection("connecting");
     connectNow();
+  } else if (config.snapshot) {
+    onSnapshot(config.snapshot); // what the lab last reported; it ends the page
   } else {
     endLab(state.labState);
   }
-})();
+}

@@ -1,0 +1,140 @@
+"""What a learner sees on the lab page at 1440×900: the inspector, the toasts, the publish
+result, the workload settings, and a lab that ended while its page was open."""
+
+import json
+
+import pika
+import pytest
+from playwright.sync_api import expect
+
+from exercises.services import lab_session_start
+from labconsole.broker import amqp
+from tests.browser.test_lab_e2e import log_in
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+VIEWPORT = {"width": 1440, "height": 900}  # the page fixture (conftest.py) opens at this size
+
+
+def open_lab(page, url, session):
+    log_in(page, url)
+    page.goto(f"{url}/labs/{session.id}/")
+    page.wait_for_function("() => window.labConsole.state.connected === true")
+
+
+def send_frame(session, frame: dict) -> None:
+    """A frame as the lab's monitor publishes it, on the console's flow exchange."""
+    connection = amqp.connect(amqp.console_parameters(name="test-frame"))
+    try:
+        connection.channel().basic_publish(
+            amqp.flow_exchange(),
+            amqp.lab_key(session.id, "frame"),
+            json.dumps({"seq": 1, "type": "frame", **frame}).encode(),
+            pika.BasicProperties(content_type="application/json"),
+        )
+    finally:
+        amqp.close_quietly(connection)
+
+
+# Words that a browser breaks in the middle, one rectangle per line they occupy.
+BROKEN_WORDS = """(table) => {
+    const broken = [];
+    for (const cell of table.querySelectorAll("th, td")) {
+        const text = cell.firstChild;
+        if (!text || text.nodeType !== Node.TEXT_NODE) continue;
+        let at = 0;
+        for (const word of text.data.split(" ")) {
+            const range = document.createRange();
+            range.setStart(text, at);
+            range.setEnd(text, at + word.length);
+            const lines = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+            if (word && lines.size > 1) broken.push(word);
+            at += word.length + 1;
+        }
+    }
+    return broken;
+}"""
+
+
+def test_the_x_death_table_keeps_its_words_whole(page, live_server_url, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=False)
+    open_lab(page, live_server_url, session)
+    x_death = [
+        {
+            "count": 3,
+            "reason": reason,
+            "queue": queue,
+            "exchange": exchange,
+            "routing-keys": ["order.created"],
+            "time": 1_750_000_000,
+        }
+        for reason, queue, exchange in (
+            ("expired", "orders.retry", "orders.retry-dlx"),
+            ("rejected", "orders", "orders.dlx"),
+        )
+    ]
+    event = {
+        "seq": 1,
+        "t": 1_750_000_000.5,
+        "kind": "delivered",
+        "workload": "processor",
+        "queue": "orders",
+        "message_id": "order-17",
+        "body": {"order": 17},
+        "x_death": x_death,
+    }
+    send_frame(session, {"events": [event]})
+    page.locator('#log-rows tr[data-seq="1"]').click()
+    table = page.locator("#inspector table.x-death")
+    expect(table).to_be_visible()
+    assert table.evaluate(BROKEN_WORDS) == []
+
+
+INTERACTIVE = "button, input, select, textarea, a[href], summary"
+
+# The visible controls a box covers.
+COVERED = """([box, selector]) => [...document.querySelectorAll(selector)]
+    .filter((el) => el.checkVisibility() && !el.closest("#toasts"))
+    .filter((el) => {
+        const r = el.getBoundingClientRect();
+        return r.width && r.height && r.left < box.x + box.width && box.x < r.right
+            && r.top < box.y + box.height && box.y < r.bottom;
+    })
+    .map((el) => el.outerHTML.slice(0, 80))"""
+
+
+def test_toasts_cover_no_control(page, live_server_url, catalogue, learner, labs):
+    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=False)
+    open_lab(page, live_server_url, session)
+    for n in range(3):
+        page.evaluate(f"() => window.consoleToast('Step complete: step number {n}', 'ok')")
+    toasts = page.locator("#toasts")
+    expect(toasts.locator(".toast")).to_have_count(3)
+    box = toasts.bounding_box()
+    assert box["height"] > 0
+    assert page.evaluate(COVERED, [box, INTERACTIVE]) == []
+
+
+def test_the_publish_result_shows_beside_the_button(
+    page, live_server_url, catalogue, learner, labs
+):
+    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=False)
+    open_lab(page, live_server_url, session)
+    form = page.locator("#publish-form")
+    form.locator("input[name=routing_key]").fill("order.created")
+    button = form.locator("button[type=submit]")
+    button.click()
+    result = page.locator("#publish-result .result")
+    expect(result).to_contain_text("order.created")
+    page.wait_for_timeout(300)  # the scroll into view
+    # In the window and in the part of the controls panel that shows, beside the button.
+    assert result.evaluate(
+        """(el) => {
+            const r = el.getBoundingClientRect();
+            const panel = document.getElementById("controls").getBoundingClientRect();
+            const bottom = Math.min(innerHeight, panel.bottom);
+            return r.top >= Math.max(0, panel.top) && r.bottom <= bottom;
+        }"""
+    )
+    result_box, button_box = result.bounding_box(), button.bounding_box()
+    assert abs(result_box["y"] - button_box["y"]) < 40, (result_box, button_box)
