@@ -1,3 +1,9 @@
+# The diagram's layout engine, pinned by package-lock.json, for our own static files.
+FROM node:20-slim AS front-end-libraries
+WORKDIR /build
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HOST=0.0.0.0 PORT=8000
 WORKDIR /app
@@ -5,6 +11,7 @@ WORKDIR /app
 RUN apt-get update && apt-get install -y --no-install-recommends gettext \
     && rm -rf /var/lib/apt/lists/*
 COPY . .
+COPY --from=front-end-libraries /build/node_modules/elkjs/lib/elk.bundled.js /build/node_modules/elkjs/LICENSE.md static/vendor/elkjs/
 # The secret key is given when the container runs (docker-compose.yml), never built in:
 # these two commands need one only to load the settings.
 RUN pip install -e . \

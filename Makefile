@@ -14,7 +14,9 @@ export TEST_POSTGRES_URL
 # tests, nor the plays of whole exercises, whose database work the first pass covers and
 # whose lifecycle, lease and checkpoint writes the workload and concurrency tests repeat.
 POSTGRES_TESTS = -m database tests/exercises tests/test_*.py \
-	--ignore=tests/exercises/test_exercise_runs.py
+	--ignore=tests/exercises/test_exercise_runs.py \
+	--ignore=tests/exercises/test_catalogue_runs.py \
+	--ignore=tests/exercises/test_workload_patterns.py
 
 # The same preparation plus the test tools and a PostgreSQL, then the whole suite on
 # SQLite, then the tests that touch the database again on PostgreSQL.
