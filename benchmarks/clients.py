@@ -7,7 +7,7 @@ The parent writes one JSON line with what to open:
 - `{"mode": "ws", "sockets": [{"url", "origin", "cookie", "tag"}], "rate": r}`:
   WebSocket viewers of lab pages opened at `r` a second (as people opening a page, not
   waiting for each other), with asyncio, each acknowledging as the page does
-  (static/labconsole/lab.js: `{"type": "ack", "d": n}` every 10 messages, or 250 ms after
+  (static/labconsole/lab/main.js: `{"type": "ack", "d": n}` every 10 messages, or 250 ms after
   the first unacknowledged one);
 - `{"mode": "amqp", "url": amqp url, "queue": name}`: a plain AMQP consumer (pika).
 
@@ -56,6 +56,10 @@ class Viewer:
         self.latency = latency
         self.age = age
         self.frames = 0
+        # The first and last frame of the window: their numbers (the monitor's) and the
+        # socket's count of frames the web process dropped.
+        self.seqs: tuple[int, int] | None = None
+        self.drops: tuple[int, int] | None = None
         self.stamped = 0
         self.error: str | None = None
         self.close_code: int | None = None
@@ -69,6 +73,9 @@ class Viewer:
             "tag": self.spec["tag"],
             "connected": self.connected.is_set() and not self.failed,
             "frames": self.frames,
+            # frames the monitor numbered meanwhile, and those the web process dropped
+            "sent": self.seqs[1] - self.seqs[0] + 1 if self.seqs else 0,
+            "dropped": self.drops[1] - self.drops[0] if self.drops else 0,
             "stamped": self.stamped,
             "error": self.error,
             "close_code": self.close_code,
@@ -139,6 +146,11 @@ class Viewer:
                 if message.get("type") != "frame" or not self.window.inside(now):
                     continue
                 self.frames += 1
+                seq, dropped = message.get("seq"), message.get("dropped")
+                if isinstance(seq, int):
+                    self.seqs = (self.seqs[0] if self.seqs else seq, seq)
+                if isinstance(dropped, int):
+                    self.drops = (self.drops[0] if self.drops else dropped, dropped)
                 if isinstance(message.get("t"), int | float):
                     self.age[max(0, int((now - message["t"]) * 1000))] += 1
                 for event in message.get("events") or ():

@@ -246,9 +246,12 @@ def watch(
     finally:
         clients.close()
     viewers = [v for r in results for v in r["viewers"]]
-    fps = sorted(v["frames"] / window for v in viewers if v["connected"])
+    connected = [v for v in viewers if v["connected"]]
     return {
-        "fps": fps,
+        "fps": sorted(v["frames"] / window for v in connected),
+        # where frames were lost: fewer made by the monitors, or dropped by a web process
+        "made": sorted(v["sent"] / window for v in connected),
+        "web_dropped": sum(v["dropped"] for v in connected),
         "latency": histogram(results, "latency"),
         "age": histogram(results, "age"),
         "refused": sum(not v["connected"] for v in viewers),
@@ -260,10 +263,18 @@ def watch(
     }
 
 
-def fps_text(fps: list[float]) -> str:
+def fps_text(figures: dict) -> str:
+    fps = figures["fps"]
     if not fps:
         return "no viewer connected"
-    return f"slowest {fps[0]:.1f}, median {statistics.median(fps):.1f}"
+    text = f"slowest {fps[0]:.1f}, median {statistics.median(fps):.1f}"
+    if figures.get("made"):
+        made = figures["made"]
+        text += (
+            f" (made by the monitors: slowest {made[0]:.1f}, median "
+            f"{statistics.median(made):.1f}; dropped by the web: {figures['web_dropped']:,})"
+        )
+    return text
 
 
 def latency_text(figures: dict) -> str:
@@ -411,7 +422,7 @@ def bench_live_latency(api: ManagementClient) -> None:
                 f"p50 {fmt_ms(percentile(bare['latency'], 50))}, "
                 f"p99 {fmt_ms(percentile(bare['latency'], 99))} "
                 f"({bare['received']:,} of {bare['published']:,}); "
-                f"viewer {fps_text(figures['fps'])} frames/s, frame age p99 "
+                f"viewer {fps_text(figures)} frames/s, frame age p99 "
                 f"{fmt_ms(percentile(figures['age'], 99))}, {failures_text(figures)}; "
                 f"{cpu_text(figures)}"
             )
@@ -443,7 +454,7 @@ def bench_live_labs(api: ManagementClient, counts=(10, 25, 50), rate: float = 5)
             console.check()
             print(
                 f"live, {n} labs at once, one viewer each: frames/s per viewer "
-                f"{fps_text(figures['fps'])} (target >= 15); latency {latency_text(figures)} "
+                f"{fps_text(figures)} (target >= 15); latency {latency_text(figures)} "
                 f"(target p99 <= 250 ms) over {sum(figures['latency'].values()):,} stamped "
                 f"events ({rate:g} msg/s per lab); frame age p99 "
                 f"{fmt_ms(percentile(figures['age'], 99))}; all labs live after {took:.1f} s; "
@@ -475,7 +486,7 @@ def bench_live_viewers(api: ManagementClient, viewers: int = 200, rate: float = 
         finally:
             stop_labs([session])
         print(
-            f"live, {viewers} viewers of one lab: frames/s per viewer {fps_text(figures['fps'])} "
+            f"live, {viewers} viewers of one lab: frames/s per viewer {fps_text(figures)} "
             f"(target: every viewer >= 15); latency {latency_text(figures)} (target p99 <= "
             f"250 ms) over {sum(figures['latency'].values()):,} stamped events; frame age p99 "
             f"{fmt_ms(percentile(figures['age'], 99))}; {failures_text(figures)} (target 0 "
