@@ -72,7 +72,12 @@ def api() -> ManagementClient:
 
 @pytest.fixture(scope="session")
 def worker(django_db_setup, django_db_blocker, api):
-    """One real Celery worker for the session; a test that kills it starts it again."""
+    """One real Celery worker for the session; a test that kills it starts it again.
+    Tasks that earlier tests sent with no worker running belong to labs that are gone:
+    they are purged, so that the first lab of a test does not wait behind them."""
+    from labconsole.celery import app
+
+    app.control.purge()
     w = Worker("worker", env=subprocess_env())
     w.start()
     yield w
