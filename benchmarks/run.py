@@ -246,8 +246,59 @@ def bench_lab_start(api: ManagementClient, rounds: int = 5) -> None:
         console.stop()
 
 
+def _drain_seconds(n: int, multiplier: int) -> float:
+    """Seconds from a new worker's `ready` to its n-th task done, with n tasks queued before
+    it started (what a worker that replaces a killed one finds). The tasks are for labs that
+    do not exist, so each returns at once: the figure is Celery's own pace."""
+    import subprocess
+
+    from exercises.tasks import run_monitor
+    from labconsole.supervise import worker_command
+
+    common.prepare_db()
+    for i in range(n):
+        run_monitor.apply_async(args=[f"gone{i}", 1])
+    log_path = common.BENCH_DIR / f"drain-{multiplier}.log"
+    command = [*worker_command(f"drain-{os.getpid()}-{multiplier}"), "--prefetch-multiplier"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [*command, str(multiplier)],
+            cwd=common.ROOT,
+            env=common.console_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        ready = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            text = log_path.read_bytes()
+            if ready is None and b" ready." in text:
+                ready = time.monotonic()
+            if text.count(b"succeeded in") >= n:
+                return time.monotonic() - (ready or time.monotonic())
+            time.sleep(0.05)
+        raise RuntimeError(f"{n} tasks not done in 120 s; see {log_path}")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def bench_task_drain(api: ManagementClient, n: int = 60) -> None:
+    """A worker started with tasks waiting: the console's prefetch against one at a time."""
+    from django.conf import settings as django_settings
+
+    ours = _drain_seconds(n, django_settings.CELERY_WORKER_PREFETCH_MULTIPLIER)
+    one = _drain_seconds(n, 1)
+    print(
+        f"task drain: {n} queued tasks taken by a new worker in {ours:.1f} s, one at a time "
+        f"{one:.1f} s (ratio {one / max(ours, 0.001):.0f}x)"
+    )
+
+
 BENCHMARKS = {
     "provisioning": bench_provisioning,
+    "task_drain": bench_task_drain,
     "producer": bench_producer,
     "firehose": bench_firehose,
     "lab_start": bench_lab_start,

@@ -49,8 +49,8 @@ ASGI_APPLICATION = "labconsole.asgi:application"
 def worker_command(name: str, *, pool: str = "solo", concurrency: int | None = None) -> list[str]:
     """A Celery worker named `<name>@<host>`. The console runs the solo pool (one task at a
     time; long-running work lives in threads the workers manage themselves); the test suite
-    can still ask for another pool. A solo worker takes one task at a time from the broker
-    (`--concurrency 1`): Celery's prefetch is concurrency times the multiplier, and with
+    can still ask for another pool. A solo worker runs with `--concurrency 1`: Celery's
+    prefetch is concurrency times CELERY_WORKER_PREFETCH_MULTIPLIER, and with
     CELERY_WORKER_CONCURRENCY it would hold hundreds of tasks it cannot start."""
     if concurrency is None and pool == "solo":
         concurrency = 1
