@@ -27,6 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -89,7 +91,8 @@ class SpecError(Exception):
         found = list(errors)
         if len(found) > LIMITS.errors:
             more = len(found) - LIMITS.errors + 1
-            found = [*found[: LIMITS.errors - 1], f"(document): and {more} more problems"]
+            more_problems = _("and {count} more problems").format(count=more)
+            found = [*found[: LIMITS.errors - 1], f"(document): {more_problems}"]
         self.errors: list[str] = found
         super().__init__(self.__str__())
 
@@ -105,15 +108,15 @@ WORKLOAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 _PATTERN_MESSAGES = {
-    SLUG_PATTERN: (
+    SLUG_PATTERN: gettext_noop(
         "must be 2 to 63 characters of lowercase letters, digits and hyphens, "
         "starting with a letter or digit"
     ),
-    WORKLOAD_NAME_PATTERN: (
+    WORKLOAD_NAME_PATTERN: gettext_noop(
         "must be 1 to 63 characters of lowercase letters, digits, '_', '.' and '-', "
         "starting with a letter or digit"
     ),
-    ID_PATTERN: (
+    ID_PATTERN: gettext_noop(
         "must be 1 to 63 characters of lowercase letters, digits and hyphens, "
         "starting with a letter or digit"
     ),
@@ -145,8 +148,8 @@ def _names(values: Iterable[Any], *, limit: int = 20) -> str:
     values = list(values)
     shown = ", ".join(excerpt(v, limit=40) for v in values[:limit])
     if len(values) > limit:
-        shown += f" and {len(values) - limit} more"
-    return shown or "none"
+        shown += " " + _("and {count} more").format(count=len(values) - limit)
+    return shown or _("none")
 
 
 def _declared(values: Iterable[Any]) -> str:
@@ -159,10 +162,41 @@ def _q(value: Any) -> str:
     return f"'{excerpt(value)}'"
 
 
+def _got(value: str) -> str:
+    """What a message says it was given: " (got the number 5)"."""
+    return " " + _("(got {value})").format(value=value)
+
+
+def _one_of(values: Iterable[Any]) -> str:
+    return _("must be one of: {names}").format(names=_names(values))
+
+
+def _integer(least: Any, greatest: Any) -> str:
+    return _("must be an integer from {least} to {greatest}").format(least=least, greatest=greatest)
+
+
+def _milliseconds(least: int, greatest: int) -> str:
+    return _("must be an integer number of milliseconds from {least} to {greatest}").format(
+        least=least, greatest=greatest
+    )
+
+
+def _not_declared_queue(name: str, queues: Iterable[str]) -> str:
+    problem = _("{name} is not a declared queue (declared queues: {names})")
+    return problem.format(name=_q(name), names=_declared(queues))
+
+
+def _not_declared_exchange(name: str, exchanges: Iterable[str]) -> str:
+    problem = _("{name} is not a declared exchange (declared exchanges: {names})")
+    return problem.format(name=_q(name), names=_declared(exchanges))
+
+
 def _shortstr_problem(value: str) -> str | None:
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > LIMITS.shortstr_bytes:
-        return f"must be at most {LIMITS.shortstr_bytes} bytes in UTF-8 (got {size} bytes)"
+        return _("must be at most {limit} bytes in UTF-8 (got {size} bytes)").format(
+            limit=LIMITS.shortstr_bytes, size=size
+        )
     return None
 
 
@@ -232,7 +266,7 @@ class LocalizedText(_Model):
     @classmethod
     def _en_not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("must not be empty")
+            raise ValueError(_("must not be empty"))
         return value
 
     def get(self, lang: str) -> str:
@@ -254,9 +288,9 @@ class LocalizedText(_Model):
 
 def _check_object_name(value: str) -> str:
     if not value:
-        raise ValueError("must not be empty")
+        raise ValueError(_("must not be empty"))
     if value.startswith("amq."):
-        raise ValueError("names starting with 'amq.' are reserved by the broker")
+        raise ValueError(_("names starting with 'amq.' are reserved by the broker"))
     return _shortstr(value)
 
 
@@ -284,23 +318,23 @@ class Exchange(_Model):
             path = ("arguments", key)
             if key == "alternate-exchange":
                 if not isinstance(value, str) or not value:
-                    items.append((path, "must be the name of a declared exchange"))
+                    items.append((path, _("must be the name of a declared exchange")))
                 elif problem := _shortstr_problem(value):
                     items.append((path, problem))
             elif key in ("hash-header", "hash-property"):
                 if self.type != "x-consistent-hash":
-                    items.append((path, "only x-consistent-hash exchanges take this argument"))
+                    items.append((path, _("only x-consistent-hash exchanges take this argument")))
                 elif key == "hash-header" and (not isinstance(value, str) or not value):
-                    items.append((path, "must be a header name"))
+                    items.append((path, _("must be a header name")))
                 elif key == "hash-header" and (problem := _shortstr_problem(value)):
                     items.append((path, problem))
                 elif key == "hash-property" and value not in HASH_PROPERTIES:
-                    items.append((path, f"must be one of: {_names(HASH_PROPERTIES)}"))
+                    items.append((path, _one_of(HASH_PROPERTIES)))
                 elif key == "hash-property" and "hash-header" in self.arguments:
-                    items.append((path, "use either hash-header or hash-property, not both"))
+                    items.append((path, _("use either hash-header or hash-property, not both")))
             else:
-                expected = _names(EXCHANGE_ARGUMENTS)
-                items.append((path, f"unknown exchange argument (expected one of: {expected})"))
+                unknown = _("unknown exchange argument (expected one of: {names})")
+                items.append((path, unknown.format(names=_names(EXCHANGE_ARGUMENTS))))
         if items:
             raise _spec_items(items)
         return self
@@ -341,58 +375,65 @@ STREAM_FORBIDDEN = (
 def _queue_argument_problem(key: str, value: Any, queue_type: str) -> str | None:
     """What is wrong with one queue argument, or None."""
     if key == "x-queue-type":
-        return "not allowed in arguments: use the queue's type field"
+        return _("not allowed in arguments: use the queue's type field")
     if key not in QUEUE_ARGUMENTS:
         if key.startswith("x-"):
-            return f"unknown queue argument (expected one of: {_names(QUEUE_ARGUMENTS)})"
-        return f"queue arguments start with 'x-' (expected one of: {_names(QUEUE_ARGUMENTS)})"
+            unknown = _("unknown queue argument (expected one of: {names})")
+        else:
+            unknown = _("queue arguments start with 'x-' (expected one of: {names})")
+        return unknown.format(names=_names(QUEUE_ARGUMENTS))
 
     if queue_type == "stream" and key in STREAM_FORBIDDEN:
-        return "stream queues do not support this argument"
+        return _("stream queues do not support this argument")
     if key in ("x-delivery-limit",) and queue_type != "quorum":
-        return f"only quorum queues support a delivery limit (this queue is {queue_type})"
+        only = _("only quorum queues support a delivery limit (this queue is {type})")
+        return only.format(type=queue_type)
     if key in ("x-max-age", "x-stream-max-segment-size-bytes") and queue_type != "stream":
-        return f"only stream queues support this argument (this queue is {queue_type})"
+        only = _("only stream queues support this argument (this queue is {type})")
+        return only.format(type=queue_type)
     if key in ("x-max-priority", "x-queue-mode") and queue_type != "classic":
-        return f"only classic queues support this argument (this queue is {queue_type})"
+        only = _("only classic queues support this argument (this queue is {type})")
+        return only.format(type=queue_type)
 
     ms, int64 = LIMITS.milliseconds, LIMITS.int64
     if key == "x-message-ttl":
         if not (_is_int(value) and 0 <= value <= ms):
-            return f"must be an integer number of milliseconds from 0 to {ms}"
+            return _milliseconds(0, ms)
     elif key == "x-expires":
         if not (_is_int(value) and 1 <= value <= ms):
-            return f"must be an integer number of milliseconds from 1 to {ms}"
+            return _milliseconds(1, ms)
     elif key in ("x-max-length", "x-max-length-bytes", "x-delivery-limit"):
         if not (_is_int(value) and 0 <= value <= int64):
-            return f"must be an integer from 0 to {int64}"
+            return _integer(0, int64)
     elif key == "x-stream-max-segment-size-bytes":
         if not (_is_int(value) and 1 <= value <= int64):
-            return f"must be an integer number of bytes from 1 to {int64}"
+            return _("must be an integer number of bytes from {least} to {greatest}").format(
+                least=1, greatest=int64
+            )
     elif key == "x-overflow":
         if value not in OVERFLOW_VALUES:
-            return f"must be one of: {_names(OVERFLOW_VALUES)}"
+            return _one_of(OVERFLOW_VALUES)
         if queue_type == "quorum" and value == "reject-publish-dlx":
-            return "quorum queues support only drop-head and reject-publish"
+            return _("quorum queues support only drop-head and reject-publish")
     elif key == "x-max-priority":
         if not (_is_int(value) and 1 <= value <= 255):
-            return "must be an integer from 1 to 255"
+            return _integer(1, 255)
     elif key == "x-dead-letter-exchange":
         if not isinstance(value, str):
-            return 'must be the name of a declared exchange, or "" for the default exchange'
+            return _('must be the name of a declared exchange, or "" for the default exchange')
         return _shortstr_problem(value)
     elif key == "x-dead-letter-routing-key":
         if not isinstance(value, str):
-            return "must be a string"
+            return _("must be a string")
         return _shortstr_problem(value)
     elif key == "x-max-age":
         if not (isinstance(value, str) and MAX_AGE_RE.match(value)):
-            return 'must be a number followed by a unit Y, M, D, h, m or s, like "7D" or "1h"'
+            return _('must be a number followed by a unit Y, M, D, h, m or s, like "7D" or "1h"')
     elif key == "x-single-active-consumer":
         if not isinstance(value, bool):
-            return "must be true or false"
+            return _("must be true or false")
     elif key == "x-queue-mode" and value not in QUEUE_MODES:
-        return f"must be one of: {_names(QUEUE_MODES)}"
+        return _one_of(QUEUE_MODES)
     return None
 
 
@@ -413,9 +454,11 @@ class Queue(_Model):
         items: list[tuple[tuple[str | int, ...], str]] = []
         if self.type in ("quorum", "stream"):
             if not self.durable:
-                items.append((("durable",), f"{self.type} queues must be durable"))
+                must = _("{type} queues must be durable").format(type=self.type)
+                items.append((("durable",), must))
             if self.auto_delete:
-                items.append((("auto_delete",), f"{self.type} queues cannot be auto-delete"))
+                cannot = _("{type} queues cannot be auto-delete").format(type=self.type)
+                items.append((("auto_delete",), cannot))
         for key, value in self.arguments.items():
             problem = _queue_argument_problem(key, value, self.type)
             if problem:
@@ -428,7 +471,7 @@ class Queue(_Model):
             items.append(
                 (
                     ("arguments", "x-dead-letter-routing-key"),
-                    "needs x-dead-letter-exchange as well",
+                    _("needs x-dead-letter-exchange as well"),
                 )
             )
         if items:
@@ -447,7 +490,7 @@ class Binding(_Model):
     @classmethod
     def _destination(cls, value: str) -> str:
         if not value:
-            raise ValueError("must not be empty")
+            raise ValueError(_("must not be empty"))
         return value
 
 
@@ -472,7 +515,7 @@ class Policy(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         if not value:
-            raise ValueError("must not be empty")
+            raise ValueError(_("must not be empty"))
         return value
 
     @field_validator("pattern")
@@ -481,18 +524,20 @@ class Policy(_Model):
         try:
             re.compile(value)
         except re.error as exc:
-            raise ValueError(f"is not a valid regular expression: {exc}") from None
+            raise ValueError(
+                _("is not a valid regular expression: {error}").format(error=exc)
+            ) from None
         return value
 
     @field_validator("definition")
     @classmethod
     def _definition(cls, value: dict[str, Any]) -> dict[str, Any]:
         if not value:
-            raise ValueError("must set at least one key, like message-ttl or max-length")
+            raise ValueError(_("must set at least one key, like message-ttl or max-length"))
         items = []
         for key, (least, greatest) in POLICY_INT_KEYS.items():
             if key in value and not (_is_int(value[key]) and least <= value[key] <= greatest):
-                items.append(((key,), f"must be an integer from {least} to {greatest}"))
+                items.append(((key,), _integer(least, greatest)))
         if items:
             raise _spec_items(items)
         return value
@@ -755,7 +800,7 @@ class _BindingCheck(_Model):
     @classmethod
     def _not_empty(cls, value: str) -> str:
         if not value:
-            raise ValueError("must not be empty")
+            raise ValueError(_("must not be empty"))
         return value
 
 
@@ -1096,7 +1141,9 @@ def _permission(value: str) -> str:
     try:
         re.compile(value)
     except re.error as exc:
-        raise ValueError(f"is not a valid regular expression: {exc}") from None
+        raise ValueError(
+            _("is not a valid regular expression: {error}").format(error=exc)
+        ) from None
     return value
 
 
@@ -1247,14 +1294,15 @@ class _CrossReferences:
         seen: dict[str, str] = {}
         for path, name in entries:
             if name in seen:
-                self.add(path, f"duplicate {what} {_q(name)} (first at {seen[name]})")
+                duplicate = _("duplicate {what} {name} (first at {path})")
+                self.add(path, duplicate.format(what=_(what), name=_q(name), path=seen[name]))
             else:
                 seen[name] = path
 
     def queue_problem(self, name: str) -> str | None:
         if name in self.queues:
             return None
-        return f"{_q(name)} is not a declared queue (declared queues: {_declared(self.queues)})"
+        return _not_declared_queue(name, self.queues)
 
     def exchange_problem(self, name: str, *, default_ok: bool, builtin_ok: bool) -> str | None:
         if name in self.exchanges:
@@ -1263,8 +1311,7 @@ class _CrossReferences:
             return None
         if name in BUILTIN_EXCHANGES and builtin_ok:
             return None
-        declared = _declared(self.exchanges)
-        return f"{_q(name)} is not a declared exchange (declared exchanges: {declared})"
+        return _not_declared_exchange(name, self.exchanges)
 
     def exchange_type(self, name: str) -> str | None:
         if name in self.exchanges:
@@ -1280,18 +1327,18 @@ class _CrossReferences:
                 (f"topology.exchanges[{i}].name", x.name)
                 for i, x in enumerate(spec.topology.exchanges)
             ),
-            "exchange name",
+            gettext_noop("exchange name"),
         )
         self.unique(
             ((f"topology.queues[{i}].name", q.name) for i, q in enumerate(spec.topology.queues)),
-            "queue name",
+            gettext_noop("queue name"),
         )
         self.unique(
             (
                 (f"topology.policies[{i}].name", p.name)
                 for i, p in enumerate(spec.topology.policies)
             ),
-            "policy name",
+            gettext_noop("policy name"),
         )
         self.unique(
             [
@@ -1302,17 +1349,19 @@ class _CrossReferences:
                 (f"workloads.consumers[{i}].name", c.name)
                 for i, c in enumerate(spec.workloads.consumers)
             ],
-            "workload name",
+            gettext_noop("workload name"),
         )
-        self.unique(((f"users[{i}].name", u.name) for i, u in enumerate(spec.users)), "user name")
-        self.unique(((f"steps[{i}].id", s.id) for i, s in enumerate(spec.steps)), "step id")
+        users = ((f"users[{i}].name", u.name) for i, u in enumerate(spec.users))
+        self.unique(users, gettext_noop("user name"))
+        steps = ((f"steps[{i}].id", s.id) for i, s in enumerate(spec.steps))
+        self.unique(steps, gettext_noop("step id"))
         self.unique(
             (
                 (f"steps[{i}].checkpoints[{j}].id", c.id)
                 for i, s in enumerate(spec.steps)
                 for j, c in enumerate(s.checkpoints)
             ),
-            "checkpoint id",
+            gettext_noop("checkpoint id"),
         )
 
     def topology(self) -> None:
@@ -1326,7 +1375,7 @@ class _CrossReferences:
                 elif alternate == exchange.name:
                     self.add(
                         f"topology.exchanges[{i}].arguments.alternate-exchange",
-                        "an exchange cannot be its own alternate exchange",
+                        _("an exchange cannot be its own alternate exchange"),
                     )
 
         for i, queue in enumerate(spec.topology.queues):
@@ -1339,38 +1388,28 @@ class _CrossReferences:
         seen_bindings: dict[tuple, int] = {}
         for i, binding in enumerate(spec.topology.bindings):
             path = f"topology.bindings[{i}]"
-            prefix = f"binding from {_q(binding.source)} to {_q(binding.destination)}"
+            prefix = _("binding from {source} to {destination}").format(
+                source=_q(binding.source), destination=_q(binding.destination)
+            )
             if binding.source == "":
-                self.add(
-                    f"{path}.source",
-                    f"binding from the default exchange to {_q(binding.destination)}: "
-                    "the default exchange cannot be bound (it routes by queue name)",
+                default = _(
+                    "binding from the default exchange to {destination}: the default exchange "
+                    "cannot be bound (it routes by queue name)"
                 )
+                self.add(f"{path}.source", default.format(destination=_q(binding.destination)))
             elif binding.source not in self.exchanges and binding.source not in BUILTIN_EXCHANGES:
-                self.add(
-                    f"{path}.source",
-                    f"{prefix}: {_q(binding.source)} is not a declared exchange "
-                    f"(declared exchanges: {_declared(self.exchanges)})",
-                )
+                problem = _not_declared_exchange(binding.source, self.exchanges)
+                self.add(f"{path}.source", f"{prefix}: {problem}")
             if binding.destination_type == "queue":
                 if binding.destination not in self.queues:
-                    self.add(
-                        f"{path}.destination",
-                        f"{prefix}: {_q(binding.destination)} is not a declared queue "
-                        f"(declared queues: {_declared(self.queues)})",
-                    )
+                    problem = _not_declared_queue(binding.destination, self.queues)
+                    self.add(f"{path}.destination", f"{prefix}: {problem}")
             elif binding.destination not in self.exchanges:
-                self.add(
-                    f"{path}.destination",
-                    f"{prefix}: {_q(binding.destination)} is not a declared exchange "
-                    f"(declared exchanges: {_declared(self.exchanges)})",
-                )
+                problem = _not_declared_exchange(binding.destination, self.exchanges)
+                self.add(f"{path}.destination", f"{prefix}: {problem}")
             x_match = binding.arguments.get("x-match", "all")
             if self.exchange_type(binding.source) == "headers" and x_match not in X_MATCH_VALUES:
-                self.add(
-                    f"{path}.arguments.x-match",
-                    f"must be one of: {_names(X_MATCH_VALUES)}",
-                )
+                self.add(f"{path}.arguments.x-match", _one_of(X_MATCH_VALUES))
             identity = (
                 binding.source,
                 binding.destination,
@@ -1379,11 +1418,10 @@ class _CrossReferences:
                 json.dumps(binding.arguments, sort_keys=True, default=str),
             )
             if identity in seen_bindings:
-                self.add(
-                    path,
-                    f"{prefix}: the same binding is already declared at "
-                    f"topology.bindings[{seen_bindings[identity]}]",
+                again = _("the same binding is already declared at {path}").format(
+                    path=f"topology.bindings[{seen_bindings[identity]}]"
                 )
+                self.add(path, f"{prefix}: {again}")
             else:
                 seen_bindings[identity] = i
 
@@ -1394,11 +1432,11 @@ class _CrossReferences:
             if problem:
                 self.add(f"{path}.exchange", problem)
             elif producer.exchange in self.exchanges and self.exchanges[producer.exchange].internal:
-                self.add(
-                    f"{path}.exchange",
-                    f"{_q(producer.exchange)} is an internal exchange: it only receives messages "
-                    "from other exchanges, and clients cannot publish to it",
+                internal = _(
+                    "{name} is an internal exchange: it only receives messages from other "
+                    "exchanges, and clients cannot publish to it"
                 )
+                self.add(f"{path}.exchange", internal.format(name=_q(producer.exchange)))
             elif producer.exchange == "":
                 if producer.routing_keys:
                     keys = [
@@ -1409,26 +1447,20 @@ class _CrossReferences:
                     keys = [(f"{path}.routing_key", producer.routing_key)]
                 for key_path, key in keys:
                     if key not in self.queues:
-                        self.add(
-                            key_path,
-                            f"the default exchange routes by queue name; {_q(key)} is not a "
-                            f"declared queue (declared queues: {_declared(self.queues)})",
-                        )
+                        by_name = _("the default exchange routes by queue name")
+                        problem = _not_declared_queue(key, self.queues)
+                        self.add(key_path, f"{by_name}; {problem}")
 
             users = [u.name for u in self.spec.users]
             if producer.user is not None and producer.user not in users:
+                problem = _("{name} is not a declared user (declared users: {names})")
                 self.add(
-                    f"{path}.user",
-                    f"{_q(producer.user)} is not a declared user (declared users: "
-                    f"{_declared(users)})",
+                    f"{path}.user", problem.format(name=_q(producer.user), names=_declared(users))
                 )
             if producer.reply_to is not None and producer.reply_to not in self.queues:
-                self.add(
-                    f"{path}.reply_to",
-                    "replies go through the default exchange, which routes by queue name; "
-                    f"{_q(producer.reply_to)} is not a declared queue "
-                    f"(declared queues: {_declared(self.queues)})",
-                )
+                replies = _("replies go through the default exchange, which routes by queue name")
+                problem = _not_declared_queue(producer.reply_to, self.queues)
+                self.add(f"{path}.reply_to", f"{replies}; {problem}")
 
         for i, consumer in enumerate(self.spec.workloads.consumers):
             path = f"workloads.consumers[{i}]"
@@ -1449,28 +1481,27 @@ class _CrossReferences:
                 and behaviour.park_routing_key
                 and behaviour.park_routing_key not in self.queues
             ):
-                self.add(
-                    f"{path}.behaviour.park_routing_key",
-                    'with the default exchange (park_exchange "") this names the parking '
-                    f"queue; {_q(behaviour.park_routing_key)} is not a declared queue "
-                    f"(declared queues: {_declared(self.queues)})",
+                parking = _(
+                    'with the default exchange (park_exchange "") this names the parking queue'
                 )
+                problem = _not_declared_queue(behaviour.park_routing_key, self.queues)
+                self.add(f"{path}.behaviour.park_routing_key", f"{parking}; {problem}")
 
     def stream_consumer(self, path: str, consumer: Consumer) -> None:
         """A stream is read with manual acks and a prefetch above 0, from an offset
         (https://www.rabbitmq.com/docs/streams#consuming); other queues take no offset."""
         if self.queues[consumer.queue].type != "stream":
             if consumer.stream_offset is not None:
+                only = _("only consumers of a stream take an offset ({name} is a {type} queue)")
                 self.add(
                     f"{path}.stream_offset",
-                    f"only consumers of a stream take an offset ({_q(consumer.queue)} is a "
-                    f"{self.queues[consumer.queue].type} queue)",
+                    only.format(name=_q(consumer.queue), type=self.queues[consumer.queue].type),
                 )
             return
         if consumer.ack != "manual":
-            self.add(f"{path}.ack", "a stream's consumers must acknowledge manually")
+            self.add(f"{path}.ack", _("a stream's consumers must acknowledge manually"))
         if consumer.prefetch == 0:
-            self.add(f"{path}.prefetch", "a stream's consumers need a prefetch above 0")
+            self.add(f"{path}.prefetch", _("a stream's consumers need a prefetch above 0"))
 
     def steps(self) -> None:
         for i, step in enumerate(self.spec.steps):
@@ -1546,9 +1577,14 @@ class _CrossReferences:
 
     def not_a(self, kind: str, name: str) -> str:
         names = self.consumers if kind == "consumer" else self.producers
-        if name in self.producers or name in self.consumers:
-            return f"{_q(name)} is not a {kind} (declared {kind}s: {_declared(names)})"
-        return f"{_q(name)} is not a declared {kind} (declared {kind}s: {_declared(names)})"
+        if kind == "consumer":
+            other = _("{name} is not a consumer (declared consumers: {names})")
+            missing = _("{name} is not a declared consumer (declared consumers: {names})")
+        else:
+            other = _("{name} is not a producer (declared producers: {names})")
+            missing = _("{name} is not a declared producer (declared producers: {names})")
+        problem = other if name in self.producers or name in self.consumers else missing
+        return problem.format(name=_q(name), names=_declared(names))
 
 
 # --------------------------------------------------------------------------------------
@@ -1615,20 +1651,21 @@ class _Location:
 
 def _describe(value: Any) -> str:
     if value is None:
-        return "nothing"
+        return _("nothing")
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return f"the number {excerpt(value)}"
+        return _("the number {value}").format(value=excerpt(value))
     if isinstance(value, str):
         if len(value) > LIMITS.excerpt_chars:
             start = json.dumps(value[: LIMITS.excerpt_chars], ensure_ascii=False)
-            return f"a string of {len(value)} characters starting {start}…"
-        return f"the string {json.dumps(value, ensure_ascii=False)}"
+            long = _("a string of {count} characters starting {start}…")
+            return long.format(count=len(value), start=start)
+        return _("the string {value}").format(value=json.dumps(value, ensure_ascii=False))
     if isinstance(value, list):
-        return "a list"
+        return _("a list")
     if isinstance(value, dict):
-        return "a mapping"
+        return _("a mapping")
     return type(value).__name__
 
 
@@ -1651,81 +1688,90 @@ def _num(value: Any) -> str:
 def _range_message(field: Any, err: dict) -> str:
     bounds = _bounds(field)
     annotation = _strip_optional(getattr(field, "annotation", None))
-    kind = "an integer" if annotation is int else "a number"
-    got = f" (got {_num(err.get('input'))})"
+    got = _got(_num(err.get("input")))
     if "ge" in bounds and "le" in bounds:
-        return f"must be {kind} from {_num(bounds['ge'])} to {_num(bounds['le'])}{got}"
+        if annotation is int:
+            return _integer(_num(bounds["ge"]), _num(bounds["le"])) + got
+        between = _("must be a number from {least} to {greatest}")
+        return between.format(least=_num(bounds["ge"]), greatest=_num(bounds["le"])) + got
     ctx = err.get("ctx", {})
     if "ge" in ctx:
-        return f"must be at least {_num(ctx['ge'])}{got}"
+        return _("must be at least {value}").format(value=_num(ctx["ge"])) + got
     if "gt" in ctx:
-        return f"must be greater than {_num(ctx['gt'])}{got}"
+        return _("must be greater than {value}").format(value=_num(ctx["gt"])) + got
     if "le" in ctx:
-        return f"must be at most {_num(ctx['le'])}{got}"
+        return _("must be at most {value}").format(value=_num(ctx["le"])) + got
     if "lt" in ctx:
-        return f"must be less than {_num(ctx['lt'])}{got}"
+        return _("must be less than {value}").format(value=_num(ctx["lt"])) + got
     return err["msg"]
 
 
 def _message(err: dict, where: _Location) -> str:
     kind = err["type"]
     value = err.get("input")
-    got = f" (got {_describe(value)})"
+    got = _got(_describe(value))
     if where.is_key and kind == "string_type":
-        return f"names must be strings{got}"
+        return _("names must be strings") + got
     if kind == "missing":
-        return "required field is missing"
+        return _("required field is missing")
     if kind == "extra_forbidden":
         parent = where.parent_model
         expected = _names(parent.model_fields) if parent else "?"
-        return f"unknown field (expected one of: {expected})"
+        return _("unknown field (expected one of: {names})").format(names=expected)
     if kind == "literal_error":
         options = [v for v in get_args(_strip_optional(where.type))] if where.type else []
         if len(options) == 1:
-            return f"must be {options[0]!r}{got}"
+            return _("must be {value}").format(value=repr(options[0])) + got
         if options:
-            return f"must be one of: {_names(str(o) for o in options)}{got}"
-        return f"must be one of: {err.get('ctx', {}).get('expected', '?')}{got}"
+            return _one_of(str(o) for o in options) + got
+        expected = err.get("ctx", {}).get("expected", "?")
+        return _("must be one of: {names}").format(names=expected) + got
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be an integer{got}"
+        return _("must be an integer") + got
     if kind in ("float_type", "float_parsing"):
-        return f"must be a number{got}"
+        return _("must be a number") + got
     if kind == "finite_number":
-        return "must be a finite number"
+        return _("must be a finite number")
     if kind in ("bool_type", "bool_parsing"):
-        return f"must be true or false{got}"
+        return _("must be true or false") + got
     if kind == "string_type":
-        return f"must be a string{got}"
+        return _("must be a string") + got
     if kind == "list_type":
-        return f"must be a list{got}"
+        return _("must be a list") + got
     if kind == "dict_type":
-        return f"must be a mapping{got}"
+        return _("must be a mapping") + got
     if kind in ("model_type", "model_attributes_type"):
         if _strip_optional(where.type) is LocalizedText:
-            return f"must be a string, or a mapping with en (and optionally ru){got}"
-        return f"must be a mapping of fields{got}"
+            return _("must be a string, or a mapping with en (and optionally ru)") + got
+        return _("must be a mapping of fields") + got
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return _range_message(where.field, err)
     if kind == "string_too_short":
-        return "must not be empty"
+        return _("must not be empty")
     if kind == "string_too_long":
         limit = err.get("ctx", {}).get("max_length")
-        return f"must be at most {limit} characters{got}"
+        return _("must be at most {limit} characters").format(limit=limit) + got
     if kind == "too_long":
         ctx = err.get("ctx", {})
-        items = "keys" if isinstance(value, dict) else "items"
-        return f"must have at most {ctx.get('max_length')} {items} (got {ctx.get('actual_length')})"
+        if isinstance(value, dict):
+            most = _("must have at most {limit} keys (got {count})")
+        else:
+            most = _("must have at most {limit} items (got {count})")
+        return most.format(limit=ctx.get("max_length"), count=ctx.get("actual_length"))
     if kind == "string_pattern_mismatch":
         pattern = err.get("ctx", {}).get("pattern")
-        return _PATTERN_MESSAGES.get(pattern, f"must match {pattern}") + got
+        if pattern in _PATTERN_MESSAGES:
+            return _(_PATTERN_MESSAGES[pattern]) + got
+        return _("must match {pattern}").format(pattern=pattern) + got
     if kind in ("value_error", "assertion_error"):
         error = err.get("ctx", {}).get("error")
         return excerpt(str(error), limit=300) if error is not None else err["msg"]
     if kind == "union_tag_invalid":
-        tag = _q(value.get("type"))
-        return f"unknown check type {tag} (expected one of: {_names(CHECK_TYPES)})"
+        unknown = _("unknown check type {type} (expected one of: {names})")
+        return unknown.format(type=_q(value.get("type")), names=_names(CHECK_TYPES))
     if kind == "union_tag_not_found":
-        return f"required field is missing (one of: {_names(CHECK_TYPES)})"
+        missing = _("required field is missing (one of: {names})")
+        return missing.format(names=_names(CHECK_TYPES))
     return err["msg"]
 
 
@@ -1750,8 +1796,8 @@ def _errors_from_validation(exc: ValidationError) -> list[str]:
 
 def _validate(data: Any, source: str) -> ExerciseSpec:
     if not isinstance(data, dict):
-        message = "the document must be a mapping of fields, like 'version: 1'"
-        raise SpecError([f"{source}: {message} (got {_describe(data)})"])
+        message = _("the document must be a mapping of fields, like 'version: 1'")
+        raise SpecError([f"{source}: {message}{_got(_describe(data))}"])
     try:
         return ExerciseSpec.model_validate(data)
     except ValidationError as exc:

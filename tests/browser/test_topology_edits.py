@@ -75,3 +75,25 @@ def test_a_binding_made_in_one_page_is_drawn_in_the_other(
     finally:
         viewer_context.close()
     assert not errors, f"JavaScript errors on the second page: {errors}"
+
+
+def test_a_refusal_reads_in_russian_on_a_russian_page(
+    browser, live_server_url, catalogue, learner, labs
+):
+    exercise = catalogue["direct-routing"]
+    source = _with_edits(exercise.source, exercise=True, steps={})
+    session = lab_session_start(exercise=exercise, owner=learner, run=False, source=source)
+    context = browser.new_context(viewport=VIEWPORT, locale="ru-RU")
+    page = context.new_page()
+    try:
+        open_lab(page, live_server_url, session)
+        page.locator("#topology-card > summary").click()
+        queue_form = page.locator("#topology-queue")
+        queue_form.locator("input[name=name]").fill("humidity")
+        queue_form.locator("textarea[name=arguments]").fill("x-max-priority=300")
+        queue_form.locator("button[type=submit]").click()
+        expect(page.locator("#topology-result")).to_contain_text(
+            "arguments.x-max-priority: должно быть целым числом от 1 до 255"
+        )
+    finally:
+        context.close()

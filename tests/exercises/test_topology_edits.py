@@ -382,6 +382,75 @@ def test_the_page_edits_the_topology_and_refusals_name_the_field(client_in, lab,
     assert "humidity" not in broker_state(api, lab.vhost)["queues"]
 
 
+RUSSIAN_REFUSALS = [
+    pytest.param(
+        {"action": "declare-queue", "name": "amq.q", "type": "classic"},
+        "name: имена, начинающиеся с 'amq.', зарезервированы брокером",
+        id="reserved-name",
+    ),
+    pytest.param(
+        {
+            "action": "declare-queue",
+            "name": "q1",
+            "type": "classic",
+            "arguments": "x-message-ttl=-5",
+        },
+        "arguments.x-message-ttl: должно быть целым числом миллисекунд от 0 до",
+        id="negative-ttl",
+    ),
+    pytest.param(
+        {
+            "action": "declare-queue",
+            "name": "q1",
+            "type": "quorum",
+            "arguments": "x-max-priority=5",
+        },
+        "этот аргумент поддерживают только классические очереди (у этой тип quorum)",
+        id="priority-on-quorum",
+    ),
+    pytest.param(
+        {"action": "declare-exchange", "name": "x1", "type": "direct", "arguments": "colour=red"},
+        "arguments.colour: неизвестный аргумент обменника (допустимы: alternate-exchange",
+        id="unknown-exchange-argument",
+    ),
+    pytest.param(
+        {
+            "action": "bind",
+            "source": "sensors",
+            "destination": "nothing",
+            "destination_type": "queue",
+            "routing_key": "k",
+        },
+        "destination: привязка от 'sensors' к 'nothing': очередь 'nothing' не объявлена "
+        "(объявлены: ",
+        id="unknown-queue",
+    ),
+    pytest.param(
+        {"action": "delete", "kind": "queue", "name": "temperature"},
+        "still used",  # replaced below: the Russian of "it is still used"
+        id="delete-a-used-queue",
+    ),
+]
+
+
+@pytest.mark.parametrize(("form", "expected"), RUSSIAN_REFUSALS)
+def test_a_refusal_is_in_the_pages_language(client_in, lab, api, form, expected):
+    """The rules are the exercise format's, and so are the messages: in Russian on a Russian
+    page, the names of fields and objects as they are. The same edit in English says it in
+    English."""
+    url = reverse("lab-topology", args=[lab.id])
+    if expected == "still used":
+        expected = "используется: workloads.consumers[0].queue: очередь 'temperature' не объявлена"
+    before = broker_state(api, lab.vhost)
+    russian = client_in.post(url, form, HTTP_ACCEPT_LANGUAGE="ru")
+    assert russian.status_code == 400
+    assert expected in text_of(russian), text_of(russian)
+    english = client_in.post(url, form, HTTP_ACCEPT_LANGUAGE="en")
+    assert english.status_code == 400
+    assert expected not in text_of(english)
+    assert broker_state(api, lab.vhost) == before
+
+
 def test_only_the_owner_may_edit(client, lab, api, django_user_model):
     other = django_user_model.objects.create_user("other", password="other-pass-1")
     client.force_login(other)
