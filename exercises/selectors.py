@@ -83,10 +83,18 @@ def _readable(exercise: Exercise) -> bool:
     return True
 
 
+def _catalogue_place(exercise: Exercise) -> tuple:
+    """The course's exercises in the course's order (their `order`), then the others by
+    level and title."""
+    order = exercise.spec.order
+    level = LEVELS.index(exercise.level) if exercise.level in LEVELS else len(LEVELS)
+    return (order is None, order or 0, level, exercise.title)
+
+
 def exercise_cards(*, tag: str = "", level: str = "") -> tuple[list[dict], list[str]]:
     """Cards matching the filters, and every tag there is (for the filter)."""
     exercises = [e for e in Exercise.objects.filter(published=True) if _readable(e)]
-    exercises.sort(key=lambda e: (LEVELS.index(e.level) if e.level in LEVELS else 9, e.title))
+    exercises.sort(key=_catalogue_place)
     tags = sorted({t for e in exercises for t in e.tags})
     cards = [
         exercise_card(e)

@@ -1162,6 +1162,9 @@ class LabUser(_Model):
     read: Permission = "^$"
 
 
+COURSE_ORDER_MAX = 999
+
+
 class ExerciseSpec(_Model):
     # An int, strictly: `version: 1.0` and `version: true` are not version 1.
     version: int
@@ -1171,6 +1174,8 @@ class ExerciseSpec(_Model):
     description: LocalizedText
     level: Literal["beginner", "intermediate", "advanced"]
     minutes: int = Field(ge=1, le=240)
+    #: The exercise's place in the course: the catalogue lists these first, in this order.
+    order: int | None = Field(default=None, ge=1, le=COURSE_ORDER_MAX)
     tags: list[str] = _items(LIMITS.items)
     topology: Topology
     workloads: Workloads = Field(default_factory=Workloads)

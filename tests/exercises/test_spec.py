@@ -276,7 +276,7 @@ def test_unknown_top_level_field():
     data["colour"] = "blue"
     assert the_error(data) == (
         "colour: unknown field (expected one of: version, slug, title, summary, description, "
-        "level, minutes, tags, topology, workloads, users, steps, topology_edits)"
+        "level, minutes, order, tags, topology, workloads, users, steps, topology_edits)"
     )
 
 

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import yaml
 from django.urls import reverse
 from pydantic import ValidationError
 
@@ -30,6 +31,23 @@ def test_catalogue_lists_and_filters(client_in, catalogue):
     assert "Dead letters" in partial and "Direct routing" not in partial
     tagged = client_in.get(reverse("catalogue"), {"tag": "no-such-tag"}).content.decode()
     assert "Direct routing" not in tagged
+
+
+def test_catalogue_lists_the_course_in_its_order_then_the_others(client_in, catalogue):
+    from exercises.services import exercise_save
+
+    data = yaml.safe_load(catalogue["direct-routing"].source)
+    data.pop("order")
+    data["slug"] = "a-first-by-title"
+    data["title"] = {"en": "A first by title", "ru": "Первое по алфавиту"}
+    exercise_save(source=yaml.safe_dump(data, allow_unicode=True))
+    page = client_in.get(reverse("catalogue")).content.decode()
+    listed = re.findall(r'href="/exercises/([a-z0-9-]+)/"', page)
+    listed = list(dict.fromkeys(listed))
+    course = sorted((e for e in catalogue.values() if e.spec.order), key=lambda e: e.spec.order)
+    assert listed[: len(course)] == [e.slug for e in course]
+    assert listed[:3] == ["hello-world", "work-queues", "fanout-pubsub"]
+    assert listed[-1] == "a-first-by-title"
 
 
 def test_catalogue_parses_each_version_once(client_in, catalogue, monkeypatch):
