@@ -13,9 +13,9 @@ The parent writes one JSON line with what to open:
 
 The client opens everything, prints `{"ready": ...}`, waits for a line
 `{"start": t0, "end": t1}` (times from time.time()), counts what arrives between the two,
-and prints its results as one JSON line at t1. Latency is now - the message's `x-sent-at`
-header (the publisher's time.time() at publish, in microseconds), kept as a histogram in
-whole milliseconds.
+and prints its results as one JSON line at t1. Latency is now - the header the orders name
+as `stamp` (`x-sent-at`: the publisher's time.time() at publish, in microseconds), kept as a
+histogram in whole milliseconds.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections import Counter
 
 ACK_EVERY = 10
 ACK_AFTER = 0.25
-STAMP = "x-sent-at"
+STAMP = ""  # the header with the publish time: the parent's orders name it ("stamp")
 
 
 class Window:
@@ -242,7 +242,9 @@ def run_amqp(orders: dict) -> None:
 
 
 def main() -> None:
+    global STAMP
     orders = json.loads(sys.stdin.readline())
+    STAMP = orders["stamp"]
     if orders["mode"] == "ws":
         asyncio.run(run_viewers(orders))
     else:

@@ -39,12 +39,12 @@ from common import (
 
 from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
-from labconsole.flow.reporter import FIRST_WATCH_SECONDS
+from labconsole.flow.reporter import FIRST_WATCH_SECONDS, SENT_AT
 
 CLIENTS = ROOT / "benchmarks" / "clients.py"
 CLIENT_PROCESSES = 4
 EXERCISE = "direct-routing"  # its exchange `sensors` routes the key `temperature`
-STAMP = "x-sent-at"
+STAMP = SENT_AT  # the header the console's producers stamp, and so does this bench's
 WARMUP = 3.0  # seconds between the viewers being connected and the measured window
 WINDOW = 10.0  # seconds measured
 CONNECT_RATE = 20.0  # viewers opening their page each second, all client processes together
@@ -155,7 +155,7 @@ class Clients:
                 text=True,
             )
             log.close()
-            proc.stdin.write(json.dumps(order) + "\n")
+            proc.stdin.write(json.dumps({**order, "stamp": STAMP}) + "\n")
             proc.stdin.flush()
             self.procs.append(proc)
 

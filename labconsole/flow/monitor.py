@@ -222,6 +222,8 @@ class LabMonitor(Unit):
         # consumer -> (exchange, queues) of its last publish: where it parks messages
         self.park_routes: dict[str, tuple[str, tuple]] = {}
         self.held: dict[str, int] = {}  # consumer workload -> unacknowledged it holds
+        # consumer workload -> [p50 ms, p99 ms, deliveries] of its recent deliveries
+        self.latency: dict[str, list] = {}
         self.queues: dict[str, dict] = {
             q: {"ready": 0, "unacked": 0, "consumers": 0, "rate_in": 0.0, "rate_out": 0.0}
             for q in queues
@@ -413,8 +415,11 @@ class LabMonitor(Unit):
             self.record.note_dead_letter(queue, message_id, x_death)
         if "held" in report:
             self.held[workload] = int(report["held"])
+        if "latency" in report:
+            self.latency[workload] = report["latency"]
         if report.get("state") not in (None, "running"):
             self.held[workload] = 0  # the run ended or lost its connection: all requeued
+            self.latency.pop(workload, None)
         for event in report.get("events", []):
             self._workload_event(event)
         self.changed = True
@@ -689,16 +694,36 @@ class LabMonitor(Unit):
     def _queues_out(self) -> dict:
         return self.queues
 
+    def _queue_latency(self) -> dict[str, list]:
+        """Per queue, [p50 ms, p99 ms] of its consumers' recent deliveries: with several
+        consumers, their p50s weighted by deliveries, and the highest p99."""
+        found: dict[str, list] = {}
+        for workload, figures in self.latency.items():
+            queue = self.consumer_queue.get(workload)
+            if queue is not None and figures:
+                found.setdefault(queue, []).append(figures)
+        out = {}
+        for queue, all_figures in found.items():
+            n = sum(f[2] for f in all_figures)
+            p50 = sum(f[0] * f[2] for f in all_figures) / n
+            out[queue] = [round(p50, 1), max(f[1] for f in all_figures)]
+        return out
+
     def frame(self, now: float) -> None:
         held = Counter()
         for workload, n in self.held.items():
             held[self.consumer_queue.get(workload)] += max(n, 0)
+        latency = self._queue_latency()
         for q, stats in self.queues.items():
             stats["rate_in"] = self.rates_in[q].tick(now)
             stats["rate_out"] = self.rates_out[q].tick(now)
             # What the lab's consumers hold, as they report it: exact, and without the
             # management API's statistics, which lag by up to five seconds.
             stats["unacked"] = held.get(q, 0)
+            if q in latency:
+                stats["latency"] = latency[q]
+            else:
+                stats.pop("latency", None)
         events = []
         for item in self.pending_events:
             self.seq += 1

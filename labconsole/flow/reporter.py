@@ -8,8 +8,9 @@ up to `max_events` events. The lab monitor merges the reports.
 
 from __future__ import annotations
 
+import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,45 @@ UNWATCHED_INTERVAL = 2.0
 # A new lab is watched this long without being told (its page asks for a snapshot within
 # a second or two); after that the monitor says who watches (op "pace").
 FIRST_WATCH_SECONDS = 5.0
+
+
+#: The header every producer workload puts on its messages: when it published the message,
+#: in whole microseconds since the epoch (pika encodes no float in an AMQP table). A
+#: consumer measures each delivery's publish-to-delivery time from it.
+SENT_AT = "x-sent-at"
+# A consumer's latency figures cover its deliveries of the last LATENCY_WINDOW seconds, at
+# most LATENCY_SAMPLES of them (the most recent).
+LATENCY_WINDOW = 10.0
+LATENCY_SAMPLES = 256
+
+
+class Latency:
+    """Publish-to-delivery times of a consumer's recent deliveries, as p50 and p99."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES)
+        self.changed = False
+
+    def add(self, sent_at: Any, now: float | None = None) -> None:
+        """A delivery of a message stamped `sent_at` (SENT_AT's value); anything that is
+        not a stamp is ignored."""
+        if not isinstance(sent_at, int) or isinstance(sent_at, bool):
+            return
+        now = time.time() if now is None else now
+        self.samples.append((now, max(0.0, (now * 1_000_000 - sent_at) / 1000)))
+        self.changed = True
+
+    def figures(self, now: float | None = None) -> list[float] | None:
+        """[p50 ms, p99 ms, deliveries] over the window, or None without any."""
+        now = time.time() if now is None else now
+        recent = sorted(ms for t, ms in self.samples if t >= now - LATENCY_WINDOW)
+        if not recent:
+            return None
+
+        def rank(q: float) -> float:  # nearest rank
+            return round(recent[min(len(recent) - 1, max(0, math.ceil(q * len(recent)) - 1))], 1)
+
+        return [rank(0.5), rank(0.99), len(recent)]
 
 
 def describe_properties(props: pika.BasicProperties | None) -> dict[str, Any]:

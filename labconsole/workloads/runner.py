@@ -21,7 +21,15 @@ from typing import Any
 import pika
 import pika.exceptions as px
 
-from labconsole.flow.reporter import FlowReporter, body_text, describe_properties, jsonable
+from labconsole.flow.reporter import (
+    LATENCY_WINDOW,
+    SENT_AT,
+    FlowReporter,
+    Latency,
+    body_text,
+    describe_properties,
+    jsonable,
+)
 from labconsole.runtime.bus import Incoming
 from labconsole.runtime.unit import Stop, Unit
 
@@ -340,7 +348,7 @@ class ProducerUnit(WorkloadUnit):
             message_id=(
                 f"{self.name}-{n}" if props.get("message_id") == "sequence" else uuid.uuid4().hex
             ),
-            headers=self.settings.get("headers") or None,
+            headers={**(self.settings.get("headers") or {}), SENT_AT: int(time.time() * 1e6)},
             timestamp=int(time.time()),
             app_id=self.name,
         )
@@ -415,6 +423,7 @@ class ConsumerUnit(WorkloadUnit):
         self.held: deque = deque()
         self.head_due: float | None = None
         self.consuming_since = 0
+        self.latency = Latency()
         self.restart = False
         self.park_channel = None
         self.park_opening = False
@@ -473,6 +482,8 @@ class ConsumerUnit(WorkloadUnit):
             self.reporter.count("redelivered")
         if props.timestamp is not None and props.timestamp < self.consuming_since:
             self.reporter.count("replayed")
+        elif SENT_AT in headers:  # a replayed one's time is its age, not the queue's pace
+            self.latency.add(headers[SENT_AT])
         if "x-death" in headers:
             self.reporter.death(props.message_id, jsonable(headers["x-death"]))
         if self.reporter.wants_event():
@@ -500,6 +511,21 @@ class ConsumerUnit(WorkloadUnit):
         self.reporter.gauge("held", len(self.held))
         if len(self.held) == 1:
             self.poke()
+
+    def report(self, now: float | None = None) -> float | None:
+        # The figures are worked out only for a report that goes now, not per delivery.
+        latency = self.latency
+        if latency.changed:
+            due = self.reporter.due()
+            if due is not None and (now or time.monotonic()) >= due:
+                self.reporter.gauge("latency", latency.figures())
+                latency.changed = False
+        elif (
+            self.reporter.gauges.get("latency") is not None
+            and latency.samples[-1][0] < time.time() - LATENCY_WINDOW
+        ):
+            self.reporter.gauge("latency", None)  # nothing delivered of late
+        return super().report(now)
 
     def work(self, now: float) -> float | None:
         if self.restart:

@@ -360,6 +360,7 @@ def test_pure_modules(layout_page):
           return {
             ruInt: ru.fmtInt(12345.6), enInt: en.fmtInt(12345.6), none: en.fmtInt(null),
             ruRate: ru.fmtRate(2.5), enRate: en.fmtRate(2.5), bigRate: en.fmtRate(1234.4),
+            ms: [en.fmtMs(0.44), ru.fmtMs(4.25), en.fmtMs(12.4), en.fmtMs(1250)],
             rel: f.fmtTime(1.5), abs: f.fmtTime(Date.UTC(2026, 0, 2, 3, 4, 5, 6) / 1000).length,
             name: f.nameOf("q:orders.retry"), defaultName: f.nameOf("x:"),
             fits: f.fitText("short", "14px sans-serif", 200, width),
@@ -376,6 +377,7 @@ def test_pure_modules(layout_page):
     assert result["ruRate"] == "2,5"
     assert result["enRate"] == "2.5"
     assert result["bigRate"] == "1,234"
+    assert result["ms"] == ["0.4", "4,3", "12", "1,250"]
     assert result["rel"] == "+1.500s"
     assert result["abs"] == len("hh:mm:ss.mmm")
     assert result["name"] == "orders.retry"

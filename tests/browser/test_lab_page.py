@@ -2,12 +2,13 @@
 result, the workload settings, and a lab that ended while its page was open."""
 
 import json
+import re
 
 import pika
 import pytest
 from playwright.sync_api import expect
 
-from exercises.services import lab_session_start
+from exercises.services import lab_session_start, workload_stop
 from labconsole.broker import amqp
 from tests.browser.test_lab_e2e import log_in
 
@@ -138,3 +139,27 @@ def test_the_publish_result_shows_beside_the_button(
     )
     result_box, button_box = result.bounding_box(), button.bounding_box()
     assert abs(result_box["y"] - button_box["y"]) < 40, (result_box, button_box)
+
+
+@pytest.mark.parametrize(("locale", "unit"), [("en-US", "ms"), ("ru-RU", "мс")])
+def test_each_queue_shows_its_latency(
+    browser, live_server_url, catalogue, learner, labs, worker, locale, unit
+):
+    """The consumers' publish-to-delivery times, p50 and p99, on each queue of the diagram,
+    in the page's language; a dash while a queue has no recent deliveries."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    context = browser.new_context(viewport=VIEWPORT, locale=locale)
+    page = context.new_page()
+    try:
+        open_lab(page, live_server_url, session)
+        latency = page.locator('[data-node="q:temperature"] .node-latency tspan')
+        expect(latency).to_contain_text("p99")
+        expect(latency).to_have_text(re.compile(rf"^p50 \d[\d.,]* · p99 \d[\d.,]* {unit}$"))
+        # Its consumer stopped, the queue has no recent deliveries: a dash.
+        workload_stop(workload=session.workloads.get(name="temperature-display"))
+        expect(latency).to_have_text(f"p50 – · p99 – {unit}")
+        pressure = page.locator('[data-node="q:pressure"] .node-latency tspan')
+        expect(pressure).to_contain_text("· p99 ")
+        expect(pressure).not_to_contain_text("–")
+    finally:
+        context.close()

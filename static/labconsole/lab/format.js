@@ -11,7 +11,13 @@ export function numberFormats(lang) {
     const digits = r > 0 && r < 10 ? 1 : 0;
     return r.toLocaleString(lang, { minimumFractionDigits: digits, maximumFractionDigits: digits });
   };
-  return { fmtInt, fmtRate };
+  // Milliseconds: one decimal below 10, whole above ("0.4", "12", "1,250").
+  const fmtMs = (ms) => {
+    ms = +ms || 0;
+    const digits = ms < 10 ? 1 : 0;
+    return ms.toLocaleString(lang, { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  };
+  return { fmtInt, fmtRate, fmtMs };
 }
 
 // "q:orders" -> "orders" (the default exchange's id "x:" gives "").

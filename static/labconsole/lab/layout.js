@@ -13,11 +13,11 @@ import { roundedPolyline } from "./paths.js";
 export const DENSITY = {
   normal: {
     name: "normal", colGap: 12, rowGap: 16, maxWidth: 244,
-    size: { producer: [158, 62], exchange: [160, 62], queue: [176, 84], consumer: [158, 62] },
+    size: { producer: [158, 62], exchange: [160, 62], queue: [176, 98], consumer: [158, 62] },
   },
   compact: {
     name: "compact", colGap: 10, rowGap: 10, maxWidth: 204,
-    size: { producer: [140, 44], exchange: [144, 44], queue: [160, 62], consumer: [140, 44] },
+    size: { producer: [140, 44], exchange: [144, 44], queue: [160, 74], consumer: [140, 44] },
   },
 };
 export const KIND_COLUMN = { producer: 0, exchange: 1, queue: 2, consumer: 3 };

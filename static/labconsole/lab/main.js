@@ -32,6 +32,9 @@ function main(configEl, labEl) {
     running: gettext("running"), stopped: gettext("stopped"),
     ready: gettext("ready"), unacked: gettext("unacked"), in: gettext("in"), out: gettext("out"),
     perSec: gettext("/s"), msgPerSec: gettext("msg/s"),
+    latency: (p50, p99) => interpolate(gettext("p50 %(p50)s · p99 %(p99)s ms"), { p50: fmtMs(p50), p99: fmtMs(p99) }, true),
+    noLatency: gettext("p50 – · p99 – ms"),
+    latencyTitle: gettext("Time from publish to delivery of the consumers' deliveries of the last 10 s: half took less than p50, 99 in 100 less than p99"),
     // The counts on a workload's box are short, as "ready" and "unacked" on a queue's are.
     sent: gettext("sent"), acked: pgettext("count on a consumer's box", "acked"), unroutable: gettext("unroutable"),
     returned: (n) => interpolate(gettext("returned: %s"), [fmtInt(n)]),
@@ -137,7 +140,7 @@ function main(configEl, labEl) {
 
   // ------------------------------------------------------------------ helpers
   const $ = (id) => document.getElementById(id);
-  const { fmtInt, fmtRate } = numberFormats(LANG);
+  const { fmtInt, fmtRate, fmtMs } = numberFormats(LANG);
   const toast = (message, kind) => window.consoleToast && window.consoleToast(message, kind);
 
   function h(tag, attrs, ...children) {
@@ -381,8 +384,8 @@ function main(configEl, labEl) {
   // Baselines of the text rows inside a node, per density (queues have a bar and two
   // stat rows; compact nodes drop the detail row, which stays in the tooltip).
   const ROWS = {
-    normal: { node: { label: 22, detail: 37, stat: 53 }, queue: { label: 20, detail: 34, bar: 41, stat: 61, rates: 77 } },
-    compact: { node: { label: 18, stat: 33 }, queue: { label: 18, bar: 26, stat: 43, rates: 55 } },
+    normal: { node: { label: 22, detail: 37, stat: 53 }, queue: { label: 20, detail: 34, bar: 41, stat: 61, rates: 77, latency: 92 } },
+    compact: { node: { label: 18, stat: 33 }, queue: { label: 18, bar: 26, stat: 43, rates: 55, latency: 68 } },
   };
 
   function drawNode(n) {
@@ -415,6 +418,11 @@ function main(configEl, labEl) {
       v.peak = 0;
       v.stat = s("text", { x: 10, y: rows.stat, class: "node-stat" }, g);
       v.rates = s("text", { x: 10, y: rows.rates, class: "node-stat node-rates" }, g);
+      // Publish to delivery, of the consumers' recent deliveries (frames' `latency`).
+      v.latency = s("text", { x: 10, y: rows.latency, class: "node-stat node-latency" }, g);
+      s("title", {}, v.latency).textContent = T.latencyTitle;
+      v.latencyText = s("tspan", {}, v.latency);
+      v.latencyMax = n.w - 20;
       // Consumers on the queue, top right: a ring like the consumer icon, and a count.
       const cg = s("g", { class: "queue-consumers", transform: `translate(${n.w - 10} ${rows.label - 4})` }, g);
       v.consumersTitle = s("title", {}, cg);
@@ -484,6 +492,11 @@ function main(configEl, labEl) {
         v.barUnacked.setAttribute("width", wu.toFixed(1));
         setStatText(v.stat, [[`${T.ready} `, ""], [fmtInt(ready), "strong"], [` · ${T.unacked} `, ""], [fmtInt(unacked), "strong"]]);
         v.rates.textContent = `${T.in} ${fmtRate(q.rate_in)}${T.perSec} · ${T.out} ${fmtRate(q.rate_out)}${T.perSec}`;
+        const latency = q.latency ? T.latency(q.latency[0], q.latency[1]) : T.noLatency;
+        if (v.latencyShown !== latency) {
+          v.latencyShown = latency;
+          v.latencyText.textContent = fitText(latency, STAT_FONT(), v.latencyMax);
+        }
         const consumers = q.consumers == null ? "" : String(q.consumers);
         if (v.consumers.textContent !== consumers) {
           v.consumers.textContent = consumers;
