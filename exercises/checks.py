@@ -2,7 +2,8 @@
 
 Each check type of the spec (docs/exercise-format.md) has one function here. They read:
 - `record`: the monitor's FlowRecord (routes seen by the firehose, deliveries, the
-  workloads' counters, dead-letter arrivals) since the checkpoint's step was shown;
+  workloads' counters, dead-letter arrivals, alerts fired and cleared) since the
+  checkpoint's step was shown;
 - `broker`: `queues` (ready/unacked/consumers by queue name) and `bindings` (the
   management API's list, read when a check needs it);
 - `workloads`: name -> {"running": bool, **settings}, as the learner set them.
@@ -127,6 +128,18 @@ def _dead_lettered(c, record, broker, workloads) -> bool:
     return n >= c.min
 
 
+def _alert_fired(c, record, broker, workloads) -> bool:
+    return record.alerts.get((c.alert, "fired"), 0) >= c.min
+
+
+def _alert_cleared(c, record, broker, workloads) -> bool:
+    return record.alerts.get((c.alert, "cleared"), 0) >= c.min and c.alert not in record.firing
+
+
+def _load_finished(c, record, broker, workloads) -> bool:
+    return record.loads.get(c.workload, 0) >= c.min
+
+
 def _workload_setting(c, record, broker, workloads) -> bool:
     w = workloads.get(c.workload)
     if w is None:
@@ -158,6 +171,11 @@ CHECKS: dict[str, Callable[..., bool]] = {
     "unanswered": _counter_at_least("unanswered"),
     "replayed": _counter_at_least("replayed"),
     "access_refused": _counter_at_least("access_refused"),
+    "forwarded": _counter_at_least("forwarded"),
+    "compensated": _counter_at_least("compensated"),
+    "load_finished": _load_finished,
+    "alert_fired": _alert_fired,
+    "alert_cleared": _alert_cleared,
 }
 
 

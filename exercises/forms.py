@@ -6,8 +6,11 @@ import json
 from typing import get_args
 
 from django import forms
+from django.utils.formats import number_format
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
+
+from labconsole.workloads.load import LOAD_PRESETS
 
 from .limits import LIMITS
 from .spec import (
@@ -42,6 +45,30 @@ class ProducerForm(forms.Form):
         if data.get("tx_batch") is None:
             data.pop("tx_batch", None)
         return data
+
+
+# What the page calls each load preset (labconsole/workloads/load.py).
+LOAD_PRESET_NAMES = {"spike": _("spike"), "stress": _("stress")}
+
+
+def load_preset_label(name: str) -> str:
+    """ "stress: 5,000 msg/s for 30 s", in the reader's language."""
+    preset = LOAD_PRESETS[name]
+    return gettext("%(name)s: %(rate)s msg/s for %(seconds)s s") % {
+        "name": LOAD_PRESET_NAMES.get(name, name),
+        "rate": number_format(preset.rate, decimal_pos=0, force_grouping=True),
+        "seconds": number_format(preset.seconds, decimal_pos=0),
+    }
+
+
+class LoadForm(forms.Form):
+    """A load preset to run on a producer."""
+
+    preset = forms.ChoiceField(label=_("load"))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["preset"].choices = [(name, load_preset_label(name)) for name in LOAD_PRESETS]
 
 
 class ConsumerForm(forms.Form):

@@ -51,6 +51,7 @@ class SpecLimits(BaseModel):
     consumers: int = 32
     steps: int = 50
     checkpoints: int = 50
+    alerts: int = 16
     #: Any other list (tags, hints, routing_keys, a check's queues) and mapping (arguments,
     #: headers, a policy's definition).
     items: int = 64

@@ -600,6 +600,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
             json.dumps({"op": "pace", "seconds": seconds}).encode(),
             JSON,
         ),
+        alert_rules=[alert.rule() for alert in spec.alerts],
         fps=settings.FLOW_FRAMES_PER_SECOND,
         state=session.monitor_state,
         shown=session.steps_shown,

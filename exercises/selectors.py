@@ -113,6 +113,34 @@ def exercise_detail(exercise: Exercise) -> dict:
     }
 
 
+ALERT_METRICS = {
+    "messages": _("ready"),
+    "unacked": _("unacked"),
+    "consumers": _("consumers"),
+    "p99_ms": _("p99, ms"),
+}
+
+
+def lab_alerts(session: LabSession) -> list[dict]:
+    """The exercise's alert rules as the lab page lists them: the title, and the condition
+    in the reader's language ("orders.dlq: ready > 10 for 5 s")."""
+    views = []
+    for alert in session.spec.alerts:
+        sign, threshold = (">", alert.above) if alert.above is not None else ("<", alert.below)
+        condition = f"{alert.queue}: {ALERT_METRICS[alert.metric]} {sign} {threshold:g}"
+        if alert.for_seconds:
+            condition += " " + _("for %(seconds)s s") % {"seconds": f"{alert.for_seconds:g}"}
+        views.append(
+            {
+                "name": alert.name,
+                "title": localized(alert.title),
+                "queue": alert.queue,
+                "condition": condition,
+            }
+        )
+    return views
+
+
 def lab_steps(session: LabSession, passed: set[str]) -> list[dict]:
     """The steps as the lab page shows them: those the learner was shown (the last of them
     is the current one, with the way on to the next once it is complete) and, after them,

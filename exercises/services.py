@@ -20,6 +20,7 @@ from django.utils.translation import gettext_lazy as _
 
 from labconsole.broker import amqp, control
 from labconsole.broker.management import BrokerError, ManagementClient
+from labconsole.workloads.load import load_setting
 
 from . import provisioning, quotas
 from .limits import LIMITS
@@ -788,6 +789,23 @@ def workload_update(*, workload: Workload, changes: dict[str, Any]) -> Workload:
     workload.save(update_fields=["settings"])
     if workload.running:
         _send_quietly(control.workload_key(workload.id), {"op": "update", "settings": changes})
+    _announce_workload(workload)
+    return workload
+
+
+def workload_load(*, workload: Workload, preset: str) -> Workload:
+    """Runs a load preset on a producer (labconsole/workloads/load.py): its rate raised for
+    the preset's time, from now; a producer that is stopped starts."""
+    if workload.kind != Workload.Kind.PRODUCER:
+        raise LabError(
+            format_lazy(_("{workload}: only a producer runs a load"), workload=workload.name)
+        )
+    load = load_setting(preset)
+    workload.settings = {**workload.settings, "load": load}
+    workload.save(update_fields=["settings"])
+    if not workload.running:
+        return workload_start(workload=workload)
+    _send_quietly(control.workload_key(workload.id), {"op": "update", "settings": {"load": load}})
     _announce_workload(workload)
     return workload
 

@@ -41,6 +41,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from labconsole.flow.alerts import METRICS as ALERT_METRICS
+from labconsole.flow.alerts import AlertRule
 from labconsole.workloads.payload import compile_template
 
 from .limits import LIMITS, excerpt, format_path
@@ -652,6 +654,14 @@ class Producer(_Model):
 POISON_MAX = 200  # characters of a behaviour's `poison` text
 
 
+class Emit(_Model):
+    """A message a consumer publishes of its own: to `exchange` (the default one if
+    empty) with `routing_key`."""
+
+    exchange: Name = ""
+    routing_key: RoutingKey
+
+
 class Behaviour(_Model):
     """What a consumer does with each delivery.
 
@@ -669,6 +679,15 @@ class Behaviour(_Model):
     With `reply`, every delivery it acknowledges is answered (RPC): a message to the
     default exchange with the request's `reply_to` as routing key and its `correlation_id`.
     A delivery whose body contains `poison` always fails, as a fraction `fail` would.
+
+    With `forward`, every delivery it acknowledges is passed on, as the next service of a
+    pipeline publishes an event of its own: the same body, published to
+    `forward.exchange` with `forward.routing_key`, with the delivery's `correlation_id`
+    (its `message_id` if it has none), so that a saga's messages share one. With
+    `compensate`, a delivery that fails is not rejected: a compensating event (the same
+    body, with the correlation id) is published to `compensate.exchange` with
+    `compensate.routing_key`, and the delivery is acknowledged, as a saga's step that
+    failed announces it for the others to undo theirs.
     """
 
     processing_ms: int = Field(default=0, ge=0, le=600000)
@@ -684,6 +703,11 @@ class Behaviour(_Model):
     reply: bool = False
     #: A delivery whose body contains this text always fails (a poison message).
     poison: str | None = Field(default=None, min_length=1, max_length=POISON_MAX)
+    #: Each delivery it acknowledges is published on, here (a pipeline's next step).
+    forward: Emit | None = None
+    #: A delivery that fails is answered with a compensating event published here, and
+    #: acknowledged instead of rejected (a saga).
+    compensate: Emit | None = None
 
     @model_validator(mode="after")
     def _park(self) -> "Behaviour":
@@ -758,6 +782,13 @@ class Consumer(_Model):
             if self.behaviour.poison is not None:
                 items.append(
                     (("behaviour", "poison"), "auto-ack consumers cannot fail or park messages")
+                )
+            if self.behaviour.compensate is not None:
+                items.append(
+                    (
+                        ("behaviour", "compensate"),
+                        "auto-ack consumers cannot fail or park messages",
+                    )
                 )
             if items:
                 raise _spec_items(items)
@@ -994,6 +1025,51 @@ class AccessRefusedCheck(_Model):
     min: int = Field(default=1, ge=1, le=LIMITS.int64)
 
 
+class ForwardedCheck(_Model):
+    """From the recorded flow: consumer `workload` (with a behaviour's `forward`) passed
+    at least `min` messages on."""
+
+    type: Literal["forwarded"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class CompensatedCheck(_Model):
+    """From the recorded flow: consumer `workload` (with a behaviour's `compensate`)
+    answered at least `min` failures with a compensating event."""
+
+    type: Literal["compensated"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class LoadFinishedCheck(_Model):
+    """From the recorded flow: producer `workload` ran a load preset from the page to its
+    end at least `min` times."""
+
+    type: Literal["load_finished"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class AlertFiredCheck(_Model):
+    """From the recorded flow: the exercise's alert rule `alert` fired at least `min`
+    times."""
+
+    type: Literal["alert_fired"]
+    alert: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class AlertClearedCheck(_Model):
+    """From the recorded flow: the alert rule `alert` cleared at least `min` times, and
+    it is not firing now."""
+
+    type: Literal["alert_cleared"]
+    alert: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
 PRODUCER_SETTINGS = ("rate", "running", "routing_key", "tx_batch")
 CONSUMER_SETTINGS = ("prefetch", "ack", "running", "fail", "on_fail", "requeue")
 WORKLOAD_SETTINGS = (
@@ -1096,7 +1172,12 @@ Check = Annotated[
     | RepliedCheck
     | UnansweredCheck
     | ReplayedCheck
-    | AccessRefusedCheck,
+    | AccessRefusedCheck
+    | AlertFiredCheck
+    | AlertClearedCheck
+    | ForwardedCheck
+    | CompensatedCheck
+    | LoadFinishedCheck,
     Field(discriminator="type"),
 ]
 
@@ -1128,6 +1209,43 @@ class Step(_Model):
 
 # --------------------------------------------------------------------------------------
 # The exercise
+
+
+# --------------------------------------------------------------------------------------
+# Alert rules
+
+
+ALERT_FOR_MAX = 3600  # seconds a rule may wait, breached, before it fires
+
+
+class Alert(_Model):
+    """A rule the lab's monitor watches, as a monitoring system would: it fires when
+    `metric` of `queue` stays above `above` (or below `below`) for `for_seconds`, and
+    clears when it is back (labconsole/flow/alerts.py)."""
+
+    name: Annotated[str, Field(pattern=ID_PATTERN)]
+    title: LocalizedText
+    queue: Name
+    metric: Literal[ALERT_METRICS]
+    above: float | None = Field(default=None, ge=0, le=LIMITS.int64)
+    below: float | None = Field(default=None, gt=0, le=LIMITS.int64)
+    for_seconds: float = Field(default=0, ge=0, le=ALERT_FOR_MAX)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> "Alert":
+        if (self.above is None) == (self.below is None):
+            raise _spec_items([(("above",), _("give one threshold: above or below"))])
+        return self
+
+    def rule(self) -> AlertRule:
+        return AlertRule(
+            name=self.name,
+            queue=self.queue,
+            metric=self.metric,
+            above=self.above,
+            below=self.below,
+            for_seconds=self.for_seconds,
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -1180,6 +1298,8 @@ class ExerciseSpec(_Model):
     topology: Topology
     workloads: Workloads = Field(default_factory=Workloads)
     users: list[LabUser] = _items(LAB_USERS_MAX)
+    #: Alert rules on the queues' numbers, shown on the page firing and clearing.
+    alerts: list[Alert] = _items(LIMITS.alerts)
     steps: list[Step] = _items(LIMITS.steps)
     #: Whether the learner may declare, delete, bind and unbind from the lab page, unless
     #: a step says otherwise.
@@ -1290,8 +1410,14 @@ class _CrossReferences:
         self.unique_names()
         self.topology()
         self.workloads()
+        self.alerts()
         self.steps()
         return self.errors
+
+    def alerts(self) -> None:
+        for i, alert in enumerate(self.spec.alerts):
+            if problem := self.queue_problem(alert.queue):
+                self.add(f"alerts[{i}].queue", problem)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -1358,6 +1484,8 @@ class _CrossReferences:
         )
         users = ((f"users[{i}].name", u.name) for i, u in enumerate(spec.users))
         self.unique(users, gettext_noop("user name"))
+        alerts = ((f"alerts[{i}].name", a.name) for i, a in enumerate(spec.alerts))
+        self.unique(alerts, gettext_noop("alert name"))
         steps = ((f"steps[{i}].id", s.id) for i, s in enumerate(spec.steps))
         self.unique(steps, gettext_noop("step id"))
         self.unique(
@@ -1491,6 +1619,17 @@ class _CrossReferences:
                 )
                 problem = _not_declared_queue(behaviour.park_routing_key, self.queues)
                 self.add(f"{path}.behaviour.park_routing_key", f"{parking}; {problem}")
+            for field in ("forward", "compensate"):
+                emit = getattr(behaviour, field)
+                if emit is None:
+                    continue
+                problem = self.exchange_problem(emit.exchange, default_ok=True, builtin_ok=True)
+                if problem:
+                    self.add(f"{path}.behaviour.{field}.exchange", problem)
+                elif emit.exchange == "" and emit.routing_key not in self.queues:
+                    by_name = _("the default exchange routes by queue name")
+                    problem = _not_declared_queue(emit.routing_key, self.queues)
+                    self.add(f"{path}.behaviour.{field}.routing_key", f"{by_name}; {problem}")
 
     def stream_consumer(self, path: str, consumer: Consumer) -> None:
         """A stream is read with manual acks and a prefetch above 0, from an offset
@@ -1531,6 +1670,16 @@ class _CrossReferences:
         elif isinstance(check, AckedCheck | RedeliveredCheck | OvertookCheck | ReplayedCheck):
             if check.workload not in self.consumers:
                 self.add(f"{path}.workload", self.not_a("consumer", check.workload))
+        elif isinstance(check, ForwardedCheck | CompensatedCheck):
+            consumer = self.spec.consumer(check.workload)
+            field = "forward" if isinstance(check, ForwardedCheck) else "compensate"
+            if consumer is None:
+                self.add(f"{path}.workload", self.not_a("consumer", check.workload))
+            elif getattr(consumer.behaviour, field) is None:
+                self.add(
+                    f"{path}.workload",
+                    f"{_q(check.workload)} must pass messages on: set its behaviour's {field}",
+                )
         elif isinstance(check, RepliedCheck | UnansweredCheck):
             consumer = self.spec.consumer(check.workload)
             if consumer is None:
@@ -1539,6 +1688,13 @@ class _CrossReferences:
                 self.add(
                     f"{path}.workload",
                     f"{_q(check.workload)} must answer requests: set its behaviour's reply: true",
+                )
+        elif isinstance(check, AlertFiredCheck | AlertClearedCheck):
+            names = list(dict.fromkeys(a.name for a in self.spec.alerts))
+            if check.alert not in names:
+                missing = _("{name} is not a declared alert (declared alerts: {names})")
+                self.add(
+                    f"{path}.alert", missing.format(name=_q(check.alert), names=_declared(names))
                 )
         elif isinstance(check, DeliveredShareCheck):
             for k, name in enumerate(check.among):
@@ -1553,6 +1709,9 @@ class _CrossReferences:
                 self.add(f"{path}.workload", self.not_a("producer", check.workload))
             elif not needs(producer):
                 self.add(f"{path}.workload", f"{_q(check.workload)} {why}")
+        elif isinstance(check, LoadFinishedCheck):
+            if check.workload not in self.producers:
+                self.add(f"{path}.workload", self.not_a("producer", check.workload))
         elif isinstance(check, PublishedCheck):
             if check.workload not in self.producers and check.workload != YOU:
                 self.add(f"{path}.workload", self.not_a("producer", check.workload))

@@ -51,8 +51,17 @@ def lab_graph(spec: ExerciseSpec) -> dict:
         )
         edge(f"p:{p.name}", f"x:{p.exchange}", "publish", ", ".join(keys))
     exchange_names = {x.name for x in t.exchanges}
-    uses_default = any(p.exchange == "" for p in spec.workloads.producers) or any(
-        q.arguments.get("x-dead-letter-exchange") == "" for q in t.queues
+    # What consumers publish of their own (a pipeline's or a saga's next event).
+    emits = [
+        emit
+        for c in spec.workloads.consumers
+        for emit in (c.behaviour.forward, c.behaviour.compensate)
+        if emit is not None
+    ]
+    uses_default = (
+        any(p.exchange == "" for p in spec.workloads.producers)
+        or any(q.arguments.get("x-dead-letter-exchange") == "" for q in t.queues)
+        or any(emit.exchange == "" for emit in emits)
     )
     if uses_default:
         nodes.append({"id": "x:", "kind": "exchange", "label": "(default)", "detail": "direct"})
@@ -73,7 +82,11 @@ def lab_graph(spec: ExerciseSpec) -> dict:
                 q.arguments.get("x-dead-letter-routing-key", ""),
             )
     # The broker's own exchanges (amq.direct, amq.topic, ...) used without being declared.
-    builtin = {p.exchange for p in spec.workloads.producers} | {b.source for b in t.bindings}
+    builtin = (
+        {p.exchange for p in spec.workloads.producers}
+        | {b.source for b in t.bindings}
+        | {emit.exchange for emit in emits}
+    )
     for name in sorted(builtin - exchange_names - {""}):
         nodes.append(
             {"id": f"x:{name}", "kind": "exchange", "label": name, "detail": name.split(".")[-1]}
@@ -100,6 +113,9 @@ def lab_graph(spec: ExerciseSpec) -> dict:
                 "publish",
                 c.behaviour.park_routing_key,
             )
+        for emit in (c.behaviour.forward, c.behaviour.compensate):
+            if emit is not None:
+                edge(f"c:{c.name}", f"x:{emit.exchange}", "publish", emit.routing_key)
     return {"nodes": nodes, "edges": edges}
 
 

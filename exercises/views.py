@@ -19,6 +19,7 @@ from .forms import (
     ConsumerForm,
     DeleteForm,
     ExchangeForm,
+    LoadForm,
     ProducerForm,
     PublishForm,
     QueueForm,
@@ -113,6 +114,7 @@ def _workload_context(session: LabSession, workload: Workload, error: str = "") 
         **selectors.lab_workload_view(workload, url, error),
         "prefetch": ConsumerForm.base_fields["prefetch"],
         "tx_batch": ProducerForm.base_fields["tx_batch"],
+        "load_presets": LoadForm().fields["preset"].choices,
     }
 
 
@@ -148,6 +150,7 @@ def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
                 "kept": state.get("kept", True),
             },
             "steps": selectors.lab_steps(session, passed),
+            "alerts": selectors.lab_alerts(session),
             "workloads": [_workload_context(session, w) for w in session.workloads.all()],
             "exchanges": selectors.lab_exchanges(session),
             "topology": selectors.lab_topology_view(session),
@@ -173,8 +176,14 @@ def lab_workload(request: HttpRequest, session: LabSession, name: str) -> HttpRe
                 services.workload_update(workload=workload, changes=form.cleaned_data)
             else:
                 error = form_errors(form)
+        elif action == "load":
+            form = LoadForm(request.POST)
+            if form.is_valid():
+                services.workload_load(workload=workload, preset=form.cleaned_data["preset"])
+            else:
+                error = form_errors(form)
         else:
-            error = _("unknown action '{action}' (expected start, stop or update)").format(
+            error = _("unknown action '{action}' (expected start, stop, update or load)").format(
                 action=action
             )
     except services.LabError as exc:

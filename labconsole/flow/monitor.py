@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,9 @@ from labconsole.broker.amqp import lab_key
 from labconsole.runtime.bus import Incoming
 from labconsole.runtime.loop import on_grid
 from labconsole.runtime.unit import Stop, Unit
+from labconsole.workloads.load import running_load
 
+from .alerts import AlertRule, Alerts
 from .reporter import FIRST_WATCH_SECONDS, body_text, dumps, jsonable
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,10 @@ class FlowRecord:
     dead_lettered: Counter = field(default_factory=Counter)
     # (queue, message id) already counted, oldest first; bounded, as a lab may run for hours
     seen_dead: dict = field(default_factory=dict)
+    # (alert rule, "fired" or "cleared") -> how many times
+    alerts: Counter = field(default_factory=Counter)
+    firing: frozenset = frozenset()  # the alert rules firing now
+    loads: Counter = field(default_factory=Counter)  # producer -> load presets it finished
 
     def export(self) -> dict:
         return {
@@ -83,6 +89,9 @@ class FlowRecord:
             "dead_lettered": [
                 [q, [list(d) for d in h], n] for (q, h), n in self.dead_lettered.items()
             ],
+            "alerts": [[name, what, n] for (name, what), n in self.alerts.items()],
+            "firing": sorted(self.firing),
+            "loads": dict(self.loads),
         }
 
     @classmethod
@@ -96,6 +105,10 @@ class FlowRecord:
                 record.workloads[w].update(c)
             for q, history, n in data.get("dead_lettered", []):
                 record.dead_lettered[(q, tuple(tuple(d) for d in history))] = n
+            for name, what, n in data.get("alerts", []):
+                record.alerts[(name, what)] = n
+            record.firing = frozenset(data.get("firing", ()))
+            record.loads.update(data.get("loads", {}))
         return record
 
     def since(self, mark: FlowRecord) -> FlowRecord:
@@ -104,6 +117,9 @@ class FlowRecord:
             routes=self.routes - mark.routes,
             delivered=self.delivered - mark.delivered,
             dead_lettered=self.dead_lettered - mark.dead_lettered,
+            alerts=self.alerts - mark.alerts,
+            firing=self.firing,
+            loads=self.loads - mark.loads,
         )
         for w, c in self.workloads.items():
             record.workloads[w] = c - mark.workloads.get(w, Counter())
@@ -143,6 +159,62 @@ class Rate:
         return round(self.value, 2)
 
 
+# Seconds after a load preset's end before its summary: the queues' depths at the end read.
+LOAD_SETTLE = 2.0
+# A producer's counters a load's summary gives the change of.
+LOAD_COUNTERS = ("published", "confirmed", "returned", "nacked_by_broker", "access_refused")
+
+
+class LoadRun:
+    """A producer's load preset while it runs (labconsole/workloads/load.py): the
+    producer's counters when it began, and the most each queue held (ready and unacked)
+    and the highest p99 of any queue since."""
+
+    def __init__(self, workload: str, load: dict, counters: dict, data: dict | None = None):
+        data = data or {}
+        self.workload = workload
+        self.load = dict(load)
+        self.started = data.get("started", time.time())
+        self.before = data.get("before") or {k: counters.get(k, 0) for k in LOAD_COUNTERS}
+        self.peak: dict[str, int] = data.get("peak", {})
+        self.p99: float | None = data.get("p99")
+
+    @property
+    def until(self) -> float:
+        return float(self.load["until"])
+
+    def observe(self, queues: dict[str, dict]) -> None:
+        for q, stats in queues.items():
+            held = int(stats.get("ready", 0)) + int(stats.get("unacked", 0))
+            if held > self.peak.get(q, 0):
+                self.peak[q] = held
+            if latency := stats.get("latency"):
+                self.p99 = max(self.p99 or 0.0, latency[1])
+
+    def summary(self, counters: dict) -> dict:
+        """The log's event for the load's end: what the producer did and the broker held."""
+        return {
+            "kind": "load",
+            "t": time.time(),
+            "workload": self.workload,
+            "preset": self.load.get("preset"),
+            "rate": self.load.get("rate"),
+            "seconds": round(self.until - self.started, 1),
+            **{k: counters.get(k, 0) - self.before.get(k, 0) for k in LOAD_COUNTERS},
+            "peak": {q: n for q, n in sorted(self.peak.items()) if n},
+            "p99_ms": self.p99,
+        }
+
+    def export(self) -> dict:
+        return {
+            "load": self.load,
+            "started": self.started,
+            "before": self.before,
+            "peak": self.peak,
+            "p99": self.p99,
+        }
+
+
 class LabMonitor(Unit):
     kind = "monitor"
 
@@ -167,6 +239,7 @@ class LabMonitor(Unit):
         read_expiring: Callable[[], dict[str, dict]] = dict,
         ensure_tracing: Callable[[], None] = lambda: None,
         pace: Callable[[float], None] = lambda seconds: None,
+        alert_rules: Iterable[AlertRule] = (),
         fps: int = 20,
         state: dict | None = None,
         shown: dict[str, str] | None = None,
@@ -203,6 +276,12 @@ class LabMonitor(Unit):
         self.frame_interval = 1.0 / max(fps, 1)
         state = state or {}
         self.record = FlowRecord.restore(state.get("record"))
+        self.alerts = Alerts(alert_rules, state.get("alerts"))
+        # producer -> its load preset running, and the summary of the last one that ended
+        self.loads: dict[str, LoadRun] = {
+            w: LoadRun(w, data["load"], {}, data) for w, data in state.get("loads", {}).items()
+        }
+        self.load_results: dict[str, dict] = state.get("load_results", {})
         self.checks: dict[str, bool] = state.get("checks", {})
         # step id -> (when the step was first shown, the flow record at that moment): a
         # step's checks count only what happened after it (checks.evaluate).
@@ -429,6 +508,11 @@ class LabMonitor(Unit):
         queue = event.get("queue") or self.consumer_queue.get(workload)
         trace = None
         then = None  # what the broker did next, logged after the event
+        if kind in ("started", "updated") and (load := running_load(event.get("settings") or {})):
+            run = self.loads.get(workload)
+            if run is None or run.until != float(load["until"]):
+                self.loads[workload] = LoadRun(workload, load, self.record.workloads[workload])
+                self.changed = True
         if kind in ("started", "updated") and "mandatory" in (event.get("settings") or {}):
             if event["settings"]["mandatory"]:
                 self.mandatory.add(workload)
@@ -665,10 +749,13 @@ class LabMonitor(Unit):
 
     def snapshot(self) -> dict:
         return {
+            "t": time.time(),
             "counters": self.counters(),
             "queues": self._queues_out(),
             "exchanges": self.exchanges(time.monotonic()),
             "checks": self.checks,
+            "alerts": self.alerts.frame(),
+            "loads": self.loads_out(),
             "events": list(self.recent),
         }
 
@@ -679,6 +766,9 @@ class LabMonitor(Unit):
             "marks": {step: [at, record.export()] for step, (at, record) in self.marks.items()},
             "unroutable": dict(self.unroutable),
             "from_you": dict(self.from_you),
+            "alerts": self.alerts.export(),
+            "loads": {w: run.export() for w, run in self.loads.items()},
+            "load_results": self.load_results,
             "seq": self.seq,
             "frame_seq": self.frame_seq,
         }
@@ -709,14 +799,13 @@ class LabMonitor(Unit):
             out[queue] = [round(p50, 1), max(f[1] for f in all_figures)]
         return out
 
-    def frame(self, now: float) -> None:
+    def _consumers_numbers(self) -> None:
+        """Each queue's unacknowledged messages and latency, from its consumers' reports."""
         held = Counter()
         for workload, n in self.held.items():
             held[self.consumer_queue.get(workload)] += max(n, 0)
         latency = self._queue_latency()
         for q, stats in self.queues.items():
-            stats["rate_in"] = self.rates_in[q].tick(now)
-            stats["rate_out"] = self.rates_out[q].tick(now)
             # What the lab's consumers hold, as they report it: exact, and without the
             # management API's statistics, which lag by up to five seconds.
             stats["unacked"] = held.get(q, 0)
@@ -724,6 +813,59 @@ class LabMonitor(Unit):
                 stats["latency"] = latency[q]
             else:
                 stats.pop("latency", None)
+
+    def watch_alerts(self) -> None:
+        """Moves the alert rules on with the queues' numbers: what fires or clears is
+        logged, counted in the flow record (the checks read it) and shown in the next
+        frame."""
+        self._consumers_numbers()
+        for rule, what, value in self.alerts.observe(self.queues, time.time()):
+            self.record.alerts[(rule.name, "fired" if what == "firing" else "cleared")] += 1
+            event = {
+                "kind": "alert",
+                "t": time.time(),
+                "alert": rule.name,
+                "state": what,
+                "queue": rule.queue,
+                "metric": rule.metric,
+                "value": value,
+            }
+            event["above" if rule.above is not None else "below"] = (
+                rule.above if rule.above is not None else rule.below
+            )
+            self._log(event)
+            self.changed = self.checks_dirty = True
+        self.record.firing = frozenset(self.alerts.firing())
+
+    def watch_loads(self) -> None:
+        """Follows the producers' load presets: the queues' peaks while one runs, and its
+        summary, logged and shown, once it has ended and the queues were read again."""
+        if not self.alerts:
+            self._consumers_numbers()  # done by watch_alerts otherwise
+        now = time.time()
+        for workload, run in list(self.loads.items()):
+            run.observe(self.queues)
+            if now >= run.until + LOAD_SETTLE:
+                summary = run.summary(self.record.workloads.get(workload, {}))
+                del self.loads[workload]
+                self.load_results[workload] = summary
+                self.record.loads[workload] += 1
+                self._log(summary)
+                self.changed = self.checks_dirty = True
+
+    def loads_out(self) -> dict[str, dict]:
+        """Per producer: its load running (`state: running`, `preset`, `rate`, `until`),
+        or the summary of its last (`state: done`)."""
+        out = {w: {"state": "done", **summary} for w, summary in self.load_results.items()}
+        for w, run in self.loads.items():
+            out[w] = {"state": "running", **run.load}
+        return out
+
+    def frame(self, now: float) -> None:
+        self._consumers_numbers()
+        for q, stats in self.queues.items():
+            stats["rate_in"] = self.rates_in[q].tick(now)
+            stats["rate_out"] = self.rates_out[q].tick(now)
         events = []
         for item in self.pending_events:
             self.seq += 1
@@ -751,6 +893,8 @@ class LabMonitor(Unit):
                 "events": events,
                 "shown": shown,
                 "checks": self.checks,
+                **({"alerts": self.alerts.frame()} if self.alerts else {}),
+                **({"loads": self.loads_out()} if self.loads or self.load_results else {}),
             },
         )
 
@@ -846,6 +990,10 @@ class LabMonitor(Unit):
             self.poll_depths()
             self.next_depths = now + (DEPTHS_BUSY if self.moved and watched else DEPTHS_IDLE)
             self.moved = False
+        if self.alerts:
+            self.watch_alerts()
+        if self.loads:
+            self.watch_loads()
         if self.checks_dirty and now >= self.next_checks:
             self.run_checks()
             self.next_checks = now + CHECK_INTERVAL
@@ -872,5 +1020,9 @@ class LabMonitor(Unit):
             due.append(min(deadline for deadline, _ in waiting))
         if self.checks_dirty:
             due.append(self.next_checks)
+        if (fires := self.alerts.next_due()) is not None:
+            due.append(now + max(0.0, fires - time.time()))
+        if self.loads:
+            due.append(now + 1.0)  # the queues' peaks, and each load's end
         due.append(self.next_frame if lively else self.last_frame + IDLE_FRAME)
         return min(due)

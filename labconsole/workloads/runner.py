@@ -33,6 +33,7 @@ from labconsole.flow.reporter import (
 from labconsole.runtime.bus import Incoming
 from labconsole.runtime.unit import Stop, Unit
 
+from .load import effective_rate, running_load
 from .payload import compile_template
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,9 @@ class ProducerUnit(WorkloadUnit):
         ) != self.settings.get("transactions"):
             self.close_channel()
             self.open_channel()
-        elif old.get("rate") != self.settings.get("rate"):
+        elif old.get("rate") != self.settings.get("rate") or old.get("load") != self.settings.get(
+            "load"
+        ):
             self.next_at = time.monotonic()
 
     def _on_return(self, channel, method, props, body: bytes) -> None:
@@ -376,7 +379,7 @@ class ProducerUnit(WorkloadUnit):
             return now + 1.0  # the unblocked callback pokes the unit sooner
         if self.transactional and self.tx_state != "open":
             return now + 1.0  # Select-Ok or Commit-Ok pokes the unit
-        rate = max(float(self.settings.get("rate") or 1.0), 0.01)
+        rate = max(effective_rate(self.settings), 0.01)  # a load preset's while it runs
         if self.next_at < now - 1.0:
             self.next_at = now  # do not try to catch up more than a second of backlog
         burst = 0
@@ -393,7 +396,13 @@ class ProducerUnit(WorkloadUnit):
                 if self.tx_pending >= int(self.settings.get("tx_batch") or 1):
                     self._commit()
                     return now + 1.0
-        return now if self.finished(time.monotonic()) else self.next_at
+        if self.finished(time.monotonic()):
+            return now
+        if load := running_load(self.settings):
+            # The load's end: the producer slows down to its own rate then, not at the
+            # next message of the load's pace.
+            return min(self.next_at, now + max(float(load["until"]) - time.time(), 0.0))
+        return self.next_at
 
     def publish_one(self) -> None:
         n = self.progress.get("sent", 0) + 1
@@ -506,6 +515,8 @@ class ConsumerUnit(WorkloadUnit):
             self._maybe_crash(delivered)
             if s.get("reply"):
                 self.reply(props, body)
+            if s.get("forward"):
+                self.emit("forwarded", s["forward"], props, body)
             return
         self.held.append((method, props, body, delivered))
         self.reporter.gauge("held", len(self.held))
@@ -563,6 +574,12 @@ class ConsumerUnit(WorkloadUnit):
         poison = s.get("poison")
         if (poison and poison.encode() in body) or random.random() < float(s.get("fail") or 0):
             requeue = bool(s.get("requeue"))
+            if s.get("compensate"):
+                # A saga's step that failed: it says so for the others to undo theirs, and
+                # the message is done with.
+                self.emit("compensated", s["compensate"], props, body)
+                self.channel.basic_ack(tag)
+                return True
             if s.get("on_fail") == "nack":
                 self.channel.basic_nack(tag, requeue=requeue)
                 kind = "nacked"
@@ -574,6 +591,8 @@ class ConsumerUnit(WorkloadUnit):
         else:
             if s.get("reply"):
                 self.reply(props, body)  # answered before acked, as an RPC server does
+            if s.get("forward"):
+                self.emit("forwarded", s["forward"], props, body)  # published, then acked
             self.channel.basic_ack(tag)
             self.reporter.count("acked")
             if props.priority:
@@ -609,6 +628,21 @@ class ConsumerUnit(WorkloadUnit):
         )
         self.channel.basic_publish("", props.reply_to, answer, reply)
         self.reporter.count("replied")
+
+    def emit(self, counter: str, to: dict, props, body: bytes) -> None:
+        """Publishes the delivery's body on, as a service publishes its own event: to
+        `to["exchange"]` with `to["routing_key"]`, joined to what caused it by the
+        correlation id, stamped with its own send time."""
+        event = pika.BasicProperties(
+            content_type=props.content_type or "application/json",
+            correlation_id=props.correlation_id or props.message_id,
+            message_id=uuid.uuid4().hex,
+            timestamp=int(time.time()),
+            app_id=self.name,  # the monitor draws it from this consumer
+            headers={SENT_AT: int(time.time() * 1e6)},
+        )
+        self.channel.basic_publish(to.get("exchange", ""), to["routing_key"], body, event)
+        self.reporter.count(counter)
 
     # --- parking ---------------------------------------------------------------------------
     def park(self, method, props, body: bytes) -> bool:

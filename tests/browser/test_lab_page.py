@@ -163,3 +163,43 @@ def test_each_queue_shows_its_latency(
         expect(pressure).not_to_contain_text("–")
     finally:
         context.close()
+
+
+@pytest.mark.parametrize(
+    ("locale", "ok", "firing"), [("en-US", "OK", "FIRING"), ("ru-RU", "OK", "СРАБОТАЛО")]
+)
+def test_an_alert_fires_and_clears_on_the_page(
+    browser, live_server_url, catalogue, learner, labs, worker, locale, ok, firing
+):
+    """The monitoring exercise played from the page: a consumer made to reject everything
+    fills the DLQ, its alert turns red with the queue outlined and a line in the log; the
+    DLQ drained, it is OK again."""
+    session = lab_session_start(exercise=catalogue["monitoring-alerts"], owner=learner)
+    context = browser.new_context(viewport=VIEWPORT, locale=locale)
+    page = context.new_page()
+    try:
+        open_lab(page, live_server_url, session)
+        chip = page.locator('#alerts [data-alert="dlq-filling"]')
+        dlq = page.locator('[data-node="q:orders.dlq"]')
+        expect(chip).to_have_attribute("data-state", "ok")
+        expect(chip.locator(".alert-state")).to_have_text(ok)
+        expect(chip).to_have_attribute("title", re.compile(r"^orders\.dlq: .+ > 10$"))
+        expect(page.locator("#alerts [data-alert]")).to_have_count(3)
+
+        card = page.locator("#workload-fulfilment")
+        card.locator('input[name="fail"]').fill("1")
+        card.locator(".settings-form button[type=submit]").click()
+        expect(chip).to_have_attribute("data-state", "firing", timeout=20_000)
+        expect(chip.locator(".alert-state")).to_have_text(re.compile(rf"^{firing} \d+"))
+        expect(dlq).to_have_class(re.compile(r"\bis-alerting\b"))
+        expect(page.locator('#log-rows tr[data-kind="alert"]').first).to_contain_text("dlq-filling")
+
+        card = page.locator("#workload-fulfilment")
+        card.locator('input[name="fail"]').fill("0")
+        card.locator(".settings-form button[type=submit]").click()
+        page.locator("#workload-dlq-handler [data-role=toggle]").click()
+        expect(chip).to_have_attribute("data-state", "ok", timeout=20_000)
+        expect(chip.locator(".alert-state")).to_have_text(ok)
+        expect(dlq).not_to_have_class(re.compile(r"\bis-alerting\b"))
+    finally:
+        context.close()

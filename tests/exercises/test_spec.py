@@ -173,6 +173,11 @@ def test_check_types_are_all_known():
         "unanswered",
         "replayed",
         "access_refused",
+        "alert_fired",
+        "alert_cleared",
+        "forwarded",
+        "compensated",
+        "load_finished",
     }
     assert CHECK_TYPES["dead_lettered"] is DeadLetteredCheck
 
@@ -276,8 +281,78 @@ def test_unknown_top_level_field():
     data["colour"] = "blue"
     assert the_error(data) == (
         "colour: unknown field (expected one of: version, slug, title, summary, description, "
-        "level, minutes, order, tags, topology, workloads, users, steps, topology_edits)"
+        "level, minutes, order, tags, topology, workloads, users, alerts, steps, "
+        "topology_edits)"
     )
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "path", "phrase"),
+    [
+        ({"forward": {"exchange": "nope", "routing_key": "k"}}, "forward.exchange", "'nope'"),
+        ({"forward": {"routing_key": "nope"}}, "forward.routing_key", "routes by queue name"),
+        ({"compensate": {"exchange": "logs"}}, "compensate.routing_key", "required"),
+    ],
+)
+def test_what_a_consumer_publishes_must_have_somewhere_to_go(behaviour, path, phrase):
+    data = base()
+    data["workloads"]["consumers"][0]["behaviour"] = behaviour
+    found = errors(data)
+    assert has(found, f"workloads.consumers[0].behaviour.{path}", phrase), found
+
+
+def test_a_forwarded_check_needs_a_consumer_that_forwards():
+    data = base()
+    check = {"type": "forwarded", "workload": "reader"}
+    data["steps"][0]["checkpoints"].append({"id": "on", "description": "x", "check": check})
+    found = errors(data)
+    assert has(found, "steps[0].checkpoints[1].check.workload", "set its behaviour's forward")
+    data["workloads"]["consumers"][0]["behaviour"] = {
+        "forward": {"exchange": "logs", "routing_key": "info"}
+    }
+    assert validate_data(data).consumer("reader").behaviour.forward.routing_key == "info"
+
+
+def alert(**fields) -> dict:
+    return {"name": "dlq", "title": "DLQ", "queue": "errors", "metric": "messages", **fields}
+
+
+def test_alert_rules_and_their_checks():
+    data = base()
+    data["alerts"] = [alert(above=5), alert(name="idle", metric="consumers", below=1)]
+    data["steps"][0]["checkpoints"].append(
+        {"id": "idle-fired", "description": "x", "check": {"type": "alert_fired", "alert": "idle"}}
+    )
+    spec = validate_data(data)
+    assert [a.rule().for_seconds for a in spec.alerts] == [0, 0]
+    assert spec.alerts[1].rule().below == 1
+
+
+@pytest.mark.parametrize(
+    ("rules", "check_alert", "path", "phrase"),
+    [
+        ([alert()], "dlq", "alerts[0].above", "give one threshold: above or below"),
+        ([alert(above=1, below=2)], "dlq", "alerts[0].above", "give one threshold"),
+        (
+            [alert(above=1, queue="nope")],
+            "dlq",
+            "alerts[0].queue",
+            "'nope' is not a declared queue",
+        ),
+        ([alert(above=1, metric="bytes")], "dlq", "alerts[0].metric", "must be one of: messages"),
+        ([alert(above=1, for_seconds=-1)], "dlq", "alerts[0].for_seconds", "0"),
+        ([alert(above=1), alert(below=1)], "dlq", "alerts[1].name", "duplicate alert name 'dlq'"),
+        ([alert(above=1)], "dql", "steps[0].checkpoints[1].check.alert", "not a declared alert"),
+    ],
+)
+def test_alert_rule_mistakes_are_refused_where_they_are(rules, check_alert, path, phrase):
+    data = base()
+    data["alerts"] = rules
+    data["steps"][0]["checkpoints"].append(
+        {"id": "fired", "description": "x", "check": {"type": "alert_fired", "alert": check_alert}}
+    )
+    found = errors(data)
+    assert has(found, path, phrase), found
 
 
 def test_topology_edits_exercise_wide_and_per_step():

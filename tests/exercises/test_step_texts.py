@@ -1,8 +1,8 @@
 """A step names the page's controls as the page shows them, in the page's language: every
 name a step's instructions or hints put in bold or in quotation marks is the label of a
-field, the text of a button, an option of a list, or a title of the controls panel on the
-lab page rendered in that language (docs/exercise-format.md, "Naming the page's
-controls")."""
+field, the text of a button, an option of a list, a title of the controls panel, or an
+alert rule's title or state on the lab page rendered in that language
+(docs/exercise-format.md, "Naming the page's controls")."""
 
 from __future__ import annotations
 
@@ -94,6 +94,8 @@ def control_names(root: Element) -> set[str]:
             element.tag == "h2" and element.has_class("panel-title") and element.inside(in_controls)
         ):
             names.add(element.text())
+        elif element.has_class("alert-name") or element.has_class("alert-state"):
+            names.add(element.text())  # an alert rule above the diagram, and its state
     return names - {""}
 
 

@@ -283,3 +283,38 @@ def test_a_transactional_producers_card_counts_commits_and_sets_the_batch(client
     plain = reverse("lab-workload", args=[session.id, "each-one"])
     client_in.post(plain, {"action": "update", "rate": "5", "routing_key": "each"})
     assert Workload.objects.get(session=session, name="each-one").settings["tx_batch"] == 1
+
+
+def test_a_load_preset_runs_on_a_producer_and_a_bad_one_says_what_is_offered(
+    client_in, catalogue, learner, labs
+):
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    url = reverse("lab-workload", args=[session.id, "temperature-sensor"])
+    before = Workload.objects.get(session=session, name="temperature-sensor").settings
+    assert "load" not in before
+    # The card offers the presets.
+    page = client_in.get(session.get_absolute_url()).content.decode()
+    assert 'class="load-form"' in page and 'value="spike"' in page and 'value="stress"' in page
+
+    response = client_in.post(url, {"action": "load", "preset": "tsunami"})
+    assert response.status_code == 400
+    assert "Select a valid choice. tsunami is not one of the available choices." in (
+        response.content.decode()
+    )
+    assert Workload.objects.get(session=session, name="temperature-sensor").settings == before
+
+    consumer = reverse("lab-workload", args=[session.id, "temperature-display"])
+    response = client_in.post(consumer, {"action": "load", "preset": "spike"})
+    assert response.status_code == 400
+    assert "temperature-display: only a producer runs a load" in response.content.decode()
+    assert "load" not in (
+        Workload.objects.get(session=session, name="temperature-display").settings
+    )
+
+    response = client_in.post(url, {"action": "load", "preset": "spike"})
+    assert response.status_code == 200
+    producer = Workload.objects.get(session=session, name="temperature-sensor")
+    load = producer.settings["load"]
+    assert load["preset"] == "spike" and load["rate"] == 1000
+    assert producer.settings["rate"] == before["rate"]  # its own rate comes back after
+    assert producer.running

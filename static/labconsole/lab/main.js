@@ -65,6 +65,17 @@ function main(configEl, labEl) {
     endedKept: gettext("Its vhost and user are gone; the counters are the last it reported."),
     endedNotKept: gettext("Its vhost and user are gone, and no counters were kept from it."),
     logNotKept: gettext("Events are shown only while the lab runs; none were kept."),
+    alert: {
+      ok: gettext("OK"), no_queue: gettext("no queue"),
+      pending: (s) => interpolate(gettext("breached %s s"), [s]),
+      firing: (s) => interpolate(gettext("FIRING %s s"), [s]),
+    },
+    alertFired: gettext("fired"), alertCleared: gettext("cleared"),
+    presets: { spike: gettext("spike"), stress: gettext("stress") },
+    loadRunning: (preset, rate, s) => interpolate(gettext("%(preset)s: %(rate)s msg/s, %(seconds)s s left"), { preset, rate, seconds: s }, true),
+    loadSent: (preset, n, s) => interpolate(gettext("%(preset)s: %(n)s sent in %(seconds)s s"), { preset, n, seconds: s }, true),
+    loadPeak: gettext("most held"), loadRefused: gettext("refused"), loadReturned: gettext("returned"), ms: gettext("ms"),
+    alertMetrics: { messages: gettext("ready"), unacked: gettext("unacked"), consumers: gettext("consumers"), p99_ms: gettext("p99, ms") },
   };
   // What the page calls the protocol's kinds; the protocol's own names stay in data
   // attributes, CSS classes and the log filter's values.
@@ -73,7 +84,7 @@ function main(configEl, labEl) {
     routed: gettext("routed"), unroutable: gettext("unroutable"), delivered: gettext("delivered"),
     acked: gettext("acked"), nacked: gettext("nacked"), rejected: gettext("rejected"),
     "dead-lettered": gettext("dead-lettered"), expired: gettext("expired"), parked: gettext("parked"),
-    error: gettext("error"),
+    error: gettext("error"), alert: gettext("alert"), load: gettext("load"),
     // What a workload reports of itself.
     started: gettext("started"), stopped: gettext("stopped"), updated: gettext("updated"),
     reconnected: gettext("reconnected"), crashed: gettext("crashed"),
@@ -1129,16 +1140,93 @@ function main(configEl, labEl) {
     if (queues.length) route.push(route.length ? sep() : null, h("span", {}, queues.join(", ")));
     else if (ev.kind === "unroutable") route.push(route.length ? sep() : null, h("span", { class: "muted" }, "✕"));
     const routeText = route.map((n) => n?.textContent ?? "").join(" ");
+    const note = ev.kind === "alert" ? alertNote(ev) : ev.kind === "load" ? loadNote(ev) : ev.message_id ?? ev.message ?? "";
     return h(
       "tr",
       { class: `${fresh ? "is-new" : ""}${selectedEvent === ev ? " is-selected" : ""}`, tabindex: 0, dataset: { seq: ev.seq, kind: ev.kind || "", messageId: ev.message_id ?? "" } },
       h("td", { class: "t", title: fmtTime(ev.t) }, fmtTime(ev.t)),
-      h("td", {}, h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}` }, kindName(ev.kind))),
+      h("td", {}, h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}${ev.state === "cleared" ? " is-cleared" : ""}` }, kindName(ev.kind))),
       h("td", { title: workloadName(ev.workload) }, workloadName(ev.workload)),
       h("td", { class: "r", title: routeText }, route, ev.redelivered ? h("span", { class: "redelivered", title: T.redelivered }, "↻") : null),
-      h("td", { class: "m", title: ev.message_id ?? ev.message ?? "" }, ev.message_id ?? ev.message ?? ""),
+      h("td", { class: "m", title: note }, note),
     );
   }
+
+  // "dlq-filling fired: ready 12 > 10", "dlq-filling cleared: ready 0"
+  function alertNote(ev) {
+    const metric = T.alertMetrics[ev.metric] || ev.metric;
+    const num = (v) => (v == null ? "–" : Number.isInteger(+v) ? fmtInt(v) : fmtMs(v));
+    const value = num(ev.value);
+    const limit = ev.above != null ? ` > ${num(ev.above)}` : ` < ${num(ev.below)}`;
+    return ev.state === "firing"
+      ? `${ev.alert} ${T.alertFired}: ${metric} ${value}${limit}`
+      : `${ev.alert} ${T.alertCleared}: ${metric} ${value}`;
+  }
+
+  let clockSkew = 0; // the browser's clock minus the server's, in seconds
+
+  // "stress: 148,211 sent in 30 s · most held: orders 12,340 · p99 2,400 ms · refused 3"
+  function loadNote(ev) {
+    const preset = T.presets[ev.preset] || ev.preset;
+    const parts = [T.loadSent(preset, fmtInt(ev.published), fmtInt(ev.seconds))];
+    const peaks = Object.entries(ev.peak || {}).sort((a, b) => b[1] - a[1]).slice(0, 3);
+    if (peaks.length) parts.push(`${T.loadPeak}: ${peaks.map(([q, n]) => `${q} ${fmtInt(n)}`).join(", ")}`);
+    if (ev.p99_ms != null) parts.push(`p99 ${fmtMs(ev.p99_ms)} ${T.ms}`);
+    if (ev.nacked_by_broker) parts.push(`${T.loadRefused} ${fmtInt(ev.nacked_by_broker)}`);
+    if (ev.returned) parts.push(`${T.loadReturned} ${fmtInt(ev.returned)}`);
+    return parts.join(" · ");
+  }
+
+  // ------------------------------------------------------------------ load presets
+  // Under a producer's card: its load running, with the time left, or what the last did.
+  let loadStates = {};
+  function applyLoads(loads, serverT) {
+    if (!loads) return;
+    if (typeof serverT === "number") clockSkew = Date.now() / 1000 - serverT;
+    loadStates = loads;
+    showLoads();
+  }
+  function showLoads() {
+    for (const [name, l] of Object.entries(loadStates)) {
+      const el = document.querySelector(`.load-status[data-load="${CSS.escape(name)}"]`);
+      if (!el) continue;
+      const preset = T.presets[l.preset] || l.preset;
+      const left = Math.max(0, Math.ceil(l.until - (Date.now() / 1000 - clockSkew)));
+      const text = l.state === "running" ? T.loadRunning(preset, fmtInt(l.rate), fmtInt(left)) : loadNote(l);
+      if (el.textContent !== text) el.textContent = text;
+      el.dataset.state = l.state;
+      el.hidden = false;
+    }
+  }
+  setInterval(() => Object.values(loadStates).some((l) => l.state === "running") && showLoads(), 1000);
+
+  // ------------------------------------------------------------------ alert rules
+  // Each rule's chip shows its state, and for how long; a firing rule outlines its queue.
+  const alertChips = new Map([...document.querySelectorAll("#alerts [data-alert]")].map((el) => [el.dataset.alert, el]));
+  let alertStates = {};
+  function applyAlerts(alerts, serverT) {
+    if (!alertChips.size || !alerts) return;
+    if (typeof serverT === "number") clockSkew = Date.now() / 1000 - serverT;
+    alertStates = alerts;
+    showAlerts();
+  }
+  function showAlerts() {
+    const firingQueues = new Set();
+    for (const [name, el] of alertChips) {
+      const a = alertStates[name] || { state: "ok" };
+      const seconds = a.since == null ? 0 : Math.max(0, Math.round(Date.now() / 1000 - clockSkew - a.since));
+      const word = T.alert[a.state];
+      const text = typeof word === "function" ? word(fmtInt(seconds)) : word || a.state;
+      if (el.dataset.state !== a.state) el.dataset.state = a.state;
+      const stateEl = el.querySelector(".alert-state");
+      if (stateEl.textContent !== text) stateEl.textContent = text;
+      if (a.state === "firing") firingQueues.add(el.dataset.queue);
+    }
+    for (const v of nodeViews.values()) {
+      if (v.kind === "queue") v.g.classList.toggle("is-alerting", firingQueues.has(nameOf(v.node.id)));
+    }
+  }
+  if (alertChips.size) setInterval(() => Object.values(alertStates).some((a) => a.state === "pending" || a.state === "firing") && showAlerts(), 1000);
 
   function renderLog() {
     unflushed = [];
@@ -1580,6 +1668,8 @@ function main(configEl, labEl) {
     for (const [name, w] of Object.entries(m.workloads || {})) applyWorkload(name, w);
     state.checks = {};
     applyChecks(m.checks, false);
+    applyAlerts(m.alerts, m.t);
+    applyLoads(m.loads, m.t);
     state.events = [];
     addEvents(m.events || []);
     populateLogFilters();
@@ -1604,6 +1694,8 @@ function main(configEl, labEl) {
       if (serverGraph && Object.values(m.exchanges).some((x) => x?.from_you)) renderGraph(serverGraph);
     }
     if (m.checks) applyChecks(m.checks, true);
+    if (m.alerts) applyAlerts(m.alerts, m.t);
+    if (m.loads) applyLoads(m.loads, m.t);
     if (Array.isArray(m.events) && m.events.length) addEvents(m.events);
     if (Array.isArray(m.samples) && m.samples.length) animateSamples(m.samples);
     if (typeof m.dropped === "number") setDropped(m.dropped);
