@@ -14,6 +14,7 @@ from exercises.services import (
     lab_session_start,
     lab_step_show,
     lab_topology_change,
+    workload_load,
     workload_start,
     workload_stop,
 )
@@ -650,3 +651,189 @@ def test_patterns_reference_runs_and_mistakes(worker, catalogue, learner, labs):
     assert {"poison-redelivered", "poison-dead-lettered"}.isdisjoint(passed(quorum_x))
     assert "auditor-replayed" not in passed(streams_x)
     assert {"audit-bound", "orders-audited"}.isdisjoint(passed(security_x))
+
+
+# --- monitoring-alerts -----------------------------------------------------------------------
+
+
+def alert_state(session, name) -> str | None:
+    """The alert rule's state as the lab's monitor last saved it."""
+    from exercises.models import LabSession
+
+    state = LabSession.objects.get(pk=session.pk).monitor_state or {}
+    return (state.get("alerts") or {}).get(name, [None])[0]
+
+
+def play_monitoring(s, *, mistake=False):
+    yield s, ("orders-flow",)
+    show(s, "break-consumer")
+    update(workload=workload(s, "fulfilment"), changes={"fail": 1, "requeue": False})
+    yield s, ("dlq-alert-fired",)
+    show(s, "fix-and-drain")
+    update(workload=workload(s, "fulfilment"), changes={"fail": 0})
+    if mistake:
+        # The cause fixed, but what it left in the DLQ left there.
+        return
+    workload_start(workload=workload(s, "dlq-handler"))
+    yield s, ("dlq-drained", "dlq-alert-cleared")
+    show(s, "lose-consumer")
+    workload_stop(workload=workload(s, "fulfilment"))
+    yield s, ("no-consumer-fired",)
+    workload_start(workload=workload(s, "fulfilment"))
+    yield s, ("no-consumer-cleared",)
+    show(s, "too-much-in-flight")
+    # The producer sped up so that the consumer's share piles up in seconds.
+    update(workload=workload(s, "checkout"), changes={"rate": 50})
+    update(workload=workload(s, "fulfilment"), changes={"processing_ms": 1000, "prefetch": 100})
+    yield s, ("unacked-fired",)
+    update(workload=workload(s, "fulfilment"), changes={"prefetch": 10})
+    yield s, ("unacked-cleared",)
+
+
+def test_monitoring_reference_run_and_undrained_dlq(worker, catalogue, learner, labs):
+    """The mistake: the failing consumer fixed, but the dead letters it left never taken:
+    the DLQ alert keeps firing, and its `cleared` checkpoint stays pending."""
+    right, wrong = start(catalogue, learner, "monitoring-alerts", "monitoring-alerts")
+    drive(play_monitoring(right), play_monitoring(wrong, mistake=True))
+    assert passed(right) == every_checkpoint(right)
+    # The monitor saw the fix: orders are acknowledged again...
+    acked = counter(wrong, "fulfilment", "acked")
+    wait_for(
+        lambda: counter(wrong, "fulfilment", "acked") >= acked + 10,
+        message="fulfilment acknowledges orders again",
+    )
+    # ... while the alert it watches goes on firing.
+    assert alert_state(wrong, "dlq-filling") == "firing"
+    assert stays_pending(wrong, "dlq-alert-cleared")
+    assert alert_state(wrong, "dlq-filling") == "firing"
+
+
+# --- microservices-saga ----------------------------------------------------------------------
+
+
+def play_saga(s, *, mistake=False):
+    update(workload=workload(s, "order-service"), changes={"rate": 8})
+    yield s, ("paid", "shipped", "notified")
+    show(s, "payments-fail")
+    update(workload=workload(s, "payment-service"), changes={"fail": 0.3})
+    yield s, ("compensating", "failure-lost")
+    show(s, "wire-compensation")
+    # `payment.*` catches the failures, and the payments that went through as well.
+    bind(s, "events", "order-compensation", "payment.*" if mistake else "payment.failed")
+    if mistake:
+        return
+    yield s, ("compensation-bound", "orders-cancelled", "customer-told")
+    show(s, "service-down")
+    workload_stop(workload=workload(s, "notification-service"))
+    yield s, ("notifications-wait", "shipping-goes-on")
+    show(s, "catch-up")
+    workload_start(workload=workload(s, "notification-service"))
+    yield s, ("notifier-back", "caught-up")
+
+
+def test_saga_reference_run_and_a_compensation_that_catches_too_much(
+    worker, catalogue, learner, labs
+):
+    """The mistake: the compensation bound with `payment.*`, which cancels the orders that
+    were paid as well; the checkpoint on the binding's key stays pending."""
+    right, wrong = start(catalogue, learner, "microservices-saga", "microservices-saga")
+    drive(play_saga(right), play_saga(wrong, mistake=True))
+    assert passed(right) == every_checkpoint(right)
+    # The monitor saw paid orders routed to the compensation too...
+    wait_for(
+        lambda: (
+            routed(wrong, "events", "payment.completed").get(("order-compensation", "shipping"), 0)
+            >= 3
+        ),
+        message="payment.completed routed to order-compensation and shipping",
+    )
+    # ... and the canceller cancelling them.
+    cancelled = counter(wrong, "order-canceller", "forwarded")
+    wait_for(
+        lambda: counter(wrong, "order-canceller", "forwarded") >= cancelled + 3,
+        message="order-canceller cancels",
+    )
+    assert stays_pending(wrong, "compensation-bound")
+
+
+# --- logging-pipeline ------------------------------------------------------------------------
+
+
+def play_logging(s, *, mistake=False):
+    yield s, ("errors-two-copies", "info-two-copies", "on-call-reads")
+    show(s, "pager-down")
+    # The wrong reader stopped: analytics, whose queue only grows to its limit.
+    workload_stop(workload=workload(s, "analytics" if mistake else "on-call"))
+    if mistake:
+        return
+    yield s, ("errors-alert-fired",)
+    workload_start(workload=workload(s, "on-call"))
+    yield s, ("errors-alert-cleared",)
+    show(s, "analytics-behind")
+    update(workload=workload(s, "analytics"), changes={"processing_ms": 1000})
+    yield s, ("analytics-full", "analytics-alert-fired")
+    show(s, "replay-archive")
+    workload_start(workload=workload(s, "replayer"))
+    yield s, ("history-replayed",)
+
+
+def test_logging_pipeline_reference_run_and_the_wrong_reader_stopped(
+    worker, catalogue, learner, labs
+):
+    """The mistake: analytics stopped instead of on-call: errors are still read, the
+    error alert never fires."""
+    right, wrong = start(catalogue, learner, "logging-pipeline", "logging-pipeline")
+    drive(play_logging(right), play_logging(wrong, mistake=True))
+    assert passed(right) == every_checkpoint(right)
+    # The monitor saw on-call go on reading errors...
+    read = counter(wrong, "on-call", "acked")
+    wait_for(
+        lambda: counter(wrong, "on-call", "acked") >= read + 3,
+        message="on-call reads errors while analytics is stopped",
+    )
+    # ... so nothing piles up for the alert.
+    assert alert_state(wrong, "errors-unread") == "ok"
+    assert stays_pending(wrong, "errors-alert-fired")
+
+
+# --- final-project ---------------------------------------------------------------------------
+
+
+def play_final(s, *, mistake=False):
+    yield s, ("orders-done", "payments-done", "notifications-done")
+    show(s, "load-test")
+    if mistake:
+        # The rate raised by hand instead: no load preset, so none finishes.
+        update(workload=workload(s, "gateway"), changes={"rate": 300})
+        return
+    workload_load(workload=workload(s, "gateway"), preset="spike")
+    yield s, ("load-ran", "dlq-alert")
+    show(s, "handle-dead-letters")
+    workload_start(workload=workload(s, "dlq-inspector"))
+    yield s, ("dead-letters-read", "dlq-alert-cleared")
+    show(s, "audit-trail")
+    workload_start(workload=workload(s, "auditor"))
+    yield s, ("audit-replayed",)
+
+
+def test_final_project_reference_run_and_no_load_preset(worker, catalogue, learner, labs):
+    """The load test played with the spike preset, whose summary the monitor logs; the
+    mistake raises the rate by hand, which is no load test: `load-ran` stays pending."""
+    from exercises.models import LabSession
+
+    right, wrong = start(catalogue, learner, "final-project", "final-project")
+    drive(play_final(right), play_final(wrong, mistake=True), timeout=150)
+    assert passed(right) == every_checkpoint(right)
+    # What the broker did under the load, as the monitor summed it up.
+    state = LabSession.objects.get(pk=right.pk).monitor_state
+    summary = state["load_results"]["gateway"]
+    assert summary["preset"] == "spike" and summary["rate"] == 1000
+    assert summary["published"] >= 1000
+    assert summary["peak"].get("dead-letters", 0) > 20
+    # The monitor saw the hand-raised rate...
+    sent = counter(wrong, "gateway", "published")
+    wait_for(
+        lambda: counter(wrong, "gateway", "published") >= sent + 300,
+        message="the gateway at 300 msg/s",
+    )
+    assert stays_pending(wrong, "load-ran")
