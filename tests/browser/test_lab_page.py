@@ -104,8 +104,10 @@ COVERED = """([box, selector]) => [...document.querySelectorAll(selector)]
     .map((el) => el.outerHTML.slice(0, 80))"""
 
 
-def test_toasts_cover_no_control(page, live_server_url, catalogue, learner, labs):
-    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=False)
+@pytest.mark.parametrize("slug", ["dlq-retries", "monitoring-alerts"])
+def test_toasts_cover_no_control(page, live_server_url, catalogue, learner, labs, slug):
+    """Nor an alert rule's chip, in an exercise with alert rules."""
+    session = lab_session_start(exercise=catalogue[slug], owner=learner, run=False)
     open_lab(page, live_server_url, session)
     for n in range(3):
         page.evaluate(f"() => window.consoleToast('Step complete: step number {n}', 'ok')")
@@ -113,7 +115,9 @@ def test_toasts_cover_no_control(page, live_server_url, catalogue, learner, labs
     expect(toasts.locator(".toast")).to_have_count(3)
     box = toasts.bounding_box()
     assert box["height"] > 0
-    assert page.evaluate(COVERED, [box, INTERACTIVE]) == []
+    chips = page.locator("#alerts [data-alert]")
+    expect(chips).to_have_count(3 if slug == "monitoring-alerts" else 0)
+    assert page.evaluate(COVERED, [box, f"{INTERACTIVE}, #alerts [data-alert]"]) == []
 
 
 def test_the_publish_result_shows_beside_the_button(

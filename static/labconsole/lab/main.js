@@ -1227,6 +1227,14 @@ function main(configEl, labEl) {
     }
   }
   if (alertChips.size) setInterval(() => Object.values(alertStates).some((a) => a.state === "pending" || a.state === "firing") && showAlerts(), 1000);
+  // Toasts open at the top of the diagram: below the alert rules, never over them.
+  const alertsBar = document.getElementById("alerts");
+  if (alertsBar) {
+    new ResizeObserver(() => {
+      const bottom = alertsBar.getBoundingClientRect().bottom;
+      document.documentElement.style.setProperty("--toasts-top", `${Math.round(bottom + 8)}px`);
+    }).observe(alertsBar);
+  }
 
   function renderLog() {
     unflushed = [];
