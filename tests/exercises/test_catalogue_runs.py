@@ -225,25 +225,6 @@ def play_work_queues(s, *, mistake=False):
     yield s, ("doomed-worked", "tasks-redelivered")
 
 
-def test_work_queues_reference_run_and_auto_ack(worker, catalogue, learner, labs):
-    """The mistake: switching the slow worker to auto ack too, which undoes fair dispatch."""
-    right, wrong = start(catalogue, learner, "work-queues", "work-queues")
-    drive(play_work_queues(right), play_work_queues(wrong, mistake=True))
-    assert passed(right) == every_checkpoint(right)
-    # The crash is counted before its thread has ended and the row says so.
-    wait_for(
-        lambda: not workload(right, "doomed-worker").running,
-        message="the crashed worker shown stopped",
-    )
-    before = {w: counter(wrong, w, "delivered") for w in ("fast-worker", "slow-worker")}
-    wait_for(
-        lambda: sum(counter(wrong, w, "delivered") - n for w, n in before.items()) >= 30,
-        message="30 more tasks delivered with the slow worker on auto ack",
-    )
-    assert "dispatcher-faster" in passed(wrong)
-    assert "fast-takes-most" not in passed(wrong)
-
-
 # --- headers-routing -------------------------------------------------------------------------
 
 
@@ -317,10 +298,14 @@ def play_ttl(s, *, mistake=False):
 # --- headers-routing, priority-queue and ttl-and-limits together ------------------------------
 
 
-def test_headers_priority_ttl_reference_runs_and_mistakes(worker, catalogue, learner, labs):
+def test_headers_priority_ttl_work_queues_reference_runs_and_mistakes(
+    worker, catalogue, learner, labs
+):
     """headers-routing: marketing without the PDF header is caught by neither binding.
     priority-queue: an agent with a large prefetch holds the backlog, and VIPs wait in it.
-    ttl-and-limits: a message published without an expiration never expires."""
+    ttl-and-limits: a message published without an expiration never expires.
+    work-queues: the slow worker switched to auto ack too, which undoes fair dispatch."""
+    queues, queues_x = start(catalogue, learner, "work-queues", "work-queues")
     headers, headers_x = start(catalogue, learner, "headers-routing", "headers-routing")
     prio, prio_x = start(catalogue, learner, "priority-queue", "priority-queue")
     ttl, ttl_x = start(catalogue, learner, "ttl-and-limits", "ttl-and-limits")
@@ -331,9 +316,16 @@ def test_headers_priority_ttl_reference_runs_and_mistakes(worker, catalogue, lea
         play_priority(prio_x, mistake=True),
         play_ttl(ttl),
         play_ttl(ttl_x, mistake=True),
+        play_work_queues(queues),
+        play_work_queues(queues_x, mistake=True),
     )
-    for session in (headers, prio, ttl):
+    for session in (headers, prio, ttl, queues):
         assert passed(session) == every_checkpoint(session)
+    # The crash is counted before its thread has ended and the row says so.
+    wait_for(
+        lambda: not workload(queues, "doomed-worker").running,
+        message="the crashed worker shown stopped",
+    )
     # The monitors saw each mistake...
     wait_for(
         lambda: routed(headers_x, "reports", "brochure") == {(): 1},
@@ -354,6 +346,13 @@ def test_headers_priority_ttl_reference_runs_and_mistakes(worker, catalogue, lea
     assert "mailbox-published" in passed(ttl_x)
     assert "brochure-to-any" not in passed(headers_x)
     assert "vip-first" not in passed(prio_x)
+    before = {w: counter(queues_x, w, "delivered") for w in ("fast-worker", "slow-worker")}
+    wait_for(
+        lambda: sum(counter(queues_x, w, "delivered") - n for w, n in before.items()) >= 30,
+        message="30 more tasks delivered with the slow worker on auto ack",
+    )
+    assert "dispatcher-faster" in passed(queues_x)
+    assert "fast-takes-most" not in passed(queues_x)
 
 
 # --- unroutable-messages, exchange-to-exchange, consistent-hash, confirms-vs-transactions -----
@@ -690,24 +689,6 @@ def play_monitoring(s, *, mistake=False):
     yield s, ("unacked-cleared",)
 
 
-def test_monitoring_reference_run_and_undrained_dlq(worker, catalogue, learner, labs):
-    """The mistake: the failing consumer fixed, but the dead letters it left never taken:
-    the DLQ alert keeps firing, and its `cleared` checkpoint stays pending."""
-    right, wrong = start(catalogue, learner, "monitoring-alerts", "monitoring-alerts")
-    drive(play_monitoring(right), play_monitoring(wrong, mistake=True))
-    assert passed(right) == every_checkpoint(right)
-    # The monitor saw the fix: orders are acknowledged again...
-    acked = counter(wrong, "fulfilment", "acked")
-    wait_for(
-        lambda: counter(wrong, "fulfilment", "acked") >= acked + 10,
-        message="fulfilment acknowledges orders again",
-    )
-    # ... while the alert it watches goes on firing.
-    assert alert_state(wrong, "dlq-filling") == "firing"
-    assert stays_pending(wrong, "dlq-alert-cleared")
-    assert alert_state(wrong, "dlq-filling") == "firing"
-
-
 # --- microservices-saga ----------------------------------------------------------------------
 
 
@@ -731,31 +712,6 @@ def play_saga(s, *, mistake=False):
     yield s, ("notifier-back", "caught-up")
 
 
-def test_saga_reference_run_and_a_compensation_that_catches_too_much(
-    worker, catalogue, learner, labs
-):
-    """The mistake: the compensation bound with `payment.*`, which cancels the orders that
-    were paid as well; the checkpoint on the binding's key stays pending."""
-    right, wrong = start(catalogue, learner, "microservices-saga", "microservices-saga")
-    drive(play_saga(right), play_saga(wrong, mistake=True))
-    assert passed(right) == every_checkpoint(right)
-    # The monitor saw paid orders routed to the compensation too...
-    wait_for(
-        lambda: (
-            routed(wrong, "events", "payment.completed").get(("order-compensation", "shipping"), 0)
-            >= 3
-        ),
-        message="payment.completed routed to order-compensation and shipping",
-    )
-    # ... and the canceller cancelling them.
-    cancelled = counter(wrong, "order-canceller", "forwarded")
-    wait_for(
-        lambda: counter(wrong, "order-canceller", "forwarded") >= cancelled + 3,
-        message="order-canceller cancels",
-    )
-    assert stays_pending(wrong, "compensation-bound")
-
-
 # --- logging-pipeline ------------------------------------------------------------------------
 
 
@@ -775,25 +731,6 @@ def play_logging(s, *, mistake=False):
     show(s, "replay-archive")
     workload_start(workload=workload(s, "replayer"))
     yield s, ("history-replayed",)
-
-
-def test_logging_pipeline_reference_run_and_the_wrong_reader_stopped(
-    worker, catalogue, learner, labs
-):
-    """The mistake: analytics stopped instead of on-call: errors are still read, the
-    error alert never fires."""
-    right, wrong = start(catalogue, learner, "logging-pipeline", "logging-pipeline")
-    drive(play_logging(right), play_logging(wrong, mistake=True))
-    assert passed(right) == every_checkpoint(right)
-    # The monitor saw on-call go on reading errors...
-    read = counter(wrong, "on-call", "acked")
-    wait_for(
-        lambda: counter(wrong, "on-call", "acked") >= read + 3,
-        message="on-call reads errors while analytics is stopped",
-    )
-    # ... so nothing piles up for the alert.
-    assert alert_state(wrong, "errors-unread") == "ok"
-    assert stays_pending(wrong, "errors-alert-fired")
 
 
 # --- final-project ---------------------------------------------------------------------------
@@ -816,24 +753,86 @@ def play_final(s, *, mistake=False):
     yield s, ("audit-replayed",)
 
 
-def test_final_project_reference_run_and_no_load_preset(worker, catalogue, learner, labs):
-    """The load test played with the spike preset, whose summary the monitor logs; the
-    mistake raises the rate by hand, which is no load test: `load-ran` stays pending."""
+# --- the four together -----------------------------------------------------------------------
+
+
+def test_monitoring_saga_logging_final_reference_runs_and_mistakes(
+    worker, catalogue, learner, labs
+):
+    """Each of the four played right, and once with a mistake, all eight labs at once.
+    monitoring-alerts: the failing consumer fixed, but the dead letters it left never
+    taken: the DLQ alert keeps firing, and its `cleared` checkpoint stays pending.
+    microservices-saga: the compensation bound with `payment.*`, which cancels the orders
+    that were paid as well; the checkpoint on the binding's key stays pending.
+    logging-pipeline: analytics stopped instead of on-call: errors are still read, the
+    error alert never fires.
+    final-project: the load test played with the spike preset, whose summary the monitor
+    logs; the mistake raises the rate by hand, which is no load test: `load-ran` stays
+    pending."""
     from exercises.models import LabSession
 
-    right, wrong = start(catalogue, learner, "final-project", "final-project")
-    drive(play_final(right), play_final(wrong, mistake=True), timeout=150)
-    assert passed(right) == every_checkpoint(right)
+    monitoring, monitoring_x = start(catalogue, learner, "monitoring-alerts", "monitoring-alerts")
+    saga, saga_x = start(catalogue, learner, "microservices-saga", "microservices-saga")
+    logging_, logging_x = start(catalogue, learner, "logging-pipeline", "logging-pipeline")
+    final, final_x = start(catalogue, learner, "final-project", "final-project")
+    drive(
+        play_monitoring(monitoring),
+        play_monitoring(monitoring_x, mistake=True),
+        play_saga(saga),
+        play_saga(saga_x, mistake=True),
+        play_logging(logging_),
+        play_logging(logging_x, mistake=True),
+        play_final(final),
+        play_final(final_x, mistake=True),
+        timeout=150,
+    )
+    for session in (monitoring, saga, logging_, final):
+        assert passed(session) == every_checkpoint(session)
     # What the broker did under the load, as the monitor summed it up.
-    state = LabSession.objects.get(pk=right.pk).monitor_state
-    summary = state["load_results"]["gateway"]
+    summary = LabSession.objects.get(pk=final.pk).monitor_state["load_results"]["gateway"]
     assert summary["preset"] == "spike" and summary["rate"] == 1000
     assert summary["published"] >= 1000
     assert summary["peak"].get("dead-letters", 0) > 20
-    # The monitor saw the hand-raised rate...
-    sent = counter(wrong, "gateway", "published")
+
+    # The monitors saw each mistake: orders acknowledged again after the fix...
+    acked = counter(monitoring_x, "fulfilment", "acked")
     wait_for(
-        lambda: counter(wrong, "gateway", "published") >= sent + 300,
+        lambda: counter(monitoring_x, "fulfilment", "acked") >= acked + 10,
+        message="fulfilment acknowledges orders again",
+    )
+    # ... paid orders routed to the compensation too, and the canceller cancelling them...
+    wait_for(
+        lambda: (
+            routed(saga_x, "events", "payment.completed").get(("order-compensation", "shipping"), 0)
+            >= 3
+        ),
+        message="payment.completed routed to order-compensation and shipping",
+    )
+    cancelled = counter(saga_x, "order-canceller", "forwarded")
+    wait_for(
+        lambda: counter(saga_x, "order-canceller", "forwarded") >= cancelled + 3,
+        message="order-canceller cancels",
+    )
+    # ... on-call reading errors while analytics is stopped...
+    read = counter(logging_x, "on-call", "acked")
+    wait_for(
+        lambda: counter(logging_x, "on-call", "acked") >= read + 3,
+        message="on-call reads errors while analytics is stopped",
+    )
+    # ... and the gateway at the hand-raised rate.
+    sent = counter(final_x, "gateway", "published")
+    wait_for(
+        lambda: counter(final_x, "gateway", "published") >= sent + 300,
         message="the gateway at 300 msg/s",
     )
-    assert stays_pending(wrong, "load-ran")
+    # The alerts the mistakes concern: still firing, never fired.
+    assert alert_state(monitoring_x, "dlq-filling") == "firing"
+    assert alert_state(logging_x, "errors-unread") == "ok"
+    # ... and the checkpoints they concern stay pending.
+    assert stays_pending(
+        (monitoring_x, "dlq-alert-cleared"),
+        (saga_x, "compensation-bound"),
+        (logging_x, "errors-alert-fired"),
+        (final_x, "load-ran"),
+    )
+    assert alert_state(monitoring_x, "dlq-filling") == "firing"
