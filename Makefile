@@ -39,4 +39,5 @@ bench:
 	.venv/bin/python benchmarks/run.py
 
 clean:
-	rm -rf .venv staticfiles db.sqlite3* test-db.sqlite3* test-artifacts
+	-test -x .venv/bin/python && .venv/bin/python manage.py labcluster down
+	rm -rf .venv staticfiles db.sqlite3* test-db.sqlite3* test-artifacts var

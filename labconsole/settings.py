@@ -266,6 +266,15 @@ RUNTIME_LEASE_SECONDS = env.float("RUNTIME_LEASE_SECONDS", default=6.0)
 # and through the broker otherwise; off, every report crosses the broker.
 RUNTIME_LOCAL_REPORTS = env.bool("RUNTIME_LOCAL_REPORTS", default=True)
 
+# --- Brokers of a lab's own (labconsole/cluster, docs/cluster.md) -----------------------
+# `python manage.py labcluster up` starts LAB_CLUSTER_SIZE nodes named <prefix>1@localhost...
+# from the installed RabbitMQ, with their files under LAB_CLUSTER_DIR: AMQP ports from
+# LAB_CLUSTER_PORT, management ports 10000 above, distribution ports 20000 above.
+LAB_CLUSTER_DIR = env("LAB_CLUSTER_DIR", default="") or str(BASE_DIR / "var" / "cluster")
+LAB_CLUSTER_SIZE = env.int("LAB_CLUSTER_SIZE", default=3)
+LAB_CLUSTER_PORT = env.int("LAB_CLUSTER_PORT", default=5701)
+LAB_CLUSTER_PREFIX = env("LAB_CLUSTER_PREFIX", default="lab")
+
 # --- Channels ----------------------------------------------------------------------------
 # Live updates travel over RabbitMQ (labconsole/flow), so no channel layer is needed.
 CHANNEL_LAYERS = {}
