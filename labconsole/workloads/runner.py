@@ -254,6 +254,9 @@ class ProducerUnit(WorkloadUnit):
         # the messages of a transaction only when it commits.
         self.tx_state: str | None = None  # None, "selecting", "open" or "committing"
         self.tx_pending = 0  # published since the last commit
+        # After a lost connection, until a publish is acked: a nack means a new channel
+        # (_escape_nack_trap), not a refusal to live with.
+        self.watch_nacks = False
 
     @property
     def transactional(self) -> bool:
@@ -300,8 +303,16 @@ class ProducerUnit(WorkloadUnit):
         )
         self.poke()
 
+    def disconnected(self, exc: BaseException) -> None:
+        self.watch_nacks = True
+        super().disconnected(exc)
+
     def _on_confirm(self, frame) -> None:
         acked, tags = confirmed(frame, self.unconfirmed)
+        if acked and tags:
+            self.watch_nacks = False
+        elif tags and self.watch_nacks and self.channel is not None:
+            self._escape_nack_trap()
         for tag in tags:
             message_id = self.unconfirmed.pop(tag)
             if message_id in self.returned:
@@ -315,6 +326,19 @@ class ProducerUnit(WorkloadUnit):
                     exchange=self.settings.get("exchange", ""),
                     message_id=message_id,
                 )
+        self.poke()
+
+    def _escape_nack_trap(self) -> None:
+        """RabbitMQ 3.10: a channel whose first publish to a quorum queue lands between the
+        death of the queue's leader and the election of the next can have every publish
+        nacked for ever. After a reconnect, a nack before any ack is taken for that: the
+        channel is closed and a new one opened a second later, which finds the new
+        leader."""
+        self.reporter.event(
+            "error", message="publishes nacked after reconnecting: opening a new channel"
+        )
+        self.close_channel()
+        self.reopen_at = time.monotonic() + CHANNEL_RETRY
         self.poke()
 
     def _tx_ok(self, channel, committed: int) -> None:
