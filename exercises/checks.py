@@ -4,8 +4,10 @@ Each check type of the spec (docs/exercise-format.md) has one function here. The
 - `record`: the monitor's FlowRecord (routes seen by the firehose, deliveries, the
   workloads' counters, dead-letter arrivals, alerts fired and cleared) since the
   checkpoint's step was shown;
-- `broker`: `queues` (ready/unacked/consumers by queue name) and `bindings` (the
-  management API's list, read when a check needs it);
+- `broker`: `queues` (ready/unacked/consumers by queue name), `bindings` (the
+  management API's list, read when a check needs it), `quorum` (quorum queues' leader,
+  members and online members by name, read when a check needs it) and `first_leader`
+  (the leader a queue had when a check first read it);
 - `workloads`: name -> {"running": bool, **settings}, as the learner set them.
 No learner code runs here.
 """
@@ -150,6 +152,23 @@ def _workload_setting(c, record, broker, workloads) -> bool:
     return value == c.equals
 
 
+def _quorum_online(c, record, broker, workloads) -> bool:
+    q = broker["quorum"]().get(c.queue)
+    if q is None:
+        return False
+    n = len(set(q["online"]) & set(q["members"]))
+    return (c.min is None or n >= c.min) and (c.max is None or n <= c.max)
+
+
+def _leader_moved(c, record, broker, workloads) -> bool:
+    q = broker["quorum"]().get(c.queue)
+    leader = q and q.get("leader")
+    if not leader:  # none known, or an election under way
+        return False
+    first = broker["first_leader"](c.queue)
+    return first is not None and first != leader
+
+
 CHECKS: dict[str, Callable[..., bool]] = {
     "queue_messages": _queue_messages,
     "binding_exists": _binding_exists,
@@ -176,6 +195,8 @@ CHECKS: dict[str, Callable[..., bool]] = {
     "load_finished": _load_finished,
     "alert_fired": _alert_fired,
     "alert_cleared": _alert_cleared,
+    "quorum_online": _quorum_online,
+    "leader_moved": _leader_moved,
 }
 
 

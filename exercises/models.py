@@ -114,6 +114,13 @@ class LabSession(models.Model):
             spec = spec_with_topology_cached(self.source, self.topology)
         return spec
 
+    @property
+    def broker(self):
+        """The broker the lab runs on, as its exercise says (labconsole/broker/brokers.py)."""
+        from labconsole.broker.brokers import lab_broker
+
+        return lab_broker(self.spec.broker)
+
 
 class Workload(models.Model):
     """A producer or consumer of a lab; `settings` is what the learner can change live."""

@@ -6,7 +6,7 @@ import time
 from urllib.parse import quote
 
 from labconsole.broker import amqp
-from labconsole.broker.management import ManagementClient
+from labconsole.broker.brokers import LabBroker, lab_broker
 
 from .quotas import LabQuotas, lab_quotas
 from .spec import ExerciseSpec
@@ -110,7 +110,7 @@ def lab_definitions(
                 "name": amqp.firehose_queue(),
                 "durable": True,
                 "auto_delete": False,
-                "arguments": amqp.FIREHOSE_ARGUMENTS,
+                "arguments": lab_broker(spec.broker).firehose_arguments,
             }
         ],
         "bindings": [
@@ -163,12 +163,14 @@ def provision(
     else in one call (definitions cannot carry operator policies). On any failure it
     removes what it made and re-raises the broker's refusal."""
     quotas = quotas or lab_quotas()
-    api = ManagementClient()
+    api = lab_broker(spec.broker).api()
     made = time.time()
     try:
         api.put_vhost(
             vhost, tracing=True, description=f"lab: {spec.slug}", tags=amqp.lab_tags(made)
         )
+        if len(api.urls) > 1:
+            api.tracing_on(vhost)  # the firehose is per node: on on every node of a cluster
         api.put_operator_policy(vhost, CAP_POLICY, cap_policy(quotas))
         api.import_definitions(
             lab_definitions(
@@ -176,15 +178,15 @@ def provision(
             )
         )
     except Exception:
-        teardown(vhost=vhost, user=user)
+        teardown(vhost=vhost, user=user, broker=lab_broker(spec.broker))
         raise
 
 
-def teardown(*, vhost: str, user: str) -> None:
+def teardown(*, vhost: str, user: str, broker: LabBroker | None = None) -> None:
     """Deletes the vhost (everything in it, its connections), the user and the exercise's
     own users (found by their permissions on the vhost, before it goes); any may be gone
     already. Raises BrokerError if the broker does not answer or refuses."""
-    api = ManagementClient()
+    api = (broker or lab_broker()).api()
     permissions = api.request("GET", f"vhosts/{quote(vhost, safe='')}/permissions", ok_missing=True)
     extra = sorted({p["user"] for p in permissions or [] if p["user"].startswith(f"{user}.")})
     api.delete_vhost(vhost)

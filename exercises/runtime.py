@@ -36,7 +36,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from labconsole.broker import amqp, control
-from labconsole.broker.management import BrokerError, ManagementClient
+from labconsole.broker.management import BrokerError
 from labconsole.flow.monitor import LabMonitor
 from labconsole.flow.reporter import FlowReporter
 from labconsole.runtime.bus import ConsoleBus, Incoming
@@ -180,7 +180,7 @@ class Runtime:
             bus=self.bus,
             control_key=control.workload_key(workload.id),
             pace_key=control.pace_key(session.id),
-            lab_params=amqp.parameters(
+            lab_params=session.broker.parameters(
                 vhost=session.vhost,
                 name=f"{workload.kind} {workload.name}",
                 **_credentials(session, workload.settings.get("user")),
@@ -509,9 +509,10 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
     the checks, and the results saved as they pass."""
     session_id, generation = session.id, session.generation
     spec = session.spec
-    api = ManagementClient()
+    api = session.broker.api()
     passed = set(session.results.values_list("checkpoint", flat=True))
     all_checkpoints = {cp.id for step in spec.steps for cp in step.checkpoints}
+    first_leaders: dict[str, str] = {}  # quorum queue -> its leader when a check first read it
 
     def evaluate(record, queues, marks) -> dict[str, bool]:
         if all_checkpoints <= passed:
@@ -526,6 +527,21 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
                     log.debug("bindings of %s not read", session.vhost, exc_info=True)
             return bindings_cache
 
+        quorum_cache: list[dict] = []
+
+        def quorum() -> dict[str, dict]:
+            if not quorum_cache:
+                try:
+                    found = api.quorum_queues(session.vhost)
+                except BrokerError:
+                    log.debug("quorum queues of %s not read", session.vhost, exc_info=True)
+                    found = {}
+                for name, q in found.items():
+                    if q["leader"]:
+                        first_leaders.setdefault(name, q["leader"])
+                quorum_cache.append(found)
+            return quorum_cache[0]
+
         workloads = _Lazy(
             lambda: {
                 w.name: {"running": w.running, **w.settings}
@@ -535,7 +551,12 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         results = checks.evaluate(
             spec,
             record=record,
-            broker={"queues": queues, "bindings": bindings},
+            broker={
+                "queues": queues,
+                "bindings": bindings,
+                "quorum": quorum,
+                "first_leader": first_leaders.get,
+            },
             workloads=workloads,
             passed=passed,
             shown=marks,
@@ -567,7 +588,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         session=session_id,
         bus=bus,
         control_key=control.monitor_key(session_id),
-        lab_params=amqp.parameters(
+        lab_params=session.broker.parameters(
             vhost=session.vhost,
             user=session.rabbit_user,
             password=session.rabbit_password,
@@ -582,7 +603,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         reports_queue=amqp.reports_queue(session_id),
         declare_reports=lambda channel: amqp.declare_reports_queue(channel, session_id),
         firehose_queue=amqp.firehose_queue(),
-        firehose_arguments=amqp.FIREHOSE_ARGUMENTS,
+        firehose_arguments=session.broker.firehose_arguments,
         firehose_patterns=amqp.FIREHOSE_PATTERNS,
         router=Router(lab_graph(spec)),
         make_router=Router,

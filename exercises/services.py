@@ -19,7 +19,8 @@ from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
 from labconsole.broker import amqp, control
-from labconsole.broker.management import BrokerError, ManagementClient
+from labconsole.broker.brokers import CLUSTER
+from labconsole.broker.management import BrokerError
 from labconsole.workloads.load import load_setting
 
 from . import provisioning, quotas
@@ -120,6 +121,15 @@ def _provision(session: LabSession) -> None:
             quotas=quotas.lab_quotas(user=session.owner),
         )
     except BrokerError as exc:
+        if exc.status == 0 and session.spec.broker == CLUSTER:
+            raise LabError(
+                _(
+                    "This exercise runs on the lab cluster, which is not running yet: it starts "
+                    "with the console and takes about 20 s. Try again in a moment; if it still "
+                    "does not run, whoever runs the console starts it with: "
+                    "python manage.py labcluster up"
+                )
+            ) from exc
         raise LabError(
             format_lazy(_("the broker refused the lab's topology: {reason}"), reason=exc.reason)
         ) from exc
@@ -332,7 +342,7 @@ def lab_session_teardown(*, session: LabSession) -> bool:
     """Deletes the ended lab's vhost and user. If the broker is away or refuses, the lab is
     marked `teardown_pending` for the sweeper to try again. Returns whether it was done."""
     try:
-        provisioning.teardown(vhost=session.vhost, user=session.rabbit_user)
+        provisioning.teardown(vhost=session.vhost, user=session.rabbit_user, broker=session.broker)
     except BrokerError as exc:
         log.warning("lab %s: vhost and user not deleted yet (%s)", session.id, exc.reason)
         pending = True
@@ -400,7 +410,7 @@ def lab_session_reset(*, session: LabSession) -> LabSession:
     session.monitor_state = {}
     _stop_tasks(session)
     try:
-        provisioning.teardown(vhost=session.vhost, user=session.rabbit_user)
+        provisioning.teardown(vhost=session.vhost, user=session.rabbit_user, broker=session.broker)
     except BrokerError as exc:
         lab_session_stop(session=session)  # the sweeper deletes it when the broker is back
         raise LabError(
@@ -530,7 +540,7 @@ def _spec_problems(exc: SpecError, focus: str, *, deleting: bool) -> list[tuple[
 
 
 def _apply_on_broker(session: LabSession, kind: str, action: str, item: dict) -> None:
-    api = ManagementClient()
+    api = session.broker.api()
     vhost = session.vhost
     if kind == "exchange" and action == "declare":
         api.put_exchange(vhost, item["name"], {k: v for k, v in item.items() if k != "name"})
@@ -825,10 +835,10 @@ class Published:
     message: str
 
 
-def _refuse_during_alarm() -> None:
+def _refuse_during_alarm(session: LabSession) -> None:
     """A publish would hang while the broker blocks publishers: say so at once instead."""
     try:
-        alarms = ManagementClient().alarms()
+        alarms = session.broker.api().alarms()
     except BrokerError:
         return  # the publish itself will say what is wrong
     if alarms:
@@ -865,8 +875,8 @@ def lab_publish(
                 seconds=quotas.rate_retry_after(user=session.owner, action=action),
             )
         )
-    _refuse_during_alarm()
-    params = amqp.parameters(
+    _refuse_during_alarm(session)
+    params = session.broker.parameters(
         vhost=session.vhost,
         user=session.rabbit_user,
         password=session.rabbit_password,

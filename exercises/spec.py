@@ -821,6 +821,33 @@ class QueueMessagesCheck(_Model):
         return self
 
 
+class QuorumOnlineCheck(_Model):
+    """Members of the quorum queue `queue` online, read from the broker, are within
+    [min, max]. For labs on the cluster (`broker: cluster`)."""
+
+    type: Literal["quorum_online"]
+    queue: Name
+    min: int | None = Field(default=None, ge=0, le=9)
+    max: int | None = Field(default=None, ge=0, le=9)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "QuorumOnlineCheck":
+        if self.min is None and self.max is None:
+            raise _spec_items([(("min",), "give min, max or both")])
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _spec_items([(("max",), f"must not be less than min ({self.min})")])
+        return self
+
+
+class LeaderMovedCheck(_Model):
+    """The quorum queue `queue` is led by another node than when the lab's checks first
+    read it (a `quorum_online` check of an earlier step, or this one when its step opened).
+    For labs on the cluster."""
+
+    type: Literal["leader_moved"]
+    queue: Name
+
+
 class _BindingCheck(_Model):
     source: Name
     destination: Name
@@ -1177,7 +1204,9 @@ Check = Annotated[
     | AlertClearedCheck
     | ForwardedCheck
     | CompensatedCheck
-    | LoadFinishedCheck,
+    | LoadFinishedCheck
+    | QuorumOnlineCheck
+    | LeaderMovedCheck,
     Field(discriminator="type"),
 ]
 
@@ -1295,6 +1324,9 @@ class ExerciseSpec(_Model):
     #: The exercise's place in the course: the catalogue lists these first, in this order.
     order: int | None = Field(default=None, ge=1, le=COURSE_ORDER_MAX)
     tags: list[str] = _items(LIMITS.items)
+    #: The broker the lab runs on: the shared one, or the local cluster of brokers a lab
+    #: may break (docs/cluster.md): a node stopped or killed, a broker restarted.
+    broker: Literal["shared", "cluster"] = "shared"
     topology: Topology
     workloads: Workloads = Field(default_factory=Workloads)
     users: list[LabUser] = _items(LAB_USERS_MAX)
@@ -1659,6 +1691,23 @@ class _CrossReferences:
             problem = self.queue_problem(check.queue)
             if problem:
                 self.add(f"{path}.queue", problem)
+        elif isinstance(check, QuorumOnlineCheck | LeaderMovedCheck):
+            problem = self.queue_problem(check.queue)
+            if problem:
+                self.add(f"{path}.queue", problem)
+            elif self.queues[check.queue].type != "quorum":
+                not_quorum = _("{name} is a {type} queue: only quorum queues have a leader")
+                self.add(
+                    f"{path}.queue",
+                    not_quorum.format(name=_q(check.queue), type=self.queues[check.queue].type),
+                )
+            if self.spec.broker != "cluster":
+                self.add(
+                    f"{path}.type",
+                    _("{type} needs the lab on the cluster: set broker: cluster").format(
+                        type=check.type
+                    ),
+                )
         elif isinstance(check, RoutedOnlyToCheck):
             problem = self.exchange_problem(check.exchange, default_ok=True, builtin_ok=True)
             if problem:

@@ -20,7 +20,9 @@ from datetime import timedelta
 from django.utils import timezone
 
 from labconsole.broker import amqp
-from labconsole.broker.management import ManagementClient
+from labconsole.broker.brokers import CLUSTER, SHARED, LabBroker, lab_broker
+from labconsole.broker.management import BrokerError
+from labconsole.cluster.local import LocalCluster
 
 from .models import LabSession
 from .services import lab_session_stop, lab_session_teardown
@@ -61,7 +63,7 @@ def _live(lab_ids) -> set[str]:
 
 
 def labs_sweep(*, grace_seconds: float) -> SweepResult:
-    """One round of the sweeper; raises BrokerError if the broker does not answer.
+    """One round of the sweeper; raises BrokerError if the shared broker does not answer.
 
     1. Deletes the vhost and user of every ended lab whose teardown is pending.
     2. Deletes vhosts and users with this console's mark, made more than `grace_seconds`
@@ -69,9 +71,11 @@ def labs_sweep(*, grace_seconds: float) -> SweepResult:
        made but whose row is not yet visible (a transaction not yet committed); a lab
        being made or reset is in the `starting` state and is never touched.
     3. Ends the running labs whose vhost is gone (looked up once more before each).
+
+    2 and 3 are done on the shared broker, then on the local cluster if this console made
+    one (docs/cluster.md) and it answers.
     """
     result = SweepResult()
-    api = ManagementClient()
 
     for session in LabSession.objects.filter(
         state=LabSession.State.ENDED, teardown_pending=True
@@ -79,6 +83,20 @@ def labs_sweep(*, grace_seconds: float) -> SweepResult:
         if lab_session_teardown(session=session):
             result.torn_down.append(session.id)
 
+    _sweep_broker(lab_broker(SHARED), grace_seconds, result)
+    if LocalCluster.from_settings().ours():
+        try:
+            _sweep_broker(lab_broker(CLUSTER), grace_seconds, result)
+        except BrokerError as exc:
+            log.info("sweep: the lab cluster did not answer (%s)", exc.reason)
+
+    if result.torn_down or result.vhosts or result.users or result.ended:
+        log.info("sweep: %s", result)
+    return result
+
+
+def _sweep_broker(broker: LabBroker, grace_seconds: float, result: SweepResult) -> None:
+    api = broker.api()
     listed_at = timezone.now()
     vhosts = api.vhosts()
     users = api.users()
@@ -101,6 +119,8 @@ def labs_sweep(*, grace_seconds: float) -> SweepResult:
     for session in LabSession.objects.filter(
         state=LabSession.State.RUNNING, created_at__lt=listed_at - timedelta(seconds=1)
     ):
+        if session.spec.broker != broker.name:
+            continue
         if session.vhost in names or api.vhost_exists(session.vhost):
             continue
         ended = LabSession.objects.filter(
@@ -110,7 +130,3 @@ def labs_sweep(*, grace_seconds: float) -> SweepResult:
             session.refresh_from_db()
             lab_session_stop(session=session)
             result.ended.append(session.id)
-
-    if result.torn_down or result.vhosts or result.users or result.ended:
-        log.info("sweep: %s", result)
-    return result

@@ -13,6 +13,8 @@ urlpatterns = [
     path("labs/<str:lab_id>/publish/", views.lab_publish, name="lab-publish"),
     path("labs/<str:lab_id>/topology/", views.lab_topology, name="lab-topology"),
     path("labs/<str:lab_id>/topology/panel/", views.lab_topology_panel, name="lab-topology-panel"),
+    path("labs/<str:lab_id>/brokers/", views.lab_brokers, name="lab-brokers"),
+    path("labs/<str:lab_id>/brokers/<str:node>/", views.lab_broker_node, name="lab-broker-node"),
     path("labs/<str:lab_id>/reset/", views.lab_reset, name="lab-reset"),
     path("labs/<str:lab_id>/end/", views.lab_end, name="lab-end"),
 ]

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -13,7 +13,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import selectors, services
+from . import cluster, selectors, services
 from .forms import (
     BindingForm,
     ConsumerForm,
@@ -154,6 +154,7 @@ def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
             "workloads": [_workload_context(session, w) for w in session.workloads.all()],
             "exchanges": selectors.lab_exchanges(session),
             "topology": selectors.lab_topology_view(session),
+            "brokers": cluster.lab_cluster_view(session),
             "lab_config": config,
         },
     )
@@ -315,6 +316,41 @@ def lab_topology_panel(request: HttpRequest, lab_id: str) -> HttpResponse:
     """The Topology panel as it is now (a viewer's page asks for it when the topology
     changed elsewhere)."""
     return HttpResponse(_topology_panel(request, _own_lab(request, lab_id)))
+
+
+def _broker_panel(request: HttpRequest, session: LabSession, message: str = "", ok=True) -> str:
+    return render_to_string(
+        "exercises/lab.html#broker-panel",
+        {
+            "brokers": cluster.lab_cluster_view(session),
+            "broker_result": {"ok": ok, "message": message} if message else None,
+        },
+        request=request,
+    )
+
+
+@require_GET
+@login_required
+def lab_brokers(request: HttpRequest, lab_id: str) -> HttpResponse:
+    """The broker panel of a lab on the local cluster, as it is now (the page asks for it
+    every two seconds)."""
+    session = _own_lab(request, lab_id)
+    if not cluster.on_cluster(session):
+        raise Http404("this lab runs on the shared broker")
+    return HttpResponse(_broker_panel(request, session))
+
+
+@_lab_action
+def lab_broker_node(request: HttpRequest, session: LabSession, node: str) -> HttpResponse:
+    """Stop, kill or start a node of the cluster the lab runs on; the panel comes back
+    with what is under way."""
+    try:
+        message = cluster.lab_node_fault(
+            session=session, node=node, action=request.POST.get("action", "")
+        )
+    except services.LabError as exc:
+        return HttpResponse(_broker_panel(request, session, str(exc), ok=False), status=400)
+    return HttpResponse(_broker_panel(request, session, str(message)))
 
 
 @_lab_action

@@ -3,6 +3,7 @@ broker (so a console running beside the tests is not disturbed) and a file datab
 the Celery worker and daphne processes started by the fixtures share with the tests."""
 
 import os
+import tempfile
 from pathlib import Path
 
 _root = Path(__file__).resolve().parent.parent
@@ -14,6 +15,13 @@ os.environ.setdefault("LAB_IDLE_MINUTES", "30")
 os.environ.setdefault("LAB_MAX_PER_USER", "50")
 os.environ.setdefault("LAB_STARTS_PER_MINUTE", "1000")
 os.environ.setdefault("LAB_PUBLISHES_PER_MINUTE", "10000")
+# The local cluster of the tests (tests/cluster): a directory, node names and ports of
+# this run's own, passed on to the processes the fixtures start.
+os.environ.setdefault(
+    "LAB_CLUSTER_DIR", str(Path(tempfile.gettempdir()) / f"labconsole-test-cluster-{os.getpid()}")
+)
+os.environ.setdefault("LAB_CLUSTER_PREFIX", f"labt{os.getpid()}n")
+os.environ.setdefault("LAB_CLUSTER_PORT", str(11_000 + os.getpid() % 300 * 3))
 # A key of their own, so that the tests run on a checkout without `.env`.
 os.environ.setdefault("SECRET_KEY", "tests-only-" + "k" * 50)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+from collections.abc import Iterable
 from urllib.parse import quote, unquote, urlsplit
 
 import pika
 from django.conf import settings
 
 
-def _nodes() -> list[tuple[str, int]]:
+def console_nodes() -> list[tuple[str, int]]:
     """Hosts of RABBITMQ_URL; a comma-separated list of host:port names several nodes."""
     netloc = urlsplit(settings.RABBITMQ_URL).netloc.rsplit("@", 1)[-1]
     nodes = []
@@ -39,10 +40,12 @@ def parameters(
     name: str = "labconsole",
     heartbeat: int = 30,
     blocked_timeout: float = 60,
+    nodes: Iterable[tuple[str, int]] | None = None,
 ) -> list[pika.ConnectionParameters]:
-    """Parameters for every node, so that pika.BlockingConnection tries them in turn.
-    A connection the broker blocks (a memory or disk alarm) for `blocked_timeout` seconds
-    is dropped, and its owner connects again."""
+    """Parameters for every node (those of RABBITMQ_URL unless `nodes` are given), so
+    that pika.BlockingConnection tries them in turn. A connection the broker blocks (a
+    memory or disk alarm) for `blocked_timeout` seconds is dropped, and its owner connects
+    again."""
     credentials = pika.PlainCredentials(user, password)
     return [
         pika.ConnectionParameters(
@@ -55,7 +58,7 @@ def parameters(
             connection_attempts=1,
             client_properties={"connection_name": name},
         )
-        for host, port in _nodes()
+        for host, port in (console_nodes() if nodes is None else nodes)
     ]
 
 
@@ -71,7 +74,7 @@ def connect(params: list[pika.ConnectionParameters]) -> pika.BlockingConnection:
 def aio_url(*, vhost: str | None = None) -> str:
     """An aio-pika URL for the console's vhost (the first node)."""
     user, password = console_credentials()
-    host, port = _nodes()[0]
+    host, port = console_nodes()[0]
     return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/" + quote(
         vhost if vhost is not None else console_vhost(), safe=""
     )

@@ -6,11 +6,14 @@ https://www.rabbitmq.com/docs/http-api-reference
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 from urllib.parse import quote
 
 import requests
 from django.conf import settings
+
+log = logging.getLogger(__name__)
 
 
 class BrokerError(Exception):
@@ -43,21 +46,47 @@ def _q(name: str) -> str:
 
 
 class ManagementClient:
+    """`url` (by default RABBITMQ_API_URL) may list several nodes' APIs, separated by
+    commas: a request that cannot connect to one goes to the next, and the one that
+    answered is asked first from then on."""
+
     def __init__(
         self, url: str | None = None, user: str | None = None, password: str | None = None
     ):
-        self.url = (url or settings.RABBITMQ_API_URL).rstrip("/")
+        self.urls = [
+            u.strip().rstrip("/")
+            for u in (url or settings.RABBITMQ_API_URL).split(",")
+            if u.strip()
+        ]
         self.session = requests.Session()
         self.session.auth = (
             user or settings.RABBITMQ_API_USER,
             password or settings.RABBITMQ_API_PASSWORD,
         )
 
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    def _send(self, method: str, path: str, body: Any) -> requests.Response:
+        failed = []
+        for i, url in enumerate(self.urls):
+            try:
+                response = self.session.request(method, f"{url}/api/{path}", json=body, timeout=30)
+            except requests.ConnectionError as exc:  # not connected: nothing was done
+                failed.append((url, exc))
+                continue
+            except requests.RequestException as exc:
+                raise BrokerError(0, f"management API at {url} did not answer ({exc})") from exc
+            if i:
+                self.urls.insert(0, self.urls.pop(i))
+            return response
+        url, exc = failed[-1]
+        where = url if len(failed) == 1 else ", ".join(u for u, _ in failed)
+        raise BrokerError(0, f"management API at {where} did not answer ({exc})") from exc
+
     def request(self, method: str, path: str, body: Any = None, *, ok_missing: bool = False) -> Any:
-        try:
-            response = self.session.request(method, f"{self.url}/api/{path}", json=body, timeout=30)
-        except requests.RequestException as exc:
-            raise BrokerError(0, f"management API at {self.url} did not answer ({exc})") from exc
+        response = self._send(method, path, body)
         if response.status_code == 404 and ok_missing:
             return None
         if response.status_code >= 400:
@@ -110,17 +139,27 @@ class ManagementClient:
 
     def tracing_on(self, name: str) -> bool:
         """Turns the firehose of an existing vhost on again, keeping its description and
-        tags; a vhost that is gone is not made again. Returns whether it exists."""
+        tags; a vhost that is gone is not made again. Returns whether it exists.
+
+        RabbitMQ keeps the firehose per node: a node traces the channels it runs only. With
+        several nodes' APIs, it is turned on through each node that answers."""
         vhost = self.request("GET", f"vhosts/{_q(name)}", ok_missing=True)
         if vhost is None:
             return False
         tags = vhost.get("tags") or []
-        self.put_vhost(
-            name,
-            tracing=True,
-            description=vhost.get("description") or "",
-            tags=tags.split(",") if isinstance(tags, str) else tags,
-        )
+        for url in list(self.urls):
+            node = ManagementClient(url, *self.session.auth) if len(self.urls) > 1 else self
+            try:
+                node.put_vhost(
+                    name,
+                    tracing=True,
+                    description=vhost.get("description") or "",
+                    tags=tags.split(",") if isinstance(tags, str) else tags,
+                )
+            except BrokerError:
+                if len(self.urls) == 1:
+                    raise
+                log.info("firehose of %s not turned on at %s", name, url)
         return True
 
     def delete_vhost(self, name: str) -> None:
@@ -161,6 +200,22 @@ class ManagementClient:
             f"queues/{_q(vhost)}?disable_stats=false&columns=name,type,messages,messages_ready,"
             "messages_unacknowledged,consumers,message_stats,arguments",
         )
+
+    def quorum_queues(self, vhost: str) -> dict[str, dict]:
+        """The quorum queues of `vhost`: name -> their `leader`, `members` and `online`
+        (node names)."""
+        found = self.request(
+            "GET", f"queues/{_q(vhost)}?disable_stats=true&columns=name,type,leader,members,online"
+        )
+        return {
+            q["name"]: {
+                "leader": q.get("leader"),
+                "members": sorted(q.get("members") or []),
+                "online": sorted(q.get("online") or []),
+            }
+            for q in found
+            if q.get("type") == "quorum"
+        }
 
     def bindings(self, vhost: str) -> list[dict]:
         return self.request("GET", f"bindings/{_q(vhost)}")

@@ -20,6 +20,8 @@ def test_every_exercise_draws_its_diagram_and_gets_frames(
 ):
     slugs = sorted(p.stem for p in CATALOGUE_DIR.glob("*.yaml"))
     assert set(slugs) <= set(catalogue)
+    # A lab on the local cluster is played in tests/cluster, which starts the cluster.
+    slugs = [slug for slug in slugs if catalogue[slug].spec.broker == "shared"]
     for slug in slugs:
         session = lab_session_start(exercise=catalogue[slug], owner=learner)
         spec = session.spec

@@ -7,47 +7,37 @@ back and catches up. At the end `labcluster down` leaves no process, port or dir
 from __future__ import annotations
 
 import contextlib
-import random
+import re
 import shutil
 import threading
 import time
 from io import StringIO
+from urllib.parse import quote
 
 import pika
 import pytest
 from django.core.management import call_command
+from django.urls import reverse
 
 from labconsole.cluster.local import LocalCluster, port_open
+from tests.exercises.test_step_texts import LANGUAGES, assert_steps_name_the_controls
 from tests.support import ARTIFACTS, wait_for
+
+# Every test here, so that pytest-django keeps them together and in this order (it runs
+# the tests that use the database apart from the others): the cluster boots once.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 QUEUE = "failover-orders"
 COUNT = 3000
 
 
-def _free_base() -> int:
-    """An AMQP port p with p, p+1, p+2 and the management and distribution ports 10000 and
-    20000 above them all free, below the kernel's ephemeral range."""
-    for _ in range(200):
-        base = random.randrange(11_000, 12_000)
-        ports = [base + off + i for off in (0, 10_000, 20_000) for i in range(3)]
-        if not any(port_open(p) for p in ports):
-            return base
-    raise RuntimeError("no free ports for a cluster")
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, settings_module):
-    """The cluster as `manage.py labcluster` sees it, through the settings."""
-    base = tmp_path_factory.mktemp("cluster") / "nodes"
-    prefix = f"labt{random.randrange(10**4)}n"
-    port = _free_base()
-    settings_module(
-        LAB_CLUSTER_DIR=str(base),
-        LAB_CLUSTER_PORT=port,
-        LAB_CLUSTER_SIZE=3,
-        LAB_CLUSTER_PREFIX=prefix,
-    )
-    c = LocalCluster(base, size=3, port=port, prefix=prefix)
+def cluster():
+    """The cluster as `manage.py labcluster` makes it from the settings: tests/settings.py
+    gives this run a directory, node names and ports of its own, which the worker and web
+    processes the fixtures start inherit."""
+    c = LocalCluster.from_settings()
+    assert not c.base.exists(), f"{c.base} is left from another run"
     try:
         out = StringIO()
         call_command("labcluster", "up", stdout=out)
@@ -58,23 +48,6 @@ def cluster(tmp_path_factory, settings_module):
             if node.log_dir.exists():
                 shutil.copytree(node.log_dir, ARTIFACTS / "cluster" / node.name, dirs_exist_ok=True)
         c.down()
-
-
-@pytest.fixture(scope="module")
-def settings_module():
-    """override_settings for the whole module, undone at its end."""
-    from django.test import override_settings
-
-    overrides = []
-
-    def apply(**values):
-        o = override_settings(**values)
-        o.enable()
-        overrides.append(o)
-
-    yield apply
-    for o in reversed(overrides):
-        o.disable()
 
 
 def _queue(cluster) -> dict:
@@ -216,6 +189,83 @@ def test_killing_the_quorum_leader_loses_no_confirmed_message(cluster):
     connection.close()
     lost = publisher.confirmed - received
     assert not lost, f"{len(lost)} confirmed messages lost, e.g. {sorted(lost)[:5]}"
+
+
+def test_the_failover_lab_played_from_the_page(cluster, worker, catalogue, learner, labs, client):
+    """cluster-failover on the cluster: its vhost is made there (not on the shared broker),
+    its workloads run against the nodes, and the learner kills the leader's node and starts
+    it again from the page's broker panel; every checkpoint passes."""
+    from exercises.services import lab_session_start
+    from labconsole.broker.brokers import lab_broker
+    from tests.exercises.test_catalogue_runs import (
+        drive,
+        every_checkpoint,
+        passed,
+        routed,
+        show,
+    )
+
+    session = lab_session_start(exercise=catalogue["cluster-failover"], owner=learner)
+    assert cluster.api(f"vhosts/{quote(session.vhost, safe='')}")["name"] == session.vhost
+    assert not lab_broker().api().vhost_exists(session.vhost)
+    client.force_login(learner)
+    panel_url = reverse("lab-brokers", args=[session.id])
+    seen: dict = {}
+
+    def panel() -> str:
+        response = client.get(panel_url)
+        assert response.status_code == 200
+        return response.content.decode()
+
+    def leader() -> str | None:
+        found = re.search(r'data-queue="orders" data-leader="([^"]*)" data-online="(\d)"', panel())
+        return found and found.group(2) == "3" and found.group(1)
+
+    def fault(node: str, action: str) -> str:
+        url = reverse("lab-broker-node", args=[session.id, node])
+        response = client.post(url, {"action": action}, HTTP_HX_REQUEST="true")
+        assert response.status_code == 200, response.content.decode()
+        return response.content.decode()
+
+    def routed_orders() -> int:
+        return sum(routed(session, "", "orders").values())
+
+    def play():
+        yield session, ("all-online", "orders-acked")
+        seen["leader"] = wait_for(leader, timeout=20, message="orders led, 3 members online")
+        show(session, "kill-the-leader")
+        assert "Killing" in fault(seen["leader"], "kill")
+        yield session, ("leader-moved", "one-member-down", "orders-go-on")
+        # The live view goes on without the node: the firehose is a quorum queue too.
+        seen["routed"] = routed_orders()
+        wait_for(
+            lambda: routed_orders() >= seen["routed"] + 40,
+            timeout=30,
+            message="publishes to orders seen by the firehose with the node down",
+        )
+        show(session, "bring-it-back")
+        assert "Starting" in fault(seen["leader"], "start")
+        yield session, ("back-online", "still-flowing")
+
+    drive(play(), timeout=150)
+    assert passed(session) == every_checkpoint(session)
+    moved = wait_for(leader, timeout=30, message="three members online again")
+    assert moved != seen["leader"]  # the returning node did not take its place back
+    # A node the cluster does not have is named, with the ones it has.
+    refused = client.post(reverse("lab-broker-node", args=[session.id, "lab9"]), {"action": "kill"})
+    assert refused.status_code == 400 and "no node" in refused.content.decode()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_failover_steps_name_the_controls_the_page_shows(
+    cluster, client_in, catalogue, learner, labs, language
+):
+    """tests/exercises/test_step_texts.py for the lab on the cluster: its steps name the
+    broker panel's title and buttons as the page shows them."""
+    from exercises.services import lab_session_start
+
+    session = lab_session_start(exercise=catalogue["cluster-failover"], owner=learner, run=False)
+    assert_steps_name_the_controls(client_in, session, language)
 
 
 def test_down_leaves_no_process_port_or_directory(cluster):

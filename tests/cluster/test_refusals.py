@@ -41,6 +41,7 @@ def test_ports_in_use_are_named_and_nothing_is_started(tmp_path, settings):
 
 def test_an_unknown_node_is_named_with_the_ones_there_are(tmp_path, settings):
     settings.LAB_CLUSTER_DIR = str(tmp_path / "cluster")
+    settings.LAB_CLUSTER_PREFIX = "lab"
     for action in ("stop", "kill", "start"):
         with pytest.raises(CommandError, match=r"no node 'lab9' in this cluster \(its nodes: lab1"):
             call_command("labcluster", action, "lab9", stdout=StringIO())
@@ -49,3 +50,34 @@ def test_an_unknown_node_is_named_with_the_ones_there_are(tmp_path, settings):
 def test_a_cluster_of_ten_is_refused():
     with pytest.raises(ValueError, match="1 to 9 nodes, not 10"):
         LocalCluster("/nonexistent", size=10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lab_on_a_cluster_that_is_not_running_says_so_and_leaves_nothing(
+    tmp_path, settings, catalogue, learner, labs
+):
+    from exercises.models import LabSession
+    from exercises.services import LabError, lab_session_start
+
+    settings.LAB_CLUSTER_DIR = str(tmp_path / "cluster")
+    settings.LAB_CLUSTER_PORT = free_port()
+    assert lab_session_start(exercise=catalogue["hello-world"], owner=learner).is_active
+    with pytest.raises(LabError, match="runs on the lab cluster, which is not running yet"):
+        lab_session_start(exercise=catalogue["cluster-failover"], owner=learner)
+    assert list(LabSession.objects.values_list("exercise__slug", flat=True)) == ["hello-world"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lab_on_the_shared_broker_has_no_broker_panel(client, catalogue, learner, labs):
+    from django.urls import reverse
+
+    from exercises.services import lab_session_start
+
+    session = lab_session_start(exercise=catalogue["hello-world"], owner=learner, run=False)
+    client.force_login(learner)
+    page = client.get(session.get_absolute_url()).content.decode()
+    assert 'id="lab-config"' in page and 'id="broker-panel"' not in page
+    assert client.get(reverse("lab-brokers", args=[session.id])).status_code == 404
+    refused = client.post(reverse("lab-broker-node", args=[session.id, "lab1"]), {"action": "kill"})
+    assert refused.status_code == 400
+    assert "runs on the shared broker: its nodes are not yours to stop" in refused.content.decode()

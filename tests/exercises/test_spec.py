@@ -178,6 +178,8 @@ def test_check_types_are_all_known():
         "forwarded",
         "compensated",
         "load_finished",
+        "quorum_online",
+        "leader_moved",
     }
     assert CHECK_TYPES["dead_lettered"] is DeadLetteredCheck
 
@@ -281,7 +283,7 @@ def test_unknown_top_level_field():
     data["colour"] = "blue"
     assert the_error(data) == (
         "colour: unknown field (expected one of: version, slug, title, summary, description, "
-        "level, minutes, order, tags, topology, workloads, users, alerts, steps, "
+        "level, minutes, order, tags, broker, topology, workloads, users, alerts, steps, "
         "topology_edits)"
     )
 
@@ -311,6 +313,27 @@ def test_a_forwarded_check_needs_a_consumer_that_forwards():
         "forward": {"exchange": "logs", "routing_key": "info"}
     }
     assert validate_data(data).consumer("reader").behaviour.forward.routing_key == "info"
+
+
+def test_quorum_checks_need_a_quorum_queue_and_the_cluster():
+    data = base()
+    for i, check in enumerate(
+        (
+            {"type": "quorum_online", "queue": "errors", "min": 3},
+            {"type": "leader_moved", "queue": "errors"},
+        )
+    ):
+        data["steps"][0]["checkpoints"].append({"id": f"q{i}", "description": "x", "check": check})
+    found = errors(data)
+    for i in (1, 2):
+        path = f"steps[0].checkpoints[{i}].check"
+        assert has(found, f"{path}.queue", "'errors' is a classic queue: only quorum queues")
+        assert has(found, f"{path}.type", "needs the lab on the cluster: set broker: cluster")
+    data["topology"]["queues"][0]["type"] = "quorum"
+    data["broker"] = "cluster"
+    assert validate_data(data).broker == "cluster"
+    data["broker"] = "elsewhere"
+    assert has(errors(data), "broker", "must be one of: shared, cluster")
 
 
 def alert(**fields) -> dict:

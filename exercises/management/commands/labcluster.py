@@ -3,6 +3,7 @@ of a lab's own (labconsole/cluster/local.py, docs/cluster.md)."""
 
 import json
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from labconsole.cluster.local import LocalCluster
@@ -25,6 +26,9 @@ class Command(BaseCommand):
             sub.add_parser(action, help=what).add_argument("node", help="e.g. lab2")
 
     def handle(self, *args, action, **options):
+        if settings.LAB_CLUSTER_SIZE == 0:
+            self.stdout.write("no lab cluster: LAB_CLUSTER_SIZE is 0")
+            return
         cluster = LocalCluster.from_settings()
         try:
             getattr(self, f"handle_{action}")(cluster, **options)

@@ -1,0 +1,173 @@
+"""The lab page's broker panel, for a lab on the local cluster (`broker: cluster`,
+docs/cluster.md): the nodes and their state, the lab's connections on each, which node
+leads each quorum queue and which members are online; and the learner's faults: stop a
+node gently, kill it, start it again.
+
+A fault runs on a thread of the web process, so that the page is answered at once (a
+gentle stop takes seconds); the panel, asked for again every two seconds, shows the
+node as it goes. One fault at a time per node and process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from urllib.parse import quote
+
+from django import db
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+from labconsole.broker import amqp
+from labconsole.broker.brokers import CLUSTER
+from labconsole.broker.management import BrokerError, ManagementClient
+from labconsole.cluster.local import LocalCluster
+
+from .models import LabSession
+from .services import LabError
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("stop", "kill", "start")
+_busy: dict[str, str] = {}  # node -> the fault under way, in this process
+_busy_lock = threading.Lock()
+
+
+def on_cluster(session: LabSession) -> bool:
+    return session.spec.broker == CLUSTER
+
+
+def lab_cluster_view(session: LabSession) -> dict | None:
+    """The panel's content, or None for a lab on the shared broker."""
+    if not on_cluster(session):
+        return None
+    cluster = LocalCluster.from_settings()
+    states = cluster.status()
+    view = {
+        "url": reverse("lab-brokers", args=[session.id]),
+        "active": session.is_active,
+        "nodes": [],
+        "queues": [],
+        "error": "",
+    }
+    connections: dict[str, int] = {}
+    api = session.broker.api()
+    try:
+        for c in api.request("GET", f"vhosts/{_q(session.vhost)}/connections?columns=node"):
+            connections[c["node"]] = connections.get(c["node"], 0) + 1
+        for q in api.request(
+            "GET", f"queues/{_q(session.vhost)}?columns=name,type,leader,members,online"
+        ):
+            if q.get("type") == "quorum" and q["name"] != amqp.firehose_queue():
+                members = sorted(q.get("members") or [])
+                online = set(q.get("online") or [])
+                view["queues"].append(
+                    {
+                        "name": q["name"],
+                        "leader": _short(q.get("leader") or ""),
+                        "members": [{"name": _short(m), "online": m in online} for m in members],
+                        "online": len(online & set(members)),
+                        "size": len(members),
+                    }
+                )
+    except BrokerError as exc:
+        view["error"] = _("No node's management API answered: %(reason)s") % {"reason": exc.reason}
+    leaders = {q["leader"] for q in view["queues"]}
+    for s in states:
+        name = _short(s.name)
+        busy = _busy.get(s.name, "")
+        view["nodes"].append(
+            {
+                "name": name,
+                "node": s.name,
+                "state": "running" if s.running else ("stopped" if s.vm else "down"),
+                "busy": busy,
+                "connections": connections.get(s.name, 0),
+                "leads": name in leaders,
+                "action_url": reverse("lab-broker-node", args=[session.id, name]),
+            }
+        )
+    return view
+
+
+def lab_node_fault(*, session: LabSession, node: str, action: str) -> str:
+    """Starts `action` on the cluster's node `node` on a thread of its own; returns what
+    the page says meanwhile. Raises LabError for a lab not on the cluster, an ended lab,
+    an unknown node or action, or a node with a fault under way."""
+    if not on_cluster(session):
+        raise LabError(_("This lab runs on the shared broker: its nodes are not yours to stop."))
+    if not session.is_active:
+        raise LabError(_("this lab has ended"))
+    if action not in ACTIONS:
+        raise LabError(
+            _("unknown action '%(action)s' (expected one of: %(actions)s)")
+            % {"action": action, "actions": ", ".join(ACTIONS)}
+        )
+    cluster = LocalCluster.from_settings()
+    try:
+        target = cluster.node(node)
+    except KeyError:
+        raise LabError(
+            _("no node '%(node)s' in the cluster (its nodes: %(nodes)s)")
+            % {"node": node, "nodes": cluster.names()}
+        ) from None
+    with _busy_lock:
+        if target.node in _busy:
+            raise LabError(
+                _("%(node)s is busy: %(what)s") % {"node": node, "what": _busy[target.node]}
+            )
+        _busy[target.node] = action
+    threading.Thread(
+        target=_run_fault, args=(target, action, session.id), daemon=True, name=f"fault {node}"
+    ).start()
+    return {
+        "stop": _("Stopping RabbitMQ on %(node)s: its connections close, then it stops."),
+        "kill": _("Killing %(node)s's Erlang VM."),
+        "start": _("Starting %(node)s: it rejoins the cluster and catches up."),
+    }[action] % {"node": node}
+
+
+def _run_fault(target, action: str, session_id: str) -> None:
+    started = time.monotonic()
+    try:
+        if action == "stop":
+            target.stop_app()
+        elif action == "kill":
+            target.kill()
+        elif target.vm_running():
+            target.start_app()
+        else:
+            target.start()
+        if action == "start":
+            _trace_again(target)
+        log.info(
+            "lab %s: %s %s in %.1f s", session_id, action, target.node, time.monotonic() - started
+        )
+    except Exception:
+        log.exception("lab %s: %s %s failed", session_id, action, target.node)
+    finally:
+        with _busy_lock:
+            _busy.pop(target.node, None)
+
+
+def _trace_again(target) -> None:
+    """A node started again traces nothing: the firehose of every running lab on the
+    cluster is turned on there again."""
+    api = ManagementClient(target.api_url, "guest", "guest")
+    try:
+        for session in LabSession.objects.exclude(state=LabSession.State.ENDED):
+            if on_cluster(session):
+                api.tracing_on(session.vhost)
+    except BrokerError:
+        log.warning("firehose not turned on again at %s", target.node, exc_info=True)
+    finally:
+        db.connection.close()  # this thread's
+
+
+def _short(node: str) -> str:
+    return node.split("@", 1)[0]
+
+
+def _q(name: str) -> str:
+    return quote(name, safe="")

@@ -1,0 +1,63 @@
+"""The brokers a lab may run on: the shared one of RABBITMQ_URL, which every other lab
+uses too, and the local cluster of brokers a lab may break (labconsole/cluster,
+docs/cluster.md). An exercise names its broker (`broker:`); everything that reaches a
+lab's vhost (provisioning, workloads, the monitor, the page's publishes) asks for it here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pika
+from django.conf import settings
+
+from . import amqp
+from .management import ManagementClient
+
+SHARED = "shared"
+CLUSTER = "cluster"
+
+
+@dataclass(frozen=True)
+class LabBroker:
+    name: str
+    nodes: tuple[tuple[str, int], ...]  # AMQP (host, port) of every node, tried in turn
+    api_url: str  # every node's management API, comma-separated, tried in turn
+    api_user: str
+    api_password: str
+
+    def api(self) -> ManagementClient:
+        return ManagementClient(self.api_url, self.api_user, self.api_password)
+
+    def parameters(self, **kwargs) -> list[pika.ConnectionParameters]:
+        return amqp.parameters(nodes=self.nodes, **kwargs)
+
+    @property
+    def firehose_arguments(self) -> dict:
+        """The arguments of a lab's firehose queue. On the cluster it is a quorum queue: a
+        classic queue lives on one node, and while that node is down it answers 404, so
+        the live view would stop with the node."""
+        if self.name == CLUSTER:
+            return {**amqp.FIREHOSE_ARGUMENTS, "x-queue-type": "quorum"}
+        return amqp.FIREHOSE_ARGUMENTS
+
+
+def lab_broker(name: str = SHARED) -> LabBroker:
+    if name == CLUSTER:
+        from labconsole.cluster.local import LocalCluster
+
+        nodes = LocalCluster.from_settings().nodes
+        return LabBroker(
+            name=CLUSTER,
+            nodes=tuple(("127.0.0.1", n.port) for n in nodes),
+            api_url=",".join(n.api_url for n in nodes),
+            api_user="guest",
+            api_password="guest",
+        )
+    return LabBroker(
+        name=SHARED,
+        nodes=tuple(amqp.console_nodes()),
+        api_url=settings.RABBITMQ_API_URL,
+        api_user=settings.RABBITMQ_API_USER,
+        api_password=settings.RABBITMQ_API_PASSWORD,
+    )
