@@ -49,6 +49,7 @@ def lab_cluster_view(session: LabSession) -> dict | None:
         "active": session.is_active,
         "nodes": [],
         "queues": [],
+        "classic": [],
         "error": "",
     }
     connections: dict[str, int] = {}
@@ -57,9 +58,21 @@ def lab_cluster_view(session: LabSession) -> dict | None:
         for c in api.request("GET", f"vhosts/{_q(session.vhost)}/connections?columns=node"):
             connections[c["node"]] = connections.get(c["node"], 0) + 1
         for q in api.request(
-            "GET", f"queues/{_q(session.vhost)}?columns=name,type,leader,members,online"
+            "GET",
+            f"queues/{_q(session.vhost)}?columns=name,type,leader,members,online,node,durable,state",
         ):
-            if q.get("type") == "quorum" and q["name"] != amqp.firehose_queue():
+            if q["name"] == amqp.firehose_queue():
+                continue
+            if q.get("type") == "classic":
+                view["classic"].append(
+                    {
+                        "name": q["name"],
+                        "node": _short(q.get("node") or ""),
+                        "durable": bool(q.get("durable")),
+                        "down": q.get("state") == "down",
+                    }
+                )
+            if q.get("type") == "quorum":
                 members = sorted(q.get("members") or [])
                 online = set(q.get("online") or [])
                 view["queues"].append(

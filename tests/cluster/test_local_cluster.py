@@ -256,15 +256,101 @@ def test_the_failover_lab_played_from_the_page(cluster, worker, catalogue, learn
     assert refused.status_code == 400 and "no node" in refused.content.decode()
 
 
-@pytest.mark.parametrize("language", LANGUAGES)
-def test_the_failover_steps_name_the_controls_the_page_shows(
-    cluster, client_in, catalogue, learner, labs, language
+class Panel:
+    """A lab's broker panel through its views, as the page asks for it and posts to it."""
+
+    def __init__(self, client, session):
+        self.client, self.session = client, session
+
+    def html(self) -> str:
+        response = self.client.get(reverse("lab-brokers", args=[self.session.id]))
+        assert response.status_code == 200
+        return response.content.decode()
+
+    def fault(self, node: str, action: str) -> str:
+        url = reverse("lab-broker-node", args=[self.session.id, node])
+        response = self.client.post(url, {"action": action}, HTTP_HX_REQUEST="true")
+        assert response.status_code == 200, response.content.decode()
+        return response.content.decode()
+
+    def node_state(self, node: str) -> str | None:
+        found = re.search(rf'data-node="{node}" data-state="(\w+)"(?! data-busy)', self.html())
+        return found and found.group(1)
+
+    def stop(self, node: str) -> None:
+        assert "Stopping" in self.fault(node, "stop")
+        wait_for(lambda: self.node_state(node) == "stopped", timeout=60, message=f"{node} stopped")
+
+    def start(self, node: str) -> None:
+        assert "Starting" in self.fault(node, "start")
+        wait_for(lambda: self.node_state(node) == "running", timeout=60, message=f"{node} back")
+
+
+def test_durability_restarted_on_the_queues_node_and_on_another(
+    cluster, worker, catalogue, learner, labs, client
 ):
-    """tests/exercises/test_step_texts.py for the lab on the cluster: its steps name the
+    """durability played right: the node that holds the lab's classic queues stopped from
+    the panel, the transient queue gone; then started: the transient messages are gone
+    too, the persistent orders came back (and not before: the checks of the last step
+    stay pending while the node is down). The mistake, played first: another node
+    restarted, which leaves the queues as they were, on their node, full."""
+    from exercises.services import lab_session_start
+    from tests.exercises.test_catalogue_runs import drive, every_checkpoint, passed, show
+    from tests.exercises.test_exercise_runs import stays_pending
+
+    right, wrong = (
+        lab_session_start(exercise=catalogue["durability"], owner=learner) for _ in range(2)
+    )
+    client.force_login(learner)
+    drive(*(iter([(s, ("orders-full", "clicks-full", "sessions-full"))]) for s in (right, wrong)))
+    home = re.search(r'data-queue="sessions" data-node="(\w+)"', Panel(client, right).html())[1]
+    other = next(n.name for n in cluster.nodes if n.name != home)
+    for s in (right, wrong):
+        show(s, "stop")
+
+    panel = Panel(client, wrong)
+    panel.stop(other)
+    panel.start(other)
+    after = panel.html()
+    for queue in ("orders", "clicks", "sessions"):
+        assert re.search(rf'data-queue="{queue}" data-node="{home}" data-durable="\w+">', after)
+        wait_for(
+            lambda q=queue: cluster.queue(q, wrong.vhost).get("messages") == 30,
+            timeout=15,
+            message=f"{queue} still holds its 30 messages",
+        )
+    assert stays_pending(wrong, "sessions-gone")
+
+    panel = Panel(client, right)
+    panel.stop(home)
+    drive(iter([(right, ("sessions-gone",))]), timeout=30)
+    show(right, "start")
+    assert stays_pending((right, "clicks-empty"), (right, "orders-kept"), seconds=2)
+    panel.start(home)
+    drive(iter([(right, ("clicks-empty", "orders-kept"))]), timeout=60)
+    assert passed(right) == every_checkpoint(right)
+    back = Panel(client, right).html()
+    assert 'data-queue="sessions"' not in back
+    assert re.search(rf'data-queue="orders" data-node="{home}" data-durable="true">', back)
+    # The management API's statistics of a restarted queue come a few seconds behind.
+    wait_for(
+        lambda: cluster.queue("orders", right.vhost).get("messages") == 30,
+        timeout=30,
+        message="orders holds its 30 persistent orders",
+    )
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("slug", ["cluster-failover", "durability"])
+def test_the_cluster_steps_name_the_controls_the_page_shows(
+    cluster, client_in, catalogue, learner, labs, slug, language
+):
+    """tests/exercises/test_step_texts.py for the labs on the cluster: their steps name the
     broker panel's title and buttons as the page shows them."""
     from exercises.services import lab_session_start
 
-    session = lab_session_start(exercise=catalogue["cluster-failover"], owner=learner, run=False)
+    assert catalogue[slug].spec.broker == "cluster"
+    session = lab_session_start(exercise=catalogue[slug], owner=learner, run=False)
     assert_steps_name_the_controls(client_in, session, language)
 
 
