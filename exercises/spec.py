@@ -804,7 +804,19 @@ class Workloads(_Model):
 # Checks
 
 
-class QueueMessagesCheck(_Model):
+class _RangeCheck(_Model):
+    """A number read from the broker within [min, max]: at least one of them given."""
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min is None and self.max is None:
+            raise _spec_items([(("min",), "give min, max or both")])
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _spec_items([(("max",), f"must not be less than min ({self.min})")])
+        return self
+
+
+class QueueMessagesCheck(_RangeCheck):
     """Ready messages in `queue`, read from the broker, are within [min, max]."""
 
     type: Literal["queue_messages"]
@@ -812,16 +824,8 @@ class QueueMessagesCheck(_Model):
     min: int | None = Field(default=None, ge=0, le=LIMITS.int64)
     max: int | None = Field(default=None, ge=0, le=LIMITS.int64)
 
-    @model_validator(mode="after")
-    def _bounds(self) -> "QueueMessagesCheck":
-        if self.min is None and self.max is None:
-            raise _spec_items([(("min",), "give min, max or both")])
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise _spec_items([(("max",), f"must not be less than min ({self.min})")])
-        return self
 
-
-class QuorumOnlineCheck(_Model):
+class QuorumOnlineCheck(_RangeCheck):
     """Members of the quorum queue `queue` online, read from the broker, are within
     [min, max]. For labs on the cluster (`broker: cluster`)."""
 
@@ -829,14 +833,6 @@ class QuorumOnlineCheck(_Model):
     queue: Name
     min: int | None = Field(default=None, ge=0, le=9)
     max: int | None = Field(default=None, ge=0, le=9)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> "QuorumOnlineCheck":
-        if self.min is None and self.max is None:
-            raise _spec_items([(("min",), "give min, max or both")])
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise _spec_items([(("max",), f"must not be less than min ({self.min})")])
-        return self
 
 
 class LeaderMovedCheck(_Model):
