@@ -170,7 +170,7 @@ def provision(
             vhost, tracing=True, description=f"lab: {spec.slug}", tags=amqp.lab_tags(made)
         )
         if len(api.urls) > 1:
-            api.tracing_on(vhost)  # the firehose is per node: on on every node of a cluster
+            api.tracing_on(vhost)  # the firehose is per node: turned on at every node
         api.put_operator_policy(vhost, CAP_POLICY, cap_policy(quotas))
         api.import_definitions(
             lab_definitions(

@@ -272,6 +272,13 @@ def lab_session_start(
         session.spec  # noqa: B018 - a bad document fails here, before anything is made
     except SpecError as exc:
         raise LabError(format_lazy(_("the exercise is not valid:\n{errors}"), errors=exc)) from exc
+    if session.spec.broker == CLUSTER and not settings.LAB_CLUSTER_SIZE:
+        raise LabError(
+            _(
+                "This exercise runs on the lab cluster, and this console runs none "
+                "(LAB_CLUSTER_SIZE=0)."
+            )
+        )
     session.steps_shown = _first_step_shown(session.spec)
     limits = quotas.lab_quotas(user=owner)
     _refuse_over_vhost_limits(session.spec, limits)

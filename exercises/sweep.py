@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
 from labconsole.broker import amqp
@@ -84,7 +85,7 @@ def labs_sweep(*, grace_seconds: float) -> SweepResult:
             result.torn_down.append(session.id)
 
     _sweep_broker(lab_broker(SHARED), grace_seconds, result)
-    if LocalCluster.from_settings().ours():
+    if settings.LAB_CLUSTER_SIZE and LocalCluster.from_settings().ours():
         try:
             _sweep_broker(lab_broker(CLUSTER), grace_seconds, result)
         except BrokerError as exc:

@@ -28,7 +28,7 @@ from tests.support import ARTIFACTS, wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 QUEUE = "failover-orders"
-COUNT = 3000
+COUNT = 2000
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +319,7 @@ def test_durability_restarted_on_the_queues_node_and_on_another(
             timeout=15,
             message=f"{queue} still holds its 30 messages",
         )
-    assert stays_pending(wrong, "sessions-gone")
+    assert stays_pending(wrong, "sessions-gone", seconds=3)
 
     panel = Panel(client, right)
     panel.stop(home)

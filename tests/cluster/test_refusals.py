@@ -68,6 +68,22 @@ def test_a_lab_on_a_cluster_that_is_not_running_says_so_and_leaves_nothing(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_console_without_a_cluster_refuses_its_labs_and_sweeps_the_shared_broker(
+    settings, catalogue, learner, labs
+):
+    from exercises.services import LabError, lab_session_start
+    from exercises.sweep import labs_sweep
+
+    settings.LAB_CLUSTER_SIZE = 0
+    with pytest.raises(LabError, match=r"this console runs none \(LAB_CLUSTER_SIZE=0\)"):
+        lab_session_start(exercise=catalogue["durability"], owner=learner)
+    assert labs_sweep(grace_seconds=300).ended == []
+    out = StringIO()
+    call_command("labcluster", "up", stdout=out)
+    assert out.getvalue() == "no lab cluster: LAB_CLUSTER_SIZE is 0\n"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_lab_on_the_shared_broker_has_no_broker_panel(client, catalogue, learner, labs):
     from django.urls import reverse
 

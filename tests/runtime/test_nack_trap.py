@@ -52,7 +52,7 @@ def test_a_producer_that_reconnects_into_nacks_opens_new_channels(api, worker, l
         record = session.monitor_state.get("record", {}).get("workloads", {})
         return record.get("sender", {}).get(what, 0)
 
-    def per_second(what: str, seconds: float = 4.0) -> float:
+    def per_second(what: str, seconds: float = 3.0) -> float:
         before = count(what)
         time.sleep(seconds)
         return (count(what) - before) / seconds
@@ -71,7 +71,7 @@ def test_a_producer_that_reconnects_into_nacks_opens_new_channels(api, worker, l
     wait_for(
         lambda: producer_connection() not in (None, before), message="the producer reconnected"
     )
-    time.sleep(2)
+    time.sleep(1.5)
     trapped = per_second("nacked_by_broker")
     assert 0 < trapped <= 3, f"{trapped} nacks a second after the reconnect"
 
