@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from urllib.parse import quote
 
 from django import db
 from django.urls import reverse
@@ -55,12 +54,8 @@ def lab_cluster_view(session: LabSession) -> dict | None:
     connections: dict[str, int] = {}
     api = session.broker.api()
     try:
-        for c in api.request("GET", f"vhosts/{_q(session.vhost)}/connections?columns=node"):
-            connections[c["node"]] = connections.get(c["node"], 0) + 1
-        for q in api.request(
-            "GET",
-            f"queues/{_q(session.vhost)}?columns=name,type,leader,members,online,node,durable,state",
-        ):
+        connections = api.connections_per_node(session.vhost)
+        for q in api.queue_placement(session.vhost):
             if q["name"] == amqp.firehose_queue():
                 continue
             if q.get("type") == "classic":
@@ -180,7 +175,3 @@ def _trace_again(target) -> None:
 
 def _short(node: str) -> str:
     return node.split("@", 1)[0]
-
-
-def _q(name: str) -> str:
-    return quote(name, safe="")

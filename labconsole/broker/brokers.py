@@ -46,13 +46,14 @@ def lab_broker(name: str = SHARED) -> LabBroker:
     if name == CLUSTER:
         from labconsole.cluster.local import LocalCluster
 
-        nodes = LocalCluster.from_settings().nodes
+        cluster = LocalCluster.from_settings()
+        api = cluster.management()
         return LabBroker(
             name=CLUSTER,
-            nodes=tuple(("127.0.0.1", n.port) for n in nodes),
-            api_url=",".join(n.api_url for n in nodes),
-            api_user="guest",
-            api_password="guest",
+            nodes=tuple(("127.0.0.1", n.port) for n in cluster.nodes),
+            api_url=",".join(api.urls),
+            api_user=api.session.auth[0],
+            api_password=api.session.auth[1],
         )
     return LabBroker(
         name=SHARED,

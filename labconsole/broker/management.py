@@ -201,12 +201,19 @@ class ManagementClient:
             "messages_unacknowledged,consumers,message_stats,arguments",
         )
 
+    def queue_placement(self, vhost: str) -> list[dict]:
+        """Where the queues of `vhost` live: each one's name, type, durability and state;
+        a classic queue's `node`; a quorum queue's `leader`, `members` and `online`."""
+        return self.request(
+            "GET",
+            f"queues/{_q(vhost)}?disable_stats=true&columns=name,type,durable,state,node,leader,"
+            "members,online",
+        )
+
     def quorum_queues(self, vhost: str) -> dict[str, dict]:
         """The quorum queues of `vhost`: name -> their `leader`, `members` and `online`
         (node names)."""
-        found = self.request(
-            "GET", f"queues/{_q(vhost)}?disable_stats=true&columns=name,type,leader,members,online"
-        )
+        found = self.queue_placement(vhost)
         return {
             q["name"]: {
                 "leader": q.get("leader"),
@@ -271,6 +278,12 @@ class ManagementClient:
 
     def connections(self, vhost: str) -> list[dict]:
         return self.request("GET", f"vhosts/{_q(vhost)}/connections")
+
+    def connections_per_node(self, vhost: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for c in self.request("GET", f"vhosts/{_q(vhost)}/connections?columns=node"):
+            counts[c["node"]] = counts.get(c["node"], 0) + 1
+        return counts
 
     def delete_named(self, vhost: str, prefix: str) -> None:
         """Deletes the queues and exchanges of `vhost` whose names start with `prefix` (the

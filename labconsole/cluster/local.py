@@ -445,31 +445,18 @@ class LocalCluster:
             for node in self.nodes
         ]
 
-    def api(self, path: str, *, method: str = "GET", body=None, ok: tuple[int, ...] = (200,)):
-        """The management API of the first running node."""
-        errors = []
-        for node in self.nodes:
-            if not node.app_running():
-                continue
-            try:
-                response = requests.request(
-                    method,
-                    f"{node.api_url}api/{path}",
-                    json=body,
-                    auth=("guest", "guest"),
-                    timeout=5,
-                )
-            except requests.RequestException as exc:
-                errors.append(f"{node.node}: {exc}")
-                continue
-            if response.status_code in ok:
-                return response.json() if response.content else None
-            errors.append(f"{node.node}: {response.status_code} {response.text[:200]}")
-        raise RuntimeError("no node answered: " + ("; ".join(errors) or "none is running"))
+    def management(self):
+        """A management API client that asks node after node (as guest, from this
+        machine)."""
+        from labconsole.broker.management import ManagementClient
+
+        return ManagementClient(",".join(n.api_url for n in self.nodes), "guest", "guest")
 
     def queue(self, name: str, vhost: str = "/") -> dict:
         """A queue as the management API shows it: for a quorum queue `leader`, `members`
         and `online`."""
         from urllib.parse import quote
 
-        return self.api(f"queues/{quote(vhost, safe='')}/{quote(name, safe='')}")
+        return self.management().request(
+            "GET", f"queues/{quote(vhost, safe='')}/{quote(name, safe='')}"
+        )
