@@ -12,6 +12,7 @@ call, not a thread switch under the interpreter's lock (docs/architecture.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -44,9 +45,27 @@ def on_grid(t: float, step: float = TIMER_GRID) -> float:
     return math.ceil((t - offset) / step) * step + offset
 
 
+def guarded(fn: Callable, *args: Any) -> None:
+    """A callback's exception must not end the loop (it would end every unit)."""
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001
+        log.exception("runtime loop: %r failed", fn)
+
+
+class _IOLoop(IOLoop):
+    """pika's loop, with every timer guarded, pika's own ones too. pika takes the timers
+    due in a pass off its heap before it runs them: one that raises (the heartbeat timer of
+    a connection whose socket is gone, say) would drop the rest of that pass for good, a
+    unit's next tick or a consumer's acknowledgement among them."""
+
+    def call_later(self, delay, callback):
+        return super().call_later(delay, functools.partial(guarded, callback))
+
+
 class Loop:
     def __init__(self):
-        self.ioloop = IOLoop()
+        self.ioloop = _IOLoop()
         self.thread = threading.Thread(target=self._run, name="runtime loop", daemon=True)
         self.blocking = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="runtime blocking")
         self._stopping = False
@@ -68,7 +87,7 @@ class Loop:
 
     def call_soon(self, fn: Callable, *args: Any) -> None:
         """Runs `fn(*args)` on the loop thread, after what it is doing now."""
-        self.ioloop.add_callback_threadsafe(lambda: self.guarded(fn, *args))
+        self.ioloop.add_callback_threadsafe(functools.partial(guarded, fn, *args))
 
     def run_blocking(
         self,
@@ -95,7 +114,7 @@ class Loop:
 
     # --- the loop thread --------------------------------------------------------------------
     def call_later(self, delay: float, fn: Callable, *args: Any):
-        return self.ioloop.call_later(max(0.0, delay), lambda: self.guarded(fn, *args))
+        return self.ioloop.call_later(max(0.0, delay), functools.partial(fn, *args))
 
     def cancel(self, handle) -> None:
         if handle is not None:
@@ -113,13 +132,7 @@ class Loop:
         callbacks run on the loop thread."""
         return Attempt(self, params, on_open, on_failed, on_close)
 
-    @staticmethod
-    def guarded(fn: Callable, *args: Any) -> None:
-        """A callback's exception must not end the loop (it would end every unit)."""
-        try:
-            fn(*args)
-        except Exception:  # noqa: BLE001
-            log.exception("runtime loop: %r failed", fn)
+    guarded = staticmethod(guarded)
 
     def _run(self) -> None:
         while not self._stopping:

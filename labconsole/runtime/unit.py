@@ -217,7 +217,9 @@ class Unit:
                 if lab._transport.get_write_buffer_size() and time.monotonic() < deadline:
                     self.loop.call_later(0.005, drop, deadline)
                     return
-                lab._transport.abort()
+                # pika's own way to drop a socket (its heartbeat timeout's): the
+                # heartbeat timer goes with it, and the close callback learns why.
+                lab._terminate_stream(px.StreamLostError("the workload crashed"))
             except Exception:  # noqa: BLE001 - already gone
                 log.debug("abort of %s failed", self.name, exc_info=True)
 

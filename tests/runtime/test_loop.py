@@ -4,6 +4,7 @@ only open a connection each to the console's vhost and tick."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -123,3 +124,40 @@ def test_the_units_of_a_process_wake_together(bus):
         assert late[len(late) // 2] < 0.0015, late[len(late) // 2]
     finally:
         stop_all(units)
+
+
+def test_a_timer_that_raises_leaves_the_others_of_its_pass(bus):
+    """pika runs the timers due in a pass from a list it took off its heap: unguarded, one
+    that raised (pika's heartbeat timer of a connection already gone, once) dropped the
+    others for good, a consumer's acknowledgement among them, and the consumer stalled."""
+    ran = threading.Event()
+
+    def fail():
+        raise RuntimeError("a timer that fails")
+
+    def schedule():
+        bus.loop.ioloop.call_later(0, fail)
+        bus.loop.ioloop.call_later(0, ran.set)
+
+    bus.loop.call_soon(schedule)
+    assert ran.wait(5), "the timer due after the failing one never ran"
+
+
+def test_a_unit_that_drops_its_socket_leaves_pika_nothing_to_trip_on(bus, caplog):
+    """A crashing consumer drops its socket without an AMQP close. Done behind pika's back,
+    its close callback met an unset error and its heartbeat timer a missing socket: two
+    exceptions on the loop for every crash."""
+    unit = tickers(bus, 1)[0]
+    try:
+        wait_for(lambda: unit.ticks >= 3, message="the unit ticking")
+        connection = unit.lab
+        assert connection._heartbeat_checker is not None  # what must go with the socket
+        bus.loop.call_soon(unit.abort)
+        wait_for(lambda: connection.is_closed, timeout=5, message="the dropped connection closed")
+        assert connection._heartbeat_checker is None
+        ticks = unit.ticks
+        wait_for(lambda: unit.ticks >= ticks + 5, message="the loop going on")
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, errors
+    finally:
+        stop_all([unit])
