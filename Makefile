@@ -11,12 +11,18 @@ TEST_POSTGRES_URL ?= postgres://labconsole:labconsole@127.0.0.1:5432/labconsole
 export TEST_POSTGRES_URL
 # What touches the database is run again on PostgreSQL: the tests marked `database`
 # (tests/conftest.py marks them) among these, not the browser, runtime or broker-restart
-# tests, nor the plays of whole exercises, whose database work the first pass covers and
-# whose lifecycle, lease and checkpoint writes the workload and concurrency tests repeat.
+# tests, nor the plays of whole exercises and workloads, nor the sockets' flow and the
+# supervisor, whose database work the first pass covers and whose lifecycle, lease and
+# checkpoint writes the concurrency, sweep and view tests repeat here.
 POSTGRES_TESTS = -m database tests/exercises tests/test_*.py \
 	--ignore=tests/exercises/test_exercise_runs.py \
 	--ignore=tests/exercises/test_catalogue_runs.py \
-	--ignore=tests/exercises/test_workload_patterns.py
+	--ignore=tests/exercises/test_workload_patterns.py \
+	--ignore=tests/exercises/test_workloads.py \
+	--ignore=tests/exercises/test_ledger.py \
+	--ignore=tests/exercises/test_socket_limits.py \
+	--ignore=tests/exercises/test_stream.py \
+	--ignore=tests/test_supervise.py
 
 # The same preparation plus the test tools and a PostgreSQL, then the whole suite on
 # SQLite, then the tests that touch the database again on PostgreSQL.
