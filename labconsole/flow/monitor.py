@@ -34,6 +34,7 @@ from labconsole.broker.amqp import lab_key
 from labconsole.runtime.bus import Incoming
 from labconsole.runtime.loop import on_grid
 from labconsole.runtime.unit import Stop, Unit
+from labconsole.workloads.ledger import IdSet, Received, join
 from labconsole.workloads.load import running_load
 
 from .alerts import AlertRule, Alerts
@@ -80,6 +81,9 @@ class FlowRecord:
     alerts: Counter = field(default_factory=Counter)
     firing: frozenset = frozenset()  # the alert rules firing now
     loads: Counter = field(default_factory=Counter)  # producer -> load presets it finished
+    # producer -> its delivery ledger now (workloads/ledger.py): confirmed, received,
+    # received_twice, missing. A state, not a count: `since` keeps it whole.
+    ledger: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def export(self) -> dict:
         return {
@@ -92,6 +96,7 @@ class FlowRecord:
             "alerts": [[name, what, n] for (name, what), n in self.alerts.items()],
             "firing": sorted(self.firing),
             "loads": dict(self.loads),
+            "ledger": self.ledger,
         }
 
     @classmethod
@@ -109,6 +114,7 @@ class FlowRecord:
                 record.alerts[(name, what)] = n
             record.firing = frozenset(data.get("firing", ()))
             record.loads.update(data.get("loads", {}))
+            record.ledger = dict(data.get("ledger", {}))
         return record
 
     def since(self, mark: FlowRecord) -> FlowRecord:
@@ -120,6 +126,7 @@ class FlowRecord:
             alerts=self.alerts - mark.alerts,
             firing=self.firing,
             loads=self.loads - mark.loads,
+            ledger=self.ledger,
         )
         for w, c in self.workloads.items():
             record.workloads[w] = c - mark.workloads.get(w, Counter())
@@ -301,6 +308,10 @@ class LabMonitor(Unit):
         # consumer -> (exchange, queues) of its last publish: where it parks messages
         self.park_routes: dict[str, tuple[str, tuple]] = {}
         self.held: dict[str, int] = {}  # consumer workload -> unacknowledged it holds
+        # The delivery ledger's sets as the workloads last reported them: producer -> the
+        # numbers the broker confirmed; consumer -> what it received of each producer.
+        self.confirmed_ids: dict[str, IdSet] = {}
+        self.received_ids: dict[str, Received] = {}
         # consumer workload -> [p50 ms, p99 ms, deliveries] of its recent deliveries
         self.latency: dict[str, list] = {}
         self.queues: dict[str, dict] = {
@@ -492,6 +503,8 @@ class LabMonitor(Unit):
             self.checks_dirty = True
         for message_id, x_death in report.get("deaths", []):
             self.record.note_dead_letter(queue, message_id, x_death)
+        if "confirmed_ids" in report or "received_ids" in report:
+            self._ledger_report(workload, report)
         if "held" in report:
             self.held[workload] = int(report["held"])
         if "latency" in report:
@@ -502,6 +515,25 @@ class LabMonitor(Unit):
         for event in report.get("events", []):
             self._workload_event(event)
         self.changed = True
+
+    def _ledger_report(self, workload: str, report: dict) -> None:
+        if "confirmed_ids" in report:
+            ranges = report["confirmed_ids"]
+            if ranges is None:  # the producer gave up its set: too scattered
+                self.confirmed_ids.pop(workload, None)
+                self.record.ledger.pop(workload, None)
+            else:
+                self.confirmed_ids[workload] = IdSet(ranges)
+        if "received_ids" in report:
+            self.received_ids[workload] = Received(report["received_ids"])
+        for producer, confirmed in self.confirmed_ids.items():
+            got = [r.sets[producer] for r in self.received_ids.values() if producer in r.sets]
+            self.record.ledger[producer] = {
+                "confirmed": len(confirmed),
+                **join(confirmed, got),
+                "received_twice": sum(r.twice.get(producer, 0) for r in self.received_ids.values()),
+            }
+        self.checks_dirty = True
 
     def _workload_event(self, event: dict) -> None:
         kind, workload = event["kind"], event["workload"]
@@ -734,7 +766,15 @@ class LabMonitor(Unit):
         return {"id": message_id, "kind": kind, "path": path}
 
     def counters(self) -> dict:
-        return {w: dict(c) for w, c in self.record.workloads.items()}
+        out = {w: dict(c) for w, c in self.record.workloads.items()}
+        for producer, ledger in self.record.ledger.items():
+            # The page shows a producer's ledger among its counters.
+            out.setdefault(producer, {}).update(
+                received=ledger["received"],
+                received_twice=ledger["received_twice"],
+                missing=ledger["missing"],
+            )
+        return out
 
     def exchanges(self, now: float) -> dict:
         out = {}

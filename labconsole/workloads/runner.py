@@ -33,6 +33,7 @@ from labconsole.flow.reporter import (
 from labconsole.runtime.bus import Incoming
 from labconsole.runtime.unit import Stop, Unit
 
+from .ledger import MAX_RANGES, IdSet, Received, sequence_of
 from .load import effective_rate, running_load
 from .payload import compile_template
 
@@ -205,9 +206,21 @@ class WorkloadUnit(Unit):
         raise NotImplementedError
 
     def report(self, now: float | None = None) -> float | None:
+        if self.ledger_changed:
+            # The delivery ledger's sets go with a report that goes now, not per message.
+            due = self.reporter.due()
+            if due is not None and (now or time.monotonic()) >= due:
+                self.report_ledger()
         due = self.reporter.maybe_flush(now)
         self.checkpoint = self._checkpoint()
         return due
+
+    @property
+    def ledger_changed(self) -> bool:
+        return False
+
+    def report_ledger(self) -> None:
+        """Puts the workload's part of the delivery ledger (ledger.py) in its report."""
 
     def _checkpoint(self) -> dict[str, Any]:
         """What a worker taking this workload over needs to carry on (read by another
@@ -216,6 +229,7 @@ class WorkloadUnit(Unit):
 
     def finish(self) -> None:
         self.reporter.gauge("state", self.outcome)
+        self.report_ledger()
         if self.message:
             self.reporter.event("stopped", message=self.message)
         try:
@@ -257,6 +271,10 @@ class ProducerUnit(WorkloadUnit):
         # After a lost connection, until a publish is acked: a nack means a new channel
         # (_escape_nack_trap), not a refusal to live with.
         self.watch_nacks = False
+        # The numbers of its sequence ids the broker confirmed (the delivery ledger), kept
+        # while they stay a few ranges.
+        self.confirmed_ids: IdSet | None = IdSet(self.progress.get("confirmed_ids") or ())
+        self.confirmed_changed = False
 
     @property
     def transactional(self) -> bool:
@@ -319,6 +337,7 @@ class ProducerUnit(WorkloadUnit):
                 self.returned.discard(message_id)
             elif acked:
                 self.reporter.count("confirmed")
+                self._ledger_confirmed(message_id)
             else:
                 self.reporter.count("nacked_by_broker")
                 self.reporter.event(
@@ -327,6 +346,33 @@ class ProducerUnit(WorkloadUnit):
                     message_id=message_id,
                 )
         self.poke()
+
+    def _ledger_confirmed(self, message_id: str | None) -> None:
+        ids = self.confirmed_ids
+        found = sequence_of(message_id)
+        if ids is None or found is None or found[0] != self.name:
+            return
+        ids.add(found[1])
+        self.confirmed_changed = True
+        if ids.ranges > MAX_RANGES:
+            self.confirmed_ids = None  # too scattered to be worth its reports
+
+    @property
+    def ledger_changed(self) -> bool:
+        return self.confirmed_changed
+
+    def report_ledger(self) -> None:
+        if self.confirmed_changed:
+            ids = self.confirmed_ids
+            self.reporter.gauge("confirmed_ids", None if ids is None else ids.export())
+            self.confirmed_changed = False
+
+    def _checkpoint(self) -> dict[str, Any]:
+        checkpoint = super()._checkpoint()
+        ids = getattr(self, "confirmed_ids", None)
+        if ids:
+            checkpoint["confirmed_ids"] = ids.export()
+        return checkpoint
 
     def _escape_nack_trap(self) -> None:
         """RabbitMQ 3.10: a channel whose first publish to a quorum queue lands between the
@@ -463,6 +509,8 @@ class ConsumerUnit(WorkloadUnit):
         self.park_tag = 0
         # Copies sent to the parking place awaiting their confirm: tag -> the original.
         self.parking: dict[int, tuple] = {}
+        # The numbers of the producers' sequence ids it received (the delivery ledger).
+        self.received = Received(self.progress.get("received_ids"))
 
     def channel_ready(self, channel) -> None:
         self.held.clear()
@@ -473,12 +521,34 @@ class ConsumerUnit(WorkloadUnit):
         # history: a stream read from an offset in the past, or a backlog.
         self.consuming_since = int(time.time()) - 1
         channel.basic_qos(prefetch_count=int(s.get("prefetch") or 0))
+        channel.add_on_cancel_callback(self.guarded(lambda frame: self._cancelled(channel)))
         channel.basic_consume(
             s["queue"],
             self.guarded(self.on_message),
             auto_ack=s.get("ack") == "auto",
             arguments=stream_arguments(s.get("stream_offset")),
         )
+
+    def _cancelled(self, channel) -> None:
+        """The broker cancelled the consumer (basic.cancel): its queue was deleted, or the
+        node a classic queue lives on went down. It consumes again on a new channel a
+        second later, and again while the queue is away (the broker then closes the channel
+        with 404), as a client that asks for cancel notifications should; otherwise it
+        would sit on its channel for good."""
+        if channel is not self.channel or self.outcome is not None:
+            return
+        queue = self.settings["queue"]
+        self.reporter.event(
+            "error",
+            queue=queue,
+            message=f"the broker cancelled the consumer of {queue}: consuming again",
+        )
+        self.close_channel()
+        self.held.clear()  # the broker requeues what the channel held
+        self.head_due = None
+        self.reporter.gauge("held", 0)
+        self.reopen_at = time.monotonic() + CHANNEL_RETRY
+        self.poke()
 
     def connected(self) -> None:
         self.park_channel = None
@@ -513,6 +583,8 @@ class ConsumerUnit(WorkloadUnit):
         if method.redelivered:
             # Given back by the broker: another consumer died, or rejected it with requeue.
             self.reporter.count("redelivered")
+        if self.received.note(props.message_id):
+            self.reporter.count("duplicated")  # a message it had received before
         if props.timestamp is not None and props.timestamp < self.consuming_since:
             self.reporter.count("replayed")
         elif SENT_AT in headers:  # a replayed one's time is its age, not the queue's pace
@@ -546,6 +618,22 @@ class ConsumerUnit(WorkloadUnit):
         self.reporter.gauge("held", len(self.held))
         if len(self.held) == 1:
             self.poke()
+
+    @property
+    def ledger_changed(self) -> bool:
+        return self.received.changed
+
+    def report_ledger(self) -> None:
+        if self.received.changed:
+            self.reporter.gauge("received_ids", self.received.export())
+            self.received.changed = False
+
+    def _checkpoint(self) -> dict[str, Any]:
+        checkpoint = super()._checkpoint()
+        received = getattr(self, "received", None)
+        if received:
+            checkpoint["received_ids"] = received.export()
+        return checkpoint
 
     def report(self, now: float | None = None) -> float | None:
         # The figures are worked out only for a report that goes now, not per delivery.

@@ -1,6 +1,7 @@
 """Workloads as Celery tasks moving real messages, counted through the management API."""
 
 import json
+import time
 
 import pytest
 
@@ -199,6 +200,31 @@ def test_consumer_that_crashes_gives_its_messages_back(api, worker, learner, lab
         message="18 back in the queue",
     )
     assert sum(m["redelivered"] for m in messages) >= 1
+
+
+def test_a_consumer_the_broker_cancels_consumes_again_when_its_queue_is_back(
+    api, worker, learner, labs
+):
+    """basic.cancel from the broker (its queue deleted, or a classic queue's node down):
+    the consumer consumes again once the queue is there, instead of idling for good."""
+    exercise, _ = exercise_save(
+        source=SMALL.format(
+            rate=20, count=100000, producer_autostart="true", consumer_autostart="true"
+        ).replace("processing_ms: 60000", "processing_ms: 0")
+    )
+    session = lab_session_start(exercise=exercise, owner=learner)
+
+    def acked() -> int:
+        session.refresh_from_db()
+        workloads = (session.monitor_state or {}).get("record", {}).get("workloads", {})
+        return workloads.get("taker", {}).get("acked", 0)
+
+    wait_for(lambda: acked() >= 5, message="taker acknowledging")
+    api.delete_queue(session.vhost, "work")  # the broker cancels taker's consumer
+    time.sleep(1.5)  # taker finds no queue (404) and tries again
+    api.put_queue(session.vhost, "work", {"durable": True, "auto_delete": False})
+    back_at = acked()
+    wait_for(lambda: acked() >= back_at + 10, message="taker consuming from the new queue")
 
 
 TRANSACTIONS = """
