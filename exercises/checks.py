@@ -6,7 +6,8 @@ Each check type of the spec (docs/exercise-format.md) has one function here. The
   checkpoint's step was shown;
 - `broker`: `queues` (ready/unacked/consumers by queue name), `bindings` (the
   management API's list, read when a check needs it), `quorum` (quorum queues' leader,
-  members and online members by name, read when a check needs it) and `first_leader`
+  members and online members by name, read when a check needs it), `placement` (every
+  queue's type, state and node by name, read when a check needs it) and `first_leader`
   (the leader a queue had when a check first read it);
 - `workloads`: name -> {"running": bool, **settings}, as the learner set them.
 No learner code runs here.
@@ -160,6 +161,11 @@ def _quorum_online(c, record, broker, workloads) -> bool:
     return (c.min is None or n >= c.min) and (c.max is None or n <= c.max)
 
 
+def _queue_down(c, record, broker, workloads) -> bool:
+    q = broker["placement"]().get(c.queue)
+    return q is not None and q.get("state") == "down"
+
+
 def _leader_moved(c, record, broker, workloads) -> bool:
     q = broker["quorum"]().get(c.queue)
     leader = q and q.get("leader")
@@ -167,6 +173,30 @@ def _leader_moved(c, record, broker, workloads) -> bool:
         return False
     first = broker["first_leader"](c.queue)
     return first is not None and first != leader
+
+
+def _none_lost(c, record, broker, workloads) -> bool:
+    ledger = record.ledger.get(c.workload)
+    return (
+        ledger is not None
+        and not workloads.get(c.workload, {}).get("running", True)
+        and ledger["confirmed"] >= c.min
+        and ledger["missing"] == 0
+    )
+
+
+def _lost(c, record, broker, workloads) -> bool:
+    ledger = record.ledger.get(c.workload)
+    q = broker["queues"].get(c.queue)
+    return (
+        ledger is not None
+        and not workloads.get(c.workload, {}).get("running", True)
+        and q is not None
+        and not q.get("missing")
+        and q.get("ready", 0) == 0
+        and q.get("unacked", 0) == 0
+        and ledger["missing"] >= c.min
+    )
 
 
 CHECKS: dict[str, Callable[..., bool]] = {
@@ -197,6 +227,9 @@ CHECKS: dict[str, Callable[..., bool]] = {
     "alert_cleared": _alert_cleared,
     "quorum_online": _quorum_online,
     "leader_moved": _leader_moved,
+    "none_lost": _none_lost,
+    "lost": _lost,
+    "queue_down": _queue_down,
 }
 
 

@@ -542,6 +542,18 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
                 quorum_cache.append(found)
             return quorum_cache[0]
 
+        placement_cache: list[dict] = []
+
+        def placement() -> dict[str, dict]:
+            if not placement_cache:
+                try:
+                    found = {q["name"]: q for q in api.queue_placement(session.vhost)}
+                except BrokerError:
+                    log.debug("queues of %s not read", session.vhost, exc_info=True)
+                    found = {}
+                placement_cache.append(found)
+            return placement_cache[0]
+
         workloads = _Lazy(
             lambda: {
                 w.name: {"running": w.running, **w.settings}
@@ -555,6 +567,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
                 "queues": queues,
                 "bindings": bindings,
                 "quorum": quorum,
+                "placement": placement,
                 "first_leader": first_leaders.get,
             },
             workloads=workloads,

@@ -835,6 +835,14 @@ class QuorumOnlineCheck(_RangeCheck):
     max: int | None = Field(default=None, ge=0, le=9)
 
 
+class QueueDownCheck(_Model):
+    """From the broker: the classic queue `queue` is down (the node it lives on is
+    stopped or gone). For a lab on the cluster."""
+
+    type: Literal["queue_down"]
+    queue: Name
+
+
 class LeaderMovedCheck(_Model):
     """The quorum queue `queue` is led by another node than when the lab's checks first
     read it (a `quorum_online` check of an earlier step, or this one when its step opened).
@@ -1175,6 +1183,27 @@ class PublishedCheck(_Model):
     min: int = Field(default=1, ge=1, le=LIMITS.int64)
 
 
+class NoneLostCheck(_Model):
+    """From the delivery ledger (labconsole/workloads/ledger.py): producer `workload` is
+    stopped, the broker confirmed at least `min` of its messages, and every message it
+    confirmed reached a consumer."""
+
+    type: Literal["none_lost"]
+    workload: str
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
+class LostCheck(_Model):
+    """From the delivery ledger: producer `workload` is stopped, `queue` (where its
+    messages go) is empty, and at least `min` messages the broker confirmed to it were
+    received by no consumer: lost."""
+
+    type: Literal["lost"]
+    workload: str
+    queue: Name
+    min: int = Field(default=1, ge=1, le=LIMITS.int64)
+
+
 Check = Annotated[
     QueueMessagesCheck
     | BindingExistsCheck
@@ -1202,7 +1231,10 @@ Check = Annotated[
     | CompensatedCheck
     | LoadFinishedCheck
     | QuorumOnlineCheck
-    | LeaderMovedCheck,
+    | LeaderMovedCheck
+    | NoneLostCheck
+    | LostCheck
+    | QueueDownCheck,
     Field(discriminator="type"),
 ]
 
@@ -1396,6 +1428,10 @@ class ExerciseSpec(_Model):
 
 
 # A check on a producer's counter, and what the producer must do for the counter to move.
+LEDGER_NEEDS = (
+    "must publish with confirms: true and properties.message_id: sequence (the ledger "
+    "follows each message by its number, from the broker's confirm to a consumer)"
+)
 PRODUCER_NEEDS: dict[type, tuple[Callable[[Producer], bool], str]] = {
     RefusedCheck: (
         lambda p: p.confirms,
@@ -1410,6 +1446,14 @@ PRODUCER_NEEDS: dict[type, tuple[Callable[[Producer], bool], str]] = {
     CommittedCheck: (
         lambda p: p.transactions,
         "must publish with transactions: true (only a transactional producer commits)",
+    ),
+    NoneLostCheck: (
+        lambda p: p.confirms and p.properties.message_id == "sequence",
+        LEDGER_NEEDS,
+    ),
+    LostCheck: (
+        lambda p: p.confirms and p.properties.message_id == "sequence",
+        LEDGER_NEEDS,
     ),
     AccessRefusedCheck: (
         lambda p: p.user is not None,
@@ -1687,6 +1731,26 @@ class _CrossReferences:
             problem = self.queue_problem(check.queue)
             if problem:
                 self.add(f"{path}.queue", problem)
+        elif isinstance(check, QueueDownCheck):
+            problem = self.queue_problem(check.queue)
+            if problem:
+                self.add(f"{path}.queue", problem)
+            elif self.queues[check.queue].type != "classic":
+                only_classic = _(
+                    "{name} is a {type} queue: only a classic queue lives on one node, and is "
+                    "down with it"
+                )
+                self.add(
+                    f"{path}.queue",
+                    only_classic.format(name=_q(check.queue), type=self.queues[check.queue].type),
+                )
+            if self.spec.broker != "cluster":
+                self.add(
+                    f"{path}.type",
+                    _("{type} needs the lab on the cluster: set broker: cluster").format(
+                        type=check.type
+                    ),
+                )
         elif isinstance(check, QuorumOnlineCheck | LeaderMovedCheck):
             problem = self.queue_problem(check.queue)
             if problem:
@@ -1754,6 +1818,8 @@ class _CrossReferences:
                 self.add(f"{path}.workload", self.not_a("producer", check.workload))
             elif not needs(producer):
                 self.add(f"{path}.workload", f"{_q(check.workload)} {why}")
+            if isinstance(check, LostCheck) and (problem := self.queue_problem(check.queue)):
+                self.add(f"{path}.queue", problem)
         elif isinstance(check, LoadFinishedCheck):
             if check.workload not in self.producers:
                 self.add(f"{path}.workload", self.not_a("producer", check.workload))

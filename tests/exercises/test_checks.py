@@ -302,3 +302,72 @@ def test_record_survives_a_slice_boundary():
     again = FlowRecord.restore(record.export())
     assert again.routes == record.routes and again.workloads == record.workloads
     assert again.dead_lettered == record.dead_lettered
+
+
+def test_none_lost_and_lost_read_the_ledger_once_the_producer_stopped():
+    spec = validate_data(
+        {
+            **spec_with().model_dump(mode="json", exclude_none=True),
+            "workloads": {
+                "producers": [
+                    {
+                        "name": "app",
+                        "exchange": "logs",
+                        "routing_key": "a.error",
+                        "confirms": True,
+                        "properties": {"message_id": "sequence"},
+                    }
+                ],
+                "consumers": [{"name": "reader", "queue": "errors"}],
+            },
+            "steps": [
+                {
+                    "id": "s",
+                    "title": "t",
+                    "instructions": "i",
+                    "checkpoints": [
+                        {
+                            "id": "kept",
+                            "description": "d",
+                            "check": {"type": "none_lost", "workload": "app", "min": 50},
+                        },
+                        {
+                            "id": "gone",
+                            "description": "d",
+                            "check": {
+                                "type": "lost",
+                                "workload": "app",
+                                "queue": "errors",
+                                "min": 5,
+                            },
+                        },
+                    ],
+                }
+            ],
+        }
+    )
+
+    def ledger(confirmed, missing):
+        return FlowRecord(
+            ledger={
+                "app": {
+                    "confirmed": confirmed,
+                    "received": confirmed - missing,
+                    "received_twice": 0,
+                    "missing": missing,
+                }
+            }
+        )
+
+    empty = {"errors": {"ready": 0, "unacked": 0}}
+    stopped, running = {"app": {"running": False}}, {"app": {"running": True}}
+    assert run(spec, ledger(60, 0), empty, workloads=stopped) == {"kept": True, "gone": False}
+    assert run(spec, ledger(60, 0), empty, workloads=running)["kept"] is False  # may yet lose
+    assert run(spec, ledger(40, 0), empty, workloads=stopped)["kept"] is False  # too few
+    assert run(spec, ledger(60, 7), empty, workloads=stopped) == {"kept": False, "gone": True}
+    # Still in the queue is not lost; nor is a queue that is away.
+    assert not run(spec, ledger(60, 7), {"errors": {"ready": 3, "unacked": 0}}, workloads=stopped)[
+        "gone"
+    ]
+    assert not run(spec, ledger(60, 7), {"errors": {"missing": True}}, workloads=stopped)["gone"]
+    assert not run(spec, FlowRecord(), empty, workloads=stopped)["kept"]  # no ledger yet

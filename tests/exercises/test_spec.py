@@ -180,6 +180,9 @@ def test_check_types_are_all_known():
         "load_finished",
         "quorum_online",
         "leader_moved",
+        "queue_down",
+        "none_lost",
+        "lost",
     }
     assert CHECK_TYPES["dead_lettered"] is DeadLetteredCheck
 
