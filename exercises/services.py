@@ -930,7 +930,8 @@ def lab_publish(
         )
         return Published(
             False,
-            format_lazy(_("returned: no queue is bound to {where} (mandatory)"), where=where),
+            # No binding matched, or the one queue that did is down (its node stopped).
+            format_lazy(_("returned: no queue took it from {where} (mandatory)"), where=where),
         )
     except px.NackError:
         raise LabError(

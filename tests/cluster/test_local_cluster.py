@@ -195,7 +195,7 @@ def test_the_failover_lab_played_from_the_page(cluster, worker, catalogue, learn
     """cluster-failover on the cluster: its vhost is made there (not on the shared broker),
     its workloads run against the nodes, and the learner kills the leader's node and starts
     it again from the page's broker panel; every checkpoint passes."""
-    from exercises.services import lab_session_start
+    from exercises.services import lab_session_start, workload_stop
     from labconsole.broker.brokers import lab_broker
     from tests.exercises.test_catalogue_runs import (
         drive,
@@ -246,9 +246,15 @@ def test_the_failover_lab_played_from_the_page(cluster, worker, catalogue, learn
         show(session, "bring-it-back")
         assert "Starting" in fault(seen["leader"], "start")
         yield session, ("back-online", "still-flowing")
+        show(session, "count-them")
+        workload_stop(workload=session.workloads.get(name="checkout"))
+        yield session, ("none-lost",)
 
     drive(play(), timeout=150)
     assert passed(session) == every_checkpoint(session)
+    session.refresh_from_db()
+    ledger = session.monitor_state["record"]["ledger"]["checkout"]
+    assert ledger["missing"] == 0 and ledger["received"] >= ledger["confirmed"] >= 100, ledger
     moved = wait_for(leader, timeout=30, message="three members online again")
     assert moved != seen["leader"]  # the returning node did not take its place back
     # A node the cluster does not have is named, with the ones it has.
@@ -340,8 +346,57 @@ def test_durability_restarted_on_the_queues_node_and_on_another(
     )
 
 
+def test_a_classic_queue_whose_node_is_down_loses_what_was_confirmed(
+    cluster, worker, catalogue, learner, labs, client
+):
+    """classic-queue-node-down: with the node of `invoices` stopped, billing's publishes
+    are confirmed and dropped, the ledger counts them missing, and they stay missing once
+    the node is back and the queue drained; a mandatory publish comes back; the quorum
+    queue beside it loses nothing. The mistake first: another node stopped, and
+    `invoices` stays up."""
+    from exercises.services import lab_publish, lab_session_start, workload_stop
+    from tests.exercises.test_catalogue_runs import drive, every_checkpoint, passed, show
+    from tests.exercises.test_exercise_runs import stays_pending
+
+    session = lab_session_start(exercise=catalogue["classic-queue-node-down"], owner=learner)
+    client.force_login(learner)
+    panel = Panel(client, session)
+    drive(iter([(session, ("invoices-read", "payments-read"))]))
+    home = re.search(r'data-queue="invoices" data-node="(\w+)"', panel.html())[1]
+    other = next(n.name for n in cluster.nodes if n.name != home)
+    show(session, "stop-its-node")
+    panel.stop(other)
+    assert stays_pending(session, "invoices-down", seconds=2)
+    panel.start(other)
+
+    panel.stop(home)
+    assert re.search(
+        r'data-queue="invoices" data-node="\w+" data-durable="true" data-down', panel.html()
+    )
+    published = lab_publish(
+        session=session, exchange="", routing_key="invoices", body="{}", mandatory=True
+    )
+    assert not published.routed and "no queue took it" in str(published.message)
+    drive(iter([(session, ("invoices-down", "payments-go-on", "mandatory-returned"))]), timeout=60)
+
+    def ledger(producer: str) -> dict:
+        session.refresh_from_db()
+        return session.monitor_state["record"]["ledger"].get(producer, {})
+
+    wait_for(lambda: ledger("billing").get("missing", 0) >= 20, message="invoices dropped")
+    show(session, "count-the-loss")
+    panel.start(home)
+    for name in ("billing", "payer"):
+        workload_stop(workload=session.workloads.get(name=name))
+    drive(iter([(session, ("invoices-lost", "payments-none-lost"))]), timeout=60)
+    assert passed(session) == every_checkpoint(session)
+    billing, payer = ledger("billing"), ledger("payer")
+    assert billing["missing"] >= 20 and billing["received"] > 0, billing
+    assert payer["missing"] == 0 and payer["confirmed"] >= 100, payer
+
+
 @pytest.mark.parametrize("language", LANGUAGES)
-@pytest.mark.parametrize("slug", ["cluster-failover", "durability"])
+@pytest.mark.parametrize("slug", ["cluster-failover", "durability", "classic-queue-node-down"])
 def test_the_cluster_steps_name_the_controls_the_page_shows(
     cluster, client_in, catalogue, learner, labs, slug, language
 ):

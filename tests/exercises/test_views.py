@@ -226,7 +226,7 @@ def test_publish_form(client_in, catalogue, learner, labs):
     returned = client_in.post(
         url, {"exchange": "sensors", "routing_key": "nowhere", "body": "{}", "mandatory": "on"}
     )
-    assert "returned: no queue is bound" in text_of(returned)
+    assert "returned: no queue took it" in text_of(returned)
     bad = client_in.post(url, {"exchange": "nope", "routing_key": "k", "headers": "novalue"})
     text = text_of(bad)
     assert bad.status_code == 400
