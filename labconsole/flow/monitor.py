@@ -82,7 +82,7 @@ class FlowRecord:
     firing: frozenset = frozenset()  # the alert rules firing now
     loads: Counter = field(default_factory=Counter)  # producer -> load presets it finished
     # producer -> its delivery ledger now (workloads/ledger.py): confirmed, received,
-    # received_twice, missing. A state, not a count: `since` keeps it whole.
+    # duplicates, missing. A state, not a count: `since` keeps it whole.
     ledger: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def export(self) -> dict:
@@ -531,7 +531,7 @@ class LabMonitor(Unit):
             self.record.ledger[producer] = {
                 "confirmed": len(confirmed),
                 **join(confirmed, got),
-                "received_twice": sum(r.twice.get(producer, 0) for r in self.received_ids.values()),
+                "duplicates": sum(r.twice.get(producer, 0) for r in self.received_ids.values()),
             }
         self.checks_dirty = True
 
@@ -771,7 +771,7 @@ class LabMonitor(Unit):
             # The page shows a producer's ledger among its counters.
             out.setdefault(producer, {}).update(
                 received=ledger["received"],
-                received_twice=ledger["received_twice"],
+                duplicates=ledger["duplicates"],
                 missing=ledger["missing"],
             )
         return out

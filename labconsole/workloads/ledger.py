@@ -4,7 +4,7 @@ setting `message_id: sequence`).
 
 The producer keeps the set of its confirmed numbers, each consumer the set of numbers it
 received per producer (a delivery of a number it already had is a duplicate). Both report
-their sets; the lab's monitor joins them: received, received twice, and confirmed but
+their sets; the lab's monitor joins them: received, duplicates, and confirmed but
 never received (`missing`: still in a queue, or lost). That is how a lab shows that a
 quorum queue loses no confirmed message when a node dies, and that a transient message in
 a restarted broker is gone.

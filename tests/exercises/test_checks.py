@@ -353,7 +353,7 @@ def test_none_lost_and_lost_read_the_ledger_once_the_producer_stopped():
                 "app": {
                     "confirmed": confirmed,
                     "received": confirmed - missing,
-                    "received_twice": 0,
+                    "duplicates": 0,
                     "missing": missing,
                 }
             }
