@@ -179,6 +179,7 @@ def _none_lost(c, record, broker, workloads) -> bool:
     ledger = record.ledger.get(c.workload)
     return (
         ledger is not None
+        and ledger.get("final", False)
         and not workloads.get(c.workload, {}).get("running", True)
         and ledger["confirmed"] >= c.min
         and ledger["missing"] == 0
@@ -190,6 +191,7 @@ def _lost(c, record, broker, workloads) -> bool:
     q = broker["queues"].get(c.queue)
     return (
         ledger is not None
+        and ledger.get("final", False)
         and not workloads.get(c.workload, {}).get("running", True)
         and q is not None
         and not q.get("missing")

@@ -18,13 +18,13 @@ from django import db
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
-from labconsole.broker import amqp
+from labconsole.broker import amqp, control
 from labconsole.broker.brokers import CLUSTER
 from labconsole.broker.management import BrokerError, ManagementClient
 from labconsole.cluster.local import LocalCluster
 
 from .models import LabSession
-from .services import LabError
+from .services import LabError, send_quietly
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def lab_cluster_view(session: LabSession) -> dict | None:
             {
                 "name": name,
                 "node": s.name,
-                "state": "running" if s.running else ("stopped" if s.vm else "down"),
+                "state": _node_state(s),
                 "busy": busy,
                 "connections": connections.get(s.name, 0),
                 "leads": name in leaders,
@@ -97,6 +97,88 @@ def lab_cluster_view(session: LabSession) -> dict | None:
             }
         )
     return view
+
+
+def _node_state(s) -> str:
+    return "running" if s.running else ("stopped" if s.vm else "down")
+
+
+def brokers_now(vhost: str, api: ManagementClient) -> dict:
+    """What a lab's timeline compares from one read to the next: each node's state, each
+    quorum queue's leader and members online, each classic queue's node and whether it is
+    down. Raises BrokerError when no node's management API answers."""
+    nodes = {_short(s.name): _node_state(s) for s in LocalCluster.from_settings().status()}
+    quorum, classic = {}, {}
+    for q in api.queue_placement(vhost):
+        if q["name"] == amqp.firehose_queue():
+            continue
+        if q.get("type") == "quorum":
+            members = set(q.get("members") or [])
+            quorum[q["name"]] = {
+                "leader": _short(q.get("leader") or ""),
+                "online": len(members & set(q.get("online") or [])),
+                "size": len(members),
+            }
+        elif q.get("type") == "classic":
+            classic[q["name"]] = {
+                "node": _short(q.get("node") or ""),
+                "down": q.get("state") == "down",
+            }
+    return {"nodes": nodes, "quorum": quorum, "classic": classic}
+
+
+def broker_events(before: dict, after: dict) -> list[dict]:
+    """What changed between two reads of `brokers_now`, as events of the lab's log (kind
+    "broker"): a node's state, a quorum queue's leader or members online, a classic queue
+    down or back. The page words them (static/labconsole/lab/main.js, brokerNote)."""
+    t = time.time()
+    out: list[dict] = []
+    for node, state in after["nodes"].items():
+        if before["nodes"].get(node, state) != state:
+            out.append({"kind": "broker", "t": t, "node": node, "state": state})
+    for name, q in after["quorum"].items():
+        was = before["quorum"].get(name)
+        if was is None:
+            continue
+        if q["leader"] != was["leader"]:
+            out.append(
+                {
+                    "kind": "broker",
+                    "t": t,
+                    "queue": name,
+                    "leader": q["leader"],
+                    "was": was["leader"],
+                }
+            )
+        if q["online"] != was["online"]:
+            out.append(
+                {"kind": "broker", "t": t, "queue": name, "online": q["online"], "size": q["size"]}
+            )
+    for name, q in after["classic"].items():
+        was = before["classic"].get(name)
+        if was is not None and q["down"] != was["down"]:
+            out.append(
+                {"kind": "broker", "t": t, "queue": name, "node": q["node"], "down": q["down"]}
+            )
+    return out
+
+
+def broker_events_reader(vhost: str, api: ManagementClient):
+    """For a lab's monitor: a function that returns what changed since its last call (the
+    first call only looks). While no node's API answers, it says nothing and keeps what it
+    saw last."""
+    seen: list[dict] = []
+
+    def read() -> list[dict]:
+        try:
+            now = brokers_now(vhost, api)
+        except BrokerError:
+            return []
+        events = broker_events(seen[0], now) if seen else []
+        seen[:] = [now]
+        return events
+
+    return read
 
 
 def lab_node_fault(*, session: LabSession, node: str, action: str) -> str:
@@ -129,6 +211,11 @@ def lab_node_fault(*, session: LabSession, node: str, action: str) -> str:
     threading.Thread(
         target=_run_fault, args=(target, action, session.id), daemon=True, name=f"fault {node}"
     ).start()
+    # On the lab's timeline, before what the node does next.
+    send_quietly(
+        control.monitor_key(session.id),
+        {"op": "broker", "event": {"node": node, "action": action, "workload": "@you"}},
+    )
     return {
         "stop": _("Stopping RabbitMQ on %(node)s: its connections close, then it stops."),
         "kill": _("Killing %(node)s's Erlang VM."),

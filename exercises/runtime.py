@@ -36,6 +36,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from labconsole.broker import amqp, control
+from labconsole.broker.brokers import CLUSTER
 from labconsole.broker.management import BrokerError
 from labconsole.flow.monitor import LabMonitor
 from labconsole.flow.reporter import FlowReporter
@@ -597,6 +598,12 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         except BrokerError:
             log.warning("tracing of %s not turned on again", session.vhost, exc_info=True)
 
+    read_broker_events = None
+    if session.spec.broker == CLUSTER:
+        from .cluster import broker_events_reader
+
+        read_broker_events = broker_events_reader(session.vhost, api)
+
     return LabMonitor(
         session=session_id,
         bus=bus,
@@ -628,6 +635,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         read_expiring=read_expiring,
         evaluate=evaluate,
         ensure_tracing=ensure_tracing,
+        read_broker_events=read_broker_events,
         pace=lambda seconds: bus.publish(
             amqp.control_exchange(),
             control.pace_key(session_id),

@@ -310,16 +310,16 @@ def lab_session_start(
 
 def _stop_tasks(session: LabSession) -> None:
     for workload in session.workloads.filter(running=True):
-        _send_quietly(control.workload_key(workload.id), {"op": "stop"})
+        send_quietly(control.workload_key(workload.id), {"op": "stop"})
     session.workloads.update(running=False)
-    _send_quietly(control.monitor_key(session.id), {"op": "stop"})
+    send_quietly(control.monitor_key(session.id), {"op": "stop"})
     with contextlib.suppress(px.AMQPError, OSError):
         control.delete_reports_queue(session.id)
 
 
 def _announce(session: LabSession, kind: str, message: dict) -> None:
     """Tells every viewer of the lab (their WebSockets) what changed."""
-    _send_quietly(
+    send_quietly(
         amqp.lab_key(session.id, kind), {"type": kind, **message}, exchange=amqp.flow_exchange()
     )
 
@@ -337,7 +337,7 @@ def _announce_workload(workload: Workload) -> None:
     )
 
 
-def _send_quietly(key: str, message: dict, exchange: str | None = None) -> None:
+def send_quietly(key: str, message: dict, exchange: str | None = None) -> None:
     try:
         control.send(key, message, exchange=exchange)
     except (px.AMQPError, OSError):
@@ -477,7 +477,7 @@ def lab_step_show(*, session: LabSession, step: str) -> LabSession:
         row.steps_shown = shown
         row.save(update_fields=["steps_shown"])
     session.steps_shown = shown
-    _send_quietly(control.monitor_key(session.id), {"op": "steps", "shown": shown})
+    send_quietly(control.monitor_key(session.id), {"op": "steps", "shown": shown})
     # Every open page of the lab opens the step too (docs/live-protocol.md, `steps`).
     _announce(session, "steps", {"shown": sorted(shown)})
     return session
@@ -707,7 +707,7 @@ def lab_topology_change(
     session.topology = row.topology
     session.__dict__["spec"] = spec
     graph = lab_graph(spec)
-    _send_quietly(
+    send_quietly(
         control.monitor_key(session.id),
         {
             "op": "topology",
@@ -765,7 +765,7 @@ def workload_stop(*, workload: Workload) -> Workload:
     if workload.running:
         workload.running = False
         workload.save(update_fields=["running"])
-        _send_quietly(control.workload_key(workload.id), {"op": "stop"})
+        send_quietly(control.workload_key(workload.id), {"op": "stop"})
         _announce_workload(workload)
     return workload
 
@@ -805,7 +805,7 @@ def workload_update(*, workload: Workload, changes: dict[str, Any]) -> Workload:
     workload.settings = {**workload.settings, **changes}
     workload.save(update_fields=["settings"])
     if workload.running:
-        _send_quietly(control.workload_key(workload.id), {"op": "update", "settings": changes})
+        send_quietly(control.workload_key(workload.id), {"op": "update", "settings": changes})
     _announce_workload(workload)
     return workload
 
@@ -822,7 +822,7 @@ def workload_load(*, workload: Workload, preset: str) -> Workload:
     workload.save(update_fields=["settings"])
     if not workload.running:
         return workload_start(workload=workload)
-    _send_quietly(control.workload_key(workload.id), {"op": "update", "settings": {"load": load}})
+    send_quietly(control.workload_key(workload.id), {"op": "update", "settings": {"load": load}})
     _announce_workload(workload)
     return workload
 
@@ -918,7 +918,7 @@ def lab_publish(
         returned = exc.messages[0].method if exc.messages else None
         # The lab's monitor saw an unroutable publish; this says it came back to its
         # publisher, and the log shows it as returned.
-        _send_quietly(
+        send_quietly(
             control.monitor_key(session.id),
             {
                 "op": "returned",

@@ -63,6 +63,12 @@ YOU = "@you"  # the learner's publishes from the page (app_id), the graph's p:@y
 # (mandatory), so that it is logged once, as returned, not as unroutable.
 RETURN_WAIT = 1.0
 AWAITING_RETURN_LIMIT = 100
+# A lab on brokers of its own: how often its nodes and queues are looked at for what
+# changed (a node down, a new leader), while watched and while not; and how many of those
+# changes are kept, with the faults the learner caused, as the lab's timeline.
+BROKERS_WATCHED = 1.0
+BROKERS_IDLE = 5.0
+TIMELINE = 100
 
 
 @dataclass
@@ -82,7 +88,8 @@ class FlowRecord:
     firing: frozenset = frozenset()  # the alert rules firing now
     loads: Counter = field(default_factory=Counter)  # producer -> load presets it finished
     # producer -> its delivery ledger now (workloads/ledger.py): confirmed, received,
-    # duplicates, missing. A state, not a count: `since` keeps it whole.
+    # duplicates, missing, and whether the producer's run ended (`final`). A state, not a
+    # count: `since` keeps it whole.
     ledger: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def export(self) -> dict:
@@ -246,6 +253,7 @@ class LabMonitor(Unit):
         read_expiring: Callable[[], dict[str, dict]] = dict,
         ensure_tracing: Callable[[], None] = lambda: None,
         pace: Callable[[float], None] = lambda seconds: None,
+        read_broker_events: Callable[[], list[dict]] | None = None,
         alert_rules: Iterable[AlertRule] = (),
         fps: int = 20,
         state: dict | None = None,
@@ -278,6 +286,11 @@ class LabMonitor(Unit):
         self.read_expiring = read_expiring
         self.reading_expiring = False
         self.ensure_tracing = ensure_tracing
+        # A lab on brokers of its own: what changed on them since the last read (nodes,
+        # leaders, members online), as events of kind "broker", on the blocking pool.
+        self.read_broker_events = read_broker_events
+        self.reading_brokers = False
+        self.next_brokers = 0.0
         self.pace = pace
         self.next_pace = 0.0
         self.frame_interval = 1.0 / max(fps, 1)
@@ -289,6 +302,9 @@ class LabMonitor(Unit):
             w: LoadRun(w, data["load"], {}, data) for w, data in state.get("loads", {}).items()
         }
         self.load_results: dict[str, dict] = state.get("load_results", {})
+        # What happened to the lab's brokers, oldest first: the faults the learner caused
+        # and what the nodes and queues did (its events stay here when the log moved on).
+        self.timeline: deque[dict] = deque(state.get("timeline", []), maxlen=TIMELINE)
         self.checks: dict[str, bool] = state.get("checks", {})
         # step id -> (when the step was first shown, the flow record at that moment): a
         # step's checks count only what happened after it (checks.evaluate).
@@ -459,6 +475,9 @@ class LabMonitor(Unit):
             self.change_topology(
                 data.get("graph") or {}, data.get("queues") or [], str(data.get("version", ""))
             )
+        if data.get("op") == "broker" and isinstance(data.get("event"), dict):
+            # A fault the learner caused from the page's Brokers panel.
+            self._broker_event({**data["event"], "kind": "broker", "t": time.time()})
         if data.get("op") == "steps":
             self.show_steps(data.get("shown") or {})
             if self.checks_dirty:
@@ -505,6 +524,11 @@ class LabMonitor(Unit):
             self.record.note_dead_letter(queue, message_id, x_death)
         if "confirmed_ids" in report or "received_ids" in report:
             self._ledger_report(workload, report)
+        if workload in self.record.ledger and "state" in report:
+            # Its run ended (stopped, finished) or began again: with it ended, its count of
+            # confirmed messages is final, and what is missing stays missing.
+            self.record.ledger[workload]["final"] = report["state"] != "running"
+            self.checks_dirty = True
         if "held" in report:
             self.held[workload] = int(report["held"])
         if "latency" in report:
@@ -529,6 +553,7 @@ class LabMonitor(Unit):
         for producer, confirmed in self.confirmed_ids.items():
             got = [r.sets[producer] for r in self.received_ids.values() if producer in r.sets]
             self.record.ledger[producer] = {
+                "final": self.record.ledger.get(producer, {}).get("final", False),
                 "confirmed": len(confirmed),
                 **join(confirmed, got),
                 "duplicates": sum(r.twice.get(producer, 0) for r in self.received_ids.values()),
@@ -809,6 +834,7 @@ class LabMonitor(Unit):
             "alerts": self.alerts.export(),
             "loads": {w: run.export() for w, run in self.loads.items()},
             "load_results": self.load_results,
+            "timeline": list(self.timeline),
             "seq": self.seq,
             "frame_seq": self.frame_seq,
         }
@@ -966,6 +992,20 @@ class LabMonitor(Unit):
                 stats.update(now)
                 self.changed = self.checks_dirty = True
 
+    def _brokers_read(self, events: list[dict] | None, error: BaseException | None) -> None:
+        self.reading_brokers = False
+        if error is not None:
+            log.debug("monitor %s: brokers not read: %r", self.name, error)
+            return
+        for event in events or ():
+            self._broker_event(event)
+
+    def _broker_event(self, event: dict) -> None:
+        self.timeline.append(event)
+        self._log(event)
+        self.changed = True
+        self.poke()
+
     def _poll_next(self) -> None:
         if self.depths is None or self.polling is None:
             return  # the channel opens again and goes on
@@ -1034,6 +1074,10 @@ class LabMonitor(Unit):
             self.watch_alerts()
         if self.loads:
             self.watch_loads()
+        if self.read_broker_events and now >= self.next_brokers and not self.reading_brokers:
+            self.reading_brokers = True
+            self.loop.run_blocking(self.read_broker_events, self._brokers_read)
+            self.next_brokers = now + (BROKERS_WATCHED if watched else BROKERS_IDLE)
         if self.checks_dirty and now >= self.next_checks:
             self.run_checks()
             self.next_checks = now + CHECK_INTERVAL
@@ -1064,5 +1108,7 @@ class LabMonitor(Unit):
             due.append(now + max(0.0, fires - time.time()))
         if self.loads:
             due.append(now + 1.0)  # the queues' peaks, and each load's end
+        if self.read_broker_events:
+            due.append(self.next_brokers)
         due.append(self.next_frame if lively else self.last_frame + IDLE_FRAME)
         return min(due)

@@ -252,9 +252,40 @@ def test_the_failover_lab_played_from_the_page(cluster, worker, catalogue, learn
 
     drive(play(), timeout=150)
     assert passed(session) == every_checkpoint(session)
-    session.refresh_from_db()
-    ledger = session.monitor_state["record"]["ledger"]["checkout"]
-    assert ledger["missing"] == 0 and ledger["received"] >= ledger["confirmed"] >= 100, ledger
+
+    def final_ledger() -> dict | None:
+        session.refresh_from_db()  # the monitor saves its state every second
+        ledger = session.monitor_state["record"]["ledger"]["checkout"]
+        return ledger if ledger.get("final") and ledger["missing"] == 0 else None
+
+    ledger = wait_for(final_ledger, message="checkout's final ledger, nothing missing, saved")
+    assert ledger["received"] >= ledger["confirmed"] >= 100, ledger
+    # The lab's timeline: the learner's kill, what the cluster did, the start, its return
+    # (read every 5 s while nobody watches the lab, saved every second).
+    killed = seen["leader"]
+    expected = [
+        {"node": killed, "action": "kill", "workload": "@you"},
+        {"node": killed, "state": "down"},
+        {"queue": "orders", "online": 2, "size": 3},
+        {"node": killed, "action": "start", "workload": "@you"},
+        {"node": killed, "state": "running"},
+        {"queue": "orders", "online": 3, "size": 3},
+    ]
+
+    def timeline() -> list[dict]:
+        session.refresh_from_db()
+        return [
+            {k: v for k, v in e.items() if k not in ("t", "kind", "seq")}
+            for e in session.monitor_state["timeline"]
+        ]
+
+    wait_for(
+        lambda: [e for e in timeline() if e in expected] == expected,
+        timeout=30,
+        message=f"the kill and the start on the lab's timeline: {expected}",
+    )
+    timeline = timeline()
+    assert any(e.get("was") == killed and e.get("queue") == "orders" for e in timeline), timeline
     moved = wait_for(leader, timeout=30, message="three members online again")
     assert moved != seen["leader"]  # the returning node did not take its place back
     # A node the cluster does not have is named, with the ones it has.
@@ -390,7 +421,11 @@ def test_a_classic_queue_whose_node_is_down_loses_what_was_confirmed(
         workload_stop(workload=session.workloads.get(name=name))
     drive(iter([(session, ("invoices-lost", "payments-none-lost"))]), timeout=60)
     assert passed(session) == every_checkpoint(session)
-    billing, payer = ledger("billing"), ledger("payer")
+    # The monitor saves its state every second: the checks may have seen it first.
+    billing = wait_for(lambda: (b := ledger("billing")).get("final") and b, message="billing")
+    payer = wait_for(
+        lambda: (p := ledger("payer")).get("final") and p["missing"] == 0 and p, message="payer"
+    )
     assert billing["missing"] >= 20 and billing["received"] > 0, billing
     assert payer["missing"] == 0 and payer["confirmed"] >= 100, payer
 

@@ -347,13 +347,14 @@ def test_none_lost_and_lost_read_the_ledger_once_the_producer_stopped():
         }
     )
 
-    def ledger(confirmed, missing):
+    def ledger(confirmed, missing, final=True):
         return FlowRecord(
             ledger={
                 "app": {
                     "confirmed": confirmed,
                     "received": confirmed - missing,
                     "duplicates": 0,
+                    "final": final,
                     "missing": missing,
                 }
             }
@@ -371,3 +372,5 @@ def test_none_lost_and_lost_read_the_ledger_once_the_producer_stopped():
     ]
     assert not run(spec, ledger(60, 7), {"errors": {"missing": True}}, workloads=stopped)["gone"]
     assert not run(spec, FlowRecord(), empty, workloads=stopped)["kept"]  # no ledger yet
+    # Stopped in the database, but its last confirms not reported yet: not final.
+    assert run(spec, ledger(60, 0, final=False), empty, workloads=stopped)["kept"] is False

@@ -95,7 +95,13 @@ def test_confirmed_messages_joined_to_what_arrived(worker, learner, labs):
         lambda: (ld := ledger(session).get("capper")) and ld["received"] == 10 and ld,
         message="capper's ledger after late took the ten",
     )
-    assert capped == {"confirmed": 60, "received": 10, "missing": 50, "duplicates": 0}
+    assert capped == {
+        "final": True,
+        "confirmed": 60,
+        "received": 10,
+        "missing": 50,
+        "duplicates": 0,
+    }
     assert stays_pending(session, "capped-none-lost", seconds=2.0)
 
 

@@ -535,7 +535,7 @@ def test_a_monitor_that_missed_the_change_is_given_it_by_its_keeper(worker, lab,
     """The control message to the monitor is lost (the broker was away a moment): the
     worker's keeper sees the lab's row hold another topology and gives it to the monitor,
     which then reads the new queue's depth."""
-    real_send = services._send_quietly
+    real_send = services.send_quietly
 
     def lose_the_monitors(key, message, exchange=None):
         if message.get("op") != "topology":
@@ -544,7 +544,7 @@ def test_a_monitor_that_missed_the_change_is_given_it_by_its_keeper(worker, lab,
     tap = FlowTap(lab.id)
     try:
         wait_for(lambda: any(m["type"] == "frame" for m in tap.read()), message="first frame")
-        monkeypatch.setattr(services, "_send_quietly", lose_the_monitors)
+        monkeypatch.setattr(services, "send_quietly", lose_the_monitors)
         lab_topology_change(session=lab, kind="queue", action="declare", item=queue())
         lab_topology_change(session=lab, kind="binding", action="declare", item=binding())
         lab_publish(session=lab, exchange="sensors", routing_key="humidity", body="{}")

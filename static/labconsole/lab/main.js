@@ -72,6 +72,13 @@ function main(configEl, labEl) {
     },
     alertFired: gettext("fired"), alertCleared: gettext("cleared"),
     presets: { spike: gettext("spike"), stress: gettext("stress") },
+    // The lab's brokers (kind "broker"): what the learner did to a node, and what followed.
+    brokerActions: { stop: gettext("you stopped %s"), kill: gettext("you killed %s"), start: gettext("you started %s") },
+    nodeStates: { running: gettext("%s is running"), stopped: gettext("%s is stopped (the VM runs)"), down: gettext("%s is down") },
+    newLeader: (leader, was) => interpolate(gettext("leader: %(was)s → %(leader)s"), { leader: leader || "–", was: was || "–" }, true),
+    membersOnline: (online, size) => interpolate(gettext("%(online)s of %(size)s members online"), { online, size }, true),
+    classicDown: (node) => interpolate(gettext("down with its node %s"), [node]),
+    classicBack: (node) => interpolate(gettext("back on %s"), [node]),
     loadRunning: (preset, rate, s) => interpolate(gettext("%(preset)s: %(rate)s msg/s, %(seconds)s s left"), { preset, rate, seconds: s }, true),
     loadSent: (preset, n, s) => interpolate(gettext("%(preset)s: %(n)s sent in %(seconds)s s"), { preset, n, seconds: s }, true),
     loadPeak: gettext("most held"), loadRefused: gettext("refused"), loadReturned: gettext("returned"), ms: gettext("ms"),
@@ -84,7 +91,7 @@ function main(configEl, labEl) {
     routed: gettext("routed"), unroutable: gettext("unroutable"), delivered: gettext("delivered"),
     acked: gettext("acked"), nacked: gettext("nacked"), rejected: gettext("rejected"),
     "dead-lettered": gettext("dead-lettered"), expired: gettext("expired"), parked: gettext("parked"),
-    error: gettext("error"), alert: gettext("alert"), load: gettext("load"),
+    error: gettext("error"), alert: gettext("alert"), load: gettext("load"), broker: gettext("broker"),
     // What a workload reports of itself.
     started: gettext("started"), stopped: gettext("stopped"), updated: gettext("updated"),
     reconnected: gettext("reconnected"), crashed: gettext("crashed"),
@@ -1140,7 +1147,11 @@ function main(configEl, labEl) {
     if (queues.length) route.push(route.length ? sep() : null, h("span", {}, queues.join(", ")));
     else if (ev.kind === "unroutable") route.push(route.length ? sep() : null, h("span", { class: "muted" }, "✕"));
     const routeText = route.map((n) => n?.textContent ?? "").join(" ");
-    const note = ev.kind === "alert" ? alertNote(ev) : ev.kind === "load" ? loadNote(ev) : ev.message_id ?? ev.message ?? "";
+    const note =
+      ev.kind === "alert" ? alertNote(ev)
+      : ev.kind === "load" ? loadNote(ev)
+      : ev.kind === "broker" ? brokerNote(ev)
+      : ev.message_id ?? ev.message ?? "";
     return h(
       "tr",
       { class: `${fresh ? "is-new" : ""}${selectedEvent === ev ? " is-selected" : ""}`, tabindex: 0, dataset: { seq: ev.seq, kind: ev.kind || "", messageId: ev.message_id ?? "" } },
@@ -1161,6 +1172,16 @@ function main(configEl, labEl) {
     return ev.state === "firing"
       ? `${ev.alert} ${T.alertFired}: ${metric} ${value}${limit}`
       : `${ev.alert} ${T.alertCleared}: ${metric} ${value}`;
+  }
+
+  // "you killed lab1", "lab1 is down", "leader: lab1 → lab3", "2 of 3 members online"
+  function brokerNote(ev) {
+    if (ev.action) return interpolate(T.brokerActions[ev.action] || ev.action, [ev.node]);
+    if (ev.state) return interpolate(T.nodeStates[ev.state] || ev.state, [ev.node]);
+    if (ev.was !== undefined) return T.newLeader(ev.leader, ev.was);
+    if (ev.online !== undefined) return T.membersOnline(ev.online, ev.size);
+    if (ev.down !== undefined) return ev.down ? T.classicDown(ev.node) : T.classicBack(ev.node);
+    return "";
   }
 
   let clockSkew = 0; // the browser's clock minus the server's, in seconds
