@@ -73,11 +73,11 @@ function main(configEl, labEl) {
     alertFired: gettext("fired"), alertCleared: gettext("cleared"),
     presets: { spike: gettext("spike"), stress: gettext("stress") },
     // The lab's brokers (kind "broker"): what the learner did to a node, and what followed.
-    brokerActions: { stop: gettext("you stopped %s"), kill: gettext("you killed %s"), start: gettext("you started %s") },
-    nodeStates: { running: gettext("%s is running"), stopped: gettext("%s is stopped (the VM runs)"), down: gettext("%s is down") },
-    newLeader: (leader, was) => interpolate(gettext("leader: %(was)s → %(leader)s"), { leader: leader || "–", was: was || "–" }, true),
-    membersOnline: (online, size) => interpolate(gettext("%(online)s of %(size)s members online"), { online, size }, true),
-    classicDown: (node) => interpolate(gettext("down with its node %s"), [node]),
+    brokerActions: { stop: gettext("stopped it"), kill: gettext("killed it"), start: gettext("started it") },
+    nodeStates: { running: gettext("running"), stopped: gettext("stopped (the VM runs)"), down: gettext("down") },
+    newLeader: (leader, was) => interpolate(gettext("leader %(was)s → %(leader)s"), { leader: leader || "–", was: was || "–" }, true),
+    membersOnline: (online, size) => interpolate(gettext("%(online)s of %(size)s online"), { online, size }, true),
+    classicDown: (node) => interpolate(gettext("down with %s"), [node]),
     classicBack: (node) => interpolate(gettext("back on %s"), [node]),
     loadRunning: (preset, rate, s) => interpolate(gettext("%(preset)s: %(rate)s msg/s, %(seconds)s s left"), { preset, rate, seconds: s }, true),
     loadSent: (preset, n, s) => interpolate(gettext("%(preset)s: %(n)s sent in %(seconds)s s"), { preset, n, seconds: s }, true),
@@ -1146,6 +1146,7 @@ function main(configEl, labEl) {
     const queues = ev.queue ? [ev.queue] : Array.isArray(ev.routed_queues) ? ev.routed_queues : [];
     if (queues.length) route.push(route.length ? sep() : null, h("span", {}, queues.join(", ")));
     else if (ev.kind === "unroutable") route.push(route.length ? sep() : null, h("span", { class: "muted" }, "✕"));
+    else if (ev.kind === "broker" && ev.node) route.push(h("span", {}, ev.node));
     const routeText = route.map((n) => n?.textContent ?? "").join(" ");
     const note =
       ev.kind === "alert" ? alertNote(ev)
@@ -1174,10 +1175,11 @@ function main(configEl, labEl) {
       : `${ev.alert} ${T.alertCleared}: ${metric} ${value}`;
   }
 
-  // "you killed lab1", "lab1 is down", "leader: lab1 → lab3", "2 of 3 members online"
+  // The node or queue is in the route's column: "killed it" (by you), "down",
+  // "leader lab1 → lab3", "2 of 3 online", "down with lab1".
   function brokerNote(ev) {
-    if (ev.action) return interpolate(T.brokerActions[ev.action] || ev.action, [ev.node]);
-    if (ev.state) return interpolate(T.nodeStates[ev.state] || ev.state, [ev.node]);
+    if (ev.action) return T.brokerActions[ev.action] || ev.action;
+    if (ev.state) return T.nodeStates[ev.state] || ev.state;
     if (ev.was !== undefined) return T.newLeader(ev.leader, ev.was);
     if (ev.online !== undefined) return T.membersOnline(ev.online, ev.size);
     if (ev.down !== undefined) return ev.down ? T.classicDown(ev.node) : T.classicBack(ev.node);
