@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 
+import clusters
 import common  # noqa: F401 - first: the bench's database and names, then Django
 import live
 import pika
@@ -303,6 +304,7 @@ BENCHMARKS = {
     "firehose": bench_firehose,
     "lab_start": bench_lab_start,
     **live.BENCHMARKS,
+    **clusters.BENCHMARKS,
 }
 
 
