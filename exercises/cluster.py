@@ -37,6 +37,11 @@ def on_cluster(session: LabSession) -> bool:
     return session.spec.broker == CLUSTER
 
 
+def _labs_on_cluster() -> list[LabSession]:
+    """The labs that run on the cluster now: a fault on a node reaches every one."""
+    return [s for s in LabSession.objects.exclude(state=LabSession.State.ENDED) if on_cluster(s)]
+
+
 def lab_cluster_view(session: LabSession) -> dict | None:
     """The panel's content, or None for a lab on the shared broker."""
     if not on_cluster(session):
@@ -50,6 +55,8 @@ def lab_cluster_view(session: LabSession) -> dict | None:
         "queues": [],
         "classic": [],
         "error": "",
+        # Other labs on these nodes: what this learner does to them happens to those too.
+        "others": sum(1 for s in _labs_on_cluster() if s.id != session.id),
     }
     connections: dict[str, int] = {}
     api = session.broker.api()
@@ -211,11 +218,14 @@ def lab_node_fault(*, session: LabSession, node: str, action: str) -> str:
     threading.Thread(
         target=_run_fault, args=(target, action, session.id), daemon=True, name=f"fault {node}"
     ).start()
-    # On the lab's timeline, before what the node does next.
-    send_quietly(
-        control.monitor_key(session.id),
-        {"op": "broker", "event": {"node": node, "action": action, "workload": "@you"}},
-    )
+    # On the timeline of every lab on the cluster, before what the node does next: for
+    # this one the learner did it, for the others another lab's learner did.
+    for lab in _labs_on_cluster():
+        who = "@you" if lab.id == session.id else "@other"
+        send_quietly(
+            control.monitor_key(lab.id),
+            {"op": "broker", "event": {"node": node, "action": action, "workload": who}},
+        )
     return {
         "stop": _("Stopping RabbitMQ on %(node)s: its connections close, then it stops."),
         "kill": _("Killing %(node)s's Erlang VM."),

@@ -346,9 +346,32 @@ def test_durability_restarted_on_the_queues_node_and_on_another(
         show(s, "stop")
 
     panel = Panel(client, wrong)
+    assert 'data-others="1"' in panel.html()  # the panel says the nodes are shared
     panel.stop(other)
     panel.start(other)
     after = panel.html()
+
+    def timeline(session) -> list[dict]:
+        session.refresh_from_db()  # the monitor saves its state every second
+        return [
+            {k: e.get(k) for k in ("node", "action", "workload")}
+            for e in session.monitor_state.get("timeline", [])
+            if e.get("action")
+        ]
+
+    # On both labs' timelines: wrong's learner did it, and right's was told who did.
+    for s, who in ((wrong, "@you"), (right, "@other")):
+        wait_for(
+            lambda s=s, who=who: (
+                timeline(s)
+                == [
+                    {"node": other, "action": "stop", "workload": who},
+                    {"node": other, "action": "start", "workload": who},
+                ]
+            ),
+            timeout=15,
+            message=f"the stop and start of {other} on {s.id}'s timeline as {who}'s",
+        )
     for queue in ("orders", "clicks", "sessions"):
         assert re.search(rf'data-queue="{queue}" data-node="{home}" data-durable="\w+">', after)
         wait_for(
