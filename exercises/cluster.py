@@ -15,6 +15,7 @@ import threading
 import time
 
 from django import db
+from django.conf import settings
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
@@ -35,6 +36,69 @@ _busy_lock = threading.Lock()
 
 def on_cluster(session: LabSession) -> bool:
     return session.spec.broker == CLUSTER
+
+
+_boot_lock = threading.Lock()
+_boot: dict = {"thread": None, "error": ""}  # this process's `labcluster up`, if any
+
+
+def cluster_boot() -> None:
+    """Brings the lab cluster up on a thread of this process (about 20 s), unless it is
+    being brought up here already; another process doing so is waited for (the cluster's
+    lock). A cluster exercise's page asks for it when its learner needs the brokers."""
+    with _boot_lock:
+        thread = _boot["thread"]
+        if thread is not None and thread.is_alive():
+            return
+        _boot["error"] = ""
+        thread = threading.Thread(target=_boot_now, daemon=True, name="lab cluster up")
+        _boot["thread"] = thread
+        thread.start()
+
+
+def _boot_now() -> None:
+    try:
+        seconds = LocalCluster.from_settings().up()
+        log.info("lab cluster up in %.1f s", seconds)
+    except Exception as exc:  # noqa: BLE001 - said on the page
+        log.exception("lab cluster not brought up")
+        _boot["error"] = str(exc)
+
+
+def cluster_progress() -> dict:
+    """How far the lab cluster is: nodes running of its size, whether this process is
+    bringing it up, and what went wrong if that failed."""
+    states = LocalCluster.from_settings().status()
+    running = sum(1 for s in states if s.running)
+    thread = _boot["thread"]
+    booting = thread is not None and thread.is_alive()
+    return {
+        "running": running,
+        "size": len(states),
+        # Running, and not half-way through this process's boot (a node joining).
+        "ready": running == len(states) and not booting,
+        "booting": booting or any(s.vm for s in states) and running < len(states),
+        "error": "" if booting else _boot["error"],
+    }
+
+
+def cluster_sweep_idle(idle_minutes: float) -> bool:
+    """Takes the lab cluster down once no lab has run on it for `idle_minutes` (0: never);
+    True if it did. A cluster with labs on it is marked used."""
+    if not settings.LAB_CLUSTER_SIZE or idle_minutes <= 0:
+        return False
+    cluster = LocalCluster.from_settings()
+    if not cluster.ours():
+        return False
+    if _labs_on_cluster():
+        cluster.touch()
+        return False
+    idle = cluster.idle_seconds()
+    if idle is None or idle < idle_minutes * 60:
+        return False
+    cluster.down()
+    log.info("lab cluster down: no lab ran on it for %.0f min", idle / 60)
+    return True
 
 
 def _labs_on_cluster() -> list[LabSession]:

@@ -41,6 +41,14 @@ def sweep_idle_labs() -> list[str]:
     return lab_sessions_sweep_idle(idle_minutes=settings.LAB_IDLE_MINUTES)
 
 
+@shared_task(name="exercises.sweep_idle_cluster")
+def sweep_idle_cluster() -> bool:
+    """The lab cluster goes down once no lab has run on it for LAB_CLUSTER_IDLE_MINUTES."""
+    from .cluster import cluster_sweep_idle
+
+    return cluster_sweep_idle(settings.LAB_CLUSTER_IDLE_MINUTES)
+
+
 @shared_task(name="exercises.sweep_labs")
 def sweep_labs() -> dict[str, list[str]] | None:
     """Reconciles the broker's lab vhosts and users with the database (exercises/sweep.py);

@@ -6,6 +6,12 @@ urlpatterns = [
     path("", views.catalogue, name="catalogue"),
     path("exercises/<slug:slug>/", views.exercise, name="exercise"),
     path("exercises/<slug:slug>/start/", views.lab_start, name="lab-start"),
+    path("exercises/<slug:slug>/brokers/", views.exercise_brokers, name="exercise-brokers"),
+    path(
+        "exercises/<slug:slug>/brokers/start/",
+        views.exercise_brokers_start,
+        name="exercise-brokers-start",
+    ),
     path("labs/<str:lab_id>/", views.lab, name="lab"),
     path("labs/<str:lab_id>/workloads/<str:name>/", views.lab_workload, name="lab-workload"),
     path("labs/<str:lab_id>/steps/", views.lab_steps, name="lab-steps"),

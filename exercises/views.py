@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
@@ -12,6 +13,8 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
+
+from labconsole.broker.brokers import CLUSTER
 
 from . import cluster, selectors, services
 from .forms import (
@@ -72,23 +75,57 @@ def catalogue(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
-@require_GET
-@login_required
-def exercise(request: HttpRequest, slug: str) -> HttpResponse:
-    ex = get_object_or_404(Exercise, slug=slug, published=True)
+def _exercise_context(request: HttpRequest, ex: Exercise) -> dict:
     active = (
         LabSession.objects.filter(owner=request.user, exercise=ex)
         .exclude(state=LabSession.State.ENDED)
         .first()
     )
-    return render(
-        request,
-        "exercises/exercise.html",
-        {
-            "exercise": selectors.exercise_detail(ex),
-            "active_lab": {"id": active.id, "url": active.get_absolute_url()} if active else None,
-        },
-    )
+    brokers = None
+    if ex.spec.broker == CLUSTER and settings.LAB_CLUSTER_SIZE:
+        # Brokers of the exercise's own: brought up when a learner needs them.
+        brokers = {
+            "progress": cluster.cluster_progress(),
+            "start_url": reverse("exercise-brokers-start", args=[ex.slug]),
+            "status_url": reverse("exercise-brokers", args=[ex.slug]),
+        }
+    return {
+        "exercise": selectors.exercise_detail(ex),
+        "active_lab": {"id": active.id, "url": active.get_absolute_url()} if active else None,
+        "brokers": brokers,
+    }
+
+
+def _cluster_exercise(slug: str) -> Exercise:
+    ex = get_object_or_404(Exercise, slug=slug, published=True)
+    if ex.spec.broker != CLUSTER or not settings.LAB_CLUSTER_SIZE:
+        raise Http404("this exercise runs on the shared broker")
+    return ex
+
+
+@require_GET
+@login_required
+def exercise(request: HttpRequest, slug: str) -> HttpResponse:
+    ex = get_object_or_404(Exercise, slug=slug, published=True)
+    return render(request, "exercises/exercise.html", _exercise_context(request, ex))
+
+
+@require_GET
+@login_required
+def exercise_brokers(request: HttpRequest, slug: str) -> HttpResponse:
+    """The start of a cluster exercise's page as its brokers are now (asked for every
+    second while they come up)."""
+    ex = _cluster_exercise(slug)
+    return render(request, "exercises/exercise.html#start-area", _exercise_context(request, ex))
+
+
+@require_POST
+@login_required
+def exercise_brokers_start(request: HttpRequest, slug: str) -> HttpResponse:
+    """Brings the lab cluster up for a learner who needs it; the page shows it coming."""
+    ex = _cluster_exercise(slug)
+    cluster.cluster_boot()
+    return render(request, "exercises/exercise.html#start-area", _exercise_context(request, ex))
 
 
 @require_POST

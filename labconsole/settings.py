@@ -255,6 +255,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = env(
 CELERY_BEAT_SCHEDULE = {
     "sweep-idle-labs": {"task": "exercises.sweep_idle_labs", "schedule": 60.0},
     "sweep-labs": {"task": "exercises.sweep_labs", "schedule": LAB_SWEEP_SECONDS},
+    "sweep-idle-cluster": {"task": "exercises.sweep_idle_cluster", "schedule": 60.0},
 }
 
 # A worker process renews the leases of the workloads and monitors it runs this often, and
@@ -274,6 +275,9 @@ LAB_CLUSTER_DIR = env("LAB_CLUSTER_DIR", default="") or str(BASE_DIR / "var" / "
 LAB_CLUSTER_SIZE = env.int("LAB_CLUSTER_SIZE", default=3)
 LAB_CLUSTER_PORT = env.int("LAB_CLUSTER_PORT", default=5701)
 LAB_CLUSTER_PREFIX = env("LAB_CLUSTER_PREFIX", default="lab")
+# The cluster is brought up when a learner needs it (the page of a cluster exercise asks),
+# and taken down once no lab has run on it for this many minutes (0: it stays up).
+LAB_CLUSTER_IDLE_MINUTES = env.float("LAB_CLUSTER_IDLE_MINUTES", default=15)
 
 # --- Channels ----------------------------------------------------------------------------
 # Live updates travel over RabbitMQ (labconsole/flow), so no channel layer is needed.

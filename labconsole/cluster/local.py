@@ -11,6 +11,7 @@ directory, which carries a marker file; `down()` removes a directory only with t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -351,10 +352,23 @@ class LocalCluster:
         return (self.base / MARKER).exists()
 
     # --- up and down --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _one_at_a_time(self):
+        """Another process bringing the same cluster up or down (two web processes asked
+        for it at once, say) is waited for."""
+        self.base.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.base.parent / f".{self.base.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def up(self, timeout: float = BOOT_TIMEOUT) -> float:
         """Starts the nodes that are not running and returns once all of them run in one
         cluster; returns the seconds it took. The first node boots alone, so that the
         others find it and join it rather than each forming a cluster of one."""
+        with self._one_at_a_time():
+            return self._up(timeout)
+
+    def _up(self, timeout: float) -> float:
         started = time.monotonic()
         deadline = started + timeout
         if self.base.exists() and any(self.base.iterdir()) and not self.ours():
@@ -411,6 +425,10 @@ class LocalCluster:
         ours). The data goes with it, so the nodes are not stopped one by one, each
         handing its queues to the next: each Erlang VM gets SIGTERM (its orderly stop),
         and SIGKILL if it is still there after `grace` seconds."""
+        with self._one_at_a_time():
+            self._down()
+
+    def _down(self) -> None:
         if not self.base.exists():
             return
         if not self.ours():
@@ -419,6 +437,18 @@ class LocalCluster:
         for node, pid in zip(self.nodes, pids, strict=True):
             node.wait_gone(pid)
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def touch(self) -> None:
+        """Marks the cluster used now (a lab runs on it): `idle_seconds` counts from here."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.base / MARKER).touch()
+
+    def idle_seconds(self) -> float | None:
+        """Seconds since the cluster was booted or last marked used; None without one."""
+        try:
+            return max(0.0, time.time() - (self.base / MARKER).stat().st_mtime)
+        except FileNotFoundError:
+            return None
 
     def leftovers(self) -> list[str]:
         """What of ours is still there: node processes, listening ports, the directory."""

@@ -7,6 +7,7 @@ back and catches up. At the end `labcluster down` leaves no process, port or dir
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import threading
@@ -32,22 +33,58 @@ COUNT = 2000
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """The cluster as `manage.py labcluster` makes it from the settings: tests/settings.py
-    gives this run a directory, node names and ports of its own, which the worker and web
-    processes the fixtures start inherit."""
+def lab_cluster():
+    """The cluster of the settings, not brought up here: tests/settings.py gives this run a
+    directory, node names and ports of its own, which the worker and web processes the
+    fixtures start inherit. Whatever brought it up, it goes at the end of the module."""
     c = LocalCluster.from_settings()
     assert not c.base.exists(), f"{c.base} is left from another run"
     try:
-        out = StringIO()
-        call_command("labcluster", "up", stdout=out)
-        c.up_output = out.getvalue()
         yield c
     finally:
         for node in c.nodes:
             if node.log_dir.exists():
                 shutil.copytree(node.log_dir, ARTIFACTS / "cluster" / node.name, dirs_exist_ok=True)
         c.down()
+
+
+@pytest.fixture(scope="module")
+def cluster(lab_cluster):
+    """The cluster running, as `manage.py labcluster up` makes it (already up if the page
+    brought it up)."""
+    out = StringIO()
+    call_command("labcluster", "up", stdout=out)
+    lab_cluster.up_output = out.getvalue()
+    return lab_cluster
+
+
+def test_the_exercise_page_brings_the_brokers_up(lab_cluster, client, catalogue, learner):
+    """A cluster exercise whose brokers are not running: its page offers to start them,
+    shows them coming up node by node, then offers the lab."""
+    client.force_login(learner)
+
+    def state(html: str) -> str:
+        return re.search(r'id="start-area" data-brokers="(\w+)"', html)[1]
+
+    page = client.get(reverse("exercise", args=["durability"])).content.decode()
+    assert state(page) == "stopped"
+    assert 'id="start-brokers"' in page and 'id="start-lab"' not in page
+    start = reverse("exercise-brokers-start", args=["durability"])
+    started = client.post(start, HTTP_HX_REQUEST="true").content.decode()
+    assert state(started) == "starting" and "of 3 nodes running" in started
+    seen: set[str] = set()
+
+    def ready() -> str | None:
+        html = client.get(reverse("exercise-brokers", args=["durability"])).content.decode()
+        seen.update(re.findall(r"(\d) of 3 nodes running", html))
+        return html if state(html) == "ready" else None
+
+    html = wait_for(ready, timeout=90, message="the brokers up, as the page says")
+    assert 'id="start-lab"' in html and "3 nodes are running" in html
+    assert {"0", "1"} & seen, seen  # it said how far it was on the way
+    assert all(s.running for s in lab_cluster.status())
+    # A learner on the shared broker's exercises has no such thing to start.
+    assert client.post(reverse("exercise-brokers-start", args=["hello-world"])).status_code == 404
 
 
 def _queue(cluster) -> dict:
@@ -467,12 +504,25 @@ def test_the_cluster_steps_name_the_controls_the_page_shows(
     assert_steps_name_the_controls(client_in, session, language)
 
 
-def test_down_leaves_no_process_port_or_directory(cluster):
+def test_an_idle_cluster_goes_down_and_leaves_no_process_port_or_directory(
+    cluster, catalogue, learner, labs
+):
+    """The sweep takes the cluster down once no lab ran on it for LAB_CLUSTER_IDLE_MINUTES;
+    a running lab marks it used. Down, nothing of it is left."""
+    from exercises.cluster import cluster_sweep_idle
+    from exercises.services import lab_session_start, lab_session_stop
+    from labconsole.cluster.local import MARKER
+
     assert all(s.running for s in cluster.status())  # alive before, as the test watches it
-    assert cluster.base.exists()
-    out = StringIO()
-    call_command("labcluster", "down", stdout=out)
-    assert "removed" in out.getvalue()
+    long_ago = time.time() - 3600
+    session = lab_session_start(exercise=catalogue["durability"], owner=learner, run=False)
+    os.utime(cluster.base / MARKER, (long_ago, long_ago))
+    assert not cluster_sweep_idle(15)  # a lab runs on it
+    assert cluster.idle_seconds() < 60  # ... and marked it used
+    lab_session_stop(session=session)
+    assert not cluster_sweep_idle(15)  # used a moment ago
+    os.utime(cluster.base / MARKER, (long_ago, long_ago))
+    assert cluster_sweep_idle(15)
     assert cluster.leftovers() == []
     for node in cluster.nodes:
         assert not any(port_open(p) for p in (node.port, node.mgmt_port, node.dist_port))
