@@ -1428,6 +1428,19 @@ class ExerciseSpec(_Model):
 
 
 # A check on a producer's counter, and what the producer must do for the counter to move.
+# Checks that read a queue of a lab on the cluster: the type of queue each needs, and why
+# (translated where it is said).
+_ONLY_QUORUM = gettext_noop("{name} is a {type} queue: only quorum queues have a leader")
+CLUSTER_QUEUE_NEEDS: dict[type, tuple[str, str]] = {
+    QueueDownCheck: (
+        "classic",
+        gettext_noop(
+            "{name} is a {type} queue: only a classic queue lives on one node, and is down with it"
+        ),
+    ),
+    QuorumOnlineCheck: ("quorum", _ONLY_QUORUM),
+    LeaderMovedCheck: ("quorum", _ONLY_QUORUM),
+}
 LEDGER_NEEDS = (
     "must publish with confirms: true and properties.message_id: sequence (the ledger "
     "follows each message by its number, from the broker's confirm to a consumer)"
@@ -1731,36 +1744,14 @@ class _CrossReferences:
             problem = self.queue_problem(check.queue)
             if problem:
                 self.add(f"{path}.queue", problem)
-        elif isinstance(check, QueueDownCheck):
+        elif type(check) in CLUSTER_QUEUE_NEEDS:
+            needs, why = CLUSTER_QUEUE_NEEDS[type(check)]
             problem = self.queue_problem(check.queue)
             if problem:
                 self.add(f"{path}.queue", problem)
-            elif self.queues[check.queue].type != "classic":
-                only_classic = _(
-                    "{name} is a {type} queue: only a classic queue lives on one node, and is "
-                    "down with it"
-                )
-                self.add(
-                    f"{path}.queue",
-                    only_classic.format(name=_q(check.queue), type=self.queues[check.queue].type),
-                )
-            if self.spec.broker != "cluster":
-                self.add(
-                    f"{path}.type",
-                    _("{type} needs the lab on the cluster: set broker: cluster").format(
-                        type=check.type
-                    ),
-                )
-        elif isinstance(check, QuorumOnlineCheck | LeaderMovedCheck):
-            problem = self.queue_problem(check.queue)
-            if problem:
-                self.add(f"{path}.queue", problem)
-            elif self.queues[check.queue].type != "quorum":
-                not_quorum = _("{name} is a {type} queue: only quorum queues have a leader")
-                self.add(
-                    f"{path}.queue",
-                    not_quorum.format(name=_q(check.queue), type=self.queues[check.queue].type),
-                )
+            elif self.queues[check.queue].type != needs:
+                kind = self.queues[check.queue].type
+                self.add(f"{path}.queue", _(why).format(name=_q(check.queue), type=kind))
             if self.spec.broker != "cluster":
                 self.add(
                     f"{path}.type",

@@ -1,7 +1,13 @@
 """A lab's timeline on brokers of its own: what changed between two reads of its nodes
 and queues, as events of its log (exercises/cluster.py)."""
 
+from pathlib import Path
+
+import pytest
+
 from exercises.cluster import broker_events
+
+CATALOGUE = Path(__file__).resolve().parents[2] / "exercises" / "catalogue"
 
 
 def reading(nodes=None, quorum=None, classic=None) -> dict:
@@ -48,3 +54,26 @@ def test_queues_that_come_or_go_are_no_change_of_theirs():
     before = reading()
     after = {**reading(), "quorum": {}, "classic": {"new": {"node": "lab1", "down": False}}}
     assert broker_events(before, after) == []
+
+
+def test_queue_down_is_refused_for_a_queue_that_has_no_one_node():
+    from exercises.spec import SpecError, parse_spec
+
+    source = (CATALOGUE / "classic-queue-node-down.yaml").read_text()
+    with pytest.raises(SpecError) as found:
+        parse_spec(
+            source.replace(
+                "type: queue_down\n          queue: invoices",
+                "type: queue_down\n          queue: payments",
+            )
+        )
+    assert found.value.errors == [
+        "steps[1].checkpoints[0].check.queue: 'payments' is a quorum queue: only a classic "
+        "queue lives on one node, and is down with it"
+    ]
+    with pytest.raises(SpecError) as found:
+        parse_spec(source.replace("broker: cluster\n", ""))
+    assert (
+        "steps[1].checkpoints[0].check.type: queue_down needs the lab on the cluster: "
+        "set broker: cluster" in found.value.errors
+    )
