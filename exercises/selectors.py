@@ -12,6 +12,8 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 
+from labconsole.workloads.ledger import page_counters
+
 from .limits import LIMITS
 from .models import Exercise, LabSession, Workload
 from .spec import BUILTIN_EXCHANGES, Exchange, LocalizedText, Queue, SpecError
@@ -266,6 +268,8 @@ def lab_last_numbers(session: LabSession) -> dict:
         counts = workload_counts(workload)
         if counts:
             counters[workload.name] = counts
+    for producer, ledger in (saved.get("record") or {}).get("ledger", {}).items():
+        counters.setdefault(producer, {}).update(page_counters(ledger))
     unroutable, from_you = saved.get("unroutable") or {}, saved.get("from_you") or {}
     exchanges = {
         x: {

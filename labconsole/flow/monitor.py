@@ -34,7 +34,7 @@ from labconsole.broker.amqp import lab_key
 from labconsole.runtime.bus import Incoming
 from labconsole.runtime.loop import on_grid
 from labconsole.runtime.unit import Stop, Unit
-from labconsole.workloads.ledger import IdSet, Received, join
+from labconsole.workloads.ledger import IdSet, Received, join, page_counters
 from labconsole.workloads.load import running_load
 
 from .alerts import AlertRule, Alerts
@@ -793,12 +793,7 @@ class LabMonitor(Unit):
     def counters(self) -> dict:
         out = {w: dict(c) for w, c in self.record.workloads.items()}
         for producer, ledger in self.record.ledger.items():
-            # The page shows a producer's ledger among its counters.
-            out.setdefault(producer, {}).update(
-                received=ledger["received"],
-                duplicates=ledger["duplicates"],
-                missing=ledger["missing"],
-            )
+            out.setdefault(producer, {}).update(page_counters(ledger))
         return out
 
     def exchanges(self, now: float) -> dict:

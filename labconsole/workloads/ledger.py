@@ -176,3 +176,9 @@ def join(confirmed: IdSet, received: Iterable[IdSet]) -> dict[str, int]:
     for ids in received:
         union.update(ids)
     return {"received": len(union), "missing": confirmed.count_not_in(union)}
+
+
+def page_counters(ledger: dict) -> dict[str, int]:
+    """What the lab page shows of a producer's ledger, among the producer's counters (live,
+    and the last numbers of an ended lab)."""
+    return {k: ledger[k] for k in ("received", "duplicates", "missing") if k in ledger}

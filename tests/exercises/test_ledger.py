@@ -104,6 +104,16 @@ def test_confirmed_messages_joined_to_what_arrived(worker, learner, labs):
     }
     assert stays_pending(session, "capped-none-lost", seconds=2.0)
 
+    # An ended lab's page shows the ledger as it was last saved.
+    from exercises.selectors import lab_last_numbers
+    from exercises.services import lab_session_stop
+
+    lab_session_stop(session=session)
+    session.refresh_from_db()
+    last = lab_last_numbers(session)["counters"]
+    assert last["capper"]["missing"] == 50 and last["capper"]["received"] == 10
+    assert last["keeper"]["missing"] == 0 and last["keeper"]["received"] == 60
+
 
 def test_ledger_checks_name_what_their_producer_lacks():
     from exercises.spec import SpecError, parse_spec
