@@ -572,6 +572,11 @@ RATE_MIN, RATE_MAX = 0.2, 10000  # a producer's messages per second
 # A transactional producer commits after this many publishes (tx.commit); AMQP has no
 # bound, this one keeps uncommitted messages few.
 TX_BATCH_MAX = 1000
+# What a producer's ledger needs.
+LEDGER_NEEDS = (
+    "the ledger needs confirms: true and properties.message_id: sequence (it follows each "
+    "message by its number, from the broker's confirm to a consumer)"
+)
 # A channel in confirm mode refuses tx.select, and the other way round (406).
 CONFIRMS_OR_TRANSACTIONS = (
     "a channel uses publisher confirms or transactions, not both: turn one of them off"
@@ -591,6 +596,9 @@ class Producer(_Model):
     properties: MessageProperties = Field(default_factory=MessageProperties)
     mandatory: bool = False
     confirms: bool = False
+    #: The delivery ledger (labconsole/workloads/ledger.py): the page shows what of this
+    #: producer's confirmed messages the consumers received, and what is missing.
+    ledger: bool = False
     transactions: bool = False
     tx_batch: int = Field(default=1, ge=1, le=TX_BATCH_MAX)
     #: RPC: each message is a request whose replies go to this queue (through the default
@@ -631,6 +639,12 @@ class Producer(_Model):
     def _tx(self) -> "Producer":
         if self.confirms and self.transactions:
             raise _spec_items([(("transactions",), CONFIRMS_OR_TRANSACTIONS)])
+        return self
+
+    @model_validator(mode="after")
+    def _ledger(self) -> "Producer":
+        if self.ledger and not (self.confirms and self.properties.message_id == "sequence"):
+            raise _spec_items([(("ledger",), LEDGER_NEEDS)])
         return self
 
     @model_validator(mode="after")
@@ -1441,10 +1455,6 @@ CLUSTER_QUEUE_NEEDS: dict[type, tuple[str, str]] = {
     QuorumOnlineCheck: ("quorum", _ONLY_QUORUM),
     LeaderMovedCheck: ("quorum", _ONLY_QUORUM),
 }
-LEDGER_NEEDS = (
-    "must publish with confirms: true and properties.message_id: sequence (the ledger "
-    "follows each message by its number, from the broker's confirm to a consumer)"
-)
 PRODUCER_NEEDS: dict[type, tuple[Callable[[Producer], bool], str]] = {
     RefusedCheck: (
         lambda p: p.confirms,
@@ -1460,14 +1470,8 @@ PRODUCER_NEEDS: dict[type, tuple[Callable[[Producer], bool], str]] = {
         lambda p: p.transactions,
         "must publish with transactions: true (only a transactional producer commits)",
     ),
-    NoneLostCheck: (
-        lambda p: p.confirms and p.properties.message_id == "sequence",
-        LEDGER_NEEDS,
-    ),
-    LostCheck: (
-        lambda p: p.confirms and p.properties.message_id == "sequence",
-        LEDGER_NEEDS,
-    ),
+    NoneLostCheck: (lambda p: p.ledger, "must keep a ledger: set ledger: true"),
+    LostCheck: (lambda p: p.ledger, "must keep a ledger: set ledger: true"),
     AccessRefusedCheck: (
         lambda p: p.user is not None,
         "publishes as the lab's own user, who may do anything in the lab: give it a user "

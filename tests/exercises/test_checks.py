@@ -315,6 +315,7 @@ def test_none_lost_and_lost_read_the_ledger_once_the_producer_stopped():
                         "exchange": "logs",
                         "routing_key": "a.error",
                         "confirms": True,
+                        "ledger": True,
                         "properties": {"message_id": "sequence"},
                     }
                 ],

@@ -30,12 +30,14 @@ workloads:
       rate: 300
       count: 60
       confirms: true
+      ledger: true
       properties: {message_id: sequence}
     - name: capper
       routing_key: capped
       rate: 300
       count: 60
       confirms: true
+      ledger: true
       properties: {message_id: sequence}
   consumers:
     - name: picky
@@ -118,19 +120,41 @@ def test_confirmed_messages_joined_to_what_arrived(worker, learner, labs):
 def test_ledger_checks_name_what_their_producer_lacks():
     from exercises.spec import SpecError, parse_spec
 
-    source = LEDGER.replace(
-        "check: {type: none_lost, workload: capper, min: 60}",
-        "check: {type: lost, workload: picky, queue: nowhere}",
-    ).replace(
-        "properties: {message_id: sequence}\n    - name: capper",
-        "properties: {}\n    - name: capper",
+    # A ledger without sequence ids; a check on a producer without a ledger; a check on a
+    # consumer, and on a queue that is not there.
+    source = (
+        LEDGER.replace(
+            "check: {type: none_lost, workload: capper, min: 60}",
+            "check: {type: lost, workload: picky, queue: nowhere}",
+        )
+        .replace(
+            "properties: {message_id: sequence}\n    - name: capper",
+            "properties: {}\n    - name: capper",
+        )
+        .replace(
+            "      ledger: true\n      properties: {message_id: sequence}\n  consumers",
+            "      properties: {message_id: sequence}\n  consumers",
+        )
     )
     with pytest.raises(SpecError) as found:
         parse_spec(source)
     assert found.value.errors == [
-        "steps[0].checkpoints[0].check.workload: 'keeper' must publish with confirms: true and "
-        "properties.message_id: sequence (the ledger follows each message by its number, from "
-        "the broker's confirm to a consumer)",
+        "workloads.producers[0].ledger: the ledger needs confirms: true and "
+        "properties.message_id: sequence (it follows each message by its number, from the "
+        "broker's confirm to a consumer)",
+    ]
+    source = source.replace(
+        "properties: {}\n    - name: capper",
+        "properties: {message_id: sequence}\n    - name: capper",
+    )
+    source = source.replace(
+        "check: {type: none_lost, workload: keeper, min: 60}",
+        "check: {type: none_lost, workload: capper, min: 60}",
+    )
+    with pytest.raises(SpecError) as found:
+        parse_spec(source)
+    assert found.value.errors == [
+        "steps[0].checkpoints[0].check.workload: 'capper' must keep a ledger: set ledger: true",
         "steps[0].checkpoints[1].check.workload: 'picky' is not a producer (declared producers: "
         "keeper, capper)",
         "steps[0].checkpoints[1].check.queue: 'nowhere' is not a declared queue (declared "
