@@ -66,18 +66,20 @@ def _boot_now() -> None:
 
 
 def cluster_progress() -> dict:
-    """How far the lab cluster is: nodes running of its size, whether this process is
-    bringing it up, and what went wrong if that failed."""
-    states = LocalCluster.from_settings().status()
+    """How far the lab cluster is: nodes running of its size, whether a process is
+    bringing it up (or down), and what went wrong if this process's try failed. It is
+    ready for labs when no process is at it and a node runs: a node another learner
+    killed does not keep everyone else from starting a lab."""
+    cluster = LocalCluster.from_settings()
+    states = cluster.status()
     running = sum(1 for s in states if s.running)
     thread = _boot["thread"]
-    booting = thread is not None and thread.is_alive()
+    booting = (thread is not None and thread.is_alive()) or cluster.busy()
     return {
         "running": running,
         "size": len(states),
-        # Running, and not half-way through this process's boot (a node joining).
-        "ready": running == len(states) and not booting,
-        "booting": booting or any(s.vm for s in states) and running < len(states),
+        "ready": running > 0 and not booting,
+        "booting": booting,
         "error": "" if booting else _boot["error"],
     }
 

@@ -352,14 +352,31 @@ class LocalCluster:
         return (self.base / MARKER).exists()
 
     # --- up and down --------------------------------------------------------------------------
+    @property
+    def _lock_path(self) -> Path:
+        return self.base.parent / f".{self.base.name}.lock"
+
     @contextlib.contextmanager
     def _one_at_a_time(self):
         """Another process bringing the same cluster up or down (two web processes asked
         for it at once, say) is waited for."""
         self.base.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.base.parent / f".{self.base.name}.lock", "w") as lock:
+        with open(self._lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
+
+    def busy(self) -> bool:
+        """Whether a process (this one too) is bringing the cluster up or down now."""
+        try:
+            lock = open(self._lock_path)  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return False
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False  # the lock goes with the file's close
 
     def up(self, timeout: float = BOOT_TIMEOUT) -> float:
         """Starts the nodes that are not running and returns once all of them run in one
