@@ -46,6 +46,7 @@ def lab_cluster():
             if node.log_dir.exists():
                 shutil.copytree(node.log_dir, ARTIFACTS / "cluster" / node.name, dirs_exist_ok=True)
         c.down()
+        c._lock_path.unlink(missing_ok=True)  # this run's, beside the temporary directory
 
 
 @pytest.fixture(scope="module")
