@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from labconsole.broker import amqp, control
 from labconsole.broker.brokers import CLUSTER
-from labconsole.broker.management import BrokerError
+from labconsole.broker.management import BrokerError, quorum_of
 from labconsole.flow.monitor import LabMonitor
 from labconsole.flow.reporter import FlowReporter
 from labconsole.runtime.bus import ConsoleBus, Incoming
@@ -528,24 +528,11 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
                     log.debug("bindings of %s not read", session.vhost, exc_info=True)
             return bindings_cache
 
-        quorum_cache: list[dict] = []
-
-        def quorum() -> dict[str, dict]:
-            if not quorum_cache:
-                try:
-                    found = api.quorum_queues(session.vhost)
-                except BrokerError:
-                    log.debug("quorum queues of %s not read", session.vhost, exc_info=True)
-                    found = {}
-                for name, q in found.items():
-                    if q["leader"]:
-                        first_leaders.setdefault(name, q["leader"])
-                quorum_cache.append(found)
-            return quorum_cache[0]
-
         placement_cache: list[dict] = []
 
         def placement() -> dict[str, dict]:
+            """The lab's queues as the management API places them, read once per
+            evaluation; the quorum checks and queue_down share the one read."""
             if not placement_cache:
                 try:
                     found = {q["name"]: q for q in api.queue_placement(session.vhost)}
@@ -554,6 +541,13 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
                     found = {}
                 placement_cache.append(found)
             return placement_cache[0]
+
+        def quorum() -> dict[str, dict]:
+            found = quorum_of(list(placement().values()))
+            for name, q in found.items():
+                if q["leader"]:
+                    first_leaders.setdefault(name, q["leader"])
+            return found
 
         workloads = _Lazy(
             lambda: {

@@ -213,16 +213,7 @@ class ManagementClient:
     def quorum_queues(self, vhost: str) -> dict[str, dict]:
         """The quorum queues of `vhost`: name -> their `leader`, `members` and `online`
         (node names)."""
-        found = self.queue_placement(vhost)
-        return {
-            q["name"]: {
-                "leader": q.get("leader"),
-                "members": sorted(q.get("members") or []),
-                "online": sorted(q.get("online") or []),
-            }
-            for q in found
-            if q.get("type") == "quorum"
-        }
+        return quorum_of(self.queue_placement(vhost))
 
     def bindings(self, vhost: str) -> list[dict]:
         return self.request("GET", f"bindings/{_q(vhost)}")
@@ -295,3 +286,17 @@ class ManagementClient:
                     self.request(
                         "DELETE", f"{kind}/{_q(vhost)}/{_q(item['name'])}", ok_missing=True
                     )
+
+
+def quorum_of(placement: list[dict]) -> dict[str, dict]:
+    """The quorum queues of a `queue_placement` listing: name -> their `leader`, `members`
+    and `online` (node names)."""
+    return {
+        q["name"]: {
+            "leader": q.get("leader"),
+            "members": sorted(q.get("members") or []),
+            "online": sorted(q.get("online") or []),
+        }
+        for q in placement
+        if q.get("type") == "quorum"
+    }

@@ -271,9 +271,11 @@ class ProducerUnit(WorkloadUnit):
         # After a lost connection, until a publish is acked: a nack means a new channel
         # (_escape_nack_trap), not a refusal to live with.
         self.watch_nacks = False
-        # The numbers of its sequence ids the broker confirmed (the delivery ledger), kept
-        # while they stay a few ranges.
-        self.confirmed_ids: IdSet | None = IdSet(self.progress.get("confirmed_ids") or ())
+        # The numbers of its sequence ids the broker confirmed (the delivery ledger, for a
+        # producer that keeps one), kept while they stay a few ranges.
+        self.confirmed_ids: IdSet | None = (
+            IdSet(self.progress.get("confirmed_ids") or ()) if self.settings.get("ledger") else None
+        )
         self.confirmed_changed = False
 
     @property
