@@ -251,17 +251,38 @@ def _mapping() -> Any:
 # Text
 
 
+def language_codes() -> list[str]:
+    """The codes of the languages the console speaks (settings.LANGUAGES), in its order."""
+    from django.conf import settings
+
+    return [code.lower() for code, _name in settings.LANGUAGES]
+
+
 class LocalizedText(_Model):
-    """Text in English (required) and optionally Russian. A plain string means English."""
+    """Text in English (required) and optionally in any other language of
+    settings.LANGUAGES, by its code (`ru`, `de`, `pt-br`). A plain string means English.
+    The other languages' texts are the model's extra fields: `text.ru`, or `text.get("ru")`
+    with the fallback to English."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, str | None]
 
     en: str
-    ru: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _plain_string(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"en": value}
+        if isinstance(value, dict):
+            known = language_codes()
+            unknown = [k for k in value if k != "en" and (not isinstance(k, str) or k not in known)]
+            if unknown:
+                message = _("unknown language {code} (the languages are: {names})")
+                names = _names(["en", *(c for c in known if c != "en")])
+                raise _spec_items(
+                    [((str(k),), message.format(code=_q(k), names=names)) for k in unknown]
+                )
         return value
 
     @field_validator("en")
@@ -271,11 +292,22 @@ class LocalizedText(_Model):
             raise ValueError(_("must not be empty"))
         return value
 
+    def __getattr__(self, name: str) -> Any:
+        # A language of settings.LANGUAGES this text has nothing in reads as None.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if not name.startswith("_") and name in language_codes():
+                return None
+            raise
+
     def get(self, lang: str) -> str:
-        """The text in `lang` ("ru", "ru-RU", "en", ...), falling back to English."""
-        code = (lang or "en").split("-")[0].split("_")[0].lower()
-        if code != "en":
-            text = getattr(self, code, None) if code in type(self).model_fields else None
+        """The text in `lang` ("ru", "ru-RU", "pt-br", "en", ...): that language's, else its
+        base language's ("pt" for "pt-br"), else English."""
+        code = (lang or "en").lower().replace("_", "-")
+        extra = self.__pydantic_extra__ or {}
+        for candidate in (code, code.split("-")[0]):
+            text = extra.get(candidate)
             if text and text.strip():
                 return text
         return self.en
@@ -2012,7 +2044,13 @@ def _message(err: dict, where: _Location) -> str:
         return _("must be a mapping") + got
     if kind in ("model_type", "model_attributes_type"):
         if _strip_optional(where.type) is LocalizedText:
-            return _("must be a string, or a mapping with en (and optionally ru)") + got
+            others = _names(c for c in language_codes() if c != "en")
+            return (
+                _("must be a string, or a mapping with en (and optionally {names})").format(
+                    names=others
+                )
+                + got
+            )
         return _("must be a mapping of fields") + got
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return _range_message(where.field, err)
