@@ -47,6 +47,12 @@ def stays_pending(*pending, seconds=4.0) -> bool:
     return True
 
 
+def queue_seen(tap, queue) -> dict:
+    """The queue's numbers in the latest frame the lab's monitor sent."""
+    frames = [m for m in tap.read() if m["type"] == "frame"]
+    return frames[-1]["queues"].get(queue, {}) if frames else {}
+
+
 def play_direct(session):
     yield session, ("temperature-routed", "temperature-delivered")
     lab_step_show(session=session, step="unknown-key")
@@ -99,7 +105,9 @@ def test_the_built_in_exercises_played_right_and_wrong(worker, catalogue, learne
     """Direct routing and Dead letters, each played to the end and with plausible
     mistakes, all at once: the reference runs pass every checkpoint, each mistake leaves
     the checkpoint it concerns pending."""
-    from tests.exercises.test_catalogue_runs import drive
+    from exercises.models import LabSession
+    from tests.exercises.test_catalogue_runs import drive, routed
+    from tests.exercises.test_topology_edits import FlowTap
 
     def start(slug, **kwargs):
         return lab_session_start(exercise=catalogue[slug], owner=learner, **kwargs)
@@ -126,6 +134,33 @@ def test_the_built_in_exercises_played_right_and_wrong(worker, catalogue, learne
         lambda: Workload.objects.get(pk=processor.pk).progress.get("delivered", 0) >= 3,
         message="the requeueing processor took orders",
     )
+
+    # The monitors saw each mistake: the learner's message to `sensors`, routed (with the
+    # key `pressure`, which has a binding)...
+    def routed_from_page() -> bool:
+        state = LabSession.objects.get(pk=routed_key.pk).monitor_state or {}
+        return (
+            state.get("from_you", {}).get("sensors") == 1
+            and state.get("unroutable", {}).get("sensors", 0) == 0
+            and routed(routed_key, "sensors", "pressure").get(("pressure",), 0) >= 1
+        )
+
+    wait_for(routed_from_page, message="the learner's message to sensors seen, routed")
+    # ... and the temperature display stopped: no consumer on its queue, which fills,
+    # while the pressure display reads on.
+    tap = FlowTap(wrong_display.id)
+    try:
+        wait_for(
+            lambda: (
+                queue_seen(tap, "temperature").get("consumers") == 0
+                and queue_seen(tap, "temperature").get("ready", 0) >= 5
+                and queue_seen(tap, "pressure").get("consumers") == 1
+            ),
+            message="temperature unread and filling, pressure read",
+        )
+    finally:
+        tap.close()
+    # ... and the checkpoints they concern stay pending.
     assert stays_pending(
         (wrong_display, "display-stopped"),
         (routed_key, "humidity-dropped"),
