@@ -199,9 +199,10 @@ function main(configEl, labEl) {
   // Room a node needs besides its name: the icon on the left and a margin on the right.
   const LABEL_INSET = { producer: 44, exchange: 56, queue: 66, consumer: 50 };
   // Sizes in the drawing's units, which a laptop's lab page shows at about 1:1 (the
-  // drawing is scaled to its box): names at 14 px, the numbers at 13 px.
+  // drawing is scaled to its box): names at 14 px, the numbers at 13 px (14 px in the
+  // presenter view, as console.css says, for 18 px on a projector).
   const LABEL_FONT = () => `650 14px ${FONT}`;
-  const STAT_FONT = () => `13px ${FONT}`;
+  const STAT_FONT = () => `${presenting() ? 14 : 13}px ${FONT}`;
   // Room for a node's numbers in the page's language, with four-digit counts.
   const STAT_INSET = { producer: 45, exchange: 56, queue: 20, consumer: 51 };
   const statSample = (kind) =>
@@ -238,8 +239,9 @@ function main(configEl, labEl) {
   let layoutCache = { graph: null, layouts: {} };
   function layoutIn(g, density) {
     if (layoutCache.graph !== g) layoutCache = { graph: g, layouts: {} };
-    layoutCache.layouts[density.name] ??= layoutGraph(elk, g, density, measure);
-    return layoutCache.layouts[density.name];
+    const key = `${density.name}${presenting() ? " presenting" : ""}`; // its labels are larger
+    layoutCache.layouts[key] ??= layoutGraph(elk, g, density, measure);
+    return layoutCache.layouts[key];
   }
   // The normal layout (with its detail rows) when it fits unshrunk; otherwise whichever
   // of the two shows its text larger: a shrunk drawing's 13 px numbers fall below 13 px.
@@ -362,7 +364,10 @@ function main(configEl, labEl) {
     return points;
   }
 
-  const EDGE_LABEL_FONT = () => `10.5px ${MONO}`;
+  // Routing keys at 10.5 px; in the presenter view at 13.5 px (console.css says the same),
+  // which a projector's 1.4:1 or more shows at 18 px and more.
+  const EDGE_LABEL_PX = () => (presenting() ? 13.5 : 10.5);
+  const EDGE_LABEL_FONT = () => `${EDGE_LABEL_PX()}px ${MONO}`;
   const EDGE_LABEL_MAX = 130; // longer binding keys and header arguments are cut (full text in the tooltip)
   const edgeLabelWidth = (label) => textWidth(fitText(label, EDGE_LABEL_FONT(), EDGE_LABEL_MAX), EDGE_LABEL_FONT()) + 12;
 
@@ -374,7 +379,7 @@ function main(configEl, labEl) {
       const text = fitText(e.label, EDGE_LABEL_FONT(), EDGE_LABEL_MAX);
       const g = s("g", { class: `edge-label edge-label-${e.kind}`, "data-edge": e.id }, layers.labels);
       s("rect", { x: spot.x, y: spot.y, width: spot.w, height: spot.h, rx: 4 }, g);
-      const t = s("text", { x: spot.x + spot.w / 2, y: spot.y + spot.h / 2 + 3.6, "text-anchor": "middle" }, g);
+      const t = s("text", { x: spot.x + spot.w / 2, y: spot.y + spot.h / 2 + 0.34 * EDGE_LABEL_PX(), "text-anchor": "middle" }, g);
       t.textContent = text;
       if (text !== e.label) s("title", {}, g).textContent = e.label;
     }
@@ -454,18 +459,21 @@ function main(configEl, labEl) {
     // A red count in the corner: unroutable (exchange), returned (producer), nacked +
     // rejected (consumer).
     v.badge = s("g", { class: "node-badge", visibility: "hidden", transform: `translate(${n.w - 8} 0)` }, g);
-    v.badgeRect = s("rect", { x: -30, y: -9, width: 38, height: 18, rx: 9, class: "node-badge-bad" }, v.badge);
-    v.badgeText = s("text", { x: -11, y: 4, "text-anchor": "middle", class: "node-badge-text" }, v.badge);
+    const bh = BADGE_PX() + 8;
+    v.badgeRect = s("rect", { x: -30, y: -bh / 2, width: 38, height: bh, rx: bh / 2, class: "node-badge-bad" }, v.badge);
+    v.badgeText = s("text", { x: -11, y: 0.4 * BADGE_PX(), "text-anchor": "middle", class: "node-badge-text" }, v.badge);
     nodeViews.set(n.id, v);
   }
 
+  // The badges' counts at 10 px; in the presenter view at 13.5 px, as console.css says.
+  const BADGE_PX = () => (presenting() ? 13.5 : 10);
   function setBadge(v, count, title, tone = "bad") {
     if (!count) {
       v.badge.setAttribute("visibility", "hidden");
       return;
     }
     const text = `${tone === "warn" ? "↩" : "✕"} ${fmtInt(count)}`;
-    const w = Math.max(30, textWidth(text, `700 10px ${FONT}`) + 14);
+    const w = Math.max(3 * BADGE_PX(), textWidth(text, `700 ${BADGE_PX()}px ${FONT}`) + 14);
     v.badgeRect.setAttribute("x", 8 - w);
     v.badgeRect.setAttribute("width", w);
     v.badgeText.setAttribute("x", 8 - w / 2);
@@ -613,6 +621,7 @@ function main(configEl, labEl) {
     Object.assign(view, { zoom: 1, x: 0, y: 0 });
     state.presenting = on;
     fitView();
+    if (serverGraph) renderGraph(serverGraph, true); // laid out again for its label size
   }
   const fromAddress = () => setPresenting(location.hash === "#presenter");
   window.addEventListener("hashchange", fromAddress);
