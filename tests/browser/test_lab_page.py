@@ -207,3 +207,40 @@ def test_an_alert_fires_and_clears_on_the_page(
         expect(dlq).not_to_have_class(re.compile(r"\bis-alerting\b"))
     finally:
         context.close()
+
+
+def test_a_delivery_stamped_before_its_publish_lists_after_it(
+    page, live_server_url, catalogue, learner, labs
+):
+    """The monitor stamps a publish when the firehose brings it, the consumer its delivery:
+    a delivery may carry a time a few milliseconds before its publish's. The message's
+    journey in the inspector still lists the publish first, then the delivery, then the
+    ack; events further apart than the clocks' skew keep their times' order."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    open_lab(page, live_server_url, session)
+    t = 1_750_000_000.5
+    message = {"message_id": "order-5", "body": {"order": 5}}
+    events = [
+        {"seq": 1, "t": t - 0.005, "kind": "delivered", "workload": "temperature-display",
+         "queue": "temperature", **message},
+        {"seq": 2, "t": t, "kind": "published", "workload": "temperature-sensor",
+         "exchange": "sensors", "routing_key": "temperature", **message},
+        {"seq": 3, "t": t + 0.002, "kind": "acked", "workload": "temperature-display",
+         "queue": "temperature", **message},
+        {"seq": 4, "t": t - 2, "kind": "published", "workload": "temperature-sensor",
+         "exchange": "sensors", "routing_key": "temperature", "message_id": "order-4"},
+        {"seq": 5, "t": t - 2.5, "kind": "delivered", "workload": "temperature-display",
+         "queue": "temperature", "message_id": "order-4"},
+    ]  # fmt: skip
+    send_frame(session, {"events": events})
+    page.locator('#log-rows tr[data-seq="1"]').click()
+    journey = page.locator("#inspector .journey li")
+    expect(journey).to_have_count(3)
+    kinds = journey.evaluate_all("(items) => items.map((li) => li.className.split(' ')[0])")
+    assert kinds == ["flow-published", "flow-delivered", "flow-acked"], kinds
+    expect(journey.nth(1)).to_have_class(re.compile(r"\bis-current\b"))
+
+    # Two seconds apart is no clock's skew: the times' order stands.
+    page.locator('#log-rows tr[data-seq="4"]').click()
+    kinds = journey.evaluate_all("(items) => items.map((li) => li.className.split(' ')[0])")
+    assert kinds == ["flow-delivered", "flow-published"], kinds
