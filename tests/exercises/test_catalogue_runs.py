@@ -19,7 +19,8 @@ from exercises.services import (
     workload_stop,
 )
 from exercises.services import workload_update as update
-from tests.exercises.test_exercise_runs import passed, stays_pending
+from tests.exercises.test_exercise_runs import passed, queue_seen, stays_pending
+from tests.exercises.test_topology_edits import FlowTap
 from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,6 +79,16 @@ def counter(session, name, what) -> int:
 
     state = LabSession.objects.get(pk=session.pk).monitor_state or {}
     return (state.get("record") or {}).get("workloads", {}).get(name, {}).get(what, 0)
+
+
+def watching(session, predicate, message):
+    """Waits until predicate(queues) holds of the queues' numbers in the latest frame of
+    the lab's monitor."""
+    tap = FlowTap(session.id)
+    try:
+        wait_for(lambda: predicate(lambda q: queue_seen(tap, q)), message=message)
+    finally:
+        tap.close()
 
 
 # --- hello-world, fanout-pubsub, topic-routing -----------------------------------------------
@@ -180,6 +191,13 @@ def test_basics_reference_runs_and_mistakes(worker, catalogue, learner, labs):
     wait_for(
         lambda: routed(topic_x, "events", "sensor.temperature.garage.floor") == {(): 1},
         message="the four-word key seen, routed nowhere",
+    )
+    watching(
+        fanout_x,
+        lambda q: (
+            q("logs.screen").get("consumers") == 0 and q("logs.archive").get("consumers") == 1
+        ),
+        message="the screen's queue unread, the archive's read",
     )
     archived = counter(fanout_x, "archiver", "acked")
     wait_for(
@@ -330,6 +348,13 @@ def test_headers_priority_ttl_work_queues_reference_runs_and_mistakes(
     wait_for(
         lambda: routed(headers_x, "reports", "brochure") == {(): 1},
         message="the marketing brochure seen, routed nowhere",
+    )
+    # The agent holds the backlog in its own buffer, and the queue, where priorities
+    # reorder, has nothing left in it for a VIP request to overtake.
+    watching(
+        prio_x,
+        lambda q: q("support").get("unacked", 0) >= 20 and q("support").get("ready") == 0,
+        message="the agent holds 20 requests or more unacknowledged, none ready in support",
     )
     acked = counter(prio_x, "agent", "acked")
     wait_for(

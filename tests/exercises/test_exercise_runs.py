@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from exercises.models import CheckpointResult, Workload
+from exercises.models import CheckpointResult
 from exercises.services import (
     lab_publish,
     lab_session_start,
@@ -106,7 +106,7 @@ def test_the_built_in_exercises_played_right_and_wrong(worker, catalogue, learne
     mistakes, all at once: the reference runs pass every checkpoint, each mistake leaves
     the checkpoint it concerns pending."""
     from exercises.models import LabSession
-    from tests.exercises.test_catalogue_runs import drive, routed
+    from tests.exercises.test_catalogue_runs import counter, drive, routed
     from tests.exercises.test_topology_edits import FlowTap
 
     def start(slug, **kwargs):
@@ -129,11 +129,16 @@ def test_the_built_in_exercises_played_right_and_wrong(worker, catalogue, learne
     )
     for session in (direct, dlq):
         assert passed(session) == {cp.id for _, cp in session.spec.all_checkpoints()}
-    # The requeue lab is alive: its processor has taken orders and handed them back.
+    # The requeue lab's monitor saw the loop: orders handed back to `orders` and delivered
+    # to the processor again, none of them dead-lettered to the retry queue.
     wait_for(
-        lambda: Workload.objects.get(pk=processor.pk).progress.get("delivered", 0) >= 3,
-        message="the requeueing processor took orders",
+        lambda: (
+            counter(requeue, "processor", "redelivered") >= 3
+            and counter(requeue, "processor", "rejected") >= 3
+        ),
+        message="the requeueing processor given its orders back",
     )
+    assert counter(requeue, "processor", "parked") == 0
 
     # The monitors saw each mistake: the learner's message to `sensors`, routed (with the
     # key `pressure`, which has a binding)...
