@@ -244,3 +244,35 @@ def test_a_delivery_stamped_before_its_publish_lists_after_it(
     page.locator('#log-rows tr[data-seq="4"]').click()
     kinds = journey.evaluate_all("(items) => items.map((li) => li.className.split(' ')[0])")
     assert kinds == ["flow-delivered", "flow-published"], kinds
+
+
+def test_the_badges_read_in_russian_on_a_russian_page(
+    browser, live_server_url, catalogue, learner, labs
+):
+    """An exchange's unroutable count and a producer's returned count, on a page in
+    Russian (the language the learner chose: Django's cookie): Russian numbers on the
+    badges, Russian words in their tooltips."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    context = browser.new_context(viewport=VIEWPORT, locale="en-US")
+    context.add_cookies([{"name": "django_language", "value": "ru", "url": live_server_url}])
+    page = context.new_page()
+    try:
+        open_lab(page, live_server_url, session)
+        assert page.evaluate("document.documentElement.lang") == "ru"
+        send_frame(
+            session,
+            {
+                "exchanges": {"sensors": {"unroutable": 1234}},
+                "counters": {"temperature-sensor": {"returned": 2048}},
+            },
+        )
+        exchange = page.locator('#topology [data-node="x:sensors"] .node-badge')
+        producer = page.locator('#topology [data-node="p:temperature-sensor"] .node-badge')
+        expect(exchange).to_have_attribute("visibility", "visible")
+        expect(exchange.locator("text")).to_have_text("✕ 1\u00a0234")
+        expect(exchange.locator("title")).to_have_text("1\u00a0234 без маршрута")
+        expect(producer).to_have_attribute("visibility", "visible")
+        expect(producer.locator("text")).to_have_text("↩ 2\u00a0048")
+        expect(producer.locator("title")).to_have_text("возвращено: 2\u00a0048")
+    finally:
+        context.close()
