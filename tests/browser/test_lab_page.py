@@ -276,3 +276,28 @@ def test_the_badges_read_in_russian_on_a_russian_page(
         expect(producer.locator("title")).to_have_text("возвращено: 2\u00a0048")
     finally:
         context.close()
+
+
+def test_the_prefetch_field_says_beside_it_that_0_means_no_limit(
+    page, live_server_url, catalogue, learner, labs
+):
+    """A consumer's settings: the note that prefetch 0 means no limit is shown beside the
+    field, whole, inside the consumer's card."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    open_lab(page, live_server_url, session)
+    card = page.locator("#workload-temperature-display")
+    field = card.locator("input[name=prefetch]")
+    note = page.locator(f"#{field.get_attribute('aria-describedby')}")
+    note.scroll_into_view_if_needed()
+    expect(field).to_be_visible()
+    expect(note).to_be_visible()
+    expect(note).to_have_text(re.compile(r"^0 means no limit"))
+    f, n, c = field.bounding_box(), note.bounding_box(), card.bounding_box()
+    # On the field's right, level with it, within the card and the window.
+    assert n["x"] >= f["x"] + f["width"], (f, n)
+    assert n["y"] < f["y"] + f["height"] and f["y"] < n["y"] + n["height"], (f, n)
+    assert c["x"] <= n["x"] and n["x"] + n["width"] <= c["x"] + c["width"], (c, n)
+    assert n["y"] >= 0 and n["y"] + n["height"] <= VIEWPORT["height"], n
+    # Nothing of it cut off, and large enough to read.
+    assert note.evaluate("(el) => el.scrollHeight <= el.clientHeight + 1"), n
+    assert note.evaluate("(el) => parseFloat(getComputedStyle(el).fontSize)") >= 11
