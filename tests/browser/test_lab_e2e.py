@@ -273,6 +273,24 @@ def test_another_learner_cannot_open_the_lab(
     log_in(page, live_server_url, "intruder", "intruder-pass-1")
     response = page.goto(f"{live_server_url}{session.get_absolute_url()}")
     assert response.status == 403
+    # The site's own page: its header, the error card with its heading, the way back.
+    expect(page).to_have_title("Access denied · RabbitMQ Lab Console")
+    expect(page.locator(".site-header .brand")).to_be_visible()
+    card = page.locator("main .error-card")
+    expect(card.locator("h1")).to_have_text("Access denied")
+    expect(card.locator(".error-code")).to_have_text("Error 403")
+    expect(card.locator("a.btn-primary")).to_have_attribute("href", "/")
+    # Styled by console.css: a raised card in the middle of the page, its code in capitals.
+    style = card.evaluate(
+        """(el) => {
+            const code = getComputedStyle(el.querySelector(".error-code"));
+            const r = el.getBoundingClientRect();
+            return { shadow: getComputedStyle(el).boxShadow, width: r.width,
+                     centre: r.left + r.width / 2, transform: code.textTransform };
+        }"""
+    )
+    assert style["shadow"] != "none" and style["transform"] == "uppercase", style
+    assert style["width"] <= 480 and abs(style["centre"] - 1366 / 2) <= 2, style
 
 
 DOT_LIFETIME = """() => new Promise((resolve) => {
