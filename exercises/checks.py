@@ -3,7 +3,7 @@
 Each check type of the spec (docs/exercise-format.md) has one function here. They read:
 - `record`: the monitor's FlowRecord (routes seen by the firehose, deliveries, the
   workloads' counters, dead-letter arrivals, alerts fired and cleared) since the
-  checkpoint's step was shown;
+  checkpoint's step was shown, and the producers' rates now;
 - `broker`: `queues` (ready/unacked/consumers by queue name), `bindings` (the
   management API's list, read when a check needs it), `quorum` (quorum queues' leader,
   members and online members by name, read when a check needs it), `placement` (every
@@ -103,6 +103,13 @@ def _queue_deleted(c, record, broker, workloads) -> bool:
 
 def _published(c, record, broker, workloads) -> bool:
     return record.workloads.get(c.workload, {}).get("published", 0) >= c.min
+
+
+def _faster(c, record, broker, workloads) -> bool:
+    rate = record.rates.get(c.workload, 0.0)
+    other = record.rates.get(c.than, 0.0)
+    running = all(workloads.get(w, {}).get("running", False) for w in (c.workload, c.than))
+    return running and other > 0 and rate >= c.ratio * other
 
 
 def _counter_at_least(counter: str) -> Callable[..., bool]:
@@ -218,6 +225,7 @@ CHECKS: dict[str, Callable[..., bool]] = {
     "queue_deleted": _queue_deleted,
     "returned": _returned,
     "committed": _committed,
+    "faster": _faster,
     "replied": _counter_at_least("replied"),
     "unanswered": _counter_at_least("unanswered"),
     "replayed": _counter_at_least("replayed"),

@@ -1020,6 +1020,17 @@ class CommittedCheck(_Model):
     min: int = Field(default=1, ge=1, le=LIMITS.int64)
 
 
+class FasterCheck(_Model):
+    """From the recorded flow: producers `workload` and `than` both run, and `workload`
+    publishes at least `ratio` times as many messages a second as `than` does, which
+    publishes (the rates the producers' cards show, smoothed over about two seconds)."""
+
+    type: Literal["faster"]
+    workload: str
+    than: str
+    ratio: float = Field(default=1.5, ge=1, le=1000)
+
+
 class QueueDeletedCheck(_Model):
     """The broker no longer has `queue` (deleted, or expired by `x-expires`)."""
 
@@ -1267,6 +1278,7 @@ Check = Annotated[
     | QueueDeletedCheck
     | ReturnedCheck
     | CommittedCheck
+    | FasterCheck
     | RepliedCheck
     | UnansweredCheck
     | ReplayedCheck
@@ -1847,6 +1859,15 @@ class _CrossReferences:
                 self.add(f"{path}.workload", f"{_q(check.workload)} {why}")
             if isinstance(check, LostCheck) and (problem := self.queue_problem(check.queue)):
                 self.add(f"{path}.queue", problem)
+        elif isinstance(check, FasterCheck):
+            for field in ("workload", "than"):
+                if getattr(check, field) not in self.producers:
+                    self.add(f"{path}.{field}", self.not_a("producer", getattr(check, field)))
+            if check.workload == check.than:
+                self.add(
+                    f"{path}.than",
+                    _("must name another producer than {name}").format(name=_q(check.workload)),
+                )
         elif isinstance(check, LoadFinishedCheck):
             if check.workload not in self.producers:
                 self.add(f"{path}.workload", self.not_a("producer", check.workload))

@@ -91,6 +91,9 @@ class FlowRecord:
     # duplicates, missing, and whether the producer's run ended (`final`). A state, not a
     # count: `since` keeps it whole.
     ledger: dict[str, dict[str, int]] = field(default_factory=dict)
+    # producer -> the messages a second it publishes now (Rate, smoothed). A state, not a
+    # count: `since` keeps it whole.
+    rates: dict[str, float] = field(default_factory=dict)
 
     def export(self) -> dict:
         return {
@@ -104,6 +107,7 @@ class FlowRecord:
             "firing": sorted(self.firing),
             "loads": dict(self.loads),
             "ledger": self.ledger,
+            "rates": self.rates,
         }
 
     @classmethod
@@ -122,6 +126,7 @@ class FlowRecord:
             record.firing = frozenset(data.get("firing", ()))
             record.loads.update(data.get("loads", {}))
             record.ledger = dict(data.get("ledger", {}))
+            record.rates = dict(data.get("rates", {}))
         return record
 
     def since(self, mark: FlowRecord) -> FlowRecord:
@@ -134,6 +139,7 @@ class FlowRecord:
             firing=self.firing,
             loads=self.loads - mark.loads,
             ledger=self.ledger,
+            rates=self.rates,
         )
         for w, c in self.workloads.items():
             record.workloads[w] = c - mark.workloads.get(w, Counter())
@@ -337,6 +343,7 @@ class LabMonitor(Unit):
         self.rates_in = defaultdict(Rate)
         self.rates_out = defaultdict(Rate)
         self.exchange_rates = defaultdict(Rate)
+        self.published_rates = defaultdict(Rate)  # producer -> its messages published
         # The newest events and traces since the last frame; older ones fall out, counted.
         self.pending_events: deque = deque(maxlen=EVENTS_PER_FRAME)
         self.pending_samples: deque = deque(maxlen=SAMPLES_PER_FRAME)
@@ -511,6 +518,9 @@ class LabMonitor(Unit):
         counts = report.get("counts")
         queue = self.consumer_queue.get(workload)
         if counts:
+            if queue is None:
+                before = self.record.workloads.get(workload, {}).get("published", 0)
+                self.published_rates[workload].count += max(0, counts.get("published", 0) - before)
             if queue is not None:
                 # Deliveries are counted by the consumers, not read from the firehose.
                 before = self.record.workloads.get(workload, {}).get("delivered", 0)
@@ -792,6 +802,8 @@ class LabMonitor(Unit):
 
     def counters(self) -> dict:
         out = {w: dict(c) for w, c in self.record.workloads.items()}
+        for producer, rate in self.record.rates.items():
+            out.setdefault(producer, {})["rate"] = rate
         for producer, ledger in self.record.ledger.items():
             out.setdefault(producer, {}).update(page_counters(ledger))
         return out
@@ -1052,6 +1064,13 @@ class LabMonitor(Unit):
             self.changed = True
         self.poke()
 
+    def producer_rates(self, now: float) -> None:
+        """The producers' rates now: shown on their cards, compared by `faster` checks."""
+        rates = {w: rate.tick(now) for w, rate in self.published_rates.items()}
+        if rates != self.record.rates:
+            self.record.rates = rates
+            self.changed = self.checks_dirty = True
+
     def tick(self, now: float) -> float | None:
         if self.firehose_tag and now >= self.next_firehose_ack and self.firehose is not None:
             # Acknowledged in batches: at most once a second, or every FIREHOSE_ACK_EVERY.
@@ -1059,6 +1078,8 @@ class LabMonitor(Unit):
             self.firehose_tag = 0
             self.next_firehose_ack = now + 1.0
         watched = now < self.watched_until
+        if self.published_rates:
+            self.producer_rates(now)
         if self.awaiting_return or self.said_returned:
             self._release_awaiting(now)
         if now >= self.next_depths:

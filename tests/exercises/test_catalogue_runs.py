@@ -51,6 +51,14 @@ def routed(session, exchange, key) -> dict:
     }
 
 
+def rates(session) -> dict:
+    """The producers' rates (msg/s) as the lab's monitor last saved them."""
+    from exercises.models import LabSession
+
+    state = LabSession.objects.get(pk=session.pk).monitor_state or {}
+    return (state.get("record") or {}).get("rates", {})
+
+
 def show(session, step):
     lab_step_show(session=session, step=step)
 
@@ -449,15 +457,25 @@ def play_consistent_hash(s, *, mistake=False):
 
 
 def play_confirms(s, *, mistake=False):
-    # Slower than the 1,000 msg/s they aim at, to spare the other labs of the test: the
+    # Slower than the 1,000 msg/s they aim at, to spare the other labs of the test: these
     # checkpoints count messages, whatever the rate.
     update(workload=workload(s, "confirming-producer"), changes={"rate": 400})
     update(workload=workload(s, "tx-producer"), changes={"rate": 500})
     workload_start(workload=workload(s, "confirming-producer"))
     yield s, ("confirms-running", "confirms-published")
     show(s, "transactions")
+    if mistake == "one-at-a-time":
+        # The first producer stopped before the second starts: nothing to compare with.
+        workload_stop(workload=workload(s, "confirming-producer"))
+    else:
+        # Side by side at the rate they aim at: the confirming producer reaches it.
+        update(workload=workload(s, "confirming-producer"), changes={"rate": 1000})
     workload_start(workload=workload(s, "tx-producer"))
-    yield s, ("tx-running", "tx-committed")
+    if mistake == "one-at-a-time":
+        yield s, ("tx-running", "tx-committed")
+        return
+    yield s, ("tx-running", "tx-committed", "confirms-faster")
+    update(workload=workload(s, "confirming-producer"), changes={"rate": 400})
     show(s, "batch-commits")
     if mistake:
         # 100 typed in Rate instead of Commit every: still one commit per message.
@@ -478,13 +496,13 @@ def test_unroutable_exchanges_hash_confirms_reference_runs_and_mistakes(
     """unroutable-messages: a refund published without mandatory is dropped, not returned.
     exchange-to-exchange: audit bound with order.* hears no user events.
     consistent-hash: the weight 3 given to shard-1 instead of shard-2.
-    confirms-vs-transactions: 100 typed as the rate instead of the commit batch."""
+    confirms-vs-transactions: 100 typed as the rate instead of the commit batch; and the
+    confirming producer stopped before the transactional one starts, so that the two are
+    never compared side by side."""
     slugs = ("unroutable-messages", "exchange-to-exchange", "consistent-hash")
     unroutable, e2e, chash = start(catalogue, learner, *slugs)
     unroutable_x, e2e_x, chash_x = start(catalogue, learner, *slugs)
-    confirms, confirms_x = start(
-        catalogue, learner, "confirms-vs-transactions", "confirms-vs-transactions"
-    )
+    confirms, confirms_x, confirms_y = start(catalogue, learner, *["confirms-vs-transactions"] * 3)
     drive(
         play_unroutable(unroutable),
         play_unroutable(unroutable_x, mistake=True),
@@ -494,6 +512,7 @@ def test_unroutable_exchanges_hash_confirms_reference_runs_and_mistakes(
         play_consistent_hash(chash_x, mistake=True),
         play_confirms(confirms),
         play_confirms(confirms_x, mistake=True),
+        play_confirms(confirms_y, mistake="one-at-a-time"),
     )
     for session in (unroutable, e2e, chash, confirms):
         assert passed(session) == every_checkpoint(session)
@@ -531,11 +550,20 @@ def test_unroutable_exchanges_hash_confirms_reference_runs_and_mistakes(
         message="the transactional producer commits on, at the rate of 100",
     )
     workload_stop(workload=workload(confirms_x, "tx-producer"))
+    # The monitor's rates: the transactional producer publishing on its own.
+    wait_for(
+        lambda: (
+            rates(confirms_y).get("tx-producer", 0) > 10
+            and rates(confirms_y).get("confirming-producer", 0) < 1
+        ),
+        message="tx-producer publishing, confirming-producer stopped",
+    )
     # ... and the checkpoints they concern stay pending.
     assert stays_pending(unroutable_x, "you-got-it-back")
     assert {"audit-bound", "login-audited"}.isdisjoint(passed(e2e_x))
     assert {"weight-three", "weight-one-gone"}.isdisjoint(passed(chash_x))
     assert "batch-of-100" not in passed(confirms_x)
+    assert stays_pending(confirms_y, "confirms-faster")
 
 
 # --- rpc, quorum-poison, streams ---------------------------------------------------------------

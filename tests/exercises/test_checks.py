@@ -196,6 +196,23 @@ def test_returned_and_committed_count_the_producers_counters():
     assert run(spec, record) == {"c0": True, "c1": True}
 
 
+def test_faster_compares_the_rates_of_two_running_producers():
+    spec = spec_with({"type": "faster", "workload": "app", "than": "tx", "ratio": 2})
+    both = {"app": {"running": True}, "tx": {"running": True}}
+    record = FlowRecord()
+    record.rates.update(app=900.0, tx=500.0)
+    assert run(spec, record, workloads=both) == {"c0": False}  # faster, not twice as fast
+    record.rates["tx"] = 0.0
+    assert run(spec, record, workloads=both) == {"c0": False}  # tx publishes nothing
+    record.rates["tx"] = 450.0
+    assert run(spec, record, workloads={**both, "tx": {"running": False}}) == {"c0": False}
+    # The rates are a state, not a count: the record as it was when the step was shown
+    # takes nothing from them.
+    mark = FlowRecord.restore(record.export())
+    shown = {s.id: mark for s in spec.steps}
+    assert run(spec, record, workloads=both, shown=shown) == {"c0": True}
+
+
 def test_queue_deleted_reads_the_broker():
     spec = spec_with({"type": "queue_deleted", "queue": "errors"})
     assert run(spec, queues={}) == {"c0": False}  # not read yet
@@ -302,6 +319,8 @@ def test_record_survives_a_slice_boundary():
     again = FlowRecord.restore(record.export())
     assert again.routes == record.routes and again.workloads == record.workloads
     assert again.dead_lettered == record.dead_lettered
+    record.rates["app"] = 12.5
+    assert FlowRecord.restore(record.export()).rates == {"app": 12.5}
 
 
 def test_none_lost_and_lost_read_the_ledger_once_the_producer_stopped():

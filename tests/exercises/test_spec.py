@@ -163,6 +163,7 @@ def test_check_types_are_all_known():
         "workload_setting",
         "published",
         "redelivered",
+        "faster",
         "delivered_share",
         "overtook",
         "refused",
@@ -915,6 +916,32 @@ def test_refused_needs_a_producer_with_confirms():
     data["workloads"]["producers"][0]["confirms"] = True
     del data["steps"][0]["checkpoints"][1:]
     assert validate_data(data).steps[0].checkpoints[0].check.type == "refused"
+
+
+def test_faster_compares_two_declared_producers():
+    data = base()
+    data["workloads"]["producers"].append({"name": "tx", "routing_key": "errors"})
+    checks = [
+        {"type": "faster", "workload": "app", "than": "reader"},
+        {"type": "faster", "workload": "nobody", "than": "tx"},
+        {"type": "faster", "workload": "app", "than": "app"},
+        {"type": "faster", "workload": "app", "than": "tx", "ratio": 3},
+    ]
+    data["steps"][0]["checkpoints"] = [
+        {"id": f"c{i}", "description": "d", "check": c} for i, c in enumerate(checks)
+    ]
+    found = errors(data)
+    p = "steps[0].checkpoints"
+    assert has(found, f"{p}[0].check.than", "'reader' is not a producer")
+    assert has(found, f"{p}[1].check.workload", "'nobody' is not a declared producer")
+    assert has(found, f"{p}[2].check.than", "must name another producer than 'app'")
+    assert len(found) == 3, found
+    del data["steps"][0]["checkpoints"][:3]
+    data["steps"][0]["checkpoints"][0]["check"]["ratio"] = 0.5
+    assert the_error(data) == f"{p}[0].check.ratio: must be a number from 1 to 1000 (got 0.5)"
+    data["steps"][0]["checkpoints"][0]["check"]["ratio"] = 3
+    check = validate_data(data).steps[0].checkpoints[0].check
+    assert (check.type, check.workload, check.than, check.ratio) == ("faster", "app", "tx", 3)
 
 
 def test_returned_and_committed_need_a_producer_that_can_say_so():
