@@ -245,9 +245,30 @@ def test_dead_letter_lab_shows_retries_and_parking(page, live_server_url, catalo
     page.select_option("#log-filter-kind", "parked")
     page.locator("#log-rows tr[data-kind=parked]").first.click()
     inspector = page.locator("#inspector")
-    expect(inspector).to_contain_text("orders.parking")
-    expect(inspector.locator("table.x-death")).to_contain_text("expired")
-    expect(inspector).to_contain_text('"order"')
+    expect(inspector.locator(".insp-title .kind-badge")).to_have_text("parked")
+    # Its route: published to the parking exchange, put in the parking queue (the two
+    # share a name; the queue's row says where the copy is).
+    route = inspector.locator("table.kv").first.evaluate(ROWS)
+    assert route.get("queue") == "orders.parking", route
+    assert route.get("exchange") == "orders.parking" and route.get("routing key") == "parked"
+    # Its headers: x-death, one line per queue that dead-lettered it, and the others.
+    sections = inspector.locator(".insp-section")
+    x_death = sections.filter(has=page.locator("h3", has_text=re.compile(r"^x-death$")))
+    expect(x_death.locator("table.x-death")).to_be_visible()
+    deaths = x_death.locator("table.x-death tbody tr").evaluate_all(
+        "(rows) => rows.map((r) => [...r.cells].map((c) => c.textContent))"
+    )
+    assert {(d[1], d[2]) for d in deaths} == {
+        ("expired", "orders.retry"),
+        ("rejected", "orders"),
+    }, deaths
+    assert all(int(d[0]) >= 3 for d in deaths if d[1] == "rejected"), deaths
+    headers = sections.filter(has=page.locator("h3", has_text=re.compile(r"^Headers$")))
+    expect(headers.locator("table.kv")).to_be_visible()
+    # Its body, as the shop published it.
+    body = sections.filter(has=page.locator("h3", has_text=re.compile(r"^Body$")))
+    expect(body.locator(".body-pre")).to_be_visible()
+    expect(body.locator(".body-pre")).to_contain_text('"order"')
     journey = inspector.locator(".journey li").all_text_contents()
     kinds = [
         next(k for k in ("published", "delivered", "rejected", "parked") if k in line)
@@ -261,6 +282,11 @@ def test_dead_letter_lab_shows_retries_and_parking(page, live_server_url, catalo
     for kind in ("dead-lettered", "expired"):
         page.select_option("#log-filter-kind", kind)
         expect(page.locator(f"#log-rows tr[data-kind={kind}]").first).to_be_attached()
+
+
+# A two-column table of the inspector as {first cell: second cell}.
+ROWS = """(t) => Object.fromEntries(
+    [...t.rows].map((r) => [r.cells[0].textContent, r.cells[1].textContent]))"""
 
 
 def test_another_learner_cannot_open_the_lab(
