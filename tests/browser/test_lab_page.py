@@ -301,3 +301,37 @@ def test_the_prefetch_field_says_beside_it_that_0_means_no_limit(
     # Nothing of it cut off, and large enough to read.
     assert note.evaluate("(el) => el.scrollHeight <= el.clientHeight + 1"), n
     assert note.evaluate("(el) => parseFloat(getComputedStyle(el).fontSize)") >= 11
+
+
+YOUR_EVENTS = """() => window.labConsole.state.events
+    .filter((e) => e.workload === "@you").map((e) => [e.kind, e.message_id])"""
+
+
+def test_a_mandatory_publish_nothing_is_bound_for_is_logged_as_returned(
+    page, live_server_url, catalogue, learner, labs, worker
+):
+    """From the page's Publish form, mandatory, with a key no queue is bound with: the
+    broker returns it, and the log has one row for it, of kind returned (not unroutable
+    as well)."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    open_lab(page, live_server_url, session)
+    form = page.locator("#publish-form")
+    form.locator("select[name=exchange]").select_option("sensors")
+    form.locator("input[name=routing_key]").fill("humidity")
+    form.locator("input[name=mandatory]").check()
+    form.locator("button[type=submit]").click()
+    expect(page.locator("#publish-result")).to_contain_text("returned")
+
+    row = page.locator("#log-rows tr[data-kind=returned]").filter(has_text="humidity")
+    expect(row).to_have_count(1, timeout=10_000)
+    expect(row.locator("td").nth(2)).to_have_text("you")
+    message_id = row.get_attribute("data-message-id")
+    assert message_id
+    # The page's word that it came back and the firehose's record of it made one row; the
+    # record alone would have been logged as unroutable after a second.
+    page.wait_for_timeout(2500)
+    assert page.evaluate(YOUR_EVENTS) == [["returned", message_id]]
+    expect(page.locator(f'#log-rows tr[data-message-id="{message_id}"]')).to_have_count(1)
+    expect(page.locator("#log-rows tr[data-kind=unroutable]").filter(has_text="you")).to_have_count(
+        0
+    )
