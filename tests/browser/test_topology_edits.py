@@ -1,5 +1,6 @@
 """The lab's owner changes the topology from the Topology panel; a second page of the same
-lab (a second viewer) draws the change at once, without reloading."""
+lab (a second viewer) draws the change at once, without reloading: a queue declared and
+bound appears, unbound loses its edge, deleted disappears."""
 
 import pytest
 from playwright.sync_api import expect
@@ -72,6 +73,38 @@ def test_a_binding_made_in_one_page_is_drawn_in_the_other(
         assert viewer.evaluate("() => window.notReloaded") is True
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=SCREENSHOTS / "lab-topology-panel.png")
+
+        # Unbound in one page: the edge goes from the other, the queue stays.
+        unbind_form = page.locator("#topology-unbind")
+        unbind_form.locator("select[name=binding]").select_option(
+            label="sensors → humidity (humidity)"
+        )
+        unbind_form.locator("button[type=submit]").click()
+        expect(page.locator("#topology-result")).to_contain_text("Done")
+        viewer.wait_for_function(f"() => !({NEW_EDGE})()", timeout=10_000)
+        expect(
+            viewer.locator('#topology path[data-edge^="binding:x:sensors>q:humidity"]')
+        ).to_have_count(0)
+        expect(viewer.locator('#topology [data-node="q:humidity"]')).to_have_count(1)
+        expect(viewer.locator("#topology-unbind select[name=binding]")).not_to_contain_text(
+            "humidity"
+        )
+
+        # The queue deleted in one page: its node goes from the other.
+        delete_form = page.locator("#topology-delete")
+        delete_form.locator("select[name=kind]").select_option("queue")
+        delete_form.locator("input[name=name]").fill("humidity")
+        page.once("dialog", lambda dialog: dialog.accept())
+        delete_form.locator("button[type=submit]").click()
+        expect(page.locator("#topology-result")).to_contain_text("Done")
+        expect(viewer.locator('#topology [data-node="q:humidity"]')).to_have_count(
+            0, timeout=10_000
+        )
+        assert not viewer.evaluate(
+            "() => window.labConsole.graph.nodes.some((n) => n.id === 'q:humidity')"
+        )
+        expect(viewer.locator('#topology [data-node="q:temperature"]')).to_have_count(1)
+        assert viewer.evaluate("() => window.notReloaded") is True
     finally:
         viewer_context.close()
     assert not errors, f"JavaScript errors on the second page: {errors}"
