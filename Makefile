@@ -25,12 +25,12 @@ POSTGRES_TESTS = -m database tests/exercises tests/test_*.py \
 	--ignore=tests/test_supervise.py
 
 # The same preparation plus the test tools and a PostgreSQL, then the whole suite on
-# SQLite, then the tests that touch the database again on PostgreSQL.
+# SQLite and the tests that touch the database again on PostgreSQL, in two runs side by
+# side (scripts/test says how they are split).
 test:
 	scripts/setup --dev
 	.venv/bin/ruff check .
-	DATABASE_URL= .venv/bin/pytest
-	DATABASE_URL=$(TEST_POSTGRES_URL) .venv/bin/pytest $(POSTGRES_TESTS)
+	POSTGRES_TESTS="$(POSTGRES_TESTS)" scripts/test
 
 lint:
 	.venv/bin/ruff check .
@@ -46,4 +46,4 @@ bench:
 
 clean:
 	-test -x .venv/bin/python && .venv/bin/python manage.py labcluster down
-	rm -rf .venv staticfiles db.sqlite3* test-db.sqlite3* test-artifacts var
+	rm -rf .venv staticfiles db.sqlite3* test-db.sqlite3* test-db-2.sqlite3* test-artifacts var

@@ -16,7 +16,9 @@ from pathlib import Path
 from labconsole.supervise import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
+# Logs of the processes the tests start, and what tests keep: a folder of each run's own when
+# runs go side by side (scripts/test).
+ARTIFACTS = ROOT / os.environ.get("TEST_ARTIFACTS", "test-artifacts")
 
 
 def wait_for(predicate, *, timeout: float = 20.0, interval: float = 0.2, message: str = ""):
