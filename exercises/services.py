@@ -103,6 +103,9 @@ def _workload_settings(spec: ExerciseSpec) -> list[tuple[str, str, dict, bool]]:
     rows = []
     for p in spec.workloads.producers:
         data = p.model_dump(exclude={"name", "autostart"})
+        # The keys as the page lists them, and their weights beside them.
+        data["routing_keys"] = [k.key for k in p.routing_keys]
+        data["routing_key_weights"] = [k.weight for k in p.routing_keys]
         rows.append((p.name, Workload.Kind.PRODUCER, data, p.autostart))
     for c in spec.workloads.consumers:
         data = c.model_dump(exclude={"name", "autostart", "behaviour"})

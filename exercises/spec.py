@@ -74,6 +74,7 @@ __all__ = [
     "SpecError",
     "Step",
     "Topology",
+    "WeightedKey",
     "WorkloadSettingCheck",
     "Workloads",
     "load_spec_file",
@@ -615,12 +616,58 @@ CONFIRMS_OR_TRANSACTIONS = (
 )
 
 
+def _headers(value: Any) -> Any:
+    """A producer's message headers: strings, numbers (64-bit integers) or true/false."""
+    if isinstance(value, dict):
+        items = [
+            ((key,), "must be a string, a number or true/false")
+            for key, item in value.items()
+            if not isinstance(item, str | int | float | bool)
+        ] + [
+            ((key,), f"must be an integer from {-LIMITS.int64 - 1} to {LIMITS.int64}")
+            for key, item in value.items()
+            if _is_int(item) and not -LIMITS.int64 - 1 <= item <= LIMITS.int64
+        ]
+        if items:
+            raise _spec_items(items)
+    return value
+
+
+Headers = Annotated[
+    dict[Name, HeaderValue], BeforeValidator(_headers), Field(max_length=LIMITS.items)
+]
+
+
+class WeightedKey(_Model):
+    """One of a producer's `routing_keys`: a key and its share of the messages. A plain key
+    in the document is this with weight 1."""
+
+    key: RoutingKey
+    weight: int = Field(default=1, ge=1, le=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_key(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return value
+        if isinstance(value, str) or _is_number(value):
+            key = _number_to_str(value)
+            if problem := _shortstr_problem(key):
+                raise _spec_items([((), problem)])
+            return {"key": key}
+        what = _("must be a routing key, or a mapping with key and weight")
+        raise _spec_items([((), what + _got(_describe(value)))])
+
+
 class Producer(_Model):
     name: WorkloadName
     exchange: Name = ""
     routing_key: RoutingKey = ""
-    routing_keys: list[RoutingKey] = _items(LIMITS.items)
-    headers: dict[Name, HeaderValue] = _mapping()
+    #: Published in a fixed order that gives each key its weight's share (`key_order`).
+    routing_keys: list[WeightedKey] = _items(LIMITS.items)
+    headers: Headers = _mapping()
+    #: The headers of each message, taken in turn, instead of `headers`.
+    header_sets: list[Headers] = _items(LIMITS.items)
     rate: float = Field(default=1.0, ge=RATE_MIN, le=RATE_MAX)
     count: int | None = Field(default=None, ge=1, le=LIMITS.int64)
     duration: float | None = Field(default=None, gt=0)
@@ -640,23 +687,6 @@ class Producer(_Model):
     #: lab's own user.
     user: str | None = None
     autostart: bool = True
-
-    @field_validator("headers", mode="before")
-    @classmethod
-    def _headers(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            items = [
-                ((key,), "must be a string, a number or true/false")
-                for key, item in value.items()
-                if not isinstance(item, str | int | float | bool)
-            ] + [
-                ((key,), f"must be an integer from {-LIMITS.int64 - 1} to {LIMITS.int64}")
-                for key, item in value.items()
-                if _is_int(item) and not -LIMITS.int64 - 1 <= item <= LIMITS.int64
-            ]
-            if items:
-                raise _spec_items(items)
-        return value
 
     @field_validator("payload")
     @classmethod
@@ -692,9 +722,20 @@ class Producer(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _header_sets(self) -> "Producer":
+        if self.headers and self.header_sets:
+            both = _("use either headers or header_sets, not both")
+            raise _spec_items([(("header_sets",), both)])
+        return self
+
     def keys(self) -> list[str]:
-        """The routing keys this producer publishes with, in order."""
-        return list(self.routing_keys) or [self.routing_key]
+        """The routing keys this producer publishes with, as declared (each once)."""
+        return [k.key for k in self.routing_keys] or [self.routing_key]
+
+    def weights(self) -> list[int]:
+        """The weight of each of `keys()`."""
+        return [k.weight for k in self.routing_keys] or [1]
 
 
 POISON_MAX = 200  # characters of a behaviour's `poison` text
@@ -1706,7 +1747,7 @@ class _CrossReferences:
             elif producer.exchange == "":
                 if producer.routing_keys:
                     keys = [
-                        (f"{path}.routing_keys[{j}]", k)
+                        (f"{path}.routing_keys[{j}]", k.key)
                         for j, k in enumerate(producer.routing_keys)
                     ]
                 else:

@@ -39,7 +39,7 @@ def lab_graph(spec: ExerciseSpec) -> dict:
 
     nodes.append({"id": YOU, "kind": "producer", "label": "you", "detail": "publish form"})
     for p in spec.workloads.producers:
-        keys = p.routing_keys or [p.routing_key]
+        keys = p.keys()
         nodes.append(
             {
                 "id": f"p:{p.name}",

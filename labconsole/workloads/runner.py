@@ -9,6 +9,7 @@ sequence numbers go on. Channels are opened, and confirms arrive, asynchronously
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -53,6 +54,23 @@ def x_death_count(headers: dict | None, queue: str | None = None) -> int:
     """How many times the message was dead-lettered (from `queue` only, when given)."""
     deaths = (headers or {}).get("x-death") or []
     return sum(int(d.get("count", 0)) for d in deaths if queue is None or d.get("queue") == queue)
+
+
+@functools.lru_cache(maxsize=256)
+def key_order(weights: tuple[int, ...]) -> tuple[int, ...]:
+    """One cycle of a producer's routing keys, as indexes into them: each key as often as
+    its weight, spread out by smooth weighted round robin (the weights 3 and 1 give
+    0, 0, 1, 0). The order is fixed, so that the counts over whole cycles are exact."""
+    total = sum(weights)
+    current = [0] * len(weights)
+    order = []
+    for _ in range(total):
+        for i, weight in enumerate(weights):
+            current[i] += weight
+        chosen = max(range(len(weights)), key=lambda i: current[i])  # the first of equals
+        current[chosen] -= total
+        order.append(chosen)
+    return tuple(order)
 
 
 def confirmed(frame, pending: dict[int, Any]) -> tuple[bool, list[int]]:
@@ -405,8 +423,19 @@ class ProducerUnit(WorkloadUnit):
         channel.tx_commit(callback=self.guarded(lambda _: self._tx_ok(channel, n)))
 
     def routing_key(self, n: int) -> str:
+        """The key of message `n`: the producer's `routing_keys` in their weighted order
+        (a lab started before keys had weights has none: each key once a cycle)."""
         keys = self.settings.get("routing_keys") or []
-        return keys[(n - 1) % len(keys)] if keys else self.settings.get("routing_key", "")
+        if not keys:
+            return self.settings.get("routing_key", "")
+        weights = self.settings.get("routing_key_weights") or [1] * len(keys)
+        order = key_order(tuple(weights))
+        return keys[order[(n - 1) % len(order)]]
+
+    def headers(self, n: int) -> dict[str, Any]:
+        """The headers of message `n`: its turn's of `header_sets`, else `headers`."""
+        sets = self.settings.get("header_sets") or []
+        return sets[(n - 1) % len(sets)] if sets else self.settings.get("headers") or {}
 
     def properties(self, n: int) -> pika.BasicProperties:
         props = self.settings.get("properties") or {}
@@ -423,7 +452,7 @@ class ProducerUnit(WorkloadUnit):
             message_id=(
                 f"{self.name}-{n}" if props.get("message_id") == "sequence" else uuid.uuid4().hex
             ),
-            headers={**(self.settings.get("headers") or {}), SENT_AT: int(time.time() * 1e6)},
+            headers={**self.headers(n), SENT_AT: int(time.time() * 1e6)},
             timestamp=int(time.time()),
             app_id=self.name,
         )

@@ -545,6 +545,71 @@ def test_routing_key_and_routing_keys_are_exclusive():
     )
 
 
+def test_routing_keys_take_weights():
+    data = base()
+    data["workloads"]["producers"][0].update(
+        routing_key="", routing_keys=[{"key": "error", "weight": 3}, "info", {"key": 7}]
+    )
+    producer = validate_data(data).producer("app")
+    assert producer.keys() == ["error", "info", "7"]
+    assert producer.weights() == [3, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("item", "error"),
+    [
+        (
+            {"key": "error", "weight": 0},
+            "routing_keys[1].weight: must be an integer from 1 to 100 (got 0)",
+        ),
+        (
+            {"key": "error", "weight": 101},
+            "routing_keys[1].weight: must be an integer from 1 to 100 (got 101)",
+        ),
+        ({"weight": 3}, "routing_keys[1].key: required field is missing"),
+        (
+            {"key": "error", "weight": "3"},
+            'routing_keys[1].weight: must be an integer (got the string "3")',
+        ),
+        (
+            ["error"],
+            "routing_keys[1]: must be a routing key, or a mapping with key and weight (got a list)",
+        ),
+    ],
+)
+def test_bad_routing_key_weight(item, error):
+    data = base()
+    data["workloads"]["producers"][0].update(routing_key="", routing_keys=["info", item])
+    assert the_error(data) == f"workloads.producers[0].{error}"
+
+
+def test_header_sets_are_checked_as_headers_are():
+    data = base()
+    data["workloads"]["producers"][0]["header_sets"] = [
+        {"format": "pdf"},
+        {"format": "csv", "tags": ["a"], "big": 2**63},
+    ]
+    found = errors(data)
+    assert found == [
+        "workloads.producers[0].header_sets[1].tags: must be a string, a number or true/false",
+        f"workloads.producers[0].header_sets[1].big: must be an integer from {-(2**63)} to "
+        f"{2**63 - 1}",
+    ]
+    data["workloads"]["producers"][0]["header_sets"] = [{"format": "pdf"}, {}]
+    producer = validate_data(data).producer("app")
+    assert producer.header_sets == [{"format": "pdf"}, {}]
+
+
+def test_headers_and_header_sets_are_exclusive():
+    data = base()
+    data["workloads"]["producers"][0].update(
+        headers={"format": "pdf"}, header_sets=[{"format": "csv"}]
+    )
+    assert the_error(data) == (
+        "workloads.producers[0].header_sets: use either headers or header_sets, not both"
+    )
+
+
 def test_bad_template_placeholder():
     data = base()
     data["workloads"]["producers"][0]["payload"] = '{"t": {temperature}}'

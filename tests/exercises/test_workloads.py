@@ -302,3 +302,50 @@ def test_confirms_and_transactions_are_refused_together(learner, labs):
     workload_update(workload=each, changes={"transactions": False, "confirms": True})
     each.refresh_from_db()
     assert each.settings["confirms"] and not each.settings["transactions"]
+
+
+WEIGHTED = """
+version: 1
+slug: weighted-keys
+title: Weighted keys
+summary: Weighted routing keys and header sets
+description: One producer, keys by weight, headers in turn.
+level: beginner
+minutes: 5
+topology:
+  exchanges:
+    - {name: billing, type: topic}
+  queues:
+    - name: everything
+  bindings:
+    - {source: billing, destination: everything, routing_key: "#"}
+workloads:
+  producers:
+    - name: biller
+      exchange: billing
+      routing_keys: [{key: invoice, weight: 3}, refund]
+      header_sets:
+        - {kind: a}
+        - {kind: b, urgent: true}
+        - {kind: c}
+      rate: 200
+      count: 12
+"""
+
+
+def test_routing_key_weights_and_header_sets_follow_their_order(api, worker, learner, labs):
+    """The weights 3 and 1 give invoice, invoice, refund, invoice each cycle of four; the
+    three header sets go in turn. Both are exact over three cycles of keys."""
+    from labconsole.flow.reporter import SENT_AT
+
+    exercise, _ = exercise_save(source=WEIGHTED)
+    session = lab_session_start(exercise=exercise, owner=learner)
+    wait_for(lambda: "biller" not in running_workloads(session), message="producer finished")
+    messages = peek(api, session, "everything")
+    messages.sort(key=lambda m: json.loads(m["payload"])["n"])
+    assert [json.loads(m["payload"])["n"] for m in messages] == list(range(1, 13))
+    assert [m["routing_key"] for m in messages] == ["invoice", "invoice", "refund", "invoice"] * 3
+    headers = [
+        {k: v for k, v in m["properties"]["headers"].items() if k != SENT_AT} for m in messages
+    ]
+    assert headers == [{"kind": "a"}, {"kind": "b", "urgent": True}, {"kind": "c"}] * 4
