@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext_lazy
 
 from labconsole.broker import amqp, control
 from labconsole.broker.brokers import CLUSTER
@@ -225,6 +226,37 @@ def _record_within_limits(session: LabSession, limits: quotas.LabQuotas) -> None
         session.save()
 
 
+def _refuse_missing_plugins(session: LabSession) -> None:
+    """Refuses a lab whose exercise needs a plugin its broker has not enabled, before
+    anything is made. Asked of the broker at each start: a plugin may be enabled or
+    disabled at any time. A broker that does not answer is left to the provisioning,
+    which says why."""
+    needed = session.spec.plugins
+    if not needed:
+        return
+    try:
+        enabled = session.broker.api().enabled_plugins()
+    except BrokerError:
+        return
+    missing = [name for name in needed if name not in enabled]
+    if missing:
+        raise LabError(
+            format_lazy(
+                ngettext_lazy(
+                    "This exercise needs the RabbitMQ plugin {names}, which the broker has "
+                    "not enabled. Whoever runs the broker enables it with: "
+                    "rabbitmq-plugins enable {plugins}",
+                    "This exercise needs the RabbitMQ plugins {names}, which the broker has "
+                    "not enabled. Whoever runs the broker enables them with: "
+                    "rabbitmq-plugins enable {plugins}",
+                    len(missing),
+                ),
+                names=", ".join(missing),
+                plugins=" ".join(missing),
+            )
+        )
+
+
 def _first_step_shown(spec: ExerciseSpec) -> dict[str, str]:
     """A lab opens on its first step: its checkpoints count from the lab's start."""
     return {spec.steps[0].id: timezone.now().isoformat()} if spec.steps else {}
@@ -282,6 +314,7 @@ def lab_session_start(
                 "(LAB_CLUSTER_SIZE=0)."
             )
         )
+    _refuse_missing_plugins(session)
     session.steps_shown = _first_step_shown(session.spec)
     limits = quotas.lab_quotas(user=owner)
     _refuse_over_vhost_limits(session.spec, limits)

@@ -109,6 +109,7 @@ class SpecError(Exception):
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 WORKLOAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+PLUGIN_PATTERN = r"^rabbitmq_[a-z_]+$"
 
 _PATTERN_MESSAGES = {
     SLUG_PATTERN: gettext_noop(
@@ -123,6 +124,9 @@ _PATTERN_MESSAGES = {
         "must be 1 to 63 characters of lowercase letters, digits and hyphens, "
         "starting with a letter or digit"
     ),
+    PLUGIN_PATTERN: gettext_noop(
+        "must be the name of a RabbitMQ plugin: rabbitmq_ and lowercase letters and '_'"
+    ),
 }
 
 #: Exchanges every virtual host has, with their types. They may be used as binding
@@ -136,6 +140,12 @@ BUILTIN_EXCHANGES: dict[str, str] = {
 }
 
 X_MATCH_VALUES = ("all", "any", "all-with-x", "any-with-x")
+
+#: Exchange types that come from a broker plugin: an exercise declaring one names the
+#: plugin in its `plugins`.
+EXCHANGE_TYPE_PLUGINS: dict[str, str] = {
+    "x-consistent-hash": "rabbitmq_consistent_hash_exchange",
+}
 
 
 def _is_int(value: Any) -> bool:
@@ -1437,6 +1447,7 @@ class LabUser(_Model):
 
 
 COURSE_ORDER_MAX = 999
+PLUGINS_MAX = 4
 
 
 class ExerciseSpec(_Model):
@@ -1454,6 +1465,9 @@ class ExerciseSpec(_Model):
     #: The broker the lab runs on: the shared one, or the local cluster of brokers a lab
     #: may break (docs/cluster.md): a node stopped or killed, a broker restarted.
     broker: Literal["shared", "cluster"] = "shared"
+    #: The broker plugins the exercise needs: a lab starts only on a broker that has
+    #: them enabled.
+    plugins: list[Annotated[str, Field(pattern=PLUGIN_PATTERN)]] = _items(PLUGINS_MAX)
     topology: Topology
     workloads: Workloads = Field(default_factory=Workloads)
     users: list[LabUser] = _items(LAB_USERS_MAX)
@@ -1477,6 +1491,18 @@ class ExerciseSpec(_Model):
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
         items = [((i,), "must not be empty") for i, tag in enumerate(value) if not tag.strip()]
+        if items:
+            raise _spec_items(items)
+        return value
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugins(cls, value: list[str]) -> list[str]:
+        items = [
+            ((i,), f"{_q(name)} is listed twice")
+            for i, name in enumerate(value)
+            if name in value[:i]
+        ]
         if items:
             raise _spec_items(items)
         return value
@@ -1674,6 +1700,16 @@ class _CrossReferences:
     def topology(self) -> None:
         spec = self.spec
         for i, exchange in enumerate(spec.topology.exchanges):
+            plugin = EXCHANGE_TYPE_PLUGINS.get(exchange.type)
+            if plugin is not None and plugin not in spec.plugins:
+                needs = _(
+                    "{type} exchanges come from the broker plugin {plugin}: name it in the "
+                    "exercise's plugins"
+                )
+                self.add(
+                    f"topology.exchanges[{i}].type",
+                    needs.format(type=exchange.type, plugin=plugin),
+                )
             alternate = exchange.arguments.get("alternate-exchange")
             if isinstance(alternate, str) and alternate:
                 problem = self.exchange_problem(alternate, default_ok=False, builtin_ok=False)

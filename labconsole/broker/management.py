@@ -193,6 +193,13 @@ class ManagementClient:
             return found or [exc.reason]
         return []
 
+    def enabled_plugins(self) -> set[str]:
+        """The plugins enabled on every running node, read now (GET /api/nodes gives each
+        node's `enabled_plugins`; /api/overview has none)."""
+        nodes = self.request("GET", "nodes?columns=name,running,enabled_plugins") or []
+        found = [set(n.get("enabled_plugins") or ()) for n in nodes if n.get("running")]
+        return set.intersection(*found) if found else set()
+
     # --- topology and statistics ----------------------------------------------------------
     def queues(self, vhost: str) -> list[dict]:
         return self.request(

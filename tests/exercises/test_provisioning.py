@@ -2,8 +2,14 @@
 
 import pytest
 
-from exercises.models import LabSession, Workload
-from exercises.services import LabError, lab_session_reset, lab_session_start, lab_session_stop
+from exercises.models import LabSession, RateEvent, Workload
+from exercises.services import (
+    LabError,
+    exercise_save,
+    lab_session_reset,
+    lab_session_start,
+    lab_session_stop,
+)
 from labconsole.broker import amqp
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -102,6 +108,54 @@ def test_invalid_source_is_refused_before_anything_is_made(api, catalogue, learn
             source=BROKER_REFUSES.replace("- name: work", "- name: ''"),
         )
     assert not set(api.vhost_names()) - before and not LabSession.objects.exists()
+
+
+def test_an_exercise_whose_plugins_the_broker_has_starts(api, catalogue, learner, labs):
+    """consistent-hash names the plugin of its exchange type, which the broker has."""
+    exercise = catalogue["consistent-hash"]
+    assert exercise.spec.plugins == ["rabbitmq_consistent_hash_exchange"]
+    assert "rabbitmq_consistent_hash_exchange" in api.enabled_plugins()
+    session = lab_session_start(exercise=exercise, owner=learner, run=False)
+    assert session.state == LabSession.State.RUNNING
+    exchange = api.request("GET", f"exchanges/{session.vhost}/orders")
+    assert exchange["type"] == "x-consistent-hash"
+
+
+NEEDS_A_PLUGIN = """
+version: 1
+slug: needs-a-plugin
+title: Needs a plugin
+summary: An exercise needing a plugin no broker has
+description: Two plugins, one of them enabled.
+level: beginner
+minutes: 5
+plugins: [rabbitmq_consistent_hash_exchange, rabbitmq_nonexistent_plugin]
+topology:
+  queues:
+    - name: work
+workloads:
+  producers:
+    - {name: maker, routing_key: work}
+"""
+
+
+def test_a_plugin_the_broker_lacks_refuses_the_start_leaving_nothing(api, learner, labs):
+    """Refused before anything is made: no vhost, user, lab, workload or start counted."""
+    exercise, _ = exercise_save(source=NEEDS_A_PLUGIN)
+    before_users = {u["name"] for u in api.request("GET", "users")}
+    with pytest.raises(LabError) as excinfo:
+        lab_session_start(exercise=exercise, owner=learner)
+    assert str(excinfo.value) == (
+        "This exercise needs the RabbitMQ plugin rabbitmq_nonexistent_plugin, which the broker "
+        "has not enabled. Whoever runs the broker enables it with: "
+        "rabbitmq-plugins enable rabbitmq_nonexistent_plugin"
+    )
+    vhosts = api.request("GET", "vhosts?columns=name,description")
+    assert not [v for v in vhosts if v["description"] == "lab: needs-a-plugin"]
+    new_users = {u["name"] for u in api.request("GET", "users")} - before_users
+    assert new_users <= {v["name"] for v in vhosts}, "every new user belongs to a vhost"
+    assert not LabSession.objects.exists() and not Workload.objects.exists()
+    assert not RateEvent.objects.exists()
 
 
 def test_reset_recreates_the_lab_in_the_same_session(api, catalogue, learner, labs):

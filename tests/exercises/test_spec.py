@@ -287,8 +287,8 @@ def test_unknown_top_level_field():
     data["colour"] = "blue"
     assert the_error(data) == (
         "colour: unknown field (expected one of: version, slug, title, summary, description, "
-        "level, minutes, order, tags, broker, topology, workloads, users, alerts, steps, "
-        "topology_edits)"
+        "level, minutes, order, tags, broker, plugins, topology, workloads, users, alerts, "
+        "steps, topology_edits)"
     )
 
 
@@ -608,6 +608,50 @@ def test_headers_and_header_sets_are_exclusive():
     assert the_error(data) == (
         "workloads.producers[0].header_sets: use either headers or header_sets, not both"
     )
+
+
+CONSISTENT_HASH = {"name": "shards", "type": "x-consistent-hash"}
+
+
+def test_plugins_name_the_plugin_of_an_exchange_type():
+    data = base()
+    data["topology"]["exchanges"].append(CONSISTENT_HASH)
+    assert the_error(data) == (
+        "topology.exchanges[1].type: x-consistent-hash exchanges come from the broker plugin "
+        "rabbitmq_consistent_hash_exchange: name it in the exercise's plugins"
+    )
+    data["plugins"] = ["rabbitmq_consistent_hash_exchange"]
+    assert validate_data(data).plugins == ["rabbitmq_consistent_hash_exchange"]
+
+
+@pytest.mark.parametrize(
+    ("plugins", "error"),
+    [
+        (
+            ["consistent_hash_exchange"],
+            "plugins[0]: must be the name of a RabbitMQ plugin: rabbitmq_ and lowercase "
+            "letters and '_' (got the string \"consistent_hash_exchange\")",
+        ),
+        (
+            ["rabbitmq_shovel", "rabbitmq-federation"],
+            "plugins[1]: must be the name of a RabbitMQ plugin: rabbitmq_ and lowercase "
+            "letters and '_' (got the string \"rabbitmq-federation\")",
+        ),
+        (
+            ["rabbitmq_shovel", "rabbitmq_shovel"],
+            "plugins[1]: 'rabbitmq_shovel' is listed twice",
+        ),
+        (
+            [f"rabbitmq_{name}" for name in ("a", "b", "c", "d", "e")],
+            "plugins: must have at most 4 items (got 5)",
+        ),
+        ("rabbitmq_shovel", 'plugins: must be a list (got the string "rabbitmq_shovel")'),
+    ],
+)
+def test_bad_plugins(plugins, error):
+    data = base()
+    data["plugins"] = plugins
+    assert the_error(data) == error
 
 
 def test_bad_template_placeholder():
