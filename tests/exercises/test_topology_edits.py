@@ -518,6 +518,13 @@ def test_the_monitor_routes_and_polls_the_edited_topology(worker, lab):
         assert any(e["target"] == "q:humidity" for e in changes[-1]["graph"]["edges"])
         assert "alerts" in changes[-1]["exchanges"]
 
+        def knows_humidity() -> bool:
+            frames = [m for m in tap.read() if m["type"] == "frame"]
+            return bool(frames) and "humidity" in frames[-1]["queues"]
+
+        # The edits reach the monitor on its control queue, the publish on the firehose:
+        # the message is sent once the monitor's frames show the new queue.
+        wait_for(knows_humidity, timeout=20, message="the new queue in the monitor's frames")
         lab_publish(session=lab, exchange="sensors", routing_key="humidity", body="{}")
 
         def routed() -> bool:
