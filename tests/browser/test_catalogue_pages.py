@@ -1,13 +1,18 @@
-"""Every exercise of the built-in catalogue opens in the browser: its lab starts, its
-diagram draws every queue, exchange and workload, its first frame arrives, and the
-workloads' cards have the counters the steps name."""
+"""Every exercise of the built-in catalogue opens in the browser as a learner opens it:
+from its card, with the exercise page's Start button, every other one in Russian. Its lab
+starts, its diagram draws every queue, exchange and workload, its first frame arrives,
+its first step reads in the page's language, and the workloads' cards have the counters
+the steps name."""
 
 import os
+import re
 
 import pytest
+from playwright.sync_api import expect
 
-from exercises.services import CATALOGUE_DIR, lab_session_start, lab_session_stop
-from tests.browser.test_lab_page import open_lab
+from exercises.models import LabSession
+from exercises.services import CATALOGUE_DIR, lab_session_stop
+from tests.browser.test_lab_e2e import log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -22,11 +27,25 @@ def test_every_exercise_draws_its_diagram_and_gets_frames(
     assert set(slugs) <= set(catalogue)
     # A lab on the local cluster is played in tests/cluster, which starts the cluster.
     slugs = [slug for slug in slugs if catalogue[slug].spec.broker == "shared"]
-    for slug in slugs:
-        session = lab_session_start(exercise=catalogue[slug], owner=learner)
+    log_in(page, live_server_url)
+    language = "en"
+    for i, slug in enumerate(slugs):
+        wanted = "ru" if i % 2 else "en"
+        if wanted != language:
+            page.locator(f'.lang-switch button[value="{wanted}"]').click()
+            expect(page.locator("html")).to_have_attribute("lang", wanted)
+            language = wanted
+        page.goto(f"{live_server_url}/")
+        page.locator(f'#cards .exercise-card[data-slug="{slug}"]').click()
+        page.click("#start-lab button")
+        page.wait_for_url(re.compile(r"/labs/\w+/$"), timeout=15_000)
+        session = LabSession.objects.get(id=page.url.rstrip("/").rsplit("/", 1)[1])
         spec = session.spec
-        open_lab(page, live_server_url, session)
+        assert session.exercise.slug == slug
         page.wait_for_function("() => window.labConsole.state.framesReceived > 0")
+        first = spec.steps[0].title
+        title = first.get(language)
+        expect(page.locator(".step.is-current .step-title")).to_have_text(title)
         drawn = set(
             page.eval_on_selector_all(
                 "#topology [data-node]", "els => els.map(e => e.dataset.node)"
