@@ -597,11 +597,79 @@ def bench_live_resources(
     )
 
 
+# --- 6. the load presets: what the broker and the page do under them -------------------------
+
+
+def _load_summary(session, workload: str, timeout: float) -> dict:
+    """The summary the lab's monitor logs when `workload`'s load has ended, read from its
+    frames (`loads`: {workload: {"state": "done", ...}})."""
+    connection = amqp.connect(amqp.console_parameters(name="bench load"))
+    try:
+        channel = connection.channel()
+        amqp.declare_console_exchanges(channel)
+        queue = channel.queue_declare(
+            "", exclusive=True, arguments={"x-max-length": 100, "x-overflow": "drop-head"}
+        ).method.queue
+        channel.queue_bind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
+        deadline = time.monotonic() + timeout
+        for method, _props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=1):
+            if method is not None:
+                load = (json.loads(body).get("loads") or {}).get(workload) or {}
+                if load.get("state") == "done":
+                    return load
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no summary of {workload}'s load within {timeout:.0f} s")
+    finally:
+        amqp.close_quietly(connection)
+    return {}
+
+
+def bench_load_presets(api: ManagementClient) -> None:
+    """Each load preset run from a direct-routing lab's page would run it: the producer's
+    rate raised for the preset's time (exercises.services.workload_load), one viewer
+    watching. Prints the monitor's summary (published, confirmed, the most each queue held,
+    the highest p99 of a queue) and what the viewer saw meanwhile."""
+    from exercises.services import workload_load
+    from labconsole.workloads.load import LOAD_PRESETS
+
+    console = start_console()
+    owner = user("bench-load")
+    producer = "temperature-sensor"
+    try:
+        for preset in LOAD_PRESETS.values():
+            (session,) = start_labs(1, owner)
+            try:
+                wait_live([session])
+                workload_load(workload=session.workloads.get(name=producer), preset=preset.name)
+                figures = watch(
+                    console, [(session, owner)], warmup=1.0, window=preset.seconds - 2
+                )
+                summary = _load_summary(session, producer, timeout=preset.seconds + 30)
+            finally:
+                stop_labs([session])
+            console.check()
+            took = summary.get("seconds") or preset.seconds
+            peak = ", ".join(f"{q} {n:,}" for q, n in summary.get("peak", {}).items()) or "none"
+            print(
+                f"load preset {preset.name} ({preset.rate:,.0f} msg/s for {preset.seconds:g} s) "
+                f"on {producer}: published {summary.get('published', 0):,} "
+                f"({summary.get('published', 0) / took:,.0f} msg/s), confirmed "
+                f"{summary.get('confirmed', 0):,}, nacked {summary.get('nacked_by_broker', 0):,}; "
+                f"most held by a queue: {peak}; highest queue p99 "
+                f"{fmt_ms(summary.get('p99_ms'))}; the viewer meanwhile: {fps_text(figures)} "
+                f"frames/s, latency {latency_text(figures)} over "
+                f"{sum(figures['latency'].values()):,} events shown; {cpu_text(figures)}"
+            )
+    finally:
+        console.stop()
+
+
 BENCHMARKS = {
     "live_latency": bench_live_latency,
     "live_labs": bench_live_labs,
     "live_viewers": bench_live_viewers,
     "live_resources": bench_live_resources,
+    "load_presets": bench_load_presets,
 }
 # Other names of the same benchmark, for running one by what it measures.
 ALIASES = {"live_cpu": bench_live_resources, "live_memory": bench_live_resources}
