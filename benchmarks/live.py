@@ -641,9 +641,7 @@ def bench_load_presets(api: ManagementClient) -> None:
             try:
                 wait_live([session])
                 workload_load(workload=session.workloads.get(name=producer), preset=preset.name)
-                figures = watch(
-                    console, [(session, owner)], warmup=1.0, window=preset.seconds - 2
-                )
+                figures = watch(console, [(session, owner)], warmup=1.0, window=preset.seconds - 2)
                 summary = _load_summary(session, producer, timeout=preset.seconds + 30)
             finally:
                 stop_labs([session])
