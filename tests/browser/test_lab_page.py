@@ -335,3 +335,31 @@ def test_a_mandatory_publish_nothing_is_bound_for_is_logged_as_returned(
     expect(page.locator("#log-rows tr[data-kind=unroutable]").filter(has_text="you")).to_have_count(
         0
     )
+
+
+def test_a_workloads_node_says_what_its_card_set(page, live_server_url, catalogue, learner, labs):
+    """The diagram's node of a workload says the settings its card last applied (a
+    consumer's prefetch, a producer's rate), not the exercise's, and still does after a
+    reload."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    open_lab(page, live_server_url, session)
+    consumer = page.locator('svg#topology .node[data-node="c:temperature-display"] .node-detail')
+    producer = page.locator('svg#topology .node[data-node="p:temperature-sensor"] .node-detail')
+    expect(consumer).to_have_text(re.compile(r"^prefetch 10,"))
+    expect(producer).to_have_text("2.0 msg/s")
+
+    card = page.locator("#workload-temperature-display")
+    card.locator("input[name=prefetch]").fill("1")
+    card.get_by_role("button", name="Apply").click()
+    expect(consumer).to_have_text(re.compile(r"^prefetch 1,"))
+    card = page.locator("#workload-temperature-sensor")
+    card.locator("input[name=rate]").fill("7")
+    card.get_by_role("button", name="Apply").click()
+    expect(producer).to_have_text("7.0 msg/s")
+    title = page.locator('svg#topology .node[data-node="c:temperature-display"] > title')
+    expect(title).to_contain_text("prefetch 1,")
+
+    page.reload()
+    page.wait_for_function("() => window.labConsole.state.connected === true")
+    expect(consumer).to_have_text(re.compile(r"^prefetch 1,"))
+    expect(producer).to_have_text("7.0 msg/s")

@@ -254,6 +254,17 @@ function main(configEl, labEl) {
     return fitScale(compact, size) > scale ? compact : normal;
   }
 
+  // A workload's node says its rate, or its prefetch and ack, as the learner last set them
+  // on its card (the graph carries the exercise's own).
+  function workloadDetail(n) {
+    const settings = state.workloads[nameOf(n.id)]?.settings || {};
+    if (n.kind === "producer" && n.rate != null) return T.producerDetail(settings.rate ?? n.rate);
+    if (n.kind === "consumer" && n.prefetch != null) {
+      return T.consumerDetail(settings.prefetch ?? n.prefetch, settings.ack ?? n.ack);
+    }
+    return null;
+  }
+
   // The graph's texts for people, in the page's language: the server sends the same graph
   // to every viewer, with numbers (a producer's rate, a consumer's prefetch and ack) and
   // English placeholders where there is no name. Idempotent: a graph shown once is
@@ -261,9 +272,8 @@ function main(configEl, labEl) {
   function localizeGraph(g) {
     const nodes = g.nodes.map((n) => {
       if (n.id === "p:@you") return { ...n, label: T.you, detail: T.publishForm };
-      if (n.kind === "producer" && n.rate != null) return { ...n, detail: T.producerDetail(n.rate) };
-      if (n.kind === "consumer" && n.prefetch != null) return { ...n, detail: T.consumerDetail(n.prefetch, n.ack) };
-      return n;
+      const detail = workloadDetail(n);
+      return detail ? { ...n, detail } : n;
     });
     const edges = g.edges.map((e) => {
       if (e.kind === "alternate") return { ...e, label: T.unroutable };
@@ -418,7 +428,8 @@ function main(configEl, labEl) {
     const rows = ROWS[layout.density.name][n.kind === "queue" ? "queue" : "node"];
     const name = nodeName(d);
     const g = s("g", { class: `node node-${n.kind}`, "data-node": n.id, transform: `translate(${n.x} ${n.y})`, tabindex: 0 }, layers.nodes);
-    s("title", {}, g).textContent = `${NODE_KINDS[n.kind] || n.kind} ${name}${d.detail ? ` — ${d.detail}` : ""}`;
+    const title = s("title", {}, g);
+    title.textContent = `${NODE_KINDS[n.kind] || n.kind} ${name}${d.detail ? ` — ${d.detail}` : ""}`;
     s("path", { d: SHAPES[n.kind](n), class: "node-box" }, g);
     const iconX = n.kind === "exchange" ? 25 : 19, iconY = n.kind === "queue" ? rows.label - 5 : n.h / 2;
     const icon = s("g", { transform: `translate(${iconX} ${iconY})` }, g);
@@ -427,12 +438,14 @@ function main(configEl, labEl) {
 
     const textX = n.kind === "queue" ? iconX + 15 : iconX + 16;
     const maxText = n.w - textX - (n.kind === "exchange" || n.kind === "consumer" ? 14 : 8);
-    const v = { g, kind: n.kind, node: n };
+    const v = { g, kind: n.kind, node: n, title };
     const label = s("text", { x: textX, y: rows.label, class: "node-label" }, g);
     label.textContent = fitText(name, LABEL_FONT(), n.kind === "queue" ? n.w - textX - 30 : maxText);
     if (rows.detail) {
       const detail = s("text", { x: n.kind === "queue" ? 10 : textX, y: rows.detail, class: "node-detail" }, g);
-      detail.textContent = fitText(d.detail || NODE_KINDS[n.kind] || n.kind, `11px ${FONT}`, n.kind === "queue" ? n.w - 20 : maxText);
+      v.detailWidth = n.kind === "queue" ? n.w - 20 : maxText;
+      detail.textContent = fitText(d.detail || NODE_KINDS[n.kind] || n.kind, `11px ${FONT}`, v.detailWidth);
+      v.detail = detail;
     }
     if (n.kind === "queue") {
       const bw = n.w - 20;
@@ -1091,7 +1104,15 @@ function main(configEl, labEl) {
     if (!w) return;
     for (const prefix of ["p:", "c:"]) {
       const v = nodeViews.get(prefix + name);
-      if (v) v.g.classList.toggle("is-stopped", w.running === false);
+      if (!v) continue;
+      v.g.classList.toggle("is-stopped", w.running === false);
+      const d = v.node.data;
+      const detail = workloadDetail({ ...d, id: v.node.id, kind: v.kind });
+      if (detail && detail !== d.detail) {
+        d.detail = detail;
+        v.title.textContent = `${NODE_KINDS[v.kind] || v.kind} ${nodeName(d)} — ${detail}`;
+        if (v.detail) v.detail.textContent = fitText(detail, `11px ${FONT}`, v.detailWidth);
+      }
     }
   }
   const applyAllWorkloadsToDiagram = () => Object.keys(state.workloads).forEach(applyWorkloadToDiagram);
