@@ -977,6 +977,16 @@ class BindingAbsentCheck(_BindingCheck):
     type: Literal["binding_absent"]
 
 
+def _listed_once(value: list[str]) -> list[str]:
+    """A list of names with none repeated; each repeat is an error at its index."""
+    items = [
+        ((i,), f"{_q(name)} is listed twice") for i, name in enumerate(value) if name in value[:i]
+    ]
+    if items:
+        raise _spec_items(items)
+    return value
+
+
 class RoutedOnlyToCheck(_Model):
     """From the recorded flow: at least `min_messages` messages were published to `exchange`
     with `routing_key`, and every one of them was routed to exactly the set `queues`
@@ -991,14 +1001,7 @@ class RoutedOnlyToCheck(_Model):
     @field_validator("queues")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
-        items = [
-            ((i,), f"{_q(name)} is listed twice")
-            for i, name in enumerate(value)
-            if name in value[:i]
-        ]
-        if items:
-            raise _spec_items(items)
-        return value
+        return _listed_once(value)
 
 
 class DeliveredCheck(_Model):
@@ -1498,14 +1501,7 @@ class ExerciseSpec(_Model):
     @field_validator("plugins")
     @classmethod
     def _plugins(cls, value: list[str]) -> list[str]:
-        items = [
-            ((i,), f"{_q(name)} is listed twice")
-            for i, name in enumerate(value)
-            if name in value[:i]
-        ]
-        if items:
-            raise _spec_items(items)
-        return value
+        return _listed_once(value)
 
     # -- helpers -----------------------------------------------------------------------
 
