@@ -12,6 +12,7 @@ and the figures: docs/benchmarks.md.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import secrets
 import statistics
@@ -29,6 +30,7 @@ from exercises import provisioning
 from exercises.spec import load_spec_file
 from labconsole.broker import amqp
 from labconsole.broker.management import ManagementClient
+from labconsole.flow.monitor import FIREHOSE_ACK_EVERY, FIREHOSE_PREFETCH
 from labconsole.flow.reporter import FlowReporter
 from labconsole.runtime.bus import ConsoleBus
 from labconsole.workloads.runner import ProducerUnit
@@ -163,9 +165,34 @@ def bench_producer(api: ManagementClient, count: int = 20000) -> None:
         api.delete_vhost(vhost)
 
 
+def _read_firehose(vhost: str, ready, stop) -> None:
+    """Reads a lab's firehose queue as the lab's monitor does (labconsole/flow/monitor.py):
+    the queue declared and bound with the console's own names and arguments, the same
+    prefetch, acknowledged in batches. Run in a process of its own, as the monitor is."""
+    user, password = amqp.console_credentials()
+    params = amqp.parameters(vhost=vhost, user=user, password=password, name="bench reader")
+    connection = pika.BlockingConnection(params)
+    channel = connection.channel()
+    queue = amqp.firehose_queue()
+    channel.queue_declare(queue, durable=True, arguments=amqp.FIREHOSE_ARGUMENTS)
+    for pattern in amqp.FIREHOSE_PATTERNS:
+        channel.queue_bind(queue, "amq.rabbitmq.trace", pattern)
+    channel.basic_qos(prefetch_count=FIREHOSE_PREFETCH)
+
+    def read(channel, method, _props, _body) -> None:
+        if method.delivery_tag % FIREHOSE_ACK_EVERY == 0:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+
+    channel.basic_consume(queue, read)
+    ready.set()
+    while not stop.is_set():
+        connection.process_data_events(time_limit=0.1)
+    connection.close()
+
+
 def _firehose_rate(api: ManagementClient, tracing: bool, n: int) -> float:
     """A bare publisher with confirms, in a fresh vhost with tracing on (the firehose read
-    by a consumer, as the lab's monitor reads it) or off."""
+    as the lab's monitor reads it) or off."""
     vhost = lab_vhost(api, tracing=tracing)
     user, password = amqp.console_credentials()
     params = amqp.parameters(vhost=vhost, user=user, password=password, name="bench")
@@ -175,12 +202,11 @@ def _firehose_rate(api: ManagementClient, tracing: bool, n: int) -> float:
         ch = conn.channel()
         ch.queue_declare("work")
         if tracing:
-            reader = pika.BlockingConnection(params)
-            rch = reader.channel()
-            q = rch.queue_declare(
-                "", exclusive=True, arguments={"x-max-length": 20000, "x-overflow": "drop-head"}
-            ).method.queue
-            rch.queue_bind(q, "amq.rabbitmq.trace", "publish.#")
+            ready, stop = multiprocessing.Event(), multiprocessing.Event()
+            reader = multiprocessing.Process(target=_read_firehose, args=(vhost, ready, stop))
+            reader.start()
+            if not ready.wait(10):
+                raise RuntimeError("the firehose reader did not start")
         ch.confirm_delivery()
         t = time.perf_counter()
         for _ in range(n):
@@ -189,7 +215,8 @@ def _firehose_rate(api: ManagementClient, tracing: bool, n: int) -> float:
     finally:
         conn.close()
         if reader:
-            reader.close()
+            stop.set()
+            reader.join(10)
         api.delete_vhost(vhost)
 
 
