@@ -11,7 +11,7 @@ import random
 import re
 from collections.abc import Callable
 
-_PLACEHOLDER = re.compile(r"\{([a-z_]+(?::[^{}\s\"]*)?)\}")
+_PLACEHOLDER = re.compile(r"\{([a-z_]+(?::[^{}\"\n]*)?)\}")
 _RANDOM = re.compile(r"^random:(-?\d+):(-?\d+)$")
 
 Render = Callable[[int, str, str], str]

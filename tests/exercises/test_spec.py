@@ -1,6 +1,7 @@
 """Validation of exercise documents: pure unit tests, no database and no broker."""
 
 import copy
+import json
 import re
 import time
 import tracemalloc
@@ -142,6 +143,21 @@ def test_render_payload_placeholders():
     assert render(4, "a.b", "shop") == (
         '{"n": 4, "k": "a.b", "p": "shop", "r": 3, "c": "x", "o": {"x": {}}}'
     )
+
+
+def test_choice_options_may_hold_spaces():
+    render = compile_template('{"job": "{choice:resize image|send email}", "n": {n}}')
+    jobs = {json.loads(render(i, "k", "p"))["job"] for i in range(60)}
+    assert jobs == {"resize image", "send email"}
+
+
+def test_every_catalogue_template_fills_all_its_placeholders():
+    """No placeholder of a built-in exercise's payload is sent as it is written."""
+    for path in sorted(CATALOGUE.glob("*.yaml")):
+        spec = load_spec_file(path)
+        for producer in spec.workloads.producers:
+            body = compile_template(producer.payload)(1, "key", producer.name)
+            assert "{choice:" not in body and "{random:" not in body, (path.name, body)
 
 
 def test_producer_routing_keys():
