@@ -49,12 +49,16 @@ def _binding_absent(c, record, broker, workloads) -> bool:
 
 
 def _routed_only_to(c, record, broker, workloads) -> bool:
-    seen = {
-        queues: n
-        for (exchange, key, queues), n in record.routes.items()
+    """The latest `min_messages` messages with the key, in a row, went to exactly these
+    queues: a learner who sent one the wrong way passes once the next ones go right."""
+    since_shown = sum(
+        n
+        for (exchange, key, _queues), n in record.routes.items()
         if exchange == c.exchange and key == c.routing_key
-    }
-    return sum(seen.values()) >= c.min_messages and set(seen) == {tuple(sorted(c.queues))}
+    )
+    queues, in_a_row = record.streaks.get((c.exchange, c.routing_key), ((), 0))
+    wanted = tuple(sorted(c.queues))
+    return queues == wanted and min(in_a_row, since_shown) >= c.min_messages
 
 
 def _delivered(c, record, broker, workloads) -> bool:

@@ -94,6 +94,18 @@ class FlowRecord:
     # producer -> the messages a second it publishes now (Rate, smoothed). A state, not a
     # count: `since` keeps it whole.
     rates: dict[str, float] = field(default_factory=dict)
+    # (exchange, key) -> [queues tuple, n]: where the latest messages with that key went,
+    # and how many in a row went there. A state, not a count: `since` keeps it whole (a
+    # check bounds it by the messages counted since its step was shown).
+    streaks: dict[tuple[str, str], list] = field(default_factory=dict)
+
+    def note_route(self, exchange: str, key: str, queues: tuple[str, ...]) -> None:
+        self.routes[(exchange, key, queues)] += 1
+        streak = self.streaks.get((exchange, key))
+        if streak and streak[0] == queues:
+            streak[1] += 1
+        else:
+            self.streaks[(exchange, key)] = [queues, 1]
 
     def export(self) -> dict:
         return {
@@ -108,6 +120,7 @@ class FlowRecord:
             "loads": dict(self.loads),
             "ledger": self.ledger,
             "rates": self.rates,
+            "streaks": [[e, k, list(q), n] for (e, k), (q, n) in self.streaks.items()],
         }
 
     @classmethod
@@ -127,6 +140,8 @@ class FlowRecord:
             record.loads.update(data.get("loads", {}))
             record.ledger = dict(data.get("ledger", {}))
             record.rates = dict(data.get("rates", {}))
+            for e, k, q, n in data.get("streaks", []):
+                record.streaks[(e, k)] = [tuple(q), n]
         return record
 
     def since(self, mark: FlowRecord) -> FlowRecord:
@@ -140,6 +155,7 @@ class FlowRecord:
             loads=self.loads - mark.loads,
             ledger=self.ledger,
             rates=self.rates,
+            streaks=self.streaks,
         )
         for w, c in self.workloads.items():
             record.workloads[w] = c - mark.workloads.get(w, Counter())
@@ -715,7 +731,7 @@ class LabMonitor(Unit):
                 routed = tuple(k for k in map(jsonable, keys) if k in self.queues)
             else:
                 routed = tuple(sorted(jsonable(q) for q in headers.get("routed_queues") or []))
-            self.record.routes[(name, key, routed)] += 1
+            self.record.note_route(name, key, routed)
             self.exchange_rates[name].count += 1
             message_id = jsonable(inner.get("message_id"))
             for q in routed:
