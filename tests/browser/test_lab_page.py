@@ -3,6 +3,7 @@ result, the workload settings, and a lab that ended while its page was open."""
 
 import json
 import re
+import time
 
 import pika
 import pytest
@@ -264,8 +265,27 @@ def test_the_badges_read_in_russian_on_a_russian_page(
             {
                 "exchanges": {"sensors": {"unroutable": 1234}},
                 "counters": {"temperature-sensor": {"returned": 2048}},
+                # A publish the broker refused, and an RPC request nobody answered: the
+                # log names them in Russian too.
+                "events": [
+                    {
+                        "kind": "nacked_by_broker",
+                        "seq": 1,
+                        "t": time.time(),
+                        "workload": "temperature-sensor",
+                        "exchange": "sensors",
+                    },
+                    {"kind": "unanswered", "seq": 2, "t": time.time(), "workload": "you"},
+                ],
             },
         )
+        refused = page.locator("#log-rows tr[data-kind=nacked_by_broker] .kind-badge")
+        expect(refused).to_have_text("отвергнуто")
+        expect(page.locator("#log-rows tr[data-kind=unanswered] .kind-badge")).to_have_text(
+            "без ответа"
+        )
+        kinds = page.locator("#log-filter-kind option").all_inner_texts()
+        assert "отвергнуто" in kinds and "nacked_by_broker" not in kinds, kinds
         exchange = page.locator('#topology [data-node="x:sensors"] .node-badge')
         producer = page.locator('#topology [data-node="p:temperature-sensor"] .node-badge')
         expect(exchange).to_have_attribute("visibility", "visible")

@@ -96,6 +96,9 @@ function main(configEl, labEl) {
     // What a workload reports of itself.
     started: gettext("started"), stopped: gettext("stopped"), updated: gettext("updated"),
     reconnected: gettext("reconnected"), crashed: gettext("crashed"),
+    // A publish the broker refused (a nack to a producer with confirms), and an RPC
+    // request nobody answered in time.
+    nacked_by_broker: gettext("refused"), unanswered: gettext("unanswered"),
   };
   const NODE_KINDS = { producer: gettext("producer"), exchange: gettext("exchange"), queue: gettext("queue"), consumer: gettext("consumer") };
   const EDGE_KINDS = {
