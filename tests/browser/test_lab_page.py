@@ -383,3 +383,19 @@ def test_a_workloads_node_says_what_its_card_set(page, live_server_url, catalogu
     page.wait_for_function("() => window.labConsole.state.connected === true")
     expect(consumer).to_have_text(re.compile(r"^prefetch 1,"))
     expect(producer).to_have_text("7.0 msg/s")
+
+
+def test_a_queue_the_broker_deleted_is_crossed_out(page, live_server_url, catalogue, learner, labs):
+    """A queue the monitor finds gone (x-expires) is drawn crossed out and says so; back
+    on the broker, it is drawn as before."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    open_lab(page, live_server_url, session)
+    node = page.locator('#topology [data-node="q:pressure"]')
+    send_frame(session, {"queues": {"pressure": {"ready": 3, "unacked": 0}}})
+    expect(node.locator(".node-stat").first).to_contain_text("3")
+    expect(node).not_to_have_class(re.compile(r"\bis-gone\b"))
+    send_frame(session, {"queues": {"pressure": {"ready": 0, "consumers": 0, "missing": True}}})
+    expect(node).to_have_class(re.compile(r"\bis-gone\b"))
+    expect(node.locator(".node-stat").first).to_have_text("deleted by the broker")
+    send_frame(session, {"queues": {"pressure": {"ready": 1, "unacked": 0, "missing": False}}})
+    expect(node).not_to_have_class(re.compile(r"\bis-gone\b"))

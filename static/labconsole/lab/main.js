@@ -40,6 +40,7 @@ function main(configEl, labEl) {
     returned: (n) => interpolate(gettext("returned: %s"), [fmtInt(n)]),
     failed: (nacked, rejected) => interpolate(gettext("nack: %(nacked)s · reject: %(rejected)s"), { nacked: fmtInt(nacked), rejected: fmtInt(rejected) }, true),
     defaultExchange: gettext("(default)"),
+    queueGone: gettext("deleted by the broker"),
     noKey: gettext("(no key)"),
     you: gettext("you"), publishForm: gettext("publish form"),
     producerDetail: (rate) => interpolate(gettext("%s msg/s"), [fmtRate(rate)]),
@@ -526,6 +527,15 @@ function main(configEl, labEl) {
       const name = nameOf(v.node.id);
       if (v.kind === "queue") {
         const q = state.queues[name] || {};
+        // A queue the broker deleted (x-expires, or deleted behind the page's back) stays
+        // drawn, crossed out, until the topology drops it.
+        const gone = q.missing === true;
+        v.g.classList.toggle("is-gone", gone);
+        if (gone) {
+          setStatText(v.stat, [[T.queueGone, "strong"]]);
+          v.rates.textContent = "";
+          continue;
+        }
         const ready = +q.ready || 0, unacked = +q.unacked || 0;
         v.peak = Math.max(v.peak * 0.999, ready + unacked);
         const scale = niceCeil(Math.max(10, v.peak));
