@@ -225,13 +225,29 @@ def test_a_delivery_stamped_before_its_publish_lists_after_it(
         {"seq": 1, "t": t - 0.005, "kind": "delivered", "workload": "temperature-display",
          "queue": "temperature", **message},
         {"seq": 2, "t": t, "kind": "published", "workload": "temperature-sensor",
-         "exchange": "sensors", "routing_key": "temperature", **message},
+         "exchange": "sensors", "routing_key": "temperature", "routed_queues": ["temperature"],
+         **message},
         {"seq": 3, "t": t + 0.002, "kind": "acked", "workload": "temperature-display",
          "queue": "temperature", **message},
         {"seq": 4, "t": t - 2, "kind": "published", "workload": "temperature-sensor",
-         "exchange": "sensors", "routing_key": "temperature", "message_id": "order-4"},
+         "exchange": "sensors", "routing_key": "temperature", "routed_queues": ["temperature"],
+         "message_id": "order-4"},
         {"seq": 5, "t": t - 2.5, "kind": "delivered", "workload": "temperature-display",
          "queue": "temperature", "message_id": "order-4"},
+        # Rejected and redelivered every 100 ms, within the skew: no publish among them, so
+        # nothing moves.
+        *(
+            {"seq": 6 + i, "t": t + 10 + i * 0.1, "kind": kind, "workload": "temperature-display",
+             "queue": "temperature", "message_id": "order-6"}
+            for i, kind in enumerate(["delivered", "rejected", "delivered", "rejected"])
+        ),
+        # A consumer's reply (an RPC server publishing to the client's queue) stamped by
+        # the monitor 3 ms after the client's delivery of it: the reply's publish first.
+        {"seq": 10, "t": t + 20, "kind": "delivered", "workload": "temperature-display",
+         "queue": "temperature", "message_id": "reply-7"},
+        {"seq": 11, "t": t + 20.003, "kind": "published", "workload": "pressure-display",
+         "exchange": "", "routing_key": "temperature", "routed_queues": ["temperature"],
+         "message_id": "reply-7"},
     ]  # fmt: skip
     send_frame(session, {"events": events})
     page.locator('#log-rows tr[data-seq="1"]').click()
@@ -245,6 +261,14 @@ def test_a_delivery_stamped_before_its_publish_lists_after_it(
     page.locator('#log-rows tr[data-seq="4"]').click()
     kinds = journey.evaluate_all("(items) => items.map((li) => li.className.split(' ')[0])")
     assert kinds == ["flow-delivered", "flow-published"], kinds
+
+    page.locator('#log-rows tr[data-seq="6"]').click()
+    kinds = journey.evaluate_all("(items) => items.map((li) => li.className.split(' ')[0])")
+    assert kinds == ["flow-delivered", "flow-rejected", "flow-delivered", "flow-rejected"], kinds
+
+    page.locator('#log-rows tr[data-seq="10"]').click()
+    kinds = journey.evaluate_all("(items) => items.map((li) => li.className.split(' ')[0])")
+    assert kinds == ["flow-published", "flow-delivered"], kinds
 
 
 def test_the_badges_read_in_russian_on_a_russian_page(

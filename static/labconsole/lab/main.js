@@ -1492,27 +1492,30 @@ function main(configEl, labEl) {
     inspectorBody.scrollTop = 0;
   }
 
-  // Where each kind of event falls in one pass of a message through a queue. Timestamps
-  // come from different processes (the monitor stamps a publish when the firehose brings
-  // it, a consumer its delivery), a few milliseconds apart either way, so a delivery can
-  // look older than its publish. A republish by a consumer (parking) is part of its
-  // settling the delivery.
-  const STAGE = { published: 0, unroutable: 0, returned: 1, confirmed: 1, expired: 1, delivered: 2, acked: 3, nacked: 3, rejected: 3, parked: 3, "dead-lettered": 4 };
+  // Events of one message by time, but timestamps come from different processes: the
+  // monitor stamps a publish when the firehose brings it, a workload its own deliveries
+  // and settlements, a few milliseconds apart either way. So within the clocks' skew, and
+  // only there, two events that must come in one order are put in it: a publish before
+  // another workload's event on a queue it routed to (its delivery, ack, ...), and a
+  // consumer's delivery before its own republish of it (parking, an RPC reply). Nothing
+  // else moves: redeliveries and rejections 100 ms apart keep their times' order.
   const CLOCK_SKEW_MS = 250;
+  const PUBLISHES = new Set(["published", "unroutable", "returned"]);
+  const republished = (e) => e.kind === "published" && state.workloads[e.workload]?.kind === "consumer";
 
-  function stageOf(e) {
-    if (e.kind === "published" && state.workloads[e.workload]?.kind === "consumer") return 3;
-    return STAGE[e.kind] ?? 5;
+  function goesBefore(later, earlier) {
+    if (PUBLISHES.has(later.kind) && earlier.workload !== later.workload && earlier.queue) {
+      return Array.isArray(later.routed_queues) && later.routed_queues.includes(earlier.queue);
+    }
+    return later.kind === "delivered" && republished(earlier) && earlier.workload === later.workload;
   }
 
-  // Events of one message by time, except that of two within the clocks' skew the
-  // earlier stage goes first: publish, routing, delivery, settling, dead-lettering.
   function causalOrder(events) {
     const out = [...events].sort((a, b) => (a.t || 0) - (b.t || 0));
     for (let i = 1; i < out.length; i++) {
       for (let j = i; j > 0; j--) {
         const a = out[j - 1], b = out[j];
-        if (((b.t || 0) - (a.t || 0)) * 1000 > CLOCK_SKEW_MS || stageOf(a) <= stageOf(b)) break;
+        if (((b.t || 0) - (a.t || 0)) * 1000 > CLOCK_SKEW_MS || !goesBefore(b, a)) break;
         out[j - 1] = b;
         out[j] = a;
       }
