@@ -248,6 +248,11 @@ def test_a_delivery_stamped_before_its_publish_lists_after_it(
         {"seq": 11, "t": t + 20.003, "kind": "published", "workload": "pressure-display",
          "exchange": "", "routing_key": "temperature", "routed_queues": ["temperature"],
          "message_id": "reply-7"},
+        # The learner's own publish is theirs by name in the journey, not "@you".
+        {"seq": 12, "t": t + 30, "kind": "published", "workload": "@you", "exchange": "sensors",
+         "routing_key": "temperature", "routed_queues": ["temperature"], "message_id": "mine"},
+        {"seq": 13, "t": t + 30.01, "kind": "delivered", "workload": "temperature-display",
+         "queue": "temperature", "message_id": "mine"},
     ]  # fmt: skip
     send_frame(session, {"events": events})
     page.locator('#log-rows tr[data-seq="1"]').click()
@@ -269,6 +274,9 @@ def test_a_delivery_stamped_before_its_publish_lists_after_it(
     page.locator('#log-rows tr[data-seq="10"]').click()
     kinds = journey.evaluate_all("(items) => items.map((li) => li.className.split(' ')[0])")
     assert kinds == ["flow-published", "flow-delivered"], kinds
+
+    page.locator('#log-rows tr[data-seq="12"]').click()
+    expect(journey.first).to_have_text(re.compile(r"published · you$"))
 
 
 def test_the_badges_read_in_russian_on_a_russian_page(

@@ -59,6 +59,7 @@ LAB_ENGLISH = [
     "Exchange",
     "Routing key",
     "Headers",
+    "key=value",
     "Body",
     "Priority",
     "default",

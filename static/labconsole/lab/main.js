@@ -1476,7 +1476,7 @@ function main(configEl, labEl) {
 
     const journeyList = (events) => h("ol", { class: "journey" }, events.map((e) =>
       h("li", { class: `flow-${e.kind}${e === ev ? " is-current" : ""}`, onclick: () => openInspector(e) },
-        h("span", { class: "t" }, fmtTime(e.t)), kindName(e.kind), e.queue ? ` · ${e.queue}` : "", e.workload ? ` · ${e.workload}` : ""),
+        h("span", { class: "t" }, fmtTime(e.t)), kindName(e.kind), e.queue ? ` · ${e.queue}` : "", e.workload ? ` · ${workloadName(e.workload)}` : ""),
     ));
     if (ev.message_id != null) {
       const journey = causalOrder(state.events.filter((e) => String(e.message_id) === String(ev.message_id)));
