@@ -431,3 +431,23 @@ def test_a_queue_the_broker_deleted_is_crossed_out(page, live_server_url, catalo
     expect(node.locator(".node-stat").first).to_have_text("deleted by the broker")
     send_frame(session, {"queues": {"pressure": {"ready": 1, "unacked": 0, "missing": False}}})
     expect(node).not_to_have_class(re.compile(r"\bis-gone\b"))
+
+
+def test_a_producers_edge_shows_the_key_its_card_set(
+    page, live_server_url, catalogue, learner, labs
+):
+    """The publish edge of a producer is labelled with the routing key it publishes with
+    now: a key changed on its card relabels the edge, here and after a reload."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    open_lab(page, live_server_url, session)
+    label = page.locator(
+        '#topology .edge-label[data-edge^="publish:p:temperature-sensor>"] text'
+    ).first
+    expect(label).to_have_text("temperature")
+    card = page.locator("#workload-temperature-sensor")
+    card.locator("input[name=routing_key]").fill("humidity")
+    card.get_by_role("button", name="Apply").click()
+    expect(label).to_have_text("humidity")
+    page.reload()
+    page.wait_for_function("() => window.labConsole.state.connected === true")
+    expect(label).to_have_text("humidity")

@@ -269,6 +269,15 @@ function main(configEl, labEl) {
     return null;
   }
 
+  // A producer's publish edge is labelled with the keys it publishes with now, as its card
+  // last applied them (null: the graph's own label stands).
+  function publishKeys(name) {
+    const settings = state.workloads[name]?.settings;
+    if (!settings || state.workloads[name].kind !== "producer") return null;
+    if (Array.isArray(settings.routing_keys) && settings.routing_keys.length) return settings.routing_keys.join(", ");
+    return settings.routing_key ?? null;
+  }
+
   // The graph's texts for people, in the page's language: the server sends the same graph
   // to every viewer, with numbers (a producer's rate, a consumer's prefetch and ack) and
   // English placeholders where there is no name. Idempotent: a graph shown once is
@@ -280,6 +289,10 @@ function main(configEl, labEl) {
       return detail ? { ...n, detail } : n;
     });
     const edges = g.edges.map((e) => {
+      if (e.kind === "publish") {
+        const keys = publishKeys(nameOf(e.source));
+        if (keys != null) return { ...e, label: keys };
+      }
       if (e.kind === "alternate") return { ...e, label: T.unroutable };
       if (e.kind === "binding" && e.label === "(no key)") return { ...e, label: T.noKey };
       return e;
@@ -1112,9 +1125,20 @@ function main(configEl, labEl) {
     applyWorkloadToDiagram(name);
   }
 
+  // A new label changes the layout (labels are laid out with their size): once for
+  // however many workloads a snapshot or a card brings.
+  let relabel = 0;
   function applyWorkloadToDiagram(name) {
     const w = state.workloads[name];
     if (!w) return;
+    const keys = publishKeys(name);
+    const edge = keys == null ? null : graph?.edges.find((e) => e.kind === "publish" && e.source === `p:${name}`);
+    if (edge && edge.label !== keys && serverGraph && !relabel) {
+      relabel = setTimeout(() => {
+        relabel = 0;
+        renderGraph(serverGraph, true);
+      }, 0);
+    }
     for (const prefix of ["p:", "c:"]) {
       const v = nodeViews.get(prefix + name);
       if (!v) continue;
