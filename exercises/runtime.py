@@ -621,6 +621,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         firehose_patterns=amqp.FIREHOSE_PATTERNS,
         router=Router(lab_graph(spec)),
         make_router=Router,
+        streams={q.name for q in spec.topology.queues if q.type == "stream"},
         topology_version=topology_version(spec),
         queues=[q.name for q in spec.topology.queues],
         consumers={c.name: c.queue for c in spec.workloads.consumers},

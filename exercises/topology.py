@@ -70,7 +70,8 @@ def lab_graph(spec: ExerciseSpec) -> dict:
         if ae := x.arguments.get("alternate-exchange"):
             edge(f"x:{x.name}", f"x:{ae}", "alternate", "unroutable")
     for q in t.queues:
-        nodes.append({"id": f"q:{q.name}", "kind": "queue", "label": q.name, "detail": q.type})
+        queue = {"id": f"q:{q.name}", "kind": "queue", "label": q.name, "detail": q.type}
+        nodes.append({**queue, "type": q.type})
         if uses_default:
             edge("x:", f"q:{q.name}", "binding", q.name)
         dlx = q.arguments.get("x-dead-letter-exchange")

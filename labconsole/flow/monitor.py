@@ -58,6 +58,8 @@ CHECKPOINT_INTERVAL = 1.0  # how often the state a new worker would resume from 
 # enough that a frame is never late by more than a few tens of milliseconds at full speed.
 FIREHOSE_PREFETCH = 200
 FIREHOSE_ACK_EVERY = 100
+# Routes (exchange, queues) whose exchanges passed through are remembered.
+DOWNSTREAM_ROUTES = 1000
 YOU = "@you"  # the learner's publishes from the page (app_id), the graph's p:@you
 # An unroutable publish from the page waits this long for the page to say it came back
 # (mandatory), so that it is logged once, as returned, not as unroutable.
@@ -69,6 +71,15 @@ AWAITING_RETURN_LIMIT = 100
 BROKERS_WATCHED = 1.0
 BROKERS_IDLE = 5.0
 TIMELINE = 100
+
+
+def streams_of(graph: dict) -> set[str]:
+    """The queues of a lab's graph (exercises/topology.py) that are streams."""
+    return {
+        n["id"][2:]
+        for n in graph.get("nodes", ())
+        if n.get("kind") == "queue" and n.get("type") == "stream"
+    }
 
 
 @dataclass
@@ -267,6 +278,7 @@ class LabMonitor(Unit):
         router,
         queues: list[str],
         make_router: Callable[[dict], Any] | None = None,
+        streams: Iterable[str] = (),
         topology_version: str = "",
         consumers: dict[str, str],
         evaluate: Callable[[FlowRecord, dict, dict[str, FlowRecord]], dict[str, bool]],
@@ -296,6 +308,7 @@ class LabMonitor(Unit):
         self.topology_version = topology_version  # the name of the topology it routes by
         self.queue_names = list(queues)
         self.consumer_queue = consumers  # consumer workload -> its queue
+        self.streams = set(streams)  # the queues that are streams
         self.evaluate = evaluate
         # Producers publishing with `mandatory`: what they publish that no queue takes
         # comes back to them, and is logged as returned.
@@ -346,6 +359,7 @@ class LabMonitor(Unit):
         # consumer -> (exchange, queues) of its last publish: where it parks messages
         self.park_routes: dict[str, tuple[str, tuple]] = {}
         self.held: dict[str, int] = {}  # consumer workload -> unacknowledged it holds
+        self.consumer_states: dict[str, str] = {}  # consumer workload -> its run's state
         # The delivery ledger's sets as the workloads last reported them: producer -> the
         # numbers the broker confirmed; consumer -> what it received of each producer.
         self.confirmed_ids: dict[str, IdSet] = {}
@@ -359,6 +373,7 @@ class LabMonitor(Unit):
         self.rates_in = defaultdict(Rate)
         self.rates_out = defaultdict(Rate)
         self.exchange_rates = defaultdict(Rate)
+        self.downstream: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         self.published_rates = defaultdict(Rate)  # producer -> its messages published
         # The newest events and traces since the last frame; older ones fall out, counted.
         self.pending_events: deque = deque(maxlen=EVENTS_PER_FRAME)
@@ -398,6 +413,8 @@ class LabMonitor(Unit):
         stays keeps its numbers; the checks run again (a binding check reads the broker)."""
         if self.make_router is not None and graph.get("edges") is not None:
             self.router = self.make_router(graph)
+            self.downstream.clear()
+        self.streams = streams_of(graph)
         names = [str(q) for q in queues]
         self.queues = {
             q: self.queues.get(q)
@@ -555,6 +572,8 @@ class LabMonitor(Unit):
             # confirmed messages is final, and what is missing stays missing.
             self.record.ledger[workload]["final"] = report["state"] != "running"
             self.checks_dirty = True
+        if "state" in report and queue is not None:
+            self.consumer_states[workload] = report["state"]
         if "held" in report:
             self.held[workload] = int(report["held"])
         if "latency" in report:
@@ -733,6 +752,8 @@ class LabMonitor(Unit):
                 routed = tuple(sorted(jsonable(q) for q in headers.get("routed_queues") or []))
             self.record.note_route(name, key, routed)
             self.exchange_rates[name].count += 1
+            for x in self._downstream(name, routed):
+                self.exchange_rates[x].count += 1
             message_id = jsonable(inner.get("message_id"))
             for q in routed:
                 self.rates_in[q].count += 1
@@ -766,6 +787,22 @@ class LabMonitor(Unit):
                     self._sample("routed", (source, name, q), {"message_id": message_id})
             else:
                 self._sample("unroutable", [source, f"x:{name}"], {"message_id": message_id})
+
+    def _downstream(self, exchange: str, routed: tuple[str, ...]) -> tuple[str, ...]:
+        """The exchanges a message published to `exchange` passed through on its way to the
+        queues `routed` (exchange-to-exchange bindings, alternate exchanges), from the
+        graph's routes: their rates count it too. Worked out once per route."""
+        found = self.downstream.get((exchange, routed))
+        if found is None:
+            passed: dict[str, None] = {}
+            for q in routed:
+                for node in self.router.path(exchange, q)[1:]:
+                    if node.startswith("x:") and node[2:] != exchange:
+                        passed[node[2:]] = None
+            if len(self.downstream) >= DOWNSTREAM_ROUTES:
+                self.downstream.clear()
+            found = self.downstream[(exchange, routed)] = tuple(passed)
+        return found
 
     def _sample(self, kind: str, path, event: dict | None = None) -> None:
         """A trace to animate; `path` is a list of node ids, or (source, exchange, queue)
@@ -894,10 +931,18 @@ class LabMonitor(Unit):
         for workload, n in self.held.items():
             held[self.consumer_queue.get(workload)] += max(n, 0)
         latency = self._queue_latency()
+        reading = Counter(
+            self.consumer_queue.get(w)
+            for w, state in self.consumer_states.items()
+            if state == "running"
+        )
         for q, stats in self.queues.items():
             # What the lab's consumers hold, as they report it: exact, and without the
             # management API's statistics, which lag by up to five seconds.
             stats["unacked"] = held.get(q, 0)
+            if q in self.streams:
+                # A passive declare of a stream counts no consumer: its readers say.
+                stats["consumers"] = reading.get(q, 0)
             if q in latency:
                 stats["latency"] = latency[q]
             else:

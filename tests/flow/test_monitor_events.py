@@ -175,3 +175,38 @@ def test_a_return_the_page_reports_before_the_firehose_shows_the_publish_is_logg
     watch.wait(lambda f: time.monotonic() > later, timeout=10, message="time passing")
     logged = [e for e in watch.events() if e.get("message_id") == "early-return"]
     assert [e["kind"] for e in logged] == ["returned"]
+
+
+def test_an_exchange_bound_from_another_and_a_streams_readers_are_counted(
+    worker, catalogue, learner, labs, frames
+):
+    """Messages published to `events` and routed on through `orders` (an exchange-to-
+    exchange binding) count in `orders`' rate too; a stream's readers count as its
+    consumers, which a passive declare of a stream does not say."""
+    from exercises.services import workload_start
+
+    chain = lab_session_start(exercise=catalogue["exchange-to-exchange"], owner=learner)
+    stream = lab_session_start(exercise=catalogue["streams"], owner=learner)
+    seen = frames(chain.id)
+    seen.wait(
+        lambda f: (
+            f.frames[-1].get("exchanges", {}).get("events", {}).get("rate_in", 0) > 0
+            and f.frames[-1]["exchanges"].get("orders", {}).get("rate_in", 0) > 0
+        ),
+        timeout=30,
+        message="events and orders both with a rate",
+    )
+    assert "audit" not in seen.frames[-1]["exchanges"]  # bound from nothing: nothing passed
+
+    readers = frames(stream.id)
+    readers.wait(
+        lambda f: f.frames[-1]["queues"].get("readings", {}).get("consumers") == 1,
+        timeout=30,
+        message="the dashboard counted as the stream's consumer",
+    )
+    workload_start(workload=stream.workloads.get(name="auditor"))
+    readers.wait(
+        lambda f: f.frames[-1]["queues"]["readings"]["consumers"] == 2,
+        timeout=30,
+        message="the auditor counted too",
+    )
