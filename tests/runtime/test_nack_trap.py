@@ -64,7 +64,7 @@ def test_a_producer_that_reconnects_into_nacks_opens_new_channels(api, worker, l
         return None
 
     wait_for(lambda: count("nacked_by_broker") >= 20, message="the full queue refuses publishes")
-    refusing = per_second("nacked_by_broker")
+    refusing = per_second("nacked_by_broker", seconds=5.0)
     assert refusing >= 10  # 20 a second, all refused, one channel
 
     before = wait_for(producer_connection, message="the producer's connection listed")
@@ -74,10 +74,10 @@ def test_a_producer_that_reconnects_into_nacks_opens_new_channels(api, worker, l
     )
     time.sleep(1.5)
     # A channel at a time, each closed on its first nack: a few publishes a second are
-    # nacked (how many were in flight before the nack came back), against every one of
-    # them before the reconnect.
-    trapped = per_second("nacked_by_broker", seconds=4.0)
-    assert 0 < trapped <= refusing / 3, f"{trapped} nacks a second after the reconnect"
+    # nacked (how many were in flight before the nack came back, more on a busy machine),
+    # against every one of them before the reconnect.
+    trapped = per_second("nacked_by_broker", seconds=5.0)
+    assert 0 < trapped <= refusing / 2, f"{trapped} nacks a second after the reconnect"
 
     workload_start(workload=session.workloads.get(name="drainer"))
     confirmed = count("confirmed")
