@@ -164,7 +164,7 @@ def test_play_direct_routing_to_the_end(
     expect(page.locator('svg#topology .node[data-node="q:humidity"]')).to_be_visible()
     publish(page, "sensors", "humidity")
     page.wait_for_function("() => (window.labConsole.state.queues.humidity || {}).ready === 1")
-    expect_passed(page, "humidity-bound")
+    expect_passed(page, "humidity-bound", "humidity-routed")
     expect(page.locator(".step[data-state=complete]")).to_have_count(len(session.spec.steps))
 
     # End the lab: the page says so, and the vhost is gone from the broker.

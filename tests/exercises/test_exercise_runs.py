@@ -71,7 +71,8 @@ def play_direct(session):
     binding = {"source": "sensors", "destination": "humidity", "routing_key": "humidity"}
     binding.update(destination_type="queue", arguments={})
     lab_topology_change(session=session, kind="binding", action="declare", item=binding)
-    yield session, ("humidity-bound",)
+    lab_publish(session=session, exchange="sensors", routing_key="humidity", body="{}")
+    yield session, ("humidity-bound", "humidity-routed")
 
 
 def play_direct_wrong_display(session):
