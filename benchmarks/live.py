@@ -327,18 +327,24 @@ def stop_labs(sessions: list) -> None:
         lab_session_stop(session=session)
 
 
+def frames_queue(channel, sessions: list, length: int) -> str:
+    """A queue of the bench's own that gets the labs' frames, the newest `length` kept."""
+    amqp.declare_console_exchanges(channel)
+    queue = channel.queue_declare(
+        "", exclusive=True, arguments={"x-max-length": length, "x-overflow": "drop-head"}
+    ).method.queue
+    for session in sessions:
+        channel.queue_bind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
+    return queue
+
+
 def wait_live(sessions: list, timeout: float = 90.0) -> float:
     """Waits until every lab's monitor publishes frames; returns the seconds it took."""
     t = time.monotonic()
     connection = amqp.connect(amqp.console_parameters(name="bench probe"))
     try:
         channel = connection.channel()
-        amqp.declare_console_exchanges(channel)
-        queue = channel.queue_declare(
-            "", exclusive=True, arguments={"x-max-length": 1000, "x-overflow": "drop-head"}
-        ).method.queue
-        for session in sessions:
-            channel.queue_bind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
+        queue = frames_queue(channel, sessions, 1000)
         waiting = {session.id for session in sessions}
         for method, _props, _body in channel.consume(queue, auto_ack=True, inactivity_timeout=1):
             if method is not None:
@@ -606,11 +612,7 @@ def _load_summary(session, workload: str, timeout: float) -> dict:
     connection = amqp.connect(amqp.console_parameters(name="bench load"))
     try:
         channel = connection.channel()
-        amqp.declare_console_exchanges(channel)
-        queue = channel.queue_declare(
-            "", exclusive=True, arguments={"x-max-length": 100, "x-overflow": "drop-head"}
-        ).method.queue
-        channel.queue_bind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
+        queue = frames_queue(channel, [session], 100)
         deadline = time.monotonic() + timeout
         for method, _props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=1):
             if method is not None:

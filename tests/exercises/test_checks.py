@@ -84,16 +84,17 @@ def test_binding_exists_and_absent():
     assert run(spec, bindings=[])["c0"] is False
 
 
+ROUTED_A_ERROR = {
+    "type": "routed_only_to",
+    "exchange": "logs",
+    "routing_key": "a.error",
+    "queues": ["errors"],
+    "min_messages": 2,
+}
+
+
 def test_routed_only_to_needs_the_latest_publishes_on_the_expected_queues():
-    spec = spec_with(
-        {
-            "type": "routed_only_to",
-            "exchange": "logs",
-            "routing_key": "a.error",
-            "queues": ["errors"],
-            "min_messages": 2,
-        }
-    )
+    spec = spec_with(ROUTED_A_ERROR)
     record = FlowRecord()
     for _ in range(2):
         record.note_route("logs", "a.error", ("errors",))
@@ -112,15 +113,7 @@ def test_routed_only_to_needs_the_latest_publishes_on_the_expected_queues():
 
 
 def test_routed_only_to_counts_only_what_came_after_its_step():
-    spec = spec_with(
-        {
-            "type": "routed_only_to",
-            "exchange": "logs",
-            "routing_key": "a.error",
-            "queues": ["errors"],
-            "min_messages": 2,
-        }
-    )
+    spec = spec_with(ROUTED_A_ERROR)
     record = FlowRecord()
     for _ in range(5):
         record.note_route("logs", "a.error", ("errors",))
