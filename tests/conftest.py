@@ -3,6 +3,7 @@ leaves no lab vhost, user or console queue behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from urllib.parse import quote
 
@@ -68,6 +69,16 @@ def api() -> ManagementClient:
     except Exception as exc:  # noqa: BLE001
         pytest.exit(f"RabbitMQ's management API does not answer ({exc}); run `make test`.")
     return client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def console_names_removed():
+    """Whatever this run declared under its own names on the broker's console vhost (its
+    exchanges and queues, `LABCONSOLE_PREFIX.*`) is deleted when the run ends, whichever
+    tests ran: a run of tests that sent a control message but started no worker, too."""
+    yield
+    with contextlib.suppress(Exception):
+        ManagementClient().delete_named(amqp.console_vhost(), settings.LABCONSOLE_PREFIX + ".")
 
 
 @pytest.fixture(scope="session")
