@@ -38,7 +38,7 @@ from django.utils import timezone
 from labconsole.broker import amqp, control
 from labconsole.broker.brokers import CLUSTER
 from labconsole.broker.management import BrokerError, quorum_of
-from labconsole.flow.monitor import LabMonitor
+from labconsole.flow.monitor import LabMonitor, streams_of
 from labconsole.flow.reporter import FlowReporter
 from labconsole.runtime.bus import ConsoleBus, Incoming
 from labconsole.runtime.unit import Unit
@@ -592,6 +592,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         except BrokerError:
             log.warning("tracing of %s not turned on again", session.vhost, exc_info=True)
 
+    graph = lab_graph(spec)
     read_broker_events = None
     if session.spec.broker == CLUSTER:
         from .cluster import broker_events_reader
@@ -619,9 +620,9 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         firehose_queue=amqp.firehose_queue(),
         firehose_arguments=session.broker.firehose_arguments,
         firehose_patterns=amqp.FIREHOSE_PATTERNS,
-        router=Router(lab_graph(spec)),
+        router=Router(graph),
         make_router=Router,
-        streams={q.name for q in spec.topology.queues if q.type == "stream"},
+        streams=streams_of(graph),
         topology_version=topology_version(spec),
         queues=[q.name for q in spec.topology.queues],
         consumers={c.name: c.queue for c in spec.workloads.consumers},
