@@ -22,6 +22,10 @@ class Exercise(models.Model):
     builtin = models.BooleanField(default=False, editable=False)
     published = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The exercise this one was duplicated from (a built-in one is edited as a copy).
+    copied_from = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="copies"
+    )
 
     class Meta:
         ordering = ["level", "title"]
@@ -37,6 +41,89 @@ class Exercise(models.Model):
         from .spec import parse_spec_cached
 
         return parse_spec_cached(self.source, source=self.slug)
+
+
+class ExerciseVersion(models.Model):
+    """One saved text of an exercise. `Exercise.source` is the newest; a lab keeps the text
+    it started with in `LabSession.source`, so an edit never reaches a running lab."""
+
+    exercise = models.ForeignKey(Exercise, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    source = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["exercise", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["exercise", "number"], name="unique_exercise_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.exercise.slug} v{self.number}"
+
+
+def _join_code() -> str:
+    # No 0/O, 1/I/L: read off a projector and typed on a phone.
+    alphabet = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(6))
+
+
+class Classroom(models.Model):
+    """A class an instructor runs: its learners join with `join_code` and do its exercises
+    between `starts_at` and `ends_at`; its labs end with it."""
+
+    name = models.CharField(max_length=200)
+    instructor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="classes_taught"
+    )
+    exercises = models.ManyToManyField(Exercise, related_name="classes")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    capacity = models.PositiveIntegerField(null=True, blank=True)
+    join_code = models.CharField(max_length=8, unique=True, default=_join_code)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    # The instructor's latest message to the whole class, shown on every learner's page.
+    message = models.TextField(blank=True, default="")
+    message_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-starts_at"]
+        verbose_name = "class"
+        verbose_name_plural = "classes"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ClassMember(models.Model):
+    """A learner in a class, under the name the class sees."""
+
+    classroom = models.ForeignKey(Classroom, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="class_memberships"
+    )
+    display_name = models.CharField(max_length=40)
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["display_name"]
+        constraints = [
+            models.UniqueConstraint(fields=["classroom", "user"], name="unique_class_member"),
+            models.UniqueConstraint(
+                fields=["classroom", "display_name"], name="unique_class_display_name"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} in {self.classroom}"
 
 
 def _session_id() -> str:
@@ -55,6 +142,12 @@ class LabSession(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="labs"
     )
     exercise = models.ForeignKey(Exercise, on_delete=models.PROTECT, related_name="sessions")
+    # The class the lab was started in: its instructor may watch, reset and end it.
+    classroom = models.ForeignKey(
+        Classroom, on_delete=models.SET_NULL, null=True, blank=True, related_name="labs"
+    )
+    # A throwaway lab of an unsaved text, started from the admin's "Try it".
+    trial = models.BooleanField(default=False)
     # The exercise as it was when the lab started: edits in the admin do not reach it.
     exercise_version = models.PositiveIntegerField()
     source = models.TextField()
