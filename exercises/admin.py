@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib import admin
 
+from .admin_preview import ExercisePreviewMixin
+from .admin_transfer import ExerciseTransferMixin
 from .models import CheckpointResult, Exercise, LabSession, Workload
 from .services import exercise_apply_source, lab_session_stop
 from .spec import SpecError
@@ -26,7 +28,7 @@ class ExerciseForm(forms.ModelForm):
 
 
 @admin.register(Exercise)
-class ExerciseAdmin(admin.ModelAdmin):
+class ExerciseAdmin(ExercisePreviewMixin, ExerciseTransferMixin, admin.ModelAdmin):
     form = ExerciseForm
     list_display = ["title", "slug", "level", "minutes", "version", "builtin", "published"]
     list_filter = ["level", "builtin", "published"]
