@@ -1,4 +1,4 @@
-# The diagram's layout engine, pinned by package-lock.json, for our own static files.
+# The diagram's layout engine and the admin's editor, pinned by package-lock.json, for our own static files.
 FROM node:20-slim AS front-end-libraries
 WORKDIR /build
 COPY package.json package-lock.json ./
@@ -12,6 +12,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends gettext \
     && rm -rf /var/lib/apt/lists/*
 COPY . .
 COPY --from=front-end-libraries /build/node_modules/elkjs/lib/elk.bundled.js /build/node_modules/elkjs/LICENSE.md static/vendor/elkjs/
+COPY --from=front-end-libraries /build/node_modules/codemirror/lib/ static/vendor/codemirror/lib/
+COPY --from=front-end-libraries /build/node_modules/codemirror/mode/yaml/ static/vendor/codemirror/mode/yaml/
+COPY --from=front-end-libraries /build/node_modules/codemirror/addon/fold/ static/vendor/codemirror/addon/fold/
+COPY --from=front-end-libraries /build/node_modules/codemirror/addon/edit/ static/vendor/codemirror/addon/edit/
+COPY --from=front-end-libraries /build/node_modules/codemirror/LICENSE static/vendor/codemirror/
 # The secret key is given when the container runs (docker-compose.yml), never built in:
 # these two commands need one only to load the settings.
 RUN pip install -e . \
