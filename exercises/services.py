@@ -26,7 +26,7 @@ from labconsole.workloads.load import load_setting
 
 from . import provisioning, quotas
 from .limits import LIMITS
-from .models import CheckpointResult, Exercise, LabSession, RateEvent, Workload
+from .models import CheckpointResult, Classroom, Exercise, LabSession, RateEvent, Workload
 from .selectors import lab_topology_editable
 from .spec import ExerciseSpec, SpecError, load_spec_file, parse_spec
 from .topology import lab_graph, topology_version
@@ -290,15 +290,18 @@ def lab_session_start(
     run: bool = True,
     source: str | None = None,
     enforce_quotas: bool = True,
+    classroom: Classroom | None = None,
 ) -> LabSession:
     """Provisions a lab for `exercise` (its current version) and starts its monitor and,
     with `run`, the workloads that start by themselves. Nothing is left behind on failure.
     The owner's limits (labs at once, starts a minute) hold unless `enforce_quotas` is
     false, which only operators' tools (the `lab` command, benchmarks) pass; the vhost's
-    limits always hold."""
+    limits always hold. A lab started in `classroom` is watched by its instructor
+    (exercises/classes.py)."""
     session = LabSession(
         owner=owner,
         exercise=exercise,
+        classroom=classroom,
         exercise_version=exercise.version,
         source=source or exercise.source,
         rabbit_password=secrets.token_urlsafe(24),
@@ -358,6 +361,12 @@ def _announce(session: LabSession, kind: str, message: dict) -> None:
     send_quietly(
         amqp.lab_key(session.id, kind), {"type": kind, **message}, exchange=amqp.flow_exchange()
     )
+
+
+def lab_announce_status(*, session: LabSession, state: str, message: str) -> None:
+    """Tells every open page of the lab a status of its own `state` with `message`, shown
+    as it is (docs/live-protocol.md, `status`)."""
+    _announce(session, "status", {"state": state, "message": message})
 
 
 def _announce_workload(workload: Workload) -> None:
