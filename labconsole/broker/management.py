@@ -172,9 +172,18 @@ class ManagementClient:
     def put_operator_policy(self, vhost: str, name: str, policy: dict) -> None:
         self.request("PUT", f"operator-policies/{_q(vhost)}/{_q(name)}", policy)
 
-    def import_definitions(self, definitions: dict) -> None:
-        """One call for users, permissions, topology and limits (the fastest way)."""
-        self.request("POST", "definitions", definitions)
+    def import_definitions(self, definitions: dict, *, vhost: str | None = None) -> None:
+        """One call for users, permissions, topology and limits (the fastest way); with
+        `vhost`, a file of one vhost's topology into that vhost."""
+        self.request(
+            "POST", "definitions" if vhost is None else f"definitions/{_q(vhost)}", definitions
+        )
+
+    def definitions(self, vhost: str | None = None) -> dict:
+        """The broker's definitions file (every vhost, user and permission), or one vhost's
+        (its topology, policies and parameters), as `rabbitmqctl export_definitions` and
+        the management UI write them."""
+        return self.request("GET", "definitions" if vhost is None else f"definitions/{_q(vhost)}")
 
     def alarms(self) -> list[str]:
         """Resource alarms in force ("memory on rabbit@host", "disk on ..."): while one
