@@ -8,6 +8,7 @@ from urllib.parse import quote
 from labconsole.broker import amqp
 from labconsole.broker.brokers import LabBroker, lab_broker
 
+from .definitions import topology_definitions
 from .quotas import LabQuotas, lab_quotas
 from .spec import ExerciseSpec
 
@@ -30,7 +31,7 @@ def lab_definitions(
     topology. The user's tags are the console's mark (amqp.lab_tags); none of them opens
     the management UI."""
     quotas = quotas or lab_quotas()
-    t = spec.topology
+    topology = topology_definitions(spec.topology, vhost=vhost)
     tags = ",".join(amqp.lab_tags(time.time() if made is None else made))
     limits = {"max-connections": quotas.connections, "max-channels": quotas.channels}
     # The exercise's own users, with limited permissions (a security lesson), carry the
@@ -71,39 +72,9 @@ def lab_definitions(
                 },
             }
         ],
-        "policies": [
-            {
-                "vhost": vhost,
-                "name": p.name,
-                "pattern": p.pattern,
-                "apply-to": p.apply_to,
-                "priority": p.priority,
-                "definition": p.definition,
-            }
-            for p in t.policies
-        ],
-        "exchanges": [
-            {
-                "vhost": vhost,
-                "name": x.name,
-                "type": x.type,
-                "durable": x.durable,
-                "auto_delete": x.auto_delete,
-                "internal": x.internal,
-                "arguments": x.arguments,
-            }
-            for x in t.exchanges
-        ],
-        "queues": [
-            {
-                "vhost": vhost,
-                "name": q.name,
-                "durable": q.durable,
-                "auto_delete": q.auto_delete,
-                "arguments": {**q.arguments, "x-queue-type": q.type},
-            }
-            for q in t.queues
-        ]
+        "policies": topology["policies"],
+        "exchanges": topology["exchanges"],
+        "queues": topology["queues"]
         + [
             {
                 "vhost": vhost,
@@ -113,17 +84,7 @@ def lab_definitions(
                 "arguments": lab_broker(spec.broker).firehose_arguments,
             }
         ],
-        "bindings": [
-            {
-                "vhost": vhost,
-                "source": b.source,
-                "destination": b.destination,
-                "destination_type": b.destination_type,
-                "routing_key": b.routing_key,
-                "arguments": b.arguments,
-            }
-            for b in t.bindings
-        ]
+        "bindings": topology["bindings"]
         + [
             {
                 "vhost": vhost,
