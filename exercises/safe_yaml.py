@@ -15,41 +15,81 @@ document is refused, before anything is built from it, when:
   `LIMITS.number_chars`;
 - a mapping has the same key twice.
 
-Each refusal names the path of the value, like `topology.queues[2].arguments`, and the
-line it is on, and quotes at most a short excerpt of it.
+Each refusal is a `Problem`: the path of the value, like `topology.queues[2].arguments`,
+the line and column it starts at, and what is wrong, quoting at most a short excerpt of it.
+`read_document` also keeps the composed node tree, so that a problem found later, by the
+spec's validation, is placed at the line of the value its path names
+(`Document.locate`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import re
+from typing import Any, NamedTuple
 
 import yaml
+from django.utils.translation import gettext as _
 from yaml.events import AliasEvent, CollectionStartEvent
-from yaml.nodes import MappingNode, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .limits import LIMITS, excerpt, format_path
 
-__all__ = ["DocumentRefused", "load_document"]
+__all__ = ["Document", "DocumentRefused", "Problem", "parse_path", "read_document"]
 
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class DocumentRefused(Exception):
-    """The document cannot be read; `errors` are messages, each starting with where."""
+class Problem(NamedTuple):
+    """One thing wrong with a document: the path it is about (`workloads.producers[0].rate`,
+    or the document's name for the whole of it), what is wrong, and, when the YAML text is
+    known, the line and column (from 1) of the value the path names."""
 
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        super().__init__("\n".join(errors))
+    path: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    @classmethod
+    def from_text(cls, text: str) -> Problem:
+        """A message written as "path: message"."""
+        path, sep, message = text.partition(": ")
+        return cls(path, message) if sep else cls("", text)
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        if self.line is None:
+            return text
+        where = _("line {line}, column {column}").format(line=self.line, column=self.column)
+        return f"{where}: {text}"
+
+
+def _problem(path: str, message: str, mark: Any) -> Problem:
+    if mark is None:
+        return Problem(path, message)
+    return Problem(path, message, mark.line + 1, mark.column + 1)
+
+
+class DocumentRefused(Exception):
+    """The document cannot be read; `problems` say where and what, `errors` as text."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(self.errors))
+
+    @property
+    def errors(self) -> list[str]:
+        return [str(p) for p in self.problems]
 
 
 class _Refused(yaml.YAMLError):
-    """Raised inside the loader; carries the finished message out of PyYAML."""
+    """Raised inside the loader; carries the finished problem out of PyYAML."""
 
-    def __init__(self, message: str):
-        self.message = message
-        super().__init__(message)
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        super().__init__(str(problem))
 
 
 class _Key:
@@ -81,8 +121,7 @@ class _BoundedLoader(yaml.SafeLoader):
         return format_path(s for s in self._path if s is not _KEY) or "(document)"
 
     def _refuse(self, message: str, mark: Any) -> _Refused:
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        return _Refused(f"{self._where()}: {message}{line}")
+        return _Refused(_problem(self._where(), message, mark))
 
     def _count(self, values: int, chars: int, mark: Any) -> None:
         self._values += values
@@ -125,10 +164,7 @@ class _BoundedLoader(yaml.SafeLoader):
             seen = self._keys[-1]
             key = (index.tag, index.value)
             if key in seen:
-                line = index.start_mark.line + 1
-                raise self._refuse(
-                    f"duplicate key at line {line} (first at line {seen[key]})", None
-                )
+                raise self._refuse(f"duplicate key (first at line {seen[key]})", index.start_mark)
             seen[key] = index.start_mark.line + 1
         if isinstance(event, AliasEvent):
             node = super().compose_node(parent, index)
@@ -190,21 +226,20 @@ class _BoundedLoader(yaml.SafeLoader):
             ) from None
 
 
-def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
+def _yaml_error(exc: yaml.YAMLError, source: str) -> Problem:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
     context_mark = getattr(exc, "context_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
         context = f"{context} started at line {context_mark.line + 1}"
     detail = f"{problem} ({context})" if context else problem
-    return f"{source}: YAML syntax error{where}: {excerpt(detail, limit=200)}"
+    return _problem(source, f"YAML syntax error: {excerpt(detail, limit=200)}", mark)
 
 
 def _too_large(source: str) -> DocumentRefused:
     limit = _kib(LIMITS.document_bytes)
-    return DocumentRefused([f"{source}: the document is larger than the limit of {limit}"])
+    return DocumentRefused([Problem(source, f"the document is larger than the limit of {limit}")])
 
 
 def _decode(raw: str | bytes, source: str) -> str:
@@ -215,12 +250,11 @@ def _decode(raw: str | bytes, source: str) -> str:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = raw.count(b"\n", 0, exc.start) + 1
-            raise DocumentRefused(
-                [
-                    f"{source}: the document is not UTF-8 text: byte 0x{raw[exc.start]:02x} "
-                    f"at offset {exc.start} (line {line})"
-                ]
-            ) from None
+            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            message = (
+                f"the document is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+            )
+            raise DocumentRefused([Problem(source, message, line, column)]) from None
     # A text of n characters is at least n bytes: a long one is refused without encoding it.
     if len(raw) > LIMITS.document_bytes:
         raise _too_large(source)
@@ -228,37 +262,100 @@ def _decode(raw: str | bytes, source: str) -> str:
         size = len(raw.encode("utf-8"))
     except UnicodeEncodeError as exc:  # a lone surrogate, from text decoded carelessly
         raise DocumentRefused(
-            [f"{source}: the document is not UTF-8 text (at character {exc.start})"]
+            [Problem(source, f"the document is not UTF-8 text (at character {exc.start})")]
         ) from None
     if size > LIMITS.document_bytes:
         raise _too_large(source)
     return raw
 
 
-def load_document(raw: str | bytes, *, source: str = "(document)") -> Any:
-    """The YAML document `raw` (text, or bytes that must be UTF-8) as Python data, or
-    DocumentRefused with a message naming where and what."""
+_PATH_SEGMENT = re.compile(r'\.?([A-Za-z0-9_\-]+)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]')
+
+
+def parse_path(path: str) -> list[str | int] | None:
+    """`topology.queues[2].arguments["a b"]` as its segments, the inverse of `format_path`;
+    None for what is not a path (`(document)`)."""
+    segments: list[str | int] = []
+    at = 0
+    while at < len(path):
+        found = _PATH_SEGMENT.match(path, at)
+        if found is None or (at == 0 and path.startswith(".")):
+            return None
+        name, index, quoted = found.groups()
+        segments.append(name if name is not None else int(index) if index else json.loads(quoted))
+        at = found.end()
+    return segments or None
+
+
+def _child(node: Node, segment: str | int) -> tuple[Node | None, Node] | None:
+    """The (key, value) nodes `segment` names inside `node`: a key of a mapping (also one
+    that a merge key `<<` brings in), or an item of a list."""
+    if isinstance(node, SequenceNode):
+        if isinstance(segment, int) and 0 <= segment < len(node.value):
+            return None, node.value[segment]
+        return None
+    if not isinstance(node, MappingNode):
+        return None
+    merged = []
+    for key, value in node.value:
+        if isinstance(key, ScalarNode) and key.tag == _MERGE_TAG:
+            merged.extend(value.value if isinstance(value, SequenceNode) else [value])
+        elif isinstance(key, ScalarNode) and key.value == str(segment):
+            return key, value
+    for source in merged:
+        if (found := _child(source, segment)) is not None:
+            return found
+    return None
+
+
+class Document:
+    """A document read by `read_document`: its data, and where each of its values is."""
+
+    def __init__(self, data: Any, root: Node | None):
+        self.data = data
+        self.root = root
+
+    def locate(self, problem: Problem) -> Problem:
+        """`problem` with the line and column of the value its path names, or of the
+        nearest value that exists on the way there (a missing key: its mapping). A value
+        written below its key (a block list or mapping) is placed at the key."""
+        segments = parse_path(problem.path)
+        if problem.line is not None or self.root is None or segments is None:
+            return problem
+        key, node = None, self.root
+        for segment in segments:
+            found = _child(node, segment)
+            if found is None:
+                break
+            key, node = found
+        mark = node.start_mark
+        if key is not None and key.start_mark.line != mark.line:
+            mark = key.start_mark
+        return _problem(problem.path, problem.message, mark)
+
+
+def read_document(raw: str | bytes, *, source: str = "(document)") -> Document:
+    """The YAML document `raw` (text, or bytes that must be UTF-8) as Python data with its
+    node tree, or DocumentRefused with problems naming where and what."""
     text = _decode(raw, source)
     try:
         loader = _BoundedLoader(text)  # checks every character first
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        raise DocumentRefused(
-            [
-                f"{source}: YAML does not allow the character #x{exc.character:04x} "
-                f"(at line {line}, column {column})"
-            ]
-        ) from None
+        message = f"YAML does not allow the character #x{exc.character:04x}"
+        raise DocumentRefused([Problem(source, message, line, column)]) from None
     try:
-        return loader.get_single_data()
+        root = loader.get_single_node()
+        return Document(loader.construct_document(root) if root is not None else None, root)
     except _Refused as exc:
-        raise DocumentRefused([exc.message]) from None
+        raise DocumentRefused([exc.problem]) from None
     except yaml.YAMLError as exc:
         raise DocumentRefused([_yaml_error(exc, source)]) from None
     except RecursionError:
         # Not expected: nesting is refused long before Python's recursion limit. This
         # keeps a traceback from a page should PyYAML recurse somewhere else.
-        raise DocumentRefused([f"{source}: the document nests too deeply to be read"]) from None
+        message = "the document nests too deeply to be read"
+        raise DocumentRefused([Problem(source, message)]) from None
     finally:
         loader.dispose()

@@ -40,9 +40,23 @@ def localized(text: LocalizedText) -> str:
     return text.get(get_language() or "en")
 
 
-def can_view_lab(user, session: LabSession) -> bool:
-    """The owner only, for now; teams and instructors will be added here."""
+def can_act_on_lab(user, session: LabSession) -> bool:
+    """Who changes a lab from its page and its endpoints (workloads, steps, publish,
+    topology, reset, end): its owner only. The instructor of its class resets or ends it
+    through the class's own endpoints (exercises/class_views.py)."""
     return user.is_authenticated and session.owner_id == user.pk
+
+
+def can_view_lab(user, session: LabSession) -> bool:
+    """Who watches a lab (its page read-only, its JSON, its socket): its owner, the
+    instructor of the class it was started in, and staff."""
+    if can_act_on_lab(user, session):
+        return True
+    if not user.is_authenticated:
+        return False
+    if user.is_staff:
+        return True
+    return session.classroom_id is not None and session.classroom.instructor_id == user.pk
 
 
 def markdown_html(text: str) -> SafeString:
@@ -93,10 +107,16 @@ def _catalogue_place(exercise: Exercise) -> tuple:
     return (order is None, order or 0, level, exercise.title)
 
 
+def exercises_in_catalogue(exercises=None) -> list[Exercise]:
+    """The published exercises that read (of `exercises`, a queryset, if given), in the
+    catalogue's order."""
+    chosen = (Exercise.objects.all() if exercises is None else exercises).filter(published=True)
+    return sorted((e for e in chosen if _readable(e)), key=_catalogue_place)
+
+
 def exercise_cards(*, tag: str = "", level: str = "") -> tuple[list[dict], list[str]]:
     """Cards matching the filters, and every tag there is (for the filter)."""
-    exercises = [e for e in Exercise.objects.filter(published=True) if _readable(e)]
-    exercises.sort(key=_catalogue_place)
+    exercises = exercises_in_catalogue()
     tags = sorted({t for e in exercises for t in e.tags})
     cards = [
         exercise_card(e)

@@ -13,7 +13,9 @@ Public API:
 
 Every problem is reported at once in one `SpecError`, each message as
 `path: message` where the path is dotted with `[i]` for list items, for example
-`topology.queues[2].arguments.x-max-priority: must be an integer from 1 to 255`.
+`topology.queues[2].arguments.x-max-priority: must be an integer from 1 to 255`. A problem
+in YAML text also says where in it, from the document's node tree:
+`line 12, column 7: topology.queues[2]...` (`SpecError.problems` keep the four apart).
 A message quotes at most a short excerpt of a value. The YAML is read within the limits of
 `exercises.limits` (`exercises.safe_yaml`), before anything is built from it.
 The format is described for authors in `docs/exercise-format.md`.
@@ -46,7 +48,7 @@ from labconsole.flow.alerts import AlertRule
 from labconsole.workloads.payload import compile_template
 
 from .limits import LIMITS, excerpt, format_path
-from .safe_yaml import DocumentRefused, load_document
+from .safe_yaml import DocumentRefused, Problem, read_document
 
 __all__ = [
     "BUILTIN_EXCHANGES",
@@ -67,6 +69,7 @@ __all__ = [
     "MessageProperties",
     "Policy",
     "Producer",
+    "Problem",
     "PublishedCheck",
     "Queue",
     "QueueMessagesCheck",
@@ -87,17 +90,23 @@ __all__ = [
 
 
 class SpecError(Exception):
-    """An exercise document is not valid. `errors` holds every problem as "path: message",
-    at most `LIMITS.errors` of them (the last one then says how many more there were)."""
+    """An exercise document is not valid. `problems` holds every problem (path, message,
+    and the line and column when the YAML text is known), at most `LIMITS.errors` of them
+    (the last one then says how many more there were); `errors` the same as text,
+    "line 12, column 7: path: message", or "path: message" without a place."""
 
-    def __init__(self, errors: Iterable[str]):
-        found = list(errors)
+    def __init__(self, errors: Iterable[str | Problem]):
+        found = [e if isinstance(e, Problem) else Problem.from_text(e) for e in errors]
         if len(found) > LIMITS.errors:
             more = len(found) - LIMITS.errors + 1
             more_problems = _("and {count} more problems").format(count=more)
-            found = [*found[: LIMITS.errors - 1], f"(document): {more_problems}"]
-        self.errors: list[str] = found
+            found = [*found[: LIMITS.errors - 1], Problem("(document)", more_problems)]
+        self.problems: list[Problem] = found
         super().__init__(self.__str__())
+
+    @property
+    def errors(self) -> list[str]:
+        return [str(p) for p in self.problems]
 
     def __str__(self) -> str:
         return "\n".join(self.errors)
@@ -1593,16 +1602,16 @@ class _CrossReferences:
 
     def __init__(self, spec: ExerciseSpec):
         self.spec = spec
-        self.errors: list[str] = []
+        self.errors: list[Problem] = []
         self.exchanges = {x.name: x for x in spec.topology.exchanges}
         self.queues = {q.name: q for q in spec.topology.queues}
         self.producers = {p.name: p for p in spec.workloads.producers}
         self.consumers = {c.name: c for c in spec.workloads.consumers}
 
     def add(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
+        self.errors.append(Problem(path, message))
 
-    def run(self) -> list[str]:
+    def run(self) -> list[Problem]:
         self.unique_names()
         self.topology()
         self.workloads()
@@ -2180,18 +2189,18 @@ def _message(err: dict, where: _Location) -> str:
     return err["msg"]
 
 
-def _errors_from_validation(exc: ValidationError) -> list[str]:
-    out: list[str] = []
+def _errors_from_validation(exc: ValidationError) -> list[Problem]:
+    out: list[Problem] = []
     for err in exc.errors(include_url=False):
         where = _Location(err["loc"])
         path = list(where.path)
         if err["type"] == "spec_items":
             for subpath, message in err["ctx"]["items"]:
-                out.append(f"{format_path([*path, *subpath]) or '(document)'}: {message}")
+                out.append(Problem(format_path([*path, *subpath]) or "(document)", message))
             continue
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             path.append("type")
-        out.append(f"{format_path(path) or '(document)'}: {_message(err, where)}")
+        out.append(Problem(format_path(path) or "(document)", _message(err, where)))
     return out
 
 
@@ -2202,7 +2211,7 @@ def _errors_from_validation(exc: ValidationError) -> list[str]:
 def _validate(data: Any, source: str) -> ExerciseSpec:
     if not isinstance(data, dict):
         message = _("the document must be a mapping of fields, like 'version: 1'")
-        raise SpecError([f"{source}: {message}{_got(_describe(data))}"])
+        raise SpecError([Problem(source, message + _got(_describe(data)))])
     try:
         return ExerciseSpec.model_validate(data)
     except ValidationError as exc:
@@ -2211,12 +2220,15 @@ def _validate(data: Any, source: str) -> ExerciseSpec:
 
 def parse_spec(text: str | bytes, *, source: str = "(document)") -> ExerciseSpec:
     """Parse and validate one exercise document: YAML as text, or as bytes that must be
-    UTF-8. Raises SpecError."""
+    UTF-8. Raises SpecError, each problem placed at its line and column."""
     try:
-        data = load_document(text, source=source)
+        document = read_document(text, source=source)
     except DocumentRefused as exc:
-        raise SpecError(exc.errors) from None
-    return _validate(data, source)
+        raise SpecError(exc.problems) from None
+    try:
+        return _validate(document.data, source)
+    except SpecError as exc:
+        raise SpecError(document.locate(p) for p in exc.problems) from None
 
 
 @functools.lru_cache(maxsize=LIMITS.cached_specs)
@@ -2263,7 +2275,8 @@ def load_spec_file(path: str | Path) -> ExerciseSpec:
         with path.open("rb") as file:
             raw = file.read(LIMITS.document_bytes + 1)
     except OSError as exc:
-        raise SpecError([f"{path}: cannot read the file: {excerpt(str(exc), limit=200)}"]) from None
+        message = f"cannot read the file: {excerpt(str(exc), limit=200)}"
+        raise SpecError([Problem(str(path), message)]) from None
     return parse_spec(raw, source=str(path))
 
 

@@ -49,6 +49,14 @@ def sweep_idle_cluster() -> bool:
     return cluster_sweep_idle(settings.LAB_CLUSTER_IDLE_MINUTES)
 
 
+@shared_task(name="exercises.end_due_classes")
+def end_due_classes() -> list[int]:
+    """A class past its end ends by itself, with its labs (exercises/classes.py)."""
+    from .classes import classrooms_end_due
+
+    return classrooms_end_due()
+
+
 @shared_task(name="exercises.sweep_labs")
 def sweep_labs() -> dict[str, list[str]] | None:
     """Reconciles the broker's lab vhosts and users with the database (exercises/sweep.py);

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import class_views, views
 
 urlpatterns = [
     path("", views.catalogue, name="catalogue"),
@@ -23,4 +23,28 @@ urlpatterns = [
     path("labs/<str:lab_id>/brokers/<str:node>/", views.lab_broker_node, name="lab-broker-node"),
     path("labs/<str:lab_id>/reset/", views.lab_reset, name="lab-reset"),
     path("labs/<str:lab_id>/end/", views.lab_end, name="lab-end"),
+    path("classes/", class_views.class_list, name="classes"),
+    path("classes/new/", class_views.class_new, name="class-new"),
+    path("classes/<int:class_id>/", class_views.class_detail, name="class"),
+    path("classes/<int:class_id>/end/", class_views.class_end, name="class-end"),
+    path("classes/<int:class_id>/dashboard/", class_views.class_dashboard, name="class-dashboard"),
+    path("classes/<int:class_id>/message/", class_views.class_message, name="class-message"),
+    path(
+        "classes/<int:class_id>/labs/<str:lab_id>/reset/",
+        class_views.class_lab_reset,
+        name="class-lab-reset",
+    ),
+    path(
+        "classes/<int:class_id>/labs/<str:lab_id>/end/",
+        class_views.class_lab_end,
+        name="class-lab-end",
+    ),
+    path("classes/<int:class_id>/learn/", class_views.class_learn, name="class-learn"),
+    path(
+        "classes/<int:class_id>/exercises/<slug:slug>/start/",
+        class_views.class_lab_start,
+        name="class-lab-start",
+    ),
+    path("join/", class_views.join, name="class-join"),
+    path("join/<str:code>/", class_views.join, name="class-join-code"),
 ]

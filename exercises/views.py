@@ -16,7 +16,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from labconsole.broker.brokers import CLUSTER
 
-from . import cluster, selectors, services
+from . import classes, cluster, selectors, services
 from .forms import (
     BindingForm,
     ConsumerForm,
@@ -36,25 +36,35 @@ def _redirect(request: HttpRequest, url: str) -> HttpResponse:
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
-def _own_lab(request: HttpRequest, lab_id: str) -> LabSession:
-    session = get_object_or_404(LabSession.objects.select_related("exercise"), pk=lab_id)
+def _viewed_lab(request: HttpRequest, lab_id: str) -> LabSession:
+    """A lab the user may watch (selectors.can_view_lab), else the site's 403 or 404."""
+    session = get_object_or_404(
+        LabSession.objects.select_related("exercise", "classroom"), pk=lab_id
+    )
     if not selectors.can_view_lab(request.user, session):
         raise PermissionDenied("this lab belongs to someone else")
+    return session
+
+
+def _own_lab(request: HttpRequest, lab_id: str) -> LabSession:
+    """A lab the user may change (selectors.can_act_on_lab): a watcher gets 403."""
+    session = _viewed_lab(request, lab_id)
+    if not selectors.can_act_on_lab(request.user, session):
+        raise PermissionDenied("this lab is someone else's: it can be watched, not changed")
     return session
 
 
 def _lab_action(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """A POST endpoint of one lab. Whose lab it is is checked before the method, so that a
     browser that lands on it (the address bar, a link) gets the site's 403 or 404 page, or,
-    the lab's owner, the lab's page; not a bare 405."""
+    whoever may watch the lab, the lab's page; not a bare 405."""
 
     @login_required
     @functools.wraps(view)
     def wrapper(request: HttpRequest, lab_id: str, **kwargs) -> HttpResponse:
-        session = _own_lab(request, lab_id)
         if request.method != "POST":
-            return redirect(session.get_absolute_url())
-        return view(request, session, **kwargs)
+            return redirect(_viewed_lab(request, lab_id).get_absolute_url())
+        return view(request, _own_lab(request, lab_id), **kwargs)
 
     return wrapper
 
@@ -158,8 +168,11 @@ def _workload_context(session: LabSession, workload: Workload, error: str = "") 
 @require_GET
 @login_required
 def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
-    session = _own_lab(request, lab_id)
-    services.lab_session_touch(session=session)
+    session = _viewed_lab(request, lab_id)
+    # Anyone else watches it read-only, and does not keep it from ending when idle.
+    read_only = not selectors.can_act_on_lab(request.user, session)
+    if not read_only:
+        services.lab_session_touch(session=session)
     passed = set(session.results.values_list("checkpoint", flat=True))
     state = selectors.lab_state(session)
     config = {
@@ -193,6 +206,9 @@ def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
             "topology": selectors.lab_topology_view(session),
             "brokers": cluster.lab_cluster_view(session),
             "lab_config": config,
+            "read_only": read_only,
+            "owner_name": classes.lab_owner_name(session=session) if read_only else "",
+            "class_message": classes.lab_class_message(session=session),
         },
     )
 
@@ -254,18 +270,26 @@ def lab_step(request: HttpRequest, session: LabSession, step: str) -> HttpRespon
 def lab_steps(request: HttpRequest, lab_id: str) -> HttpResponse:
     """The steps column as it is now: a page of the lab asks for it when a step was opened
     in another one."""
-    return HttpResponse(_steps(request, _own_lab(request, lab_id)))
+    return HttpResponse(_steps(request, _viewed_lab(request, lab_id)))
 
 
 def _steps(request: HttpRequest, session: LabSession, error: str = "") -> str:
     passed = set(session.results.values_list("checkpoint", flat=True))
+    read_only = not selectors.can_act_on_lab(request.user, session)
     steps = render_to_string(
         "exercises/lab.html#steps",
-        {"steps": selectors.lab_steps(session, passed), "step_error": error},
+        {
+            "steps": selectors.lab_steps(session, passed),
+            "step_error": error,
+            "read_only": read_only,
+        },
         request=request,
     )
-    # The new step may allow or forbid changing the topology: its panel comes along.
-    panel = _topology_panel(request, session, oob=True) if session.is_active else ""
+    # The new step may allow or forbid changing the topology: its panel comes along (a
+    # watcher's page has none).
+    panel = (
+        _topology_panel(request, session, oob=True) if session.is_active and not read_only else ""
+    )
     return steps + panel
 
 
@@ -352,7 +376,7 @@ def lab_topology(request: HttpRequest, session: LabSession) -> HttpResponse:
 def lab_topology_panel(request: HttpRequest, lab_id: str) -> HttpResponse:
     """The Topology panel as it is now (a viewer's page asks for it when the topology
     changed elsewhere)."""
-    return HttpResponse(_topology_panel(request, _own_lab(request, lab_id)))
+    return HttpResponse(_topology_panel(request, _viewed_lab(request, lab_id)))
 
 
 def _broker_panel(request: HttpRequest, session: LabSession, message: str = "", ok=True) -> str:
@@ -361,6 +385,7 @@ def _broker_panel(request: HttpRequest, session: LabSession, message: str = "", 
         {
             "brokers": cluster.lab_cluster_view(session),
             "broker_result": {"ok": ok, "message": message} if message else None,
+            "read_only": not selectors.can_act_on_lab(request.user, session),
         },
         request=request,
     )
@@ -371,7 +396,7 @@ def _broker_panel(request: HttpRequest, session: LabSession, message: str = "", 
 def lab_brokers(request: HttpRequest, lab_id: str) -> HttpResponse:
     """The broker panel of a lab on the local cluster, as it is now (the page asks for it
     every two seconds)."""
-    session = _own_lab(request, lab_id)
+    session = _viewed_lab(request, lab_id)
     if not cluster.on_cluster(session):
         raise Http404("this lab runs on the shared broker")
     return HttpResponse(_broker_panel(request, session))

@@ -187,6 +187,9 @@ LAB_QUEUE_MAX_LENGTH = env.int("LAB_QUEUE_MAX_LENGTH", default=10_000)
 LAB_QUEUE_MAX_BYTES = env.int("LAB_QUEUE_MAX_BYTES", default=8 * 1024 * 1024)
 # A lab nobody has looked at for this long is ended by the sweeper.
 LAB_IDLE_MINUTES = env.int("LAB_IDLE_MINUTES", default=30)
+# A learner of a class with no checkpoint passed and no step opened for this long is shown
+# as not moving on the class's dashboard (exercises/classes.py).
+CLASS_IDLE_MINUTES = env.int("CLASS_IDLE_MINUTES", default=5)
 # How often the sweeper reconciles the broker's lab vhosts and users with the database
 # (exercises/sweep.py), and how old a vhost or user with this console's mark and no lab
 # starting or running must be before it deletes it.
@@ -256,6 +259,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-idle-labs": {"task": "exercises.sweep_idle_labs", "schedule": 60.0},
     "sweep-labs": {"task": "exercises.sweep_labs", "schedule": LAB_SWEEP_SECONDS},
     "sweep-idle-cluster": {"task": "exercises.sweep_idle_cluster", "schedule": 60.0},
+    "end-due-classes": {"task": "exercises.end_due_classes", "schedule": 30.0},
 }
 
 # A worker process renews the leases of the workloads and monitors it runs this often, and

@@ -64,7 +64,7 @@ def billion_laughs(levels: int) -> str:
             lambda good: good.replace("routing_key: temperature\n", f"routing_key: {'é' * 200}\n"),
             "routing_key: must be at most 255 bytes in UTF-8 (got 400 bytes)",
         ),
-        (lambda good: good + "title: again\n", "title: duplicate key at line"),
+        (lambda good: good + "title: again\n", "title: duplicate key (first at line"),
     ],
     ids=["alias-bomb", "600-levels", "version-1.0", "routing-key-400-bytes", "duplicate-key"],
 )

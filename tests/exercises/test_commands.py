@@ -23,8 +23,8 @@ def test_validate_prints_paths_and_exits_1(tmp_path, capsys):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert (
-        "bad.yaml: topology.queues[0].arguments.x-max-priority: must be an integer from 1 to 255"
-        in err
+        "bad.yaml:12:25: topology.queues[0].arguments.x-max-priority: must be an integer from 1 "
+        "to 255" in err
     )
 
 
@@ -44,10 +44,10 @@ def test_validate_refuses_hostile_files_naming_where(tmp_path, capsys):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        f"{bomb}: a3[7]: the document holds more than 10000 values, counting each alias as "
-        "everything it repeats (line 4)",
-        f"{deep}: steps" + "[0]" * 31 + ": mappings and lists nest deeper than 32 levels (line 2)",
-        f"{latin1}: the document is not UTF-8 text: byte 0xe9 at offset 20 (line 2)",
+        f"{bomb}:4:45: a3[7]: the document holds more than 10000 values, counting each alias "
+        "as everything it repeats",
+        f"{deep}:2:39: steps" + "[0]" * 31 + ": mappings and lists nest deeper than 32 levels",
+        f"{latin1}:2:10: the document is not UTF-8 text: byte 0xe9 at offset 20",
     ]
 
 

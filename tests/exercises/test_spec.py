@@ -259,27 +259,27 @@ def test_yaml_syntax_error_has_line_and_column():
     with pytest.raises(SpecError) as info:
         parse_spec(text, source="bad.yaml")
     (message,) = info.value.errors
-    assert message.startswith("bad.yaml: YAML syntax error at line ")
-    assert "column" in message
+    assert message.startswith("line 3, column 6: bad.yaml: YAML syntax error: ")
 
 
 def test_yaml_bad_indentation_reports_its_line():
     with pytest.raises(SpecError) as info:
         parse_spec("version: 1\nslug: tiny\n  level: beginner\n", source="x.yaml")
-    assert "YAML syntax error at line 3, column 8" in str(info.value)
+    assert str(info.value).startswith("line 3, column 8: x.yaml: YAML syntax error: ")
 
 
 def test_yaml_duplicate_key():
     with pytest.raises(SpecError) as info:
         parse_spec("version: 1\nslug: a\nslug: b\n", source="dup.yaml")
-    assert str(info.value) == "slug: duplicate key at line 3 (first at line 2)"
+    assert str(info.value) == "line 3, column 1: slug: duplicate key (first at line 2)"
 
 
 def test_top_level_list_is_refused():
     with pytest.raises(SpecError) as info:
         parse_spec("- version: 1\n- slug: x\n", source="list.yaml")
     assert info.value.errors == [
-        "list.yaml: the document must be a mapping of fields, like 'version: 1' (got a list)"
+        "line 1, column 1: list.yaml: the document must be a mapping of fields, like "
+        "'version: 1' (got a list)"
     ]
 
 
@@ -1195,8 +1195,8 @@ def test_billion_laughs_is_refused_within_a_small_budget():
     finally:
         tracemalloc.stop()
     assert found == [
-        "a3[7]: the document holds more than 10000 values, counting each alias as everything "
-        "it repeats (line 4)"
+        "line 4, column 45: a3[7]: the document holds more than 10000 values, counting each "
+        "alias as everything it repeats"
     ]
     assert seconds < 2.0
     assert peak < 8 * 1024 * 1024
@@ -1205,8 +1205,8 @@ def test_billion_laughs_is_refused_within_a_small_budget():
 def test_a_long_string_repeated_by_aliases_counts_its_text():
     text = f"a: &s {'x' * 20_000}\nb: [{', '.join(['*s'] * 60)}]\n"
     assert refusal(text) == [
-        "b[51]: the document holds more than 1024 KiB of text, counting each alias as "
-        "everything it repeats (line 2)"
+        "line 2, column 209: b[51]: the document holds more than 1024 KiB of text, counting "
+        "each alias as everything it repeats"
     ]
 
 
@@ -1219,7 +1219,7 @@ def test_merge_keys_count_what_they_repeat():
 
 def test_an_alias_to_its_own_collection_is_refused():
     assert refusal("tags: &t [a, *t]\n") == [
-        "tags[1]: the alias *t repeats a collection that contains it (line 1)"
+        "line 1, column 14: tags[1]: the alias *t repeats a collection that contains it"
     ]
 
 
@@ -1238,17 +1238,19 @@ def test_deep_nesting_is_refused_before_any_recursion(depth, opening, closing):
     """About 490 levels used to raise RecursionError; now any depth past the limit is a
     message naming where."""
     (message,) = refusal(f"tags: {opening * depth}1{closing * depth}\n")
-    assert message.startswith("tags")
-    assert message.endswith(": mappings and lists nest deeper than 32 levels (line 1)")
+    assert message.startswith("line 1, column ")
+    assert message.endswith(": mappings and lists nest deeper than 32 levels")
+    assert message.split(": ")[1].startswith("tags")
 
 
 def test_nesting_up_to_the_limit_is_read():
     """The document is level 1 and `tags` level 2: 31 lists in `tags` make 32 levels, the
     limit, and are read (only their type is wrong); one more is refused."""
     at_limit = BASE_YAML + "tags: " + "[" * 31 + "x" + "]" * 31 + "\n"
-    assert refusal(at_limit)[0].startswith("tags[0]: must be a string (got a list)")
+    assert refusal(at_limit)[0].startswith("line 31, column 8: tags[0]: must be a string")
     (message,) = refusal(BASE_YAML + "tags: " + "[" * 32 + "x" + "]" * 32 + "\n")
-    assert message.endswith("nest deeper than 32 levels (line 31)")
+    assert message.startswith("line 31, column 38: tags[0]")
+    assert message.endswith("nest deeper than 32 levels")
 
 
 def test_document_size_and_encoding():
@@ -1260,7 +1262,7 @@ def test_document_size_and_encoding():
         "(document): the document is larger than the limit of 128 KiB"
     ]
     assert refusal(BASE_YAML.encode("cp1251")) == [
-        "(document): the document is not UTF-8 text: byte 0xca at offset 70 (line 5)"
+        "line 5, column 36: (document): the document is not UTF-8 text: byte 0xca at offset 70"
     ]
     assert refusal(BASE_YAML + "\ud800") == [
         f"(document): the document is not UTF-8 text (at character {len(BASE_YAML)})"
@@ -1270,7 +1272,7 @@ def test_document_size_and_encoding():
 
 def test_characters_yaml_does_not_allow_are_a_message():
     assert refusal("version: 1\nslug: ab\x00c\n") == [
-        "(document): YAML does not allow the character #x0000 (at line 2, column 9)"
+        "line 2, column 9: (document): YAML does not allow the character #x0000"
     ]
 
 
@@ -1287,20 +1289,20 @@ def test_long_strings_and_numbers_are_refused_with_an_excerpt():
         BASE_YAML.replace("description: Some *Markdown*.", "description: " + "d" * 30_000)
     )
     assert message == (
-        "description: a string of 30000 characters; the limit is 20000 "
-        f"({'d' * 60}… (30000 characters)) (line 6)"
+        "line 6, column 14: description: a string of 30000 characters; the limit is 20000 "
+        f"({'d' * 60}… (30000 characters))"
     )
     (message,) = refusal(BASE_YAML.replace("minutes: 5", "minutes: " + "9" * 5000))
     assert message == (
-        f"minutes: a number of 5000 characters; at most 32 are read ({'9' * 20}… (5000 "
-        "characters)) (line 8)"
+        f"line 8, column 10: minutes: a number of 5000 characters; at most 32 are read "
+        f"({'9' * 20}… (5000 characters))"
     )
 
 
 def test_a_value_yaml_cannot_build_is_a_message():
     """PyYAML lets a ValueError through for an impossible date; it is a message here."""
     (message,) = refusal(BASE_YAML.replace("minutes: 5", "minutes: 2024-13-45"))
-    assert message.startswith("(document): YAML syntax error at line 8, column 10: cannot read")
+    assert message.startswith("line 8, column 10: (document): YAML syntax error: cannot read")
     assert "month must be in 1..12" in message
 
 
@@ -1411,4 +1413,4 @@ def test_a_parsed_spec_is_frozen_and_remembered_by_its_text():
         spec.slug = "other"
     with pytest.raises(SpecError) as info:
         parse_spec_cached("version: [1", source="broken")
-    assert info.value.errors[0].startswith("broken: YAML syntax error")
+    assert info.value.errors[0].startswith("line 1, column 12: broken: YAML syntax error")

@@ -26,10 +26,13 @@ class Command(BaseCommand):
                     failed = True
                 except SpecError as exc:
                     failed = True
-                    for error in exc.errors:
-                        # Errors about the whole file already start with its name.
-                        named = error.startswith(f"{path}: ")
-                        self.stderr.write(error if named else f"{path}: {error}")
+                    for problem in exc.problems:
+                        # file:line:column, as compilers say it, for editors to follow;
+                        # a problem about the whole file is already named by the file.
+                        where = f"{path}:{problem.line}:{problem.column}" if problem.line else path
+                        named = problem.path == str(path)
+                        what = problem.message if named else f"{problem.path}: {problem.message}"
+                        self.stderr.write(f"{where}: {what}")
                 else:
                     self.stdout.write(f"{path}: valid ({spec.slug}, {len(spec.steps)} steps)")
             if failed:
