@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,10 @@ import pika
 import pika.exceptions as px
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.text import format_lazy
+from django.utils.translation import gettext, ngettext_lazy
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext_lazy
 
 from labconsole.broker import amqp, control
 from labconsole.broker.brokers import CLUSTER
@@ -26,7 +27,15 @@ from labconsole.workloads.load import load_setting
 
 from . import provisioning, quotas
 from .limits import LIMITS
-from .models import CheckpointResult, Classroom, Exercise, LabSession, RateEvent, Workload
+from .models import (
+    CheckpointResult,
+    Classroom,
+    Exercise,
+    ExerciseVersion,
+    LabSession,
+    RateEvent,
+    Workload,
+)
 from .selectors import lab_topology_editable
 from .spec import ExerciseSpec, SpecError, load_spec_file, parse_spec
 from .topology import lab_graph, topology_version
@@ -77,7 +86,7 @@ def exercise_save(*, source: str, builtin: bool = False) -> tuple[Exercise, bool
     if exercise.pk and exercise.source == source:
         return exercise, False
     exercise_apply_source(exercise=exercise, source=source)
-    exercise.save()
+    exercise_commit(exercise=exercise)
     return exercise, True
 
 
@@ -291,6 +300,7 @@ def lab_session_start(
     source: str | None = None,
     enforce_quotas: bool = True,
     classroom: Classroom | None = None,
+    trial: bool = False,
 ) -> LabSession:
     """Provisions a lab for `exercise` (its current version) and starts its monitor and,
     with `run`, the workloads that start by themselves. Nothing is left behind on failure.
@@ -305,6 +315,7 @@ def lab_session_start(
         exercise_version=exercise.version,
         source=source or exercise.source,
         rabbit_password=secrets.token_urlsafe(24),
+        trial=trial,
     )
     try:
         session.spec  # noqa: B018 - a bad document fails here, before anything is made
@@ -1004,3 +1015,171 @@ def lab_publish(
         True,
         format_lazy(_("published to {where}; message id {id}"), where=where, id=props.message_id),
     )
+
+
+# --- exercise versions, copies and trials (the admin; docs/authoring.md) --------------------
+
+
+class ExerciseReadOnly(Exception):
+    """A built-in exercise's text is the catalogue's: it is changed only by loading the
+    catalogue, and edited as a copy (exercise_duplicate)."""
+
+
+def exercise_commit(*, exercise: Exercise, author=None) -> Exercise:
+    """Saves an exercise whose text `exercise_apply_source` set, and keeps a changed text as
+    a new version (`ExerciseVersion`, by `author` where known). The number is counted from
+    the row as it is now, under a lock: two people saving at once make two versions, not
+    one number twice."""
+    with transaction.atomic():
+        saved = (
+            Exercise.objects.select_for_update()
+            .filter(pk=exercise.pk)
+            .values("version", "source")
+            .first()
+            if exercise.pk
+            else None
+        )
+        if saved is not None:
+            exercise.version = saved["version"] + (saved["source"] != exercise.source)
+        exercise.save()
+        ExerciseVersion.objects.get_or_create(
+            exercise=exercise,
+            number=exercise.version,
+            defaults={"source": exercise.source, "author": author},
+        )
+    return exercise
+
+
+def exercise_edit(*, exercise: Exercise, author) -> Exercise:
+    """An instructor's save from the admin: as `exercise_commit`, refusing a change of a
+    built-in exercise's text (ExerciseReadOnly), however the request was made."""
+    if exercise.builtin and exercise.pk:
+        saved = Exercise.objects.filter(pk=exercise.pk).values_list("source", flat=True).first()
+        if saved is not None and saved != exercise.source:
+            raise ExerciseReadOnly(_("built-in: duplicate it to edit"))
+    return exercise_commit(exercise=exercise, author=author)
+
+
+def exercise_version_restore(*, version: ExerciseVersion, author) -> Exercise:
+    """Makes an earlier text the exercise's newest again, as a new version, validated as
+    any save (SpecError). Restoring the current text changes nothing."""
+    exercise = version.exercise
+    if exercise.builtin:
+        raise ExerciseReadOnly(_("built-in: duplicate it to edit"))
+    if version.source == exercise.source:
+        return exercise
+    slug = parse_spec(version.source).slug
+    if Exercise.objects.filter(slug=slug).exclude(pk=exercise.pk).exists():
+        raise SpecError(
+            [
+                gettext(
+                    "slug: another exercise is called '{slug}' now; restore it as a copy"
+                ).format(slug=slug)
+            ]
+        )
+    exercise_apply_source(exercise=exercise, source=version.source)
+    return exercise_commit(exercise=exercise, author=author)
+
+
+SLUG_MAX = 63
+
+
+def _copy_slug(slug: str) -> str:
+    """`<slug>-copy`, else `<slug>-copy-2`, `-copy-3`, ...: the first free one, within the
+    slug's length."""
+    for n in range(1, 1000):
+        suffix = "-copy" if n == 1 else f"-copy-{n}"
+        candidate = slug[: SLUG_MAX - len(suffix)].rstrip("-") + suffix
+        if not Exercise.objects.filter(slug=candidate).exists():
+            return candidate
+    raise SpecError([gettext("slug: '{slug}' has too many copies").format(slug=slug)])
+
+
+def _copy_title(spec: ExerciseSpec) -> str:
+    """The exercise's title as YAML, each language's text marked as a copy in that
+    language. JSON strings are valid YAML scalars, so the texts need no other quoting."""
+    texts = {"en": spec.title.en, **{k: v for k, v in (spec.title.model_extra or {}).items() if v}}
+    lines = ["title:"]
+    for code, text in texts.items():
+        with translation.override(code):
+            marked = f"{text} {gettext('(copy)')}"
+        lines.append(f"  {code}: {json.dumps(marked, ensure_ascii=False)}")
+    return "\n".join(lines) + "\n"
+
+
+# A top-level key of the document and the lines indented under it.
+_TOP_LEVEL_KEY = r"^{key}:[^\n]*\n(?:(?:[ \t]*\n)*[ \t]+[^\n]*\n)*"
+
+
+def _copy_source(source: str, slug: str) -> str:
+    """The document with its slug and title replaced and nothing else changed (comments,
+    order and layout stay), checked by parsing it again."""
+    spec = parse_spec(source)
+    text = source if source.endswith("\n") else source + "\n"
+    text, slugs = re.subn(r"^slug:[^\n]*$", f"slug: {slug}", text, count=1, flags=re.M)
+    block = re.compile(_TOP_LEVEL_KEY.format(key="title"), flags=re.M)
+    text, titles = block.subn(lambda _m: _copy_title(spec), text, count=1)
+    copy = parse_spec(text) if slugs and titles else None
+    if copy is None or copy.slug != slug or copy.title.en == spec.title.en:
+        raise SpecError(
+            [gettext("(document): the slug and title could not be rewritten; copy it by hand")]
+        )
+    return text
+
+
+def exercise_duplicate(*, exercise: Exercise, author) -> Exercise:
+    """A copy of the exercise's saved text to edit: a new slug (`<slug>-copy`, ...) and
+    "(copy)" in its title, written into its YAML; not built-in, not published, version 1,
+    `copied_from` the original."""
+    copy = Exercise(copied_from=exercise, builtin=False, published=False)
+    exercise_apply_source(
+        exercise=copy, source=_copy_source(exercise.source, _copy_slug(exercise.slug))
+    )
+    return exercise_commit(exercise=copy, author=author)
+
+
+# A lab needs an exercise: a text tried from the admin's add form (no exercise yet) runs as
+# its author's draft. A draft's slug starts with "_", which no exercise's slug may (the
+# format's SLUG_PATTERN), so it never meets one; it is unpublished and hidden from the
+# admin's list; its own text is the first one tried (each trial's lab keeps its own).
+TRIAL_DRAFT_PREFIX = "_trial-"
+
+
+def exercise_trial_draft(*, user, source: str) -> tuple[Exercise, bool]:
+    """The user's draft exercise for trials of new exercises, made on first use; returns
+    (draft, created)."""
+    spec = parse_spec(source)
+    draft, created = Exercise.objects.get_or_create(
+        slug=f"{TRIAL_DRAFT_PREFIX}{user.pk}",
+        defaults={
+            "title": spec.title.en,
+            "level": spec.level,
+            "minutes": spec.minutes,
+            "source": source,
+            "published": False,
+        },
+    )
+    return draft, created
+
+
+def lab_session_try(*, source: str, user, exercise: Exercise | None) -> LabSession:
+    """A throwaway lab (`trial`) of a text not yet saved, for `user` (an instructor trying
+    an edit): `exercise` is the one being edited, None for a new one (the user's draft).
+    The text is validated first (SpecError); the lab counts against the user's limits like
+    any lab; a new trial of the same exercise ends the user's earlier ones. Nothing is
+    left in the database or on the broker when it cannot start. Trials end by themselves
+    soon after their page is closed (exercises/sweep.py)."""
+    parse_spec(source)
+    created = False
+    if exercise is None:
+        exercise, created = exercise_trial_draft(user=user, source=source)
+    for earlier in LabSession.objects.filter(owner=user, exercise=exercise, trial=True).exclude(
+        state=LabSession.State.ENDED
+    ):
+        lab_session_stop(session=earlier)
+    try:
+        return lab_session_start(exercise=exercise, owner=user, source=source, trial=True)
+    except BaseException:
+        if created:
+            exercise.delete()
+        raise
