@@ -17,8 +17,17 @@ def admin_client_in(client, django_user_model):
     return client
 
 
-def test_bad_yaml_is_refused_with_the_path(admin_client_in, catalogue):
+@pytest.fixture
+def editable(catalogue):
+    """Direct routing as an instructor's own exercise: a built-in one is not edited here."""
     exercise = catalogue["direct-routing"]
+    Exercise.objects.filter(pk=exercise.pk).update(builtin=False)
+    exercise.builtin = False
+    return exercise
+
+
+def test_bad_yaml_is_refused_with_the_path(admin_client_in, editable):
+    exercise = editable
     url = reverse("admin:exercises_exercise_change", args=[exercise.pk])
     source = exercise.source.replace("rate: 2\n", "rate: 0\n", 1)
     response = admin_client_in.post(url, {"source": source, "published": "on"})
@@ -30,9 +39,9 @@ def test_bad_yaml_is_refused_with_the_path(admin_client_in, catalogue):
 
 
 def test_edit_is_a_new_version_and_running_labs_keep_theirs(
-    admin_client_in, catalogue, learner, labs
+    admin_client_in, editable, learner, labs
 ):
-    exercise = catalogue["direct-routing"]
+    exercise = editable
     session = lab_session_start(exercise=exercise, owner=learner, run=False)
     url = reverse("admin:exercises_exercise_change", args=[exercise.pk])
     source = exercise.source.replace("rate: 2\n", "rate: 3\n", 1)
@@ -68,10 +77,10 @@ def billion_laughs(levels: int) -> str:
     ],
     ids=["alias-bomb", "600-levels", "version-1.0", "routing-key-400-bytes", "duplicate-key"],
 )
-def test_hostile_source_is_a_form_error(admin_client_in, catalogue, make_source, expected):
+def test_hostile_source_is_a_form_error(admin_client_in, editable, make_source, expected):
     """A document built to cost the server is refused as a form error naming where, not a
     500, and the exercise keeps its version."""
-    exercise = catalogue["direct-routing"]
+    exercise = editable
     assert "version: 1\n" in exercise.source and "routing_key: temperature\n" in exercise.source
     url = reverse("admin:exercises_exercise_change", args=[exercise.pk])
     response = admin_client_in.post(
@@ -85,9 +94,9 @@ def test_hostile_source_is_a_form_error(admin_client_in, catalogue, make_source,
     assert exercise.version == 1
 
 
-def test_oversized_source_is_refused_before_reading_it(admin_client_in, catalogue):
+def test_oversized_source_is_refused_before_reading_it(admin_client_in, editable):
     """A document over the size limit is refused by its size, with the limit in the message."""
-    exercise = catalogue["direct-routing"]
+    exercise = editable
     url = reverse("admin:exercises_exercise_change", args=[exercise.pk])
     source = exercise.source + "# " + "x" * (200 * 1024) + "\n"
     response = admin_client_in.post(url, {"source": source, "published": "on"})
