@@ -326,9 +326,7 @@ def classroom_join(*, code: str, user, display_name: str) -> ClassMember:
         raise ClassError(
             format_lazy(
                 _("this class has not started yet: it starts at {time}"),
-                time=formats.date_format(
-                    timezone.localtime(classroom.starts_at), "DATETIME_FORMAT"
-                ),
+                time=formats.date_format(timezone.localtime(classroom.starts_at), "j E Y, H:i"),
             )
         )
     if state == "ended":

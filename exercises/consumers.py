@@ -38,7 +38,7 @@ _touched: dict[str, float] = {}
 
 @database_sync_to_async
 def _load(lab_id: str, user) -> tuple[LabSession | None, bool]:
-    session = LabSession.objects.select_related("exercise").filter(pk=lab_id).first()
+    session = LabSession.objects.select_related("exercise", "classroom").filter(pk=lab_id).first()
     return session, bool(session and selectors.can_view_lab(user, session))
 
 

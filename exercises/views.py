@@ -80,6 +80,8 @@ def catalogue(request: HttpRequest) -> HttpResponse:
         "levels": selectors.level_choices(),
         "selected_tag": tag,
         "selected_level": level,
+        "membership": classes.membership_current(user=request.user),
+        "instructor": classes.user_is_instructor(request.user),
     }
     template = "exercises/catalogue.html#cards" if request.htmx else "exercises/catalogue.html"
     return render(request, template, context)

@@ -1757,8 +1757,19 @@ function main(configEl, labEl) {
     else if (isOver(m.state)) endLab(m.state);
     // A reset makes the lab anew (new workloads, checkpoints pending): start the page over.
     else if (m.state === "reset") location.reload();
+    else if (m.state === "class-message") showClassMessage(m.message);
     else if (m.message) toast(m.message, "info");
   }
+
+  // The instructor's message to the class (docs/classes.md): shown until dismissed, and
+  // again when a new one comes.
+  const classMessageEl = $("class-message");
+  function showClassMessage(text) {
+    if (!classMessageEl || !text) return;
+    $("class-message-text").textContent = text;
+    classMessageEl.hidden = false;
+  }
+  $("class-message-close")?.addEventListener("click", () => { classMessageEl.hidden = true; });
 
   function onSnapshot(m) {
     state.snapshotsReceived++;
