@@ -223,8 +223,13 @@ class Skipped:
     names: tuple[str, ...]
     why: str
 
+    @property
+    def names_shown(self) -> str:
+        """The names, quoted, the first `NAMES_SHOWN` of them."""
+        return _names(self.names)
+
     def __str__(self) -> str:
-        names = _names(self.names)
+        names = self.names_shown
         return f"{self.what}: {names} ({self.why})" if names else f"{self.what}: {self.why}"
 
 
