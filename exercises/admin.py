@@ -5,7 +5,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext, gettext_lazy
 
 from . import services
-from .admin_preview import ExercisePreviewMixin
+from .admin_preview import ExercisePreviewMixin, YamlEditor
 from .admin_transfer import ExerciseTransferMixin
 from .admin_versions import ExerciseVersionsMixin, duplicated_message
 from .models import CheckpointResult, ClassMember, Classroom, Exercise, LabSession, Workload
@@ -17,11 +17,7 @@ class ExerciseForm(forms.ModelForm):
     class Meta:
         model = Exercise
         fields = ["source", "published"]
-        widgets = {
-            "source": forms.Textarea(
-                attrs={"rows": 40, "cols": 110, "spellcheck": "false", "class": "vLargeTextField"}
-            )
-        }
+        widgets = {"source": YamlEditor()}
 
     def clean_source(self):
         source = self.cleaned_data["source"]
