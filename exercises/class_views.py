@@ -119,7 +119,7 @@ def _instructor_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRes
 
 
 def _instructors_only(request: HttpRequest) -> None:
-    if not classes.user_is_instructor(request.user):
+    if not selectors.user_is_instructor(request.user):
         raise PermissionDenied("only instructors run classes")
 
 

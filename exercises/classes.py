@@ -21,10 +21,10 @@ from django.utils.translation import gettext_lazy as _
 
 from . import selectors, services
 from .models import CheckpointResult, ClassMember, Classroom, Exercise, LabSession
+from .selectors import user_is_instructor
 
 log = logging.getLogger(__name__)
 
-INSTRUCTORS_GROUP = "Instructors"
 # Said over a lab's live stream to its open pages (labconsole/flow/stream.py keeps the
 # message of a state it has no text of its own for).
 CLASS_MESSAGE_STATE = "class-message"
@@ -36,13 +36,6 @@ class ClassError(Exception):
 
 
 # --- who is who ----------------------------------------------------------------------------
-
-
-def user_is_instructor(user: AbstractBaseUser | AnonymousUser) -> bool:
-    """Staff in the "Instructors" group, and staff superusers."""
-    if not (user.is_authenticated and user.is_staff):
-        return False
-    return user.is_superuser or user.groups.filter(name=INSTRUCTORS_GROUP).exists()
 
 
 def can_instruct(user: AbstractBaseUser | AnonymousUser, classroom: Classroom) -> bool:

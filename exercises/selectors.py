@@ -40,6 +40,16 @@ def localized(text: LocalizedText) -> str:
     return text.get(get_language() or "en")
 
 
+INSTRUCTORS_GROUP = "Instructors"
+
+
+def user_is_instructor(user) -> bool:
+    """Staff in the "Instructors" group, and staff superusers."""
+    if not (user.is_authenticated and user.is_staff):
+        return False
+    return user.is_superuser or user.groups.filter(name=INSTRUCTORS_GROUP).exists()
+
+
 def can_act_on_lab(user, session: LabSession) -> bool:
     """Who changes a lab from its page and its endpoints (workloads, steps, publish,
     topology, reset, end): its owner only. The instructor of its class resets or ends it
@@ -49,14 +59,15 @@ def can_act_on_lab(user, session: LabSession) -> bool:
 
 def can_view_lab(user, session: LabSession) -> bool:
     """Who watches a lab (its page read-only, its JSON, its socket): its owner, the
-    instructor of the class it was started in, and staff."""
+    instructor of the class it was started in, and staff. Instructors are staff too, and
+    see only their own classes' labs, unless they are superusers."""
     if can_act_on_lab(user, session):
         return True
-    if not user.is_authenticated:
+    if not (user.is_authenticated and user.is_staff):
         return False
-    if user.is_staff:
+    if session.classroom_id is not None and session.classroom.instructor_id == user.pk:
         return True
-    return session.classroom_id is not None and session.classroom.instructor_id == user.pk
+    return user.is_superuser or not user_is_instructor(user)
 
 
 def markdown_html(text: str) -> SafeString:

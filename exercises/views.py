@@ -81,7 +81,7 @@ def catalogue(request: HttpRequest) -> HttpResponse:
         "selected_tag": tag,
         "selected_level": level,
         "membership": classes.membership_current(user=request.user),
-        "instructor": classes.user_is_instructor(request.user),
+        "instructor": selectors.user_is_instructor(request.user),
     }
     template = "exercises/catalogue.html#cards" if request.htmx else "exercises/catalogue.html"
     return render(request, template, context)

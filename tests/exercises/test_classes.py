@@ -11,7 +11,7 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 
-from exercises import classes
+from exercises import classes, selectors
 from exercises.models import ClassMember, Classroom, LabSession
 from exercises.tasks import end_due_classes
 from tests.support import text_of
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 
 def make_instructor(django_user_model, name="teacher"):
     user = django_user_model.objects.create_user(name, password=f"{name}-pass-1", is_staff=True)
-    group, _ = Group.objects.get_or_create(name=classes.INSTRUCTORS_GROUP)
+    group, _ = Group.objects.get_or_create(name=selectors.INSTRUCTORS_GROUP)
     user.groups.add(group)
     return user
 
@@ -50,14 +50,14 @@ def classroom(instructor, catalogue):
 
 def test_an_instructor_is_staff_in_the_group_or_a_staff_superuser(django_user_model):
     """The group alone, or staff alone, is not enough; a staff superuser is."""
-    assert classes.user_is_instructor(make_instructor(django_user_model))
+    assert selectors.user_is_instructor(make_instructor(django_user_model))
     staff = django_user_model.objects.create_user("staff", is_staff=True)
     grouped = django_user_model.objects.create_user("grouped")
-    grouped.groups.add(Group.objects.get(name=classes.INSTRUCTORS_GROUP))
+    grouped.groups.add(Group.objects.get(name=selectors.INSTRUCTORS_GROUP))
     superuser = django_user_model.objects.create_superuser("root", password="root-pass-1")
-    assert not classes.user_is_instructor(staff)
-    assert not classes.user_is_instructor(grouped)
-    assert classes.user_is_instructor(superuser)
+    assert not selectors.user_is_instructor(staff)
+    assert not selectors.user_is_instructor(grouped)
+    assert selectors.user_is_instructor(superuser)
 
 
 def test_an_instructor_creates_a_class_on_the_page_and_gets_its_code_and_qr(
