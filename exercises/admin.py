@@ -49,7 +49,7 @@ class ExerciseAdmin(
     search_fields = ["title", "slug"]
     readonly_fields = ["slug", "title", "level", "minutes", "tags", "version", "builtin"]
     fields = ["source", "published", *readonly_fields]
-    actions = [duplicate_exercises]
+    actions = [duplicate_exercises, *ExerciseTransferMixin.transfer_actions]
 
     def get_queryset(self, request):
         # The drafts that trials of new exercises run as are no exercise of anyone's.
