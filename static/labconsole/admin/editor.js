@@ -9,6 +9,7 @@ import { fitText, nameOf } from "../lab/format.js";
 const SVG_NS = "http://www.w3.org/2000/svg";
 const DELAY_MS = 500;
 const PROBLEM_GUTTER = "editor-problems";
+const MIN_SCALE = 0.75; // of the drawing's units: names at about 10 px
 
 const textarea = document.querySelector("textarea[data-editor=yaml]");
 const template = document.getElementById("exercise-preview-template");
@@ -133,7 +134,10 @@ function start() {
   function draw(layout) {
     svg.replaceChildren();
     const { x1, y1, x2, y2 } = layout.box;
-    svg.setAttribute("viewBox", `${x1 - PAD} ${y1 - PAD} ${x2 - x1 + 2 * PAD} ${y2 - y1 + 2 * PAD}`);
+    const width = x2 - x1 + 2 * PAD;
+    svg.setAttribute("viewBox", `${x1 - PAD} ${y1 - PAD} ${width} ${y2 - y1 + 2 * PAD}`);
+    // Shrunk to the panel's width, but never below MIN_SCALE: a wider drawing scrolls.
+    svg.style.width = `${Math.max(svg.parentElement.clientWidth, Math.round(width * MIN_SCALE))}px`;
     const defs = svgEl("defs", {}, svg);
     const marker = svgEl("marker", { id: "preview-arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 6.5, markerHeight: 6.5, orient: "auto-start-reverse", markerUnits: "strokeWidth" }, defs);
     svgEl("path", { d: "M0 0 L10 5 L0 10 z", class: "arrowhead" }, marker);
