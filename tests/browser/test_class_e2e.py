@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 
 from exercises.models import Classroom, LabSession
 from exercises.selectors import INSTRUCTORS_GROUP
-from tests.browser.test_lab_e2e import expect_passed, log_in
+from tests.browser.test_lab_e2e import SCREENSHOTS, expect_passed, log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -31,6 +31,8 @@ def test_a_class_from_creation_to_a_pass_on_the_dashboard(
     code = page.locator("#join-code").inner_text().strip()
     assert code == Classroom.objects.get(name="Morning group").join_code
     expect(page.locator("#join-qr svg")).to_be_visible()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "class.png")
     page.click("#class-dashboard-link")
     expect(page.locator("#dash-connection")).to_have_attribute("data-state", "live")
     expect(page.locator("#dash-empty")).to_be_visible()
@@ -56,6 +58,7 @@ def test_a_class_from_creation_to_a_pass_on_the_dashboard(
         expect(
             page.locator('tfoot td[data-exercise="hello-world"][data-step="watch-hello"]')
         ).to_have_text("1")
+        page.screenshot(path=SCREENSHOTS / "class-dashboard.png")
     finally:
         context.close()
     assert not errors, f"JavaScript errors on the learner's page: {errors}"
