@@ -216,9 +216,9 @@ def test_the_preview_answers_posts_only(staff_client):
     assert staff_client.get(reverse("admin:exercises_exercise_preview")).status_code == 405
 
 
-def test_the_change_form_has_the_editor(staff_client):
+def test_the_change_and_add_forms_have_the_editor(staff_client):
     """The change form's YAML field is the editor's, with CodeMirror, the preview's URL
-    and the preview's template."""
+    and the preview's template; the add form's too."""
     exercise, _changed = exercise_save(source=DOCUMENT)
     response = staff_client.get(reverse("admin:exercises_exercise_change", args=[exercise.pk]))
     text = response.content.decode()
@@ -227,3 +227,5 @@ def test_the_change_form_has_the_editor(staff_client):
     assert "vendor/codemirror/lib/codemirror.js" in text
     assert 'src="/static/labconsole/admin/editor.js" type="module"' in text
     assert 'id="exercise-preview-template"' in text
+    add_form = staff_client.get(reverse("admin:exercises_exercise_add")).content.decode()
+    assert 'data-editor="yaml"' in add_form and 'id="exercise-preview-template"' in add_form
