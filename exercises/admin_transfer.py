@@ -27,6 +27,7 @@ from .definitions import (
     topology_from_definitions,
 )
 from .models import Exercise
+from .services import TRIAL_DRAFT_PREFIX
 from .spec import SLUG_PATTERN
 from .transfer import (
     TopologyRefused,
@@ -83,7 +84,9 @@ class DefinitionsImportForm(forms.Form):
         help_text=gettext_lazy("The file holds several: its topology is imported from this one."),
     )
     exercise = forms.ModelChoiceField(
-        queryset=Exercise.objects.filter(builtin=False),
+        queryset=Exercise.objects.filter(builtin=False).exclude(
+            slug__startswith=TRIAL_DRAFT_PREFIX
+        ),
         required=False,
         label=gettext_lazy("Replace the topology of"),
         help_text=gettext_lazy(
@@ -231,7 +234,9 @@ class ExerciseTransferMixin:
         if request.method == "POST":
             form = YamlImportForm(request.POST, request.FILES)
             if form.is_valid():
-                results, saved = exercise_import_documents(documents=form.documents)
+                results, saved = exercise_import_documents(
+                    documents=form.documents, author=request.user
+                )
                 ignored = form.ignored
                 if saved:
                     self.message_user(
@@ -268,6 +273,7 @@ class ExerciseTransferMixin:
                         slug=data.get("slug", ""),
                         title=data.get("title", ""),
                         version=form.definitions.version,
+                        author=request.user,
                     )
                 except (DefinitionsError, TopologyRefused) as exc:
                     problems = exc.errors

@@ -78,15 +78,16 @@ def exercise_apply_source(*, exercise: Exercise, source: str) -> Exercise:
     return exercise
 
 
-def exercise_save(*, source: str, builtin: bool = False) -> tuple[Exercise, bool]:
-    """Creates or updates the exercise the YAML describes (found by its slug). Returns
-    (exercise, changed). Raises SpecError for a bad document."""
+def exercise_save(*, source: str, builtin: bool = False, author=None) -> tuple[Exercise, bool]:
+    """Creates or updates the exercise the YAML describes (found by its slug), a new
+    version by `author` where known. Returns (exercise, changed). Raises SpecError for a
+    bad document."""
     slug = parse_spec(source).slug
     exercise = Exercise.objects.filter(slug=slug).first() or Exercise(builtin=builtin)
     if exercise.pk and exercise.source == source:
         return exercise, False
     exercise_apply_source(exercise=exercise, source=source)
-    exercise_commit(exercise=exercise)
+    exercise_commit(exercise=exercise, author=author)
     return exercise, True
 
 

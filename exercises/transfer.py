@@ -147,7 +147,9 @@ class Imported:
     changed: bool = False
 
 
-def exercise_import_documents(*, documents: list[Document]) -> tuple[list[Imported], bool]:
+def exercise_import_documents(
+    *, documents: list[Document], author=None
+) -> tuple[list[Imported], bool]:
     """Checks every document, then saves them all, or none if any is wrong: a new
     exercise for a new slug, a new version of an exercise whose slug exists. A built-in
     exercise's slug is refused (built-ins are edited as copies). Returns each document's
@@ -179,7 +181,7 @@ def exercise_import_documents(*, documents: list[Document]) -> tuple[list[Import
     existing = set(Exercise.objects.filter(slug__in=slugs).values_list("slug", flat=True))
     with transaction.atomic():
         for result, document in zip(results, documents, strict=True):
-            exercise, changed = exercise_save(source=document.raw.decode("utf-8"))
+            exercise, changed = exercise_save(source=document.raw.decode("utf-8"), author=author)
             result.exercise, result.changed = exercise, changed
             result.created = result.slug not in existing
     return results, True
@@ -217,6 +219,7 @@ def exercise_import_topology(
     slug: str = "",
     title: str = "",
     version: str | None = None,
+    author=None,
 ) -> Exercise:
     """A new exercise (`slug`, `title`) with the imported topology, saved unpublished
     until its steps are written; or, with `exercise`, a new version of it with its
@@ -230,7 +233,7 @@ def exercise_import_topology(
             source = document_with_topology(exercise.source, imported.topology)
         except SpecError as exc:
             raise TopologyRefused(list(exc.errors)) from None
-        return exercise_save(source=source)[0]
+        return exercise_save(source=source, author=author)[0]
     if Exercise.objects.filter(slug=slug).exists():
         taken = _(
             "slug: {slug} is taken: choose another, or choose that exercise to replace its topology"
@@ -238,7 +241,7 @@ def exercise_import_topology(
         raise TopologyRefused([taken.format(slug=slug)])
     source = exercise_document(imported, slug=slug, title=title, version=version)
     with transaction.atomic():
-        exercise = exercise_save(source=source)[0]
+        exercise = exercise_save(source=source, author=author)[0]
         # Learners see it once it has steps: the instructor publishes it then.
         Exercise.objects.filter(pk=exercise.pk).update(published=False)
     exercise.published = False

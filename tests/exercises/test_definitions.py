@@ -340,7 +340,8 @@ def test_changelist_offers_the_imports(staff):
 
 
 def test_one_yaml_file_makes_an_exercise_and_again_a_version(staff):
-    """A new slug makes an exercise; the same slug again is its next version."""
+    """A new slug makes an exercise; the same slug again is its next version, each kept
+    with the instructor who imported it."""
     response = import_yaml(staff, "mine.yaml", document("mine"))
     assert response.status_code == 200 and response.context["saved"]
     exercise = Exercise.objects.get(slug="mine")
@@ -348,6 +349,8 @@ def test_one_yaml_file_makes_an_exercise_and_again_a_version(staff):
     import_yaml(staff, "mine.yaml", document("mine", title="Mine again"))
     exercise.refresh_from_db()
     assert exercise.version == 2 and exercise.title == "Mine again"
+    versions = exercise.versions.values_list("number", "author__username")
+    assert list(versions) == [(2, "teacher"), (1, "teacher")]
 
 
 def test_zip_with_a_bad_file_saves_nothing_and_names_each_problem(staff, catalogue):
