@@ -16,6 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_http_methods
 from pydantic import ValidationError
 
 from .definitions import (
@@ -201,7 +202,10 @@ class ExerciseTransferMixin:
 
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
-        view = self.admin_site.admin_view
+
+        def view(page):
+            return self.admin_site.admin_view(require_http_methods(["GET", "POST"])(page))
+
         return [
             path(
                 "import-yaml/",
