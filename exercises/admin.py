@@ -20,7 +20,9 @@ class ExerciseForm(forms.ModelForm):
         widgets = {"source": YamlEditor()}
 
     def clean_source(self):
-        source = self.cleaned_data["source"]
+        # A browser submits a textarea's lines ending in CR LF: kept as the file's own LF, so
+        # that a save without a change is no new version and a diff compares lines.
+        source = self.cleaned_data["source"].replace("\r\n", "\n")
         try:
             exercise_apply_source(exercise=self.instance, source=source)
         except SpecError as exc:

@@ -229,3 +229,19 @@ def test_the_change_and_add_forms_have_the_editor(staff_client):
     assert 'id="exercise-preview-template"' in text
     add_form = staff_client.get(reverse("admin:exercises_exercise_add")).content.decode()
     assert 'data-editor="yaml"' in add_form and 'id="exercise-preview-template"' in add_form
+
+
+def test_a_text_submitted_with_crlf_line_ends_is_kept_with_lf(staff_client):
+    """A browser posts the textarea's lines ending in CR LF: the saved text has the file's
+    LF, and posting the same text again is no new version."""
+    exercise, _changed = exercise_save(source=DOCUMENT)
+    url = reverse("admin:exercises_exercise_change", args=[exercise.pk])
+    edited = DOCUMENT.replace("rate: 2", "rate: 3")
+    for _ in range(2):
+        response = staff_client.post(
+            url, {"source": edited.replace("\n", "\r\n"), "published": "on"}
+        )
+        assert response.status_code == 302, response.content.decode()[:2000]
+    exercise.refresh_from_db()
+    assert exercise.source == edited.rstrip("\n")  # the form strips the ends, as before
+    assert exercise.version == 2
