@@ -152,6 +152,9 @@ class LabConsumer(AsyncWebsocketConsumer):
         if self.viewer is not None:
             self.viewer.leave()
             self.viewer = None
+            if self.session.trial:
+                # A trial ends a grace after its last page closed: from now (exercises/sweep.py).
+                await database_sync_to_async(services.lab_session_touch)(session=self.session)
 
     async def refuse(self, code: int, message: str | None = None) -> None:
         """Says why (if there is more to say than the code), then closes with `code`. The

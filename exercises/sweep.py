@@ -131,3 +131,50 @@ def _sweep_broker(broker: LabBroker, grace_seconds: float, result: SweepResult) 
             session.refresh_from_db()
             lab_session_stop(session=session)
             result.ended.append(session.id)
+
+
+# --- trial labs (the admin's "Try it") ----------------------------------------------------
+
+
+def _watched_labs(broker: LabBroker) -> set[str]:
+    """The routing keys of the labs that some web process has a hub for: a page of the lab
+    is open there (or closed less than FLOW_HUB_GRACE_SECONDS ago). Each hub binds a queue
+    of its own to the lab's keys on the flow exchange (labconsole/flow/stream.py), and the
+    queue goes with its connection, so the broker's list holds across every web process
+    and forgets one that died."""
+    flow = amqp.flow_exchange()
+    return {
+        b["routing_key"]
+        for b in broker.api().bindings(amqp.console_vhost())
+        if b["source"] == flow and b["destination_type"] == "queue"
+    }
+
+
+def trials_sweep(*, grace_seconds: float, idle_minutes: float) -> list[str]:
+    """Ends the trial labs nobody uses any more; returns their ids. A trial ends once no
+    page of it has been open for `grace_seconds` (the socket's close is its last sight,
+    exercises/consumers.py), or nobody has looked at it for `idle_minutes` (its open page
+    pings, so this one holds while the broker cannot say who watches)."""
+    now = timezone.now()
+    trials = LabSession.objects.filter(trial=True).exclude(state=LabSession.State.ENDED)
+    unseen = now - timedelta(seconds=grace_seconds)
+    if not trials.filter(last_seen_at__lt=unseen).exists():
+        return []
+    try:
+        watched = _watched_labs(lab_broker(SHARED))
+    except BrokerError as exc:
+        log.info("trial sweep: the broker cannot say who watches (%s)", exc.reason)
+        unseen = min(unseen, now - timedelta(minutes=idle_minutes))
+        watched = set()
+    idle = now - timedelta(minutes=idle_minutes)
+    ended = []
+    for session in trials.filter(last_seen_at__lt=unseen):
+        if session.last_seen_at >= idle and amqp.lab_key(session.id, "frame") in watched:
+            continue
+        # Looked up again: a page that opened since the list was read has touched it.
+        if LabSession.objects.filter(pk=session.pk, last_seen_at__lt=unseen).exists():
+            lab_session_stop(session=session)
+            ended.append(session.id)
+    if ended:
+        log.info("trial sweep: ended %s", ended)
+    return ended

@@ -41,6 +41,17 @@ def sweep_idle_labs() -> list[str]:
     return lab_sessions_sweep_idle(idle_minutes=settings.LAB_IDLE_MINUTES)
 
 
+@shared_task(name="exercises.sweep_trial_labs")
+def sweep_trial_labs() -> list[str]:
+    """Ends the trial labs of the admin's "Try it" whose pages are closed (exercises/sweep.py)."""
+    from .sweep import trials_sweep
+
+    return trials_sweep(
+        grace_seconds=settings.LAB_TRIAL_GRACE_SECONDS,
+        idle_minutes=settings.LAB_TRIAL_IDLE_MINUTES,
+    )
+
+
 @shared_task(name="exercises.sweep_idle_cluster")
 def sweep_idle_cluster() -> bool:
     """The lab cluster goes down once no lab has run on it for LAB_CLUSTER_IDLE_MINUTES."""

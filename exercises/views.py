@@ -200,6 +200,7 @@ def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
                 "reset_url": reverse("lab-reset", args=[session.id]),
                 "publish_url": reverse("lab-publish", args=[session.id]),
                 "kept": state.get("kept", True),
+                "trial": session.trial,
             },
             "steps": selectors.lab_steps(session, passed),
             "alerts": selectors.lab_alerts(session),
@@ -433,4 +434,6 @@ def lab_reset(request: HttpRequest, session: LabSession) -> HttpResponse:
 @_lab_action
 def lab_end(request: HttpRequest, session: LabSession) -> HttpResponse:
     services.lab_session_stop(session=session)
+    if session.trial:  # its exercise may be unpublished, or a draft: the ended lab stays
+        return _redirect(request, session.get_absolute_url())
     return _redirect(request, reverse("exercise", args=[session.exercise.slug]))

@@ -187,6 +187,12 @@ LAB_QUEUE_MAX_LENGTH = env.int("LAB_QUEUE_MAX_LENGTH", default=10_000)
 LAB_QUEUE_MAX_BYTES = env.int("LAB_QUEUE_MAX_BYTES", default=8 * 1024 * 1024)
 # A lab nobody has looked at for this long is ended by the sweeper.
 LAB_IDLE_MINUTES = env.int("LAB_IDLE_MINUTES", default=30)
+# A trial lab (the admin's "Try it") ends this long after its last page closed, and when
+# nobody has looked at it for LAB_TRIAL_IDLE_MINUTES (exercises/sweep.py, every
+# LAB_TRIAL_SWEEP_SECONDS).
+LAB_TRIAL_GRACE_SECONDS = env.float("LAB_TRIAL_GRACE_SECONDS", default=60.0)
+LAB_TRIAL_IDLE_MINUTES = env.float("LAB_TRIAL_IDLE_MINUTES", default=10.0)
+LAB_TRIAL_SWEEP_SECONDS = env.float("LAB_TRIAL_SWEEP_SECONDS", default=15.0)
 # A learner of a class with no checkpoint passed and no step opened for this long is shown
 # as not moving on the class's dashboard (exercises/classes.py).
 CLASS_IDLE_MINUTES = env.int("CLASS_IDLE_MINUTES", default=5)
@@ -258,6 +264,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = env(
 CELERY_BEAT_SCHEDULE = {
     "sweep-idle-labs": {"task": "exercises.sweep_idle_labs", "schedule": 60.0},
     "sweep-labs": {"task": "exercises.sweep_labs", "schedule": LAB_SWEEP_SECONDS},
+    "sweep-trial-labs": {"task": "exercises.sweep_trial_labs", "schedule": LAB_TRIAL_SWEEP_SECONDS},
     "sweep-idle-cluster": {"task": "exercises.sweep_idle_cluster", "schedule": 60.0},
     "end-due-classes": {"task": "exercises.end_due_classes", "schedule": 30.0},
 }
