@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 
+import classes
 import clusters
 import common  # noqa: F401 - first: the bench's database and names, then Django
 import live
@@ -331,6 +332,7 @@ BENCHMARKS = {
     "firehose": bench_firehose,
     "lab_start": bench_lab_start,
     **live.BENCHMARKS,
+    **classes.BENCHMARKS,
     **clusters.BENCHMARKS,
 }
 
