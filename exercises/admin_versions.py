@@ -262,7 +262,7 @@ class ExerciseVersionsMixin:
             exercise = self._exercise(request, object_id)
             if not self.has_change_permission(request, exercise):
                 raise PermissionDenied
-        source = request.POST.get("source", "")
+        source = request.POST.get("source", "").replace("\r\n", "\n")  # as the form saves it
         if exercise is not None and "source" not in request.POST:
             source = exercise.source  # a built-in's form shows its text, not a field
         errors: list[str] = []
