@@ -26,8 +26,8 @@ TEMPLATES = "admin/exercises/exercise/"
 
 def version_diff(older: ExerciseVersion, newer: ExerciseVersion) -> SafeString:
     """The two texts side by side, changed lines marked, with three lines of context around
-    each change. difflib escapes the texts."""
-    table = difflib.HtmlDiff(tabsize=2, wrapcolumn=90).make_table(
+    each change (the page's style wraps long lines). difflib escapes the texts."""
+    table = difflib.HtmlDiff(tabsize=2).make_table(
         older.source.splitlines(),
         newer.source.splitlines(),
         fromdesc=_("version {number}").format(number=older.number),
