@@ -335,6 +335,10 @@ def lab_state(session: LabSession) -> dict:
             for w in session.workloads.all()
         },
         "checks": {cp: True for cp in session.results.values_list("checkpoint", flat=True)},
+        # What happened to a lab's brokers, as its monitor last saved it: the monitor's
+        # snapshot has it newer while the lab runs, and this stands in when it does not
+        # answer; for an ended lab it is the timeline as it ended.
+        "timeline": (session.monitor_state or {}).get("timeline", []),
     }
     if session.state == LabSession.State.ENDED:
         state.update(lab_last_numbers(session))

@@ -67,10 +67,15 @@ RETURN_WAIT = 1.0
 AWAITING_RETURN_LIMIT = 100
 # A lab on brokers of its own: how often its nodes and queues are looked at for what
 # changed (a node down, a new leader), while watched and while not; and how many of those
-# changes are kept, with the faults the learner caused, as the lab's timeline.
+# changes are kept, with the faults the learner caused, as the lab's timeline. A fault and
+# what follows it on a quorum queue is about 8 events (the kill, the node down, the
+# election's two leader changes, the members online, then the start, the node running,
+# the members again), so 500 keep some 60 faults: more than a learner causes in an hour,
+# and a class sharing one cluster for a while. Each is about 150 bytes of JSON, so the
+# state saved every RUNTIME_RENEW_SECONDS and every snapshot grow by up to 75 KB.
 BROKERS_WATCHED = 1.0
 BROKERS_IDLE = 5.0
-TIMELINE = 100
+TIMELINE = 500
 
 
 def streams_of(graph: dict) -> set[str]:
@@ -340,6 +345,9 @@ class LabMonitor(Unit):
         # What happened to the lab's brokers, oldest first: the faults the learner caused
         # and what the nodes and queues did (its events stay here when the log moved on).
         self.timeline: deque[dict] = deque(state.get("timeline", []), maxlen=TIMELINE)
+        # Its events since the last frame: every frame carries them all, while the log's
+        # events of a frame are only the newest (a fault must not drown in messages).
+        self.timeline_new: list[dict] = []
         self.checks: dict[str, bool] = state.get("checks", {})
         # step id -> (when the step was first shown, the flow record at that moment): a
         # step's checks count only what happened after it (checks.evaluate).
@@ -853,6 +861,18 @@ class LabMonitor(Unit):
             path = [source, *self.router.path(exchange, queue)]
         return {"id": message_id, "kind": kind, "path": path}
 
+    def _flow_totals(self) -> dict[str, int]:
+        """Messages the lab's workloads (the learner's page among them) published and
+        received so far, with what the producers' ledgers count missing."""
+        workloads = self.record.workloads.values()
+        totals = {
+            "published": sum(c.get("published", 0) for c in workloads),
+            "delivered": sum(c.get("delivered", 0) for c in workloads),
+        }
+        if self.record.ledger:
+            totals["missing"] = sum(x.get("missing", 0) for x in self.record.ledger.values())
+        return totals
+
     def counters(self) -> dict:
         out = {w: dict(c) for w, c in self.record.workloads.items()}
         for producer, rate in self.record.rates.items():
@@ -882,6 +902,7 @@ class LabMonitor(Unit):
             "alerts": self.alerts.frame(),
             "loads": self.loads_out(),
             "events": list(self.recent),
+            "timeline": list(self.timeline),
         }
 
     def export(self) -> dict:
@@ -1011,6 +1032,7 @@ class LabMonitor(Unit):
             "events": [len(events), self.events_seen],
             "samples": [len(samples), self.samples_seen],
         }
+        timeline, self.timeline_new = self.timeline_new, []
         self.pending_events.clear()
         self.pending_samples.clear()
         self.events_seen = self.samples_seen = 0
@@ -1026,6 +1048,7 @@ class LabMonitor(Unit):
                 "samples": samples,
                 "events": events,
                 "shown": shown,
+                **({"timeline": timeline} if timeline else {}),
                 "checks": self.checks,
                 **({"alerts": self.alerts.frame()} if self.alerts else {}),
                 **({"loads": self.loads_out()} if self.loads or self.load_results else {}),
@@ -1069,7 +1092,12 @@ class LabMonitor(Unit):
             self._broker_event(event)
 
     def _broker_event(self, event: dict) -> None:
+        # `n` numbers the timeline's events, so that a page that has some of them (from a
+        # snapshot) takes the others from frames once; `flow` is where the messages stood.
+        event["n"] = (self.timeline[-1].get("n", 0) if self.timeline else 0) + 1
+        event["flow"] = self._flow_totals()
         self.timeline.append(event)
+        self.timeline_new.append(event)
         self._log(event)
         self.changed = True
         self.poke()

@@ -81,6 +81,12 @@ function main(configEl, labEl) {
     membersOnline: (online, size) => interpolate(gettext("%(online)s of %(size)s online"), { online, size }, true),
     classicDown: (node) => interpolate(gettext("down with %s"), [node]),
     classicBack: (node) => interpolate(gettext("back on %s"), [node]),
+    // The brokers' timeline: where the messages stood at an event, and the log around it.
+    timelineFlow: (f) => interpolate(gettext("%(published)s sent · %(delivered)s received"), { published: fmtInt(f.published), delivered: fmtInt(f.delivered) }, true),
+    timelineMissing: (n) => interpolate(gettext("%s missing"), [fmtInt(n)]),
+    timelineShowLog: gettext("Show the log around this moment"),
+    logMoment: (time, seconds) => interpolate(gettext("%(time)s ± %(seconds)s s"), { time, seconds }, true),
+    logMomentGone: gettext("The log holds no events of that moment any more: it keeps only the newest."),
     loadRunning: (preset, rate, s) => interpolate(gettext("%(preset)s: %(rate)s msg/s, %(seconds)s s left"), { preset, rate, seconds: s }, true),
     loadSent: (preset, n, s) => interpolate(gettext("%(preset)s: %(n)s sent in %(seconds)s s"), { preset, n, seconds: s }, true),
     loadPeak: gettext("most held"), loadRefused: gettext("refused"), loadReturned: gettext("returned"), ms: gettext("ms"),
@@ -1167,6 +1173,7 @@ function main(configEl, labEl) {
   const logScroll = $("log-scroll");
   const logEmpty = $("log-empty");
   const pauseButton = $("log-pause");
+  let logEmptyText = logEmpty.textContent;
   let paused = false;
   let pendingWhilePaused = 0;
   let localSeq = 0;
@@ -1201,6 +1208,7 @@ function main(configEl, labEl) {
 
   function matches(ev) {
     const q = filters.queue.value, w = filters.workload.value, k = filters.kind.value;
+    if (moment && !(Math.abs(ev.t - moment.t) <= MOMENT_S)) return false;
     if (q && ev.queue !== q && !(Array.isArray(ev.routed_queues) && ev.routed_queues.includes(q))) return false;
     if (w && ev.workload !== w) return false;
     if (k && ev.kind !== k) return false;
@@ -1224,7 +1232,7 @@ function main(configEl, labEl) {
       : ev.message_id ?? ev.message ?? "";
     return h(
       "tr",
-      { class: `${fresh ? "is-new" : ""}${selectedEvent === ev ? " is-selected" : ""}`, tabindex: 0, dataset: { seq: ev.seq, kind: ev.kind || "", messageId: ev.message_id ?? "" } },
+      { class: `${fresh ? "is-new" : ""}${selectedEvent === ev ? " is-selected" : ""}${isMoment(ev) ? " is-moment" : ""}`, tabindex: 0, dataset: { seq: ev.seq, kind: ev.kind || "", messageId: ev.message_id ?? "" } },
       h("td", { class: "t", title: fmtTime(ev.t) }, fmtTime(ev.t)),
       h("td", {}, h("span", { class: `kind-badge flow-${ev.kind} kind-${ev.kind}${ev.state === "cleared" ? " is-cleared" : ""}` }, kindName(ev.kind))),
       h("td", { title: workloadName(ev.workload) }, workloadName(ev.workload)),
@@ -1328,6 +1336,99 @@ function main(configEl, labEl) {
     }).observe(alertsBar);
   }
 
+  // ================================================================== brokers' timeline
+  // A lab on brokers of its own (#timeline): what happened to its nodes and queues, oldest
+  // first, as its monitor keeps it: all of it in a snapshot, what is new in every frame
+  // (never sampled out, as the log's events are), so a fault stays on the page when the
+  // log has moved on. Clicking an event shows the log around that moment.
+  const timelineEl = $("timeline");
+  const timelineList = $("timeline-list");
+  const momentButton = $("log-moment");
+  const MOMENT_S = 10; // the log around a moment: this many seconds either side
+  const relativeTime = new Intl.RelativeTimeFormat(LANG, { numeric: "auto" });
+  const exactTime = new Intl.DateTimeFormat(LANG, { dateStyle: "medium", timeStyle: "medium" });
+  let moment = null; // the timeline's event whose moment the log shows
+  state.timeline = []; // oldest first
+
+  function ago(t) {
+    const seconds = Math.max(0, Math.round(Date.now() / 1000 - clockSkew - t));
+    if (seconds < 60) return relativeTime.format(-seconds, "second");
+    if (seconds < 3600) return relativeTime.format(-Math.floor(seconds / 60), "minute");
+    return relativeTime.format(-Math.floor(seconds / 3600), "hour");
+  }
+
+  // down / up for what a node or a classic queue did, fault for what a learner did.
+  function timelineTone(ev) {
+    if (ev.action) return "fault";
+    if (ev.state === "down" || ev.state === "stopped" || ev.down === true) return "down";
+    if (ev.state === "running" || ev.down === false) return "up";
+    return "change";
+  }
+
+  function timelineItem(ev) {
+    const f = ev.flow;
+    const flow = f ? [T.timelineFlow(f), f.missing ? T.timelineMissing(f.missing) : null].filter(Boolean).join(" · ") : "";
+    return h(
+      "li",
+      { class: `timeline-event tone-${timelineTone(ev)}`, dataset: { n: ev.n ?? "", node: ev.node || "", queue: ev.queue || "", workload: ev.workload || "" } },
+      h(
+        "button",
+        { type: "button", class: "timeline-button", "aria-pressed": String(moment === ev), title: T.timelineShowLog, onclick: () => showMoment(moment === ev ? null : ev) },
+        h("span", { class: "tl-when" },
+          h("time", { class: "tl-ago", datetime: new Date(ev.t * 1000).toISOString(), title: `${exactTime.format(new Date(ev.t * 1000))} (${fmtTime(ev.t)})` }, ago(ev.t)),
+          ev.action ? h("span", { class: "tl-who" }, workloadName(ev.workload)) : null),
+        h("span", { class: "tl-what" }, h("b", {}, ev.queue || ev.node || ""), " ", brokerNote(ev)),
+        flow ? h("span", { class: "tl-flow" }, flow) : null,
+      ),
+    );
+  }
+
+  // A snapshot's timeline replaces ours; a frame's adds what we do not have yet (by `n`:
+  // a frame sent before the snapshot may arrive after it).
+  function applyTimeline(events, replace) {
+    if (!timelineEl || !Array.isArray(events)) return;
+    if (replace) state.timeline = [];
+    const last = state.timeline.length ? state.timeline[state.timeline.length - 1].n : 0;
+    const fresh = events.filter((ev) => ev && typeof ev === "object" && (replace || !(ev.n <= last)));
+    if (!fresh.length && !replace) return;
+    state.timeline.push(...fresh);
+    if (moment) moment = state.timeline.find((ev) => ev.n === moment.n && ev.t === moment.t) || null;
+    const atEnd = timelineList.scrollLeft + timelineList.clientWidth >= timelineList.scrollWidth - 8;
+    if (replace) timelineList.replaceChildren(...state.timeline.map(timelineItem));
+    else timelineList.append(...fresh.map(timelineItem));
+    $("timeline-empty").hidden = state.timeline.length > 0;
+    // Newest on the right: follow it, unless the reader scrolled back to read.
+    if (replace || atEnd) timelineList.scrollLeft = timelineList.scrollWidth;
+    if (replace) updateMoment();
+  }
+
+  function showMoment(ev) {
+    moment = ev;
+    updateMoment();
+    renderLog();
+    // The row of the event itself (marked by eventRow), if the log still has it, in view.
+    logRows.querySelector("tr.is-moment")?.scrollIntoView({ block: "center" });
+  }
+  const isMoment = (ev) => moment !== null && ev.kind === "broker" && ev.n === moment.n;
+
+  function updateMoment() {
+    if (!momentButton) return;
+    momentButton.hidden = !moment;
+    if (moment) momentButton.querySelector(".log-moment-text").textContent = T.logMoment(fmtTime(moment.t).slice(0, 8), MOMENT_S);
+    for (const [i, li] of [...timelineList.children].entries()) {
+      li.firstElementChild.setAttribute("aria-pressed", String(state.timeline[i] === moment));
+    }
+  }
+  momentButton?.addEventListener("click", () => showMoment(null));
+  if (timelineEl) {
+    setInterval(() => {
+      for (const [i, el] of [...timelineList.querySelectorAll(".tl-ago")].entries()) {
+        const text = ago(state.timeline[i].t);
+        if (el.textContent !== text) el.textContent = text;
+      }
+    }, 1000);
+  }
+
   function renderLog() {
     unflushed = [];
     const rows = [];
@@ -1336,6 +1437,8 @@ function main(configEl, labEl) {
     }
     logRows.replaceChildren(...rows);
     logEmpty.hidden = rows.length > 0;
+    if (!rows.length && moment) logEmpty.textContent = T.logMomentGone;
+    else if (!rows.length) logEmpty.textContent = logEmptyText;
     pendingWhilePaused = 0;
     updatePauseButton();
   }
@@ -1714,7 +1817,7 @@ function main(configEl, labEl) {
     banner.hidden = false;
     banner.querySelector(".banner-title").textContent = labState === "failed" ? T.failedTitle : T.endedTitle;
     banner.querySelector(".banner-message").textContent = kept ? T.endedKept : T.endedNotKept;
-    logEmpty.textContent = T.logNotKept;
+    logEmpty.textContent = logEmptyText = T.logNotKept;
     const names = new Set(Object.keys(state.workloads));
     for (const card of document.querySelectorAll(".workload-card[data-workload]")) names.add(card.dataset.workload);
     for (const name of names) applyWorkload(name, { running: false });
@@ -1786,6 +1889,8 @@ function main(configEl, labEl) {
     applyLoads(m.loads, m.t);
     state.events = [];
     addEvents(m.events || []);
+    if (typeof m.t === "number") clockSkew = Date.now() / 1000 - m.t;
+    applyTimeline(m.timeline || [], true);
     populateLogFilters();
     renderLog();
     if (selectedEvent) {
@@ -1811,6 +1916,7 @@ function main(configEl, labEl) {
     if (m.alerts) applyAlerts(m.alerts, m.t);
     if (m.loads) applyLoads(m.loads, m.t);
     if (Array.isArray(m.events) && m.events.length) addEvents(m.events);
+    if (m.timeline) applyTimeline(m.timeline, false);
     if (Array.isArray(m.samples) && m.samples.length) animateSamples(m.samples);
     if (typeof m.dropped === "number") setDropped(m.dropped);
     noteShown(m.shown);
