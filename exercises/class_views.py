@@ -298,16 +298,12 @@ def class_learn(request: HttpRequest, class_id: int) -> HttpResponse:
     message."""
     member = _membership(request, class_id)
     classroom = member.classroom
-    return render(
-        request,
-        "exercises/class-learn.html",
-        {
-            "member": member,
-            "classroom": classroom,
-            "state": classes.classroom_state(classroom),
-            "exercises": classes.classroom_learner_view(classroom=classroom, user=request.user),
-        },
-    )
+    context = {"member": member, "classroom": classroom}
+    if request.htmx:  # the page asks for the latest message every few seconds
+        return render(request, "exercises/class-learn.html#message", context)
+    context["state"] = classes.classroom_state(classroom)
+    context["exercises"] = classes.classroom_learner_view(classroom=classroom, user=request.user)
+    return render(request, "exercises/class-learn.html", context)
 
 
 @require_POST

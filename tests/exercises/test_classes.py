@@ -252,3 +252,46 @@ def test_a_class_past_its_end_ends_by_itself(instructor, classroom, learner, api
     assert session.state == LabSession.State.ENDED
     assert session.vhost not in api.vhost_names()
     assert end_due_classes() == []
+
+
+def test_the_header_leads_an_instructor_to_classes_and_a_member_to_their_class(
+    client, instructor, classroom, django_user_model
+):
+    """Instructors see *Classes*; a learner in a running class sees *Your class*, under
+    the name the class knows them by; a learner in no class sees neither. The sign-in
+    page leads to joining a class."""
+    client.force_login(instructor)
+    page = client.get(reverse("catalogue")).content.decode()
+    assert f'href="{reverse("classes")}"' in page and "Your class<" not in page
+    client.logout()
+    login = client.get(reverse("login")).content.decode()
+    assert f'href="{reverse("class-join")}"' in login
+    loner = django_user_model.objects.create_user("loner", password="loner-pass-1")
+    client.force_login(loner)
+    page = client.get(reverse("catalogue")).content.decode()
+    assert f'href="{reverse("classes")}"' not in page
+    assert reverse("class-learn", args=[classroom.pk]) not in page
+    client.logout()
+    client.post(
+        reverse("class-join"), {"code": classroom.join_code, "display_name": "Grace Hopper"}
+    )
+    response = client.get(reverse("catalogue"))
+    assert f'href="{reverse("class-learn", args=[classroom.pk])}"' in text_of(response)
+    shown = text_of(response).split('class="user-name"', 1)[1].split("</span>", 1)[0]
+    shown = shown.rsplit("</svg>", 1)[1]  # the name the header shows, after its icon
+    assert shown.strip() == "Grace Hopper"
+
+
+def test_a_learners_class_page_asks_for_the_latest_message(client, classroom):
+    """The class page polls its message box; the answer is the box with the newest
+    message, and an empty box once the class has ended."""
+    client.post(reverse("class-join"), {"code": classroom.join_code, "display_name": "Ada"})
+    url = reverse("class-learn", args=[classroom.pk])
+    page = client.get(url).content.decode()
+    assert 'id="class-message-box"' in page and 'hx-trigger="every 5s"' in page
+    classes.classroom_message_send(classroom=classroom, message="Step 2 in five minutes")
+    box = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    assert "Step 2 in five minutes" in box and "<html" not in box
+    classes.classroom_end(classroom=classroom)
+    box = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    assert "Step 2 in five minutes" not in box

@@ -83,19 +83,22 @@ function render() {
   document.getElementById("dash-learners").textContent = T.learners(s.learners.length);
   document.getElementById("dash-empty").hidden = s.learners.length > 0;
 
-  const exRow = h("tr", {}, h("th", { rowspan: 2, scope: "col" }, T.learner), h("th", { rowspan: 2, scope: "col" }, T.now));
+  // The lab's actions come right after the learner's state: a wide grid of steps scrolls
+  // sideways, and Reset or End must not scroll out of view with it.
+  const exRow = h("tr", {}, h("th", { rowspan: 2, scope: "col" }, T.learner), h("th", { rowspan: 2, scope: "col" }, T.now),
+    h("th", { rowspan: 2, scope: "col" }, T.actions));
   const stepRow = h("tr");
   for (const ex of s.exercises) {
     exRow.append(h("th", { colspan: ex.steps.length || 1, scope: "colgroup", class: "dash-ex", dataExercise: ex.slug }, ex.title));
     ex.steps.forEach((step, i) => stepRow.append(h("th", { scope: "col", title: step.title, class: "dash-step", dataStep: step.id }, String(i + 1))));
   }
-  exRow.append(h("th", { rowspan: 2, scope: "col" }, T.actions));
 
   const body = h("tbody");
   for (const learner of s.learners) {
     const row = h("tr", { dataLearner: learner.name, class: learner.failing.length ? "is-failing" : learner.idle_since ? "is-idle" : "" },
       h("th", { scope: "row", class: "dash-name" }, learner.name),
-      h("td", { class: "dash-status" }, learnerStatus(learner)));
+      h("td", { class: "dash-status" }, learnerStatus(learner)),
+      h("td", { class: "dash-lab" }, labActions(learner)));
     for (const ex of s.exercises) {
       const lab = learner.labs[ex.slug];
       for (const step of ex.steps) {
@@ -104,14 +107,12 @@ function render() {
         row.append(h("td", { class: `dash-cell dash-cell-${cell}`, dataExercise: ex.slug, dataStep: step.id, dataState: cell, title: `${step.title}: ${label}` }, CELL_TEXT[cell]));
       }
     }
-    row.append(h("td", { class: "dash-lab" }, labActions(learner)));
     body.append(row);
   }
-  const foot = h("tfoot", {}, h("tr", {}, h("th", { scope: "row" }, T.passed), h("td")));
+  const foot = h("tfoot", {}, h("tr", {}, h("th", { scope: "row" }, T.passed), h("td"), h("td")));
   for (const ex of s.exercises) {
     for (const step of ex.steps) foot.firstChild.append(h("td", { class: "dash-count", dataExercise: ex.slug, dataStep: step.id, title: step.title }, String(s.counts[ex.slug]?.[step.id] ?? 0)));
   }
-  foot.firstChild.append(h("td"));
   grid.replaceChildren(h("thead", {}, exRow, stepRow), body, foot);
 }
 
