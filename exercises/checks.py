@@ -200,14 +200,22 @@ def _none_lost(c, record, broker, workloads) -> bool:
 def _lost(c, record, broker, workloads) -> bool:
     ledger = record.ledger.get(c.workload)
     q = broker["queues"].get(c.queue)
+    if q is None:
+        return False
+    if q.get("missing"):
+        # Deleted (a transient queue gone with its node's stop, an x-expires), it took what
+        # it held with it. A classic queue whose node is down is still listed, and may come
+        # back with its messages; an empty list is the management API not answering (the
+        # lab's firehose queue is always there).
+        placed = broker["placement"]()
+        emptied = bool(placed) and c.queue not in placed
+    else:
+        emptied = q.get("ready", 0) == 0 and q.get("unacked", 0) == 0
     return (
         ledger is not None
         and ledger.get("final", False)
         and not workloads.get(c.workload, {}).get("running", True)
-        and q is not None
-        and not q.get("missing")
-        and q.get("ready", 0) == 0
-        and q.get("unacked", 0) == 0
+        and emptied
         and ledger["missing"] >= c.min
     )
 

@@ -45,12 +45,18 @@ def spec_with(*checks):
     )
 
 
-def run(spec, record=None, queues=None, bindings=(), workloads=None, passed=(), shown=None):
+def run(
+    spec, record=None, queues=None, bindings=(), workloads=None, passed=(), shown=None, placed=None
+):
     """Every step shown when the lab started, unless `shown` says otherwise."""
     return evaluate(
         spec,
         record=record or FlowRecord(),
-        broker={"queues": queues or {}, "bindings": lambda: list(bindings)},
+        broker={
+            "queues": queues or {},
+            "bindings": lambda: list(bindings),
+            "placement": lambda: dict(placed or {}),
+        },
         workloads=workloads or {},
         passed=set(passed),
         shown={s.id: FlowRecord() for s in spec.steps} if shown is None else shown,
@@ -417,6 +423,13 @@ def test_none_lost_and_lost_read_the_ledger_once_the_producer_stopped():
         "gone"
     ]
     assert not run(spec, ledger(60, 7), {"errors": {"missing": True}}, workloads=stopped)["gone"]
+    # Away: its node is down, and the management API still lists it; gone: it lists the
+    # lab's other queues only (a transient queue deleted with its node's stop).
+    away = {"errors": {"state": "down"}, "firehose": {"state": "running"}}
+    gone = {"firehose": {"state": "running"}}
+    missing = {"errors": {"missing": True}}
+    assert not run(spec, ledger(60, 7), missing, workloads=stopped, placed=away)["gone"]
+    assert run(spec, ledger(60, 7), missing, workloads=stopped, placed=gone)["gone"]
     assert not run(spec, FlowRecord(), empty, workloads=stopped)["kept"]  # no ledger yet
     # Stopped in the database, but its last confirms not reported yet: not final.
     assert run(spec, ledger(60, 0, final=False), empty, workloads=stopped)["kept"] is False
