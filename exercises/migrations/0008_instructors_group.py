@@ -17,9 +17,10 @@ PERMISSIONS = {
 def instructors_group(apps, schema_editor):
     # On a new database the permissions are made after the last migration: make them now.
     exercises = apps.get_app_config("exercises")
+    models_module = getattr(exercises, "models_module", None)
     exercises.models_module = True
     create_permissions(exercises, apps=apps, verbosity=0)
-    exercises.models_module = None
+    exercises.models_module = models_module
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
     group, _ = Group.objects.get_or_create(name=GROUP)

@@ -12,8 +12,14 @@ from playwright.sync_api import expect
 
 from exercises.models import LabSession
 from exercises.services import exercise_duplicate
+from tests.exercises.test_instructors import instructors_group  # noqa: F401 - a fixture
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+# Serialized rollback: the Instructors group comes from a migration, and the flush after
+# each transactional test empties every table.
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+]
 
 VIEWPORT = {"width": 1440, "height": 900}
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,8 @@
 """The Instructors group and the `instructor` command: instructors see exercises and classes in
 the admin and nothing else; learners do not get into the admin at all."""
 
+import importlib
+
 import pytest
 from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
@@ -8,9 +10,17 @@ from django.urls import reverse
 
 from tests.support import text_of
 
-# Not transactional: the group comes from a migration, and a transactional test's flush
-# empties every table.
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def instructors_group(db):
+    """The group as its migration makes it: the flush after a transactional test empties
+    every table, the migration's rows too."""
+    from django.apps import apps
+
+    migration = importlib.import_module("exercises.migrations.0008_instructors_group")
+    migration.instructors_group(apps, None)
 
 
 @pytest.fixture
