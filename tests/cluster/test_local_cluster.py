@@ -317,7 +317,7 @@ def test_the_failover_lab_played_from_the_page(cluster, worker, catalogue, learn
     def timeline() -> list[dict]:
         session.refresh_from_db()
         return [
-            {k: v for k, v in e.items() if k not in ("t", "kind", "seq")}
+            {k: v for k, v in e.items() if k not in ("t", "kind", "seq", "n", "flow")}
             for e in session.monitor_state["timeline"]
         ]
 
@@ -365,15 +365,23 @@ class Panel:
         wait_for(lambda: self.node_state(node) == "running", timeout=60, message=f"{node} back")
 
 
+def ledger(session, producer: str) -> dict:
+    """A producer's delivery ledger as the lab's monitor last saved it (every second)."""
+    session.refresh_from_db()
+    return session.monitor_state.get("record", {}).get("ledger", {}).get(producer, {})
+
+
 def test_durability_restarted_on_the_queues_node_and_on_another(
     cluster, worker, catalogue, learner, labs, client
 ):
     """durability played right: the node that holds the lab's classic queues stopped from
     the panel, the transient queue gone; then started: the transient messages are gone
-    too, the persistent orders came back (and not before: the checks of the last step
-    stay pending while the node is down). The mistake, played first: another node
-    restarted, which leaves the queues as they were, on their node, full."""
-    from exercises.services import lab_session_start
+    too, the persistent orders came back (and not before: the checks of the step stay
+    pending while the node is down); the readers started, each producer's ledger says
+    what it lost: none of the persistent orders, all of the transient messages. The
+    mistake, played first: another node restarted, which leaves the queues as they were,
+    on their node, full, and the readers then find every message: nothing lost."""
+    from exercises.services import lab_session_start, workload_start
     from tests.exercises.test_catalogue_runs import drive, every_checkpoint, passed, show
     from tests.exercises.test_exercise_runs import stays_pending
 
@@ -422,6 +430,13 @@ def test_durability_restarted_on_the_queues_node_and_on_another(
             message=f"{queue} still holds its 30 messages",
         )
     assert stays_pending(wrong, "sessions-gone", seconds=3)
+    for name in ("orders-reader", "clicks-reader"):
+        workload_start(workload=wrong.workloads.get(name=name))
+    wrong_clicks = wait_for(
+        lambda: (x := ledger(wrong, "clicks-app")).get("received") == 30 and x,
+        message="the wrong lab's readers received every click",
+    )
+    assert wrong_clicks["missing"] == 0 and wrong_clicks["confirmed"] == 30, wrong_clicks
 
     panel = Panel(client, right)
     panel.stop(home)
@@ -430,7 +445,22 @@ def test_durability_restarted_on_the_queues_node_and_on_another(
     assert stays_pending((right, "clicks-empty"), (right, "orders-kept"), seconds=2)
     panel.start(home)
     drive(iter([(right, ("clicks-empty", "orders-kept"))]), timeout=60)
+    assert stays_pending((right, "orders-none-lost"), (right, "clicks-lost"), seconds=1)
+    show(right, "count")
+    for name in ("orders-reader", "clicks-reader"):
+        workload_start(workload=right.workloads.get(name=name))
+    drive(iter([(right, ("orders-none-lost", "clicks-lost", "sessions-lost"))]), timeout=60)
     assert passed(right) == every_checkpoint(right)
+
+    # Each producer's ledger: what the broker confirmed to it, and what the restart lost
+    # (saved a second or two after the checks saw it).
+    def counts(producer: str) -> tuple:
+        x = ledger(right, producer)
+        return x.get("confirmed"), x.get("received"), x.get("missing")
+
+    wait_for(lambda: counts("orders-app") == (30, 30, 0), message="orders-app lost none")
+    for producer in ("clicks-app", "sessions-app"):
+        wait_for(lambda p=producer: counts(p) == (30, 0, 30), message=f"{producer} lost 30")
     back = Panel(client, right).html()
     assert 'data-queue="sessions"' not in back
     assert re.search(rf'data-queue="orders" data-node="{home}" data-durable="true">', back)
