@@ -12,7 +12,7 @@ from django import forms
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -22,7 +22,9 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import classes, selectors, services
+from labconsole.broker.brokers import CLUSTER
+
+from . import classes, cluster, cluster_pool, selectors, services
 from .forms import form_errors
 from .models import ClassMember, Classroom, Exercise
 
@@ -197,8 +199,71 @@ def class_dashboard(request: HttpRequest, classroom: Classroom) -> HttpResponse:
             "summary": classes.classroom_dashboard(classroom=classroom),
             "ws_url": f"/ws/classes/{classroom.pk}/",
             "form": MessageForm(initial={"message": classroom.message}),
+            "brokers": _class_brokers(classroom),
         },
     )
+
+
+# --- the class's brokers (a cluster for all its labs on a cluster exercise) -----------------
+
+
+def _class_brokers(classroom: Classroom) -> dict | None:
+    """The dashboard's Brokers panel, for a class with a cluster exercise."""
+    if not cluster_pool.pool_enabled() or not any(
+        e.spec.broker == CLUSTER for e in classes.classroom_exercises(classroom)
+    ):
+        return None
+    return {**cluster.classroom_cluster_view(classroom), "active": not classroom.ended_at}
+
+
+def _broker_panel(request, classroom: Classroom, message: str = "", ok: bool = True, status=200):
+    brokers = _class_brokers(classroom)
+    if brokers is None:
+        raise Http404("this class has no cluster exercise")
+    return render(
+        request,
+        "exercises/class-dashboard.html#broker-panel",
+        {
+            "classroom": classroom,
+            "brokers": brokers,
+            "broker_result": {"ok": ok, "message": message} if message else None,
+        },
+        status=status,
+    )
+
+
+@require_GET
+@_instructor_only
+def class_brokers(request: HttpRequest, classroom: Classroom) -> HttpResponse:
+    """The Brokers panel as it is now (the dashboard asks for it every two seconds)."""
+    return _broker_panel(request, classroom)
+
+
+@require_POST
+@_instructor_only
+def class_brokers_start(request: HttpRequest, classroom: Classroom) -> HttpResponse:
+    """Starts the class's cluster (a warm one at once, else booted); the panel shows it
+    coming."""
+    if classes.classroom_state(classroom) == "ended":
+        return _broker_panel(request, classroom, _("this class has ended"), ok=False, status=400)
+    try:
+        cluster_pool.classroom_cluster_start(classroom=classroom)
+    except cluster_pool.NoCluster as exc:
+        return _broker_panel(request, classroom, str(exc), ok=False, status=409)
+    return _broker_panel(request, classroom)
+
+
+@require_POST
+@_instructor_only
+def class_broker_node(request: HttpRequest, classroom: Classroom, node: str) -> HttpResponse:
+    """Stop, kill or start a node of the class's cluster, for every lab of the class."""
+    try:
+        message = cluster.classroom_node_fault(
+            classroom=classroom, node=node, action=request.POST.get("action", "")
+        )
+    except services.LabError as exc:
+        return _broker_panel(request, classroom, str(exc), ok=False, status=400)
+    return _broker_panel(request, classroom, str(message))
 
 
 @require_POST

@@ -19,7 +19,7 @@ from django.utils import formats, timezone
 from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
-from . import selectors, services
+from . import cluster_pool, selectors, services
 from .models import CheckpointResult, ClassMember, Classroom, Exercise, LabSession
 from .selectors import user_is_instructor
 
@@ -401,6 +401,7 @@ def classroom_end(*, classroom: Classroom) -> Classroom:
         state=LabSession.State.ENDED
     ):
         services.lab_session_stop(session=session)
+    cluster_pool.classroom_cluster_stop(classroom=classroom)
     return classroom
 
 

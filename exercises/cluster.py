@@ -1,7 +1,8 @@
-"""The lab page's broker panel, for a lab on the local cluster (`broker: cluster`,
+"""The lab page's broker panel, for a lab on a cluster (`broker: cluster`,
 docs/cluster.md): the nodes and their state, the lab's connections on each, which node
-leads each quorum queue and which members are online; and the learner's faults: stop a
-node gently, kill it, start it again.
+leads each quorum queue and which members are online; and the faults: stop a node gently,
+kill it, start it again. On a lab's own cluster they are its learner's; on a class's
+cluster, the instructor's, from the class dashboard's Brokers panel.
 
 A fault runs on a thread of the web process, so that the page is answered at once (a
 gentle stop takes seconds); the panel, asked for again every two seconds, shows the
@@ -24,7 +25,7 @@ from labconsole.broker.brokers import CLUSTER
 from labconsole.broker.management import BrokerError, ManagementClient
 from labconsole.cluster.local import LocalCluster
 
-from .models import LabSession
+from .models import LabCluster, LabSession
 from .services import LabError, send_quietly
 
 log = logging.getLogger(__name__)
@@ -38,91 +39,35 @@ def on_cluster(session: LabSession) -> bool:
     return session.spec.broker == CLUSTER
 
 
-_boot_lock = threading.Lock()
-_boot: dict = {"thread": None, "error": ""}  # this process's `labcluster up`, if any
+def lab_local_cluster(session: LabSession) -> LocalCluster | None:
+    """The nodes the lab runs on; None for a lab on the shared broker, or whose cluster is
+    gone (it went with the lab, or with its class)."""
+    if not on_cluster(session) or session.cluster is None:
+        return None
+    return LocalCluster.slot(session.cluster.slot)
 
 
-def cluster_boot() -> None:
-    """Brings the lab cluster up on a thread of this process (about 20 s), unless it is
-    being brought up here already; another process doing so is waited for (the cluster's
-    lock). A cluster exercise's page asks for it when its learner needs the brokers."""
-    with _boot_lock:
-        thread = _boot["thread"]
-        if thread is not None and thread.is_alive():
-            return
-        _boot["error"] = ""
-        thread = threading.Thread(target=_boot_now, daemon=True, name="lab cluster up")
-        _boot["thread"] = thread
-        thread.start()
-
-
-def _boot_now() -> None:
-    try:
-        seconds = LocalCluster.from_settings().up()
-        log.info("lab cluster up in %.1f s", seconds)
-    except Exception as exc:  # noqa: BLE001 - said on the page
-        log.exception("lab cluster not brought up")
-        _boot["error"] = str(exc)
-
-
-def cluster_progress() -> dict:
-    """How far the lab cluster is: nodes running of its size, whether a process is
-    bringing it up (or down), and what went wrong if this process's try failed. It is
-    ready for labs when no process is at it and a node runs: a node another learner
-    killed does not keep everyone else from starting a lab."""
-    cluster = LocalCluster.from_settings()
-    states = cluster.status()
-    running = sum(1 for s in states if s.running)
-    thread = _boot["thread"]
-    booting = (thread is not None and thread.is_alive()) or cluster.busy()
-    return {
-        "running": running,
-        "size": len(states),
-        "ready": running > 0 and not booting,
-        "booting": booting,
-        "error": "" if booting else _boot["error"],
-    }
-
-
-def cluster_sweep_idle(idle_minutes: float) -> bool:
-    """Takes the lab cluster down once no lab has run on it for `idle_minutes` (0: never);
-    True if it did. A cluster with labs on it is marked used."""
-    if not settings.LAB_CLUSTER_SIZE or idle_minutes <= 0:
-        return False
-    cluster = LocalCluster.from_settings()
-    if not cluster.ours():
-        return False
-    if _labs_on_cluster():
-        cluster.touch()
-        return False
-    idle = cluster.idle_seconds()
-    if idle is None or idle < idle_minutes * 60:
-        return False
-    cluster.down()
-    log.info("lab cluster down: no lab ran on it for %.0f min", idle / 60)
-    return True
-
-
-def _labs_on_cluster() -> list[LabSession]:
-    """The labs that run on the cluster now: a fault on a node reaches every one."""
-    return [s for s in LabSession.objects.exclude(state=LabSession.State.ENDED) if on_cluster(s)]
+class NodesNotYours(LabError):
+    """A class's learner asked for a fault on the class's nodes: those are the
+    instructor's."""
 
 
 def lab_cluster_view(session: LabSession) -> dict | None:
-    """The panel's content, or None for a lab on the shared broker."""
-    if not on_cluster(session):
+    """The panel's content, or None for a lab on the shared broker (or whose cluster is
+    gone)."""
+    local = lab_local_cluster(session)
+    if local is None:
         return None
-    cluster = LocalCluster.from_settings()
-    states = cluster.status()
+    in_class = session.cluster.classroom_id is not None
     view = {
         "url": reverse("lab-brokers", args=[session.id]),
         "active": session.is_active,
+        # In a class the nodes are the instructor's to stop and start, for every lab.
+        "in_class": in_class,
         "nodes": [],
         "queues": [],
         "classic": [],
         "error": "",
-        # Other labs on these nodes: what this learner does to them happens to those too.
-        "others": sum(1 for s in _labs_on_cluster() if s.id != session.id),
     }
     connections: dict[str, int] = {}
     api = session.broker.api()
@@ -155,32 +100,83 @@ def lab_cluster_view(session: LabSession) -> dict | None:
     except BrokerError as exc:
         view["error"] = _("No node's management API answered: %(reason)s") % {"reason": exc.reason}
     leaders = {q["leader"] for q in view["queues"]}
-    for s in states:
+    view["nodes"] = _nodes_view(
+        local,
+        connections=connections,
+        leaders=leaders,
+        action_url=None if in_class else lambda n: reverse("lab-broker-node", args=[session.id, n]),
+    )
+    return view
+
+
+def classroom_cluster_view(classroom) -> dict:
+    """The class dashboard's Brokers panel: the class's cluster (none yet, starting,
+    running, failed) and each node with its state and the instructor's buttons."""
+    from .cluster_pool import classroom_cluster, cluster_nodes_running
+
+    view = {
+        "url": reverse("class-brokers", args=[classroom.pk]),
+        "start_url": reverse("class-brokers-start", args=[classroom.pk]),
+        "state": "none",
+        "running": 0,
+        "size": settings.LAB_CLUSTER_SIZE,
+        "error": "",
+        "nodes": [],
+        "labs": 0,
+    }
+    cluster = classroom_cluster(classroom=classroom)
+    if cluster is None:
+        return view
+    view["state"] = {"in-use": "running"}.get(cluster.state, cluster.state)
+    view["error"] = cluster.error.strip().splitlines()[0] if cluster.error else ""
+    view["running"], view["size"] = cluster_nodes_running(cluster)
+    if cluster.state == LabCluster.State.IN_USE:
+        local = LocalCluster.slot(cluster.slot)
+        view["labs"] = cluster.labs.exclude(state=LabSession.State.ENDED).count()
+        connections: dict[str, int] = {}
+        try:  # every connection to it is a lab's of the class
+            for c in local.management().request("GET", "connections?columns=node"):
+                connections[c["node"]] = connections.get(c["node"], 0) + 1
+        except BrokerError as exc:
+            view["error"] = _("No node's management API answered: %(reason)s") % {
+                "reason": exc.reason
+            }
+        view["nodes"] = _nodes_view(
+            local,
+            connections=connections,
+            leaders=set(),
+            action_url=lambda n: reverse("class-broker-node", args=[classroom.pk, n]),
+        )
+    return view
+
+
+def _nodes_view(local: LocalCluster, *, connections: dict, leaders: set, action_url) -> list:
+    nodes = []
+    for s in local.status():
         name = _short(s.name)
-        busy = _busy.get(s.name, "")
-        view["nodes"].append(
+        nodes.append(
             {
                 "name": name,
                 "node": s.name,
                 "state": _node_state(s),
-                "busy": busy,
+                "busy": _busy.get(s.name, ""),
                 "connections": connections.get(s.name, 0),
                 "leads": name in leaders,
-                "action_url": reverse("lab-broker-node", args=[session.id, name]),
+                "action_url": action_url(name) if action_url else "",
             }
         )
-    return view
+    return nodes
 
 
 def _node_state(s) -> str:
     return "running" if s.running else ("stopped" if s.vm else "down")
 
 
-def brokers_now(vhost: str, api: ManagementClient) -> dict:
+def brokers_now(vhost: str, api: ManagementClient, local: LocalCluster) -> dict:
     """What a lab's timeline compares from one read to the next: each node's state, each
     quorum queue's leader and members online, each classic queue's node and whether it is
     down. Raises BrokerError when no node's management API answers."""
-    nodes = {_short(s.name): _node_state(s) for s in LocalCluster.from_settings().status()}
+    nodes = {_short(s.name): _node_state(s) for s in local.status()}
     quorum, classic = {}, {}
     for q in api.queue_placement(vhost):
         if q["name"] == amqp.firehose_queue():
@@ -236,7 +232,7 @@ def broker_events(before: dict, after: dict) -> list[dict]:
     return out
 
 
-def broker_events_reader(vhost: str, api: ManagementClient):
+def broker_events_reader(vhost: str, api: ManagementClient, local: LocalCluster):
     """For a lab's monitor: a function that returns what changed since its last call (the
     first call only looks). While no node's API answers, it says nothing and keeps what it
     saw last."""
@@ -244,7 +240,7 @@ def broker_events_reader(vhost: str, api: ManagementClient):
 
     def read() -> list[dict]:
         try:
-            now = brokers_now(vhost, api)
+            now = brokers_now(vhost, api, local)
         except BrokerError:
             return []
         events = broker_events(seen[0], now) if seen else []
@@ -254,26 +250,57 @@ def broker_events_reader(vhost: str, api: ManagementClient):
     return read
 
 
+FAULT_MESSAGES = {
+    "stop": _("Stopping RabbitMQ on %(node)s: its connections close, then it stops."),
+    "kill": _("Killing %(node)s's Erlang VM."),
+    "start": _("Starting %(node)s: it rejoins the cluster and catches up."),
+}
+
+
 def lab_node_fault(*, session: LabSession, node: str, action: str) -> str:
-    """Starts `action` on the cluster's node `node` on a thread of its own; returns what
-    the page says meanwhile. Raises LabError for a lab not on the cluster, an ended lab,
-    an unknown node or action, or a node with a fault under way."""
+    """Starts `action` on node `node` of the lab's own cluster, on a thread of its own;
+    returns what the page says meanwhile. Raises LabError for a lab not on a cluster, an
+    ended lab, an unknown node or action, or a node with a fault under way, and
+    NodesNotYours for a lab on its class's cluster."""
     if not on_cluster(session):
         raise LabError(_("This lab runs on the shared broker: its nodes are not yours to stop."))
-    if not session.is_active:
+    if not session.is_active or session.cluster is None:
         raise LabError(_("this lab has ended"))
+    if session.cluster.classroom_id is not None:
+        raise NodesNotYours(_("In this class, your instructor stops and starts the nodes."))
+    _start_fault(session.cluster, node, action)
+    # On the lab's timeline, before what the node does next.
+    _tell_labs([session], {"node": node, "action": action, "workload": "@you"})
+    return FAULT_MESSAGES[action] % {"node": node}
+
+
+def classroom_node_fault(*, classroom, node: str, action: str) -> str:
+    """The instructor's fault on a node of the class's cluster: on the timeline of every
+    running lab of the class, as the instructor's."""
+    from .cluster_pool import classroom_cluster
+
+    cluster = classroom_cluster(classroom=classroom)
+    if cluster is None or cluster.state != LabCluster.State.IN_USE:
+        raise LabError(_("The class's brokers are not running: start them first."))
+    _start_fault(cluster, node, action)
+    labs = list(cluster.labs.exclude(state=LabSession.State.ENDED))
+    _tell_labs(labs, {"node": node, "action": action, "workload": "@instructor"})
+    return FAULT_MESSAGES[action] % {"node": node}
+
+
+def _start_fault(cluster: LabCluster, node: str, action: str) -> None:
     if action not in ACTIONS:
         raise LabError(
             _("unknown action '%(action)s' (expected one of: %(actions)s)")
             % {"action": action, "actions": ", ".join(ACTIONS)}
         )
-    cluster = LocalCluster.from_settings()
+    local = LocalCluster.slot(cluster.slot)
     try:
-        target = cluster.node(node)
+        target = local.node(node)
     except KeyError:
         raise LabError(
             _("no node '%(node)s' in the cluster (its nodes: %(nodes)s)")
-            % {"node": node, "nodes": cluster.names()}
+            % {"node": node, "nodes": local.names()}
         ) from None
     with _busy_lock:
         if target.node in _busy:
@@ -282,24 +309,16 @@ def lab_node_fault(*, session: LabSession, node: str, action: str) -> str:
             )
         _busy[target.node] = action
     threading.Thread(
-        target=_run_fault, args=(target, action, session.id), daemon=True, name=f"fault {node}"
+        target=_run_fault, args=(target, action, cluster.pk), daemon=True, name=f"fault {node}"
     ).start()
-    # On the timeline of every lab on the cluster, before what the node does next: for
-    # this one the learner did it, for the others another lab's learner did.
-    for lab in _labs_on_cluster():
-        who = "@you" if lab.id == session.id else "@other"
-        send_quietly(
-            control.monitor_key(lab.id),
-            {"op": "broker", "event": {"node": node, "action": action, "workload": who}},
-        )
-    return {
-        "stop": _("Stopping RabbitMQ on %(node)s: its connections close, then it stops."),
-        "kill": _("Killing %(node)s's Erlang VM."),
-        "start": _("Starting %(node)s: it rejoins the cluster and catches up."),
-    }[action] % {"node": node}
 
 
-def _run_fault(target, action: str, session_id: str) -> None:
+def _tell_labs(labs: list[LabSession], event: dict) -> None:
+    for lab in labs:
+        send_quietly(control.monitor_key(lab.id), {"op": "broker", "event": event})
+
+
+def _run_fault(target, action: str, cluster_id: int) -> None:
     started = time.monotonic()
     try:
         if action == "stop":
@@ -311,25 +330,30 @@ def _run_fault(target, action: str, session_id: str) -> None:
         else:
             target.start()
         if action == "start":
-            _trace_again(target)
+            _trace_again(target, cluster_id)
         log.info(
-            "lab %s: %s %s in %.1f s", session_id, action, target.node, time.monotonic() - started
+            "cluster %s: %s %s in %.1f s",
+            cluster_id,
+            action,
+            target.node,
+            time.monotonic() - started,
         )
     except Exception:
-        log.exception("lab %s: %s %s failed", session_id, action, target.node)
+        log.exception("cluster %s: %s %s failed", cluster_id, action, target.node)
     finally:
         with _busy_lock:
             _busy.pop(target.node, None)
 
 
-def _trace_again(target) -> None:
+def _trace_again(target, cluster_id: int) -> None:
     """A node started again traces nothing: the firehose of every running lab on the
     cluster is turned on there again."""
     api = ManagementClient(target.api_url, "guest", "guest")
     try:
-        for session in LabSession.objects.exclude(state=LabSession.State.ENDED):
-            if on_cluster(session):
-                api.tracing_on(session.vhost)
+        for session in LabSession.objects.filter(cluster_id=cluster_id).exclude(
+            state=LabSession.State.ENDED
+        ):
+            api.tracing_on(session.vhost)
     except BrokerError:
         log.warning("firehose not turned on again at %s", target.node, exc_info=True)
     finally:

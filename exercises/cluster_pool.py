@@ -159,6 +159,9 @@ def pool_fill(*, wait: bool = False) -> list[LabCluster]:
     as far as LAB_CLUSTER_MAX allows; returns those it started."""
     if not pool_enabled():
         return []
+    for warm in LabCluster.objects.filter(state=State.WARM):
+        if not any(s.vm for s in local_cluster(warm).status()):  # the machine restarted
+            cluster_remove(cluster=warm, wait=True)
     pool = LabCluster.objects.filter(
         state__in=[State.BOOTING, State.WARM], classroom=None, reserved_for=None
     ).count()

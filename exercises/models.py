@@ -126,6 +126,48 @@ class ClassMember(models.Model):
         return f"{self.display_name} in {self.classroom}"
 
 
+class LabCluster(models.Model):
+    """A local cluster of RabbitMQ nodes of the console's own (labconsole/cluster,
+    docs/cluster.md) in slot `slot`, from which its node names, ports and directory follow.
+    One row per cluster being booted, running or being removed, so that every web and
+    worker process sees one pool; the row goes with the cluster."""
+
+    class State(models.TextChoices):
+        BOOTING = "booting"
+        WARM = "warm"  # booted, no lab on it yet
+        IN_USE = "in-use"
+        STOPPING = "stopping"
+        FAILED = "failed"
+
+    slot = models.PositiveSmallIntegerField(unique=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.BOOTING)
+    # Whom it serves: a class (its one cluster, for every lab of the class), or a learner
+    # it was booted for (until `reserved_until`) or whose lab runs on it.
+    classroom = models.ForeignKey(
+        Classroom, on_delete=models.SET_NULL, null=True, blank=True, related_name="clusters"
+    )
+    reserved_for = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="lab_clusters",
+    )
+    reserved_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # The last change of state: how long a boot or a removal has been under way.
+    changed_at = models.DateTimeField(auto_now_add=True)
+    # The last time a lab was seen on it (a class's cluster idles out from here).
+    used_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["slot"]
+
+    def __str__(self) -> str:
+        return f"cluster {self.slot} ({self.state})"
+
+
 def _session_id() -> str:
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(10))
@@ -148,6 +190,16 @@ class LabSession(models.Model):
     )
     # A throwaway lab of an unsaved text, started from the admin's "Try it".
     trial = models.BooleanField(default=False)
+    # The cluster of the console's own the lab runs on (`broker: cluster`): its own, or its
+    # class's; none once that cluster is removed.
+    cluster = models.ForeignKey(
+        LabCluster,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="labs",
+        editable=False,
+    )
     # The exercise as it was when the lab started: edits in the admin do not reach it.
     exercise_version = models.PositiveIntegerField()
     source = models.TextField()
@@ -209,10 +261,11 @@ class LabSession(models.Model):
 
     @property
     def broker(self):
-        """The broker the lab runs on, as its exercise says (labconsole/broker/brokers.py)."""
+        """The broker the lab runs on, as its exercise says (labconsole/broker/brokers.py):
+        the shared one, or the slot of the cluster it was given."""
         from labconsole.broker.brokers import lab_broker
 
-        return lab_broker(self.spec.broker)
+        return lab_broker(self.spec.broker, slot=self.cluster.slot if self.cluster else None)
 
 
 class Workload(models.Model):

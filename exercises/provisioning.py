@@ -6,7 +6,7 @@ import time
 from urllib.parse import quote
 
 from labconsole.broker import amqp
-from labconsole.broker.brokers import LabBroker, lab_broker
+from labconsole.broker.brokers import LabBroker, firehose_arguments, lab_broker
 
 from .definitions import topology_definitions
 from .quotas import LabQuotas, lab_quotas
@@ -81,7 +81,7 @@ def lab_definitions(
                 "name": amqp.firehose_queue(),
                 "durable": True,
                 "auto_delete": False,
-                "arguments": lab_broker(spec.broker).firehose_arguments,
+                "arguments": firehose_arguments(spec.broker),
             }
         ],
         "bindings": topology["bindings"]
@@ -119,12 +119,15 @@ def provision(
     user: str,
     password: str,
     quotas: LabQuotas | None = None,
+    broker: LabBroker | None = None,
 ) -> None:
-    """Creates the vhost with the firehose on and its cap policy, then imports everything
-    else in one call (definitions cannot carry operator policies). On any failure it
-    removes what it made and re-raises the broker's refusal."""
+    """Creates the vhost on `broker` (the shared one unless given) with the firehose on and
+    its cap policy, then imports everything else in one call (definitions cannot carry
+    operator policies). On any failure it removes what it made and re-raises the broker's
+    refusal."""
     quotas = quotas or lab_quotas()
-    api = lab_broker(spec.broker).api()
+    broker = broker or lab_broker()
+    api = broker.api()
     made = time.time()
     try:
         api.put_vhost(
@@ -139,7 +142,7 @@ def provision(
             )
         )
     except Exception:
-        teardown(vhost=vhost, user=user, broker=lab_broker(spec.broker))
+        teardown(vhost=vhost, user=user, broker=broker)
         raise
 
 

@@ -594,10 +594,10 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
 
     graph = lab_graph(spec)
     read_broker_events = None
-    if session.spec.broker == CLUSTER:
-        from .cluster import broker_events_reader
+    if session.spec.broker == CLUSTER and session.cluster is not None:
+        from .cluster import broker_events_reader, lab_local_cluster
 
-        read_broker_events = broker_events_reader(session.vhost, api)
+        read_broker_events = broker_events_reader(session.vhost, api, lab_local_cluster(session))
 
     return LabMonitor(
         session=session_id,

@@ -25,7 +25,7 @@ from labconsole.broker.brokers import CLUSTER
 from labconsole.broker.management import BrokerError
 from labconsole.workloads.load import load_setting
 
-from . import provisioning, quotas
+from . import cluster_pool, provisioning, quotas
 from .limits import LIMITS
 from .models import (
     CheckpointResult,
@@ -133,16 +133,16 @@ def _provision(session: LabSession) -> None:
             user=session.rabbit_user,
             password=session.rabbit_password,
             quotas=quotas.lab_quotas(user=session.owner),
+            broker=session.broker,
         )
     except BrokerError as exc:
         if exc.status == 0 and session.spec.broker == CLUSTER:
             raise LabError(
                 _(
-                    "This exercise runs on the lab cluster, which is not running yet: it starts "
-                    "with the console and takes about 20 s. Try again in a moment; if it still "
-                    "does not run, whoever runs the console starts it with: "
-                    "python manage.py labcluster up"
+                    "This exercise runs on a cluster of the console's own, which does not "
+                    "answer: %(reason)s. End the lab and start it again."
                 )
+                % {"reason": exc.reason}
             ) from exc
         raise LabError(
             format_lazy(_("the broker refused the lab's topology: {reason}"), reason=exc.reason)
@@ -322,11 +322,11 @@ def lab_session_start(
         session.spec  # noqa: B018 - a bad document fails here, before anything is made
     except SpecError as exc:
         raise LabError(format_lazy(_("the exercise is not valid:\n{errors}"), errors=exc)) from exc
-    if session.spec.broker == CLUSTER and not settings.LAB_CLUSTER_SIZE:
+    if session.spec.broker == CLUSTER and not cluster_pool.pool_enabled():
         raise LabError(
             _(
-                "This exercise runs on the lab cluster, and this console runs none "
-                "(LAB_CLUSTER_SIZE=0)."
+                "This exercise runs on a cluster of the console's own, and this console runs "
+                "none (LAB_CLUSTER_SIZE or LAB_CLUSTER_MAX is 0)."
             )
         )
     _refuse_missing_plugins(session)
@@ -338,6 +338,8 @@ def lab_session_start(
     else:
         session.save()
     try:
+        if session.spec.broker == CLUSTER:
+            _take_cluster(session)
         _create_workloads(session)
         _provision(session)  # removes what it made on the broker if it fails
     except BaseException as exc:
@@ -345,6 +347,8 @@ def lab_session_start(
         # the broker refused the rest; the ended lab stays recorded for its open page.
         if isinstance(exc, LabError) and _ended_meanwhile(session):
             raise _ended_while_starting() from exc
+        if session.cluster is not None:
+            cluster_pool.lab_cluster_release(session=session)
         session.delete()
         raise
     _mark_running(session)
@@ -357,6 +361,18 @@ def lab_session_start(
             format_lazy(_("the lab's workloads could not be started: {error}"), error=repr(exc))
         ) from exc
     return session
+
+
+def _take_cluster(session: LabSession) -> None:
+    """Gives a new lab on a cluster its cluster: its class's, or a warm one of its own
+    (exercises/cluster_pool.py)."""
+    try:
+        session.cluster = cluster_pool.lab_cluster_take(
+            owner=session.owner, classroom=session.classroom
+        )
+    except cluster_pool.NoCluster as exc:
+        raise LabError(str(exc)) from exc
+    LabSession.objects.filter(pk=session.pk).update(cluster=session.cluster)
 
 
 def _stop_tasks(session: LabSession) -> None:
@@ -404,9 +420,14 @@ def send_quietly(key: str, message: dict, exchange: str | None = None) -> None:
 
 def lab_session_teardown(*, session: LabSession) -> bool:
     """Deletes the ended lab's vhost and user. If the broker is away or refuses, the lab is
-    marked `teardown_pending` for the sweeper to try again. Returns whether it was done."""
+    marked `teardown_pending` for the sweeper to try again. Returns whether it was done.
+    A lab whose cluster is gone has nothing left to delete."""
+    cluster_gone = session.spec.broker == CLUSTER and session.cluster is None
     try:
-        provisioning.teardown(vhost=session.vhost, user=session.rabbit_user, broker=session.broker)
+        if not cluster_gone:
+            provisioning.teardown(
+                vhost=session.vhost, user=session.rabbit_user, broker=session.broker
+            )
     except BrokerError as exc:
         log.warning("lab %s: vhost and user not deleted yet (%s)", session.id, exc.reason)
         pending = True
@@ -434,6 +455,7 @@ def lab_session_stop(*, session: LabSession) -> LabSession:
     session.state = LabSession.State.ENDED
     _stop_tasks(session)
     lab_session_teardown(session=session)
+    cluster_pool.lab_cluster_release(session=session)
     _announce(session, "status", {"state": "ended", "message": "This lab has ended."})
     return session
 
@@ -1103,7 +1125,8 @@ def _copy_title(spec: ExerciseSpec) -> str:
     lines = ["title:"]
     for code, text in texts.items():
         with translation.override(code):
-            marked = f"{text} {gettext('(copy)')}"
+            mark = gettext("(copy)")  # not inside the f-string: makemessages would miss it
+            marked = f"{text} {mark}"
         lines.append(f"  {code}: {json.dumps(marked, ensure_ascii=False)}")
     return "\n".join(lines) + "\n"
 

@@ -17,15 +17,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.conf import settings
 from django.utils import timezone
 
 from labconsole.broker import amqp
 from labconsole.broker.brokers import CLUSTER, SHARED, LabBroker, lab_broker
 from labconsole.broker.management import BrokerError
-from labconsole.cluster.local import LocalCluster
 
-from .models import LabSession
+from .models import LabCluster, LabSession
 from .services import lab_session_stop, lab_session_teardown
 
 log = logging.getLogger(__name__)
@@ -73,8 +71,8 @@ def labs_sweep(*, grace_seconds: float) -> SweepResult:
        being made or reset is in the `starting` state and is never touched.
     3. Ends the running labs whose vhost is gone (looked up once more before each).
 
-    2 and 3 are done on the shared broker, then on the local cluster if this console made
-    one (docs/cluster.md) and it answers.
+    2 and 3 are done on the shared broker, then on each running cluster of the pool
+    (docs/cluster.md) that answers.
     """
     result = SweepResult()
 
@@ -84,19 +82,29 @@ def labs_sweep(*, grace_seconds: float) -> SweepResult:
         if lab_session_teardown(session=session):
             result.torn_down.append(session.id)
 
-    _sweep_broker(lab_broker(SHARED), grace_seconds, result)
-    if settings.LAB_CLUSTER_SIZE and LocalCluster.from_settings().ours():
+    _sweep_broker(
+        lab_broker(SHARED), grace_seconds, result, LabSession.objects.filter(cluster=None)
+    )
+    for cluster in LabCluster.objects.filter(
+        state__in=[LabCluster.State.WARM, LabCluster.State.IN_USE]
+    ):
         try:
-            _sweep_broker(lab_broker(CLUSTER), grace_seconds, result)
+            _sweep_broker(
+                lab_broker(CLUSTER, slot=cluster.slot),
+                grace_seconds,
+                result,
+                LabSession.objects.filter(cluster=cluster),
+            )
         except BrokerError as exc:
-            log.info("sweep: the lab cluster did not answer (%s)", exc.reason)
+            log.info("sweep: cluster %s did not answer (%s)", cluster.slot, exc.reason)
 
     if result.torn_down or result.vhosts or result.users or result.ended:
         log.info("sweep: %s", result)
     return result
 
 
-def _sweep_broker(broker: LabBroker, grace_seconds: float, result: SweepResult) -> None:
+def _sweep_broker(broker: LabBroker, grace_seconds: float, result: SweepResult, labs) -> None:
+    """Sweeps one broker, whose labs are `labs` (a query of LabSession)."""
     api = broker.api()
     listed_at = timezone.now()
     vhosts = api.vhosts()
@@ -117,7 +125,7 @@ def _sweep_broker(broker: LabBroker, grace_seconds: float, result: SweepResult) 
     # Labs recorded as running before the list was read: their vhost was in it unless it
     # was deleted (a reset in between is `starting`, or has made it again: looked up).
     names = {v["name"] for v in vhosts}
-    for session in LabSession.objects.filter(
+    for session in labs.filter(
         state=LabSession.State.RUNNING, created_at__lt=listed_at - timedelta(seconds=1)
     ):
         if session.spec.broker != broker.name:

@@ -52,12 +52,12 @@ def sweep_trial_labs() -> list[str]:
     )
 
 
-@shared_task(name="exercises.sweep_idle_cluster")
-def sweep_idle_cluster() -> bool:
-    """The lab cluster goes down once no lab has run on it for LAB_CLUSTER_IDLE_MINUTES."""
-    from .cluster import cluster_sweep_idle
+@shared_task(name="exercises.sweep_clusters")
+def sweep_clusters() -> list[int]:
+    """Keeps the pool of clusters true to its labs and classes (exercises/cluster_pool.py)."""
+    from .cluster_pool import pool_sweep
 
-    return cluster_sweep_idle(settings.LAB_CLUSTER_IDLE_MINUTES)
+    return pool_sweep(idle_minutes=settings.LAB_CLUSTER_IDLE_MINUTES)
 
 
 @shared_task(name="exercises.end_due_classes")

@@ -29,6 +29,17 @@ urlpatterns = [
     path("classes/<int:class_id>/end/", class_views.class_end, name="class-end"),
     path("classes/<int:class_id>/dashboard/", class_views.class_dashboard, name="class-dashboard"),
     path("classes/<int:class_id>/message/", class_views.class_message, name="class-message"),
+    path("classes/<int:class_id>/brokers/", class_views.class_brokers, name="class-brokers"),
+    path(
+        "classes/<int:class_id>/brokers/start/",
+        class_views.class_brokers_start,
+        name="class-brokers-start",
+    ),
+    path(
+        "classes/<int:class_id>/brokers/<str:node>/",
+        class_views.class_broker_node,
+        name="class-broker-node",
+    ),
     path(
         "classes/<int:class_id>/labs/<str:lab_id>/reset/",
         class_views.class_lab_reset,

@@ -3,7 +3,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
@@ -16,7 +15,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from labconsole.broker.brokers import CLUSTER
 
-from . import classes, cluster, selectors, services
+from . import classes, cluster, cluster_pool, selectors, services
 from .forms import (
     BindingForm,
     ConsumerForm,
@@ -94,10 +93,10 @@ def _exercise_context(request: HttpRequest, ex: Exercise) -> dict:
         .first()
     )
     brokers = None
-    if ex.spec.broker == CLUSTER and settings.LAB_CLUSTER_SIZE:
-        # Brokers of the exercise's own: brought up when a learner needs them.
+    if ex.spec.broker == CLUSTER and cluster_pool.pool_enabled():
+        # A cluster of the lab's own: a warm one at once, else booted for this learner.
         brokers = {
-            "progress": cluster.cluster_progress(),
+            **cluster_pool.cluster_offer(user=request.user),
             "start_url": reverse("exercise-brokers-start", args=[ex.slug]),
             "status_url": reverse("exercise-brokers", args=[ex.slug]),
         }
@@ -110,7 +109,7 @@ def _exercise_context(request: HttpRequest, ex: Exercise) -> dict:
 
 def _cluster_exercise(slug: str) -> Exercise:
     ex = get_object_or_404(Exercise, slug=slug, published=True)
-    if ex.spec.broker != CLUSTER or not settings.LAB_CLUSTER_SIZE:
+    if ex.spec.broker != CLUSTER or not cluster_pool.pool_enabled():
         raise Http404("this exercise runs on the shared broker")
     return ex
 
@@ -134,9 +133,10 @@ def exercise_brokers(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 @login_required
 def exercise_brokers_start(request: HttpRequest, slug: str) -> HttpResponse:
-    """Brings the lab cluster up for a learner who needs it; the page shows it coming."""
+    """Boots a cluster for a learner who found none warm; the page shows it coming (or
+    that the console's clusters are all in use)."""
     ex = _cluster_exercise(slug)
-    cluster.cluster_boot()
+    cluster_pool.cluster_request(user=request.user)
     return render(request, "exercises/exercise.html#start-area", _exercise_context(request, ex))
 
 
@@ -400,8 +400,8 @@ def lab_brokers(request: HttpRequest, lab_id: str) -> HttpResponse:
     """The broker panel of a lab on the local cluster, as it is now (the page asks for it
     every two seconds)."""
     session = _viewed_lab(request, lab_id)
-    if not cluster.on_cluster(session):
-        raise Http404("this lab runs on the shared broker")
+    if cluster.lab_local_cluster(session) is None:
+        raise Http404("this lab runs on the shared broker, or its cluster is gone")
     return HttpResponse(_broker_panel(request, session))
 
 
@@ -414,7 +414,8 @@ def lab_broker_node(request: HttpRequest, session: LabSession, node: str) -> Htt
             session=session, node=node, action=request.POST.get("action", "")
         )
     except services.LabError as exc:
-        return HttpResponse(_broker_panel(request, session, str(exc), ok=False), status=400)
+        status = 403 if isinstance(exc, cluster.NodesNotYours) else 400
+        return HttpResponse(_broker_panel(request, session, str(exc), ok=False), status=status)
     return HttpResponse(_broker_panel(request, session, str(message)))
 
 

@@ -266,7 +266,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-idle-labs": {"task": "exercises.sweep_idle_labs", "schedule": 60.0},
     "sweep-labs": {"task": "exercises.sweep_labs", "schedule": LAB_SWEEP_SECONDS},
     "sweep-trial-labs": {"task": "exercises.sweep_trial_labs", "schedule": LAB_TRIAL_SWEEP_SECONDS},
-    "sweep-idle-cluster": {"task": "exercises.sweep_idle_cluster", "schedule": 60.0},
+    "sweep-clusters": {"task": "exercises.sweep_clusters", "schedule": 60.0},
     "end-due-classes": {"task": "exercises.end_due_classes", "schedule": 30.0},
 }
 
@@ -280,15 +280,21 @@ RUNTIME_LEASE_SECONDS = env.float("RUNTIME_LEASE_SECONDS", default=6.0)
 RUNTIME_LOCAL_REPORTS = env.bool("RUNTIME_LOCAL_REPORTS", default=True)
 
 # --- Brokers of a lab's own (labconsole/cluster, docs/cluster.md) -----------------------
-# `python manage.py labcluster up` starts LAB_CLUSTER_SIZE nodes named <prefix>1@localhost...
-# from the installed RabbitMQ, with their files under LAB_CLUSTER_DIR: AMQP ports from
-# LAB_CLUSTER_PORT, management ports 10000 above, distribution ports 20000 above.
+# A pool of local clusters of LAB_CLUSTER_SIZE nodes each, run from the installed RabbitMQ,
+# one per slot k (1, 2, ...): nodes <prefix>c<k>n1@localhost..., files under
+# LAB_CLUSTER_DIR/c<k>, AMQP ports from LAB_CLUSTER_PORT + 10 k, management ports 10000
+# above, distribution ports 20000 above.
 LAB_CLUSTER_DIR = env("LAB_CLUSTER_DIR", default="") or str(BASE_DIR / "var" / "cluster")
 LAB_CLUSTER_SIZE = env.int("LAB_CLUSTER_SIZE", default=3)
 LAB_CLUSTER_PORT = env.int("LAB_CLUSTER_PORT", default=5701)
 LAB_CLUSTER_PREFIX = env("LAB_CLUSTER_PREFIX", default="lab")
-# The cluster is brought up when a learner needs it (the page of a cluster exercise asks),
-# and taken down once no lab has run on it for this many minutes (0: it stays up).
+# Clusters kept booted with no lab on them, for the next cluster labs to start at once
+# (0: none; each lab then waits for its cluster's boot), and clusters at once at most:
+# a boot takes most of a core for 15-20 s, and three at once fill a 2-core machine.
+LAB_CLUSTER_WARM = env.int("LAB_CLUSTER_WARM", default=1)
+LAB_CLUSTER_MAX = env.int("LAB_CLUSTER_MAX", default=3)
+# A class's cluster goes down once no lab of the class has run on it for this many
+# minutes (0: it stays up until the class ends); a lab's own goes with the lab.
 LAB_CLUSTER_IDLE_MINUTES = env.float("LAB_CLUSTER_IDLE_MINUTES", default=15)
 
 # --- Channels ----------------------------------------------------------------------------

@@ -21,7 +21,10 @@ os.environ.setdefault(
     "LAB_CLUSTER_DIR", str(Path(tempfile.gettempdir()) / f"labconsole-test-cluster-{os.getpid()}")
 )
 os.environ.setdefault("LAB_CLUSTER_PREFIX", f"labt{os.getpid()}n")
-os.environ.setdefault("LAB_CLUSTER_PORT", str(11_000 + os.getpid() % 300 * 3))
+os.environ.setdefault("LAB_CLUSTER_PORT", str(10_000 + os.getpid() % 50 * 40))
+# No cluster booted ahead unless a test asks for one: each boot takes a core for 20 s.
+os.environ.setdefault("LAB_CLUSTER_WARM", "0")
+os.environ.setdefault("LAB_CLUSTER_MAX", "3")
 # A key of their own, so that the tests run on a checkout without `.env`.
 os.environ.setdefault("SECRET_KEY", "tests-only-" + "k" * 50)
 

@@ -1,6 +1,7 @@
 """The brokers a lab may run on: the shared one of RABBITMQ_URL, which every other lab
-uses too, and the local cluster of brokers a lab may break (labconsole/cluster,
-docs/cluster.md). An exercise names its broker (`broker:`); everything that reaches a
+uses too, and the local clusters of brokers a lab may break (labconsole/cluster,
+docs/cluster.md), one per slot of the pool. An exercise names its broker (`broker:`), and
+a lab on a cluster is given a slot (its own, or its class's); everything that reaches a
 lab's vhost (provisioning, workloads, the monitor, the page's publishes) asks for it here.
 """
 
@@ -34,19 +35,26 @@ class LabBroker:
 
     @property
     def firehose_arguments(self) -> dict:
-        """The arguments of a lab's firehose queue. On the cluster it is a quorum queue: a
-        classic queue lives on one node, and while that node is down it answers 404, so
-        the live view would stop with the node."""
-        if self.name == CLUSTER:
-            return {**amqp.FIREHOSE_ARGUMENTS, "x-queue-type": "quorum"}
-        return amqp.FIREHOSE_ARGUMENTS
+        return firehose_arguments(self.name)
 
 
-def lab_broker(name: str = SHARED) -> LabBroker:
+def firehose_arguments(name: str) -> dict:
+    """The arguments of a lab's firehose queue on broker `name`. On a cluster it is a quorum
+    queue: a classic queue lives on one node, and while that node is down it answers 404,
+    so the live view would stop with the node."""
+    if name == CLUSTER:
+        return {**amqp.FIREHOSE_ARGUMENTS, "x-queue-type": "quorum"}
+    return amqp.FIREHOSE_ARGUMENTS
+
+
+def lab_broker(name: str = SHARED, *, slot: int | None = None) -> LabBroker:
+    """The shared broker, or for `name` CLUSTER the cluster of pool slot `slot`."""
     if name == CLUSTER:
         from labconsole.cluster.local import LocalCluster
 
-        cluster = LocalCluster.from_settings()
+        if slot is None:
+            raise ValueError("a lab on a cluster needs the cluster's slot")
+        cluster = LocalCluster.slot(slot)
         api = cluster.management()
         return LabBroker(
             name=CLUSTER,

@@ -329,15 +329,30 @@ class LocalCluster:
         ]
 
     @classmethod
-    def from_settings(cls) -> LocalCluster:
+    def slot(cls, k: int) -> LocalCluster:
+        """The cluster of slot `k` (1, 2, ...) of the settings' pool: nodes
+        `<prefix>c<k>n1@localhost`..., AMQP ports from LAB_CLUSTER_PORT + 10 k, its files in
+        LAB_CLUSTER_DIR/c<k>. Slots never share a name, a port or a directory."""
         from django.conf import settings
 
+        if k < 1:
+            raise ValueError(f"cluster slots count from 1, not {k}")
         return cls(
-            Path(settings.LAB_CLUSTER_DIR),
+            Path(settings.LAB_CLUSTER_DIR) / f"c{k}",
             size=settings.LAB_CLUSTER_SIZE,
-            port=settings.LAB_CLUSTER_PORT,
-            prefix=settings.LAB_CLUSTER_PREFIX,
+            port=settings.LAB_CLUSTER_PORT + 10 * k,
+            prefix=f"{settings.LAB_CLUSTER_PREFIX}c{k}n",
         )
+
+    @staticmethod
+    def slots_on_disk() -> list[int]:
+        """The slots whose directory of ours is under LAB_CLUSTER_DIR (running or left by a
+        process that died)."""
+        from django.conf import settings
+
+        base = Path(settings.LAB_CLUSTER_DIR)
+        found = base.glob("c*/" + MARKER) if base.is_dir() else []
+        return sorted(int(m.parent.name[1:]) for m in found if m.parent.name[1:].isdigit())
 
     def node(self, name: str) -> LocalNode:
         for node in self.nodes:
@@ -454,18 +469,6 @@ class LocalCluster:
         for node, pid in zip(self.nodes, pids, strict=True):
             node.wait_gone(pid)
         shutil.rmtree(self.base, ignore_errors=True)
-
-    def touch(self) -> None:
-        """Marks the cluster used now (a lab runs on it): `idle_seconds` counts from here."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.base / MARKER).touch()
-
-    def idle_seconds(self) -> float | None:
-        """Seconds since the cluster was booted or last marked used; None without one."""
-        try:
-            return max(0.0, time.time() - (self.base / MARKER).stat().st_mtime)
-        except FileNotFoundError:
-            return None
 
     def leftovers(self) -> list[str]:
         """What of ours is still there: node processes, listening ports, the directory."""

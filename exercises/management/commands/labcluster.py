@@ -1,76 +1,124 @@
-"""`python manage.py labcluster up|down|status|stop|kill|start`: the local cluster of brokers
-of a lab's own (labconsole/cluster/local.py, docs/cluster.md)."""
+"""`python manage.py labcluster up|down|status|stop|kill|start`: the pool of local clusters
+of brokers of a lab's own (exercises/cluster_pool.py, labconsole/cluster/local.py,
+docs/cluster.md)."""
 
 import json
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from labconsole.cluster.local import LocalCluster
+from exercises import cluster_pool
+from exercises.models import LabCluster
+from labconsole.cluster.local import LocalCluster, LocalNode
 
 
 class Command(BaseCommand):
-    help = "Start, stop and show the local RabbitMQ cluster that labs may break."
+    help = "Start, stop and show the pool of local RabbitMQ clusters that labs may break."
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
-        sub.add_parser("up", help="start the nodes and form the cluster (nothing if it runs)")
-        sub.add_parser("down", help="stop the nodes and remove their files")
-        status = sub.add_parser("status", help="the nodes and their state")
+        sub.add_parser(
+            "up", help="boot the warm pool (up to LAB_CLUSTER_WARM clusters) and wait for it"
+        )
+        sub.add_parser("down", help="stop every cluster's nodes and remove their files")
+        status = sub.add_parser("status", help="each cluster, its nodes and their state")
         status.add_argument("--json", action="store_true", dest="as_json")
         for action, what in (
             ("stop", "stop RabbitMQ on a node gently (stop_app); its Erlang VM stays"),
             ("kill", "kill a node's Erlang VM with SIGKILL"),
             ("start", "start a stopped or killed node again"),
         ):
-            sub.add_parser(action, help=what).add_argument("node", help="e.g. lab2")
+            sub.add_parser(action, help=what).add_argument("node", help="e.g. labc1n2")
 
     def handle(self, *args, action, **options):
-        if settings.LAB_CLUSTER_SIZE == 0:
-            self.stdout.write("no lab cluster: LAB_CLUSTER_SIZE is 0")
+        if not cluster_pool.pool_enabled():
+            self.stdout.write("no lab clusters: LAB_CLUSTER_SIZE or LAB_CLUSTER_MAX is 0")
             return
-        cluster = LocalCluster.from_settings()
         try:
-            getattr(self, f"handle_{action}")(cluster, **options)
+            getattr(self, f"handle_{action}")(**options)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CommandError(str(exc).strip("'\"")) from exc
 
-    def handle_up(self, cluster: LocalCluster, **_):
-        seconds = cluster.up()
-        self.stdout.write(
-            f"{cluster.size} nodes running in one cluster ({seconds:.1f} s): "
-            + ", ".join(f"{n.node} amqp {n.port} http {n.mgmt_port}" for n in cluster.nodes)
-        )
+    def handle_up(self, **_):
+        if settings.LAB_CLUSTER_WARM <= 0:
+            self.stdout.write("no warm pool: LAB_CLUSTER_WARM is 0 (each lab boots its cluster)")
+        for cluster in cluster_pool.pool_fill(wait=True):
+            if cluster.state == LabCluster.State.FAILED:
+                cluster.delete()  # its nodes went with the failed boot; nothing else was ours
+                raise CommandError(f"cluster {cluster.slot}: {cluster.error}")
+        for cluster in LabCluster.objects.all():
+            self._describe(cluster)
 
-    def handle_down(self, cluster: LocalCluster, **_):
-        if not cluster.base.exists():
-            self.stdout.write(f"no cluster in {cluster.base}")
+    def handle_down(self, **_):
+        slots = sorted(
+            set(LabCluster.objects.values_list("slot", flat=True))
+            | set(LocalCluster.slots_on_disk())
+        )
+        if not slots:
+            self.stdout.write(f"no cluster in {settings.LAB_CLUSTER_DIR}")
             return
-        cluster.down()
-        left = cluster.leftovers()
+        cluster_pool.pool_empty()
+        left = [line for k in slots for line in LocalCluster.slot(k).leftovers()]
         if left:
             raise CommandError("still there: " + "; ".join(left))
-        self.stdout.write(f"cluster down; {cluster.base} removed")
+        self.stdout.write(f"clusters {', '.join(map(str, slots))} down; their files removed")
 
-    def handle_status(self, cluster: LocalCluster, *, as_json: bool = False, **_):
-        states = cluster.status()
+    def handle_status(self, *, as_json: bool = False, **_):
+        clusters = list(LabCluster.objects.select_related("classroom", "reserved_for"))
         if as_json:
-            self.stdout.write(json.dumps([s.__dict__ for s in states], indent=2))
+            self.stdout.write(
+                json.dumps(
+                    [
+                        {
+                            "slot": c.slot,
+                            "state": c.state,
+                            "nodes": [s.__dict__ for s in cluster_pool.local_cluster(c).status()],
+                        }
+                        for c in clusters
+                    ],
+                    indent=2,
+                )
+            )
             return
-        for s in states:
+        if not clusters:
+            self.stdout.write("no clusters")
+        for cluster in clusters:
+            self._describe(cluster)
+
+    def _describe(self, cluster: LabCluster) -> None:
+        serves = (
+            f"class {cluster.classroom}"
+            if cluster.classroom_id
+            else f"{cluster.reserved_for}"
+            if cluster.reserved_for_id
+            else "the pool"
+        )
+        self.stdout.write(f"cluster {cluster.slot}: {cluster.state}, for {serves}")
+        for s in cluster_pool.local_cluster(cluster).status():
             state = "running" if s.running else ("app stopped" if s.vm else "down")
-            self.stdout.write(f"{s.name:<20} {state:<12} amqp {s.port}  http {s.mgmt_port}")
+            self.stdout.write(f"  {s.name:<24} {state:<12} amqp {s.port}  http {s.mgmt_port}")
 
-    def handle_stop(self, cluster: LocalCluster, *, node, **_):
-        cluster.node(node).stop_app()
-        self.stdout.write(f"{cluster.node(node).node}: RabbitMQ stopped, the VM runs")
+    def _node(self, name: str) -> LocalNode:
+        for k in LabCluster.objects.values_list("slot", flat=True):
+            local = LocalCluster.slot(k)
+            if any(name in (n.name, n.node) for n in local.nodes):
+                return local.node(name)
+        raise KeyError(
+            f"no node {name!r} in any cluster (cluster k's nodes are "
+            f"{settings.LAB_CLUSTER_PREFIX}c<k>n1..{settings.LAB_CLUSTER_SIZE}; "
+            f"`labcluster status` lists them)"
+        )
 
-    def handle_kill(self, cluster: LocalCluster, *, node, **_):
-        cluster.node(node).kill()
-        self.stdout.write(f"{cluster.node(node).node}: killed")
+    def handle_stop(self, *, node, **_):
+        self._node(node).stop_app()
+        self.stdout.write(f"{self._node(node).node}: RabbitMQ stopped, the VM runs")
 
-    def handle_start(self, cluster: LocalCluster, *, node, **_):
-        target = cluster.node(node)
+    def handle_kill(self, *, node, **_):
+        self._node(node).kill()
+        self.stdout.write(f"{self._node(node).node}: killed")
+
+    def handle_start(self, *, node, **_):
+        target = self._node(node)
         if target.vm_running():
             target.start_app()
         else:

@@ -73,7 +73,7 @@ function main(configEl, labEl) {
     },
     alertFired: gettext("fired"), alertCleared: gettext("cleared"),
     presets: { spike: gettext("spike"), stress: gettext("stress") },
-    otherLab: gettext("another lab"),
+    instructor: gettext("your instructor"),
     // The lab's brokers (kind "broker"): what the learner did to a node, and what followed.
     brokerActions: { stop: gettext("stopped it"), kill: gettext("killed it"), start: gettext("started it") },
     nodeStates: { running: gettext("running"), stopped: gettext("stopped (the VM runs)"), down: gettext("down") },
@@ -115,8 +115,8 @@ function main(configEl, labEl) {
   const ACK_MODES = { manual: gettext("manual"), auto: gettext("auto") };
   const kindName = (kind) => EVENT_KINDS[kind] || kind || "?";
   // "@you" is the learner's own publishes from the page (the graph's p:@you).
-  // "@other": another lab's learner, on brokers the labs share (a node fault's event).
-  const workloadName = (name) => (name === "@you" ? T.you : name === "@other" ? T.otherLab : name || "");
+  // "@instructor": the class's instructor, on the class's brokers (a node fault's event).
+  const workloadName = (name) => (name === "@you" ? T.you : name === "@instructor" ? T.instructor : name || "");
   const YOU = "p:@you";
 
   // ------------------------------------------------------------------ constants
