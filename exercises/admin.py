@@ -1,3 +1,5 @@
+import re
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -9,6 +11,7 @@ from .admin_preview import ExercisePreviewMixin, YamlEditor
 from .admin_transfer import ExerciseTransferMixin
 from .admin_versions import ExerciseVersionsMixin, duplicated_message
 from .models import CheckpointResult, ClassMember, Classroom, Exercise, LabSession, Workload
+from .safe_yaml import Problem
 from .services import exercise_apply_source, lab_session_stop
 from .spec import SpecError
 
@@ -27,7 +30,19 @@ class ExerciseForm(forms.ModelForm):
             exercise_apply_source(exercise=self.instance, source=source)
         except SpecError as exc:
             raise forms.ValidationError(exc.errors) from exc
+        if Exercise.objects.filter(slug=self.instance.slug).exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError(str(_slug_taken(source, self.instance.slug)))
         return source
+
+
+def _slug_taken(source: str, slug: str) -> Problem:
+    """The slug is the exercise's address and unique: said at its line, as a spec problem."""
+    message = gettext("another exercise is called '{slug}'; choose another slug").format(slug=slug)
+    found = re.search(r"^slug:[ \t]*", source, re.MULTILINE)
+    if found is None:  # a slug written in flow style: no line to point at
+        return Problem("slug", message)
+    line = source.count("\n", 0, found.start()) + 1
+    return Problem("slug", message, line, found.end() - found.start() + 1)
 
 
 @admin.action(description=gettext_lazy("Duplicate the selected exercises (unpublished copies)"))
@@ -147,3 +162,8 @@ class ClassroomAdmin(admin.ModelAdmin):
     list_filter = ["starts_at"]
     filter_horizontal = ["exercises"]
     inlines = [ClassMemberInline]
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        if db_field.name == "exercises":  # the exercises a class can do: no trial drafts
+            kwargs["queryset"] = Exercise.objects.filter(published=True)
+        return super().formfield_for_manytomany(db_field, request, **kwargs)

@@ -245,3 +245,18 @@ def test_a_text_submitted_with_crlf_line_ends_is_kept_with_lf(staff_client):
     exercise.refresh_from_db()
     assert exercise.source == edited.rstrip("\n")  # the form strips the ends, as before
     assert exercise.version == 2
+
+
+def test_a_slug_another_exercise_has_is_refused_at_its_line(staff_client):
+    """Saving a text under another exercise's slug is a problem placed at the slug, not a
+    database error; nothing is saved."""
+    first, _ = exercise_save(source=DOCUMENT)
+    second, _ = exercise_save(source=DOCUMENT.replace("slug: tiny", "slug: small"))
+    url = reverse("admin:exercises_exercise_change", args=[second.pk])
+    response = staff_client.post(url, {"source": DOCUMENT, "published": "on"})
+    assert response.status_code == 200
+    assert "line 2, column 7: slug: another exercise is called &#x27;tiny&#x27;" in (
+        response.content.decode()
+    )
+    second.refresh_from_db()
+    assert second.slug == "small" and second.version == 1
