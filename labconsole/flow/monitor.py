@@ -71,8 +71,8 @@ AWAITING_RETURN_LIMIT = 100
 # what follows it on a quorum queue is about 8 events (the kill, the node down, the
 # election's two leader changes, the members online, then the start, the node running,
 # the members again), so 500 keep some 60 faults: more than a learner causes in an hour,
-# and a class sharing one cluster for a while. Each is about 150 bytes of JSON, so the
-# state saved every RUNTIME_RENEW_SECONDS and every snapshot grow by up to 75 KB.
+# and a class sharing one cluster for a while. Each is 150 to 170 bytes of JSON, so the
+# state saved every RUNTIME_RENEW_SECONDS and every snapshot grow by up to 80 KB.
 BROKERS_WATCHED = 1.0
 BROKERS_IDLE = 5.0
 TIMELINE = 500
