@@ -2,6 +2,7 @@
 into the real broker and read back."""
 
 import json
+import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -49,7 +50,9 @@ def source_vhost(api, made):
     """A vhost with exchanges, queues, both kinds of binding, a policy, and what an
     exercise cannot hold: a vhost limit, a user with permissions and a topic permission,
     and a global parameter."""
-    vhost = make_vhost(api, made, "source")
+    # A name of its own per test: a shovel of the vhost a test before deleted may still be
+    # on its way out, and would declare its queue in a new vhost of the same name.
+    vhost = make_vhost(api, made, f"source-{uuid.uuid4().hex[:6]}")
     exchange = {"durable": True, "auto_delete": False, "internal": False}
     api.put_exchange(
         vhost, "events", {**exchange, "type": "topic", "arguments": {"alternate-exchange": "lost"}}
@@ -101,6 +104,24 @@ def source_vhost(api, made):
     api.request(
         "PUT", f"global-parameters/{q(parameter)}", {"name": parameter, "value": {"note": "x"}}
     )
+    # The set-up enables the federation and shovel plugins (scripts/ensure-rabbitmq): a
+    # federation upstream and a shovel.
+    here = f"amqp:///{q(vhost)}"
+    api.request(
+        "PUT", f"parameters/federation-upstream/{q(vhost)}/origin", {"value": {"uri": here}}
+    )
+    api.request(
+        "PUT",
+        f"parameters/shovel/{q(vhost)}/move",
+        {
+            "value": {
+                "src-uri": here,
+                "src-queue": "late",
+                "dest-uri": here,
+                "dest-queue": "orders",
+            }
+        },
+    )
     return {"vhost": vhost, "user": user, "parameter": parameter}
 
 
@@ -143,6 +164,8 @@ def test_a_vhost_export_of_the_broker_imports(api, source_vhost):
     assert_source_topology(Topology.model_validate(imported.topology))
     report = "\n".join(str(s) for s in imported.skipped)
     assert "vhost-limits 'limits'" in report, report
+    assert "federation-upstream 'origin'" in report, report
+    assert "shovel 'move'" in report, report
 
 
 def test_a_whole_broker_export_imports_the_chosen_vhost(api, source_vhost):
