@@ -42,6 +42,8 @@ function start() {
     tabSize: 2,
     indentWithTabs: false,
     matchBrackets: true,
+    // Step texts are long Markdown lines: wrapped, so the editor needs no sideways scrolling.
+    lineWrapping: true,
     foldGutter: true,
     foldOptions: { rangeFinder: window.CodeMirror.fold.indent },
     gutters: ["CodeMirror-linenumbers", PROBLEM_GUTTER, "CodeMirror-foldgutter"],
