@@ -190,6 +190,12 @@ class LabSession(models.Model):
     )
     # A throwaway lab of an unsaved text, started from the admin's "Try it".
     trial = models.BooleanField(default=False)
+    # A team's sandbox: a lab without steps that every member of `team` (a Django group),
+    # and everyone who joined through one of its invitations, sees and changes together.
+    sandbox = models.BooleanField(default=False)
+    team = models.ForeignKey(
+        "auth.Group", on_delete=models.SET_NULL, null=True, blank=True, related_name="sandboxes"
+    )
     # The cluster of the console's own the lab runs on (`broker: cluster`): its own, or its
     # class's; none once that cluster is removed.
     cluster = models.ForeignKey(
@@ -310,6 +316,42 @@ class CheckpointResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.session_id}: {self.checkpoint}"
+
+
+class SandboxInvite(models.Model):
+    """A link that lets whoever opens it into a sandbox, until its owner revokes it."""
+
+    session = models.ForeignKey(LabSession, on_delete=models.CASCADE, related_name="invites")
+    token = models.CharField(max_length=43, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"invitation to {self.session_id}"
+
+
+class SandboxMember(models.Model):
+    """Someone who joined a sandbox through an invitation (a team's group members need none)."""
+
+    session = models.ForeignKey(LabSession, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sandbox_memberships"
+    )
+    invite = models.ForeignKey(
+        SandboxInvite, on_delete=models.SET_NULL, null=True, blank=True, related_name="members"
+    )
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["session", "user"], name="unique_sandbox_member")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.session_id}"
 
 
 class RateEvent(models.Model):
