@@ -70,6 +70,12 @@ def can_view_lab(user, session: LabSession) -> bool:
     return user.is_superuser or not user_is_instructor(user)
 
 
+def lab_allows_sandbox_controls(session: LabSession) -> bool:
+    """Whether the lab page offers a sandbox's extra controls (policies in the topology
+    editor, adding and removing workloads, purging and peeking at queues)."""
+    return session.sandbox
+
+
 def markdown_html(text: str) -> SafeString:
     html = markdown.markdown(text, extensions=["fenced_code", "tables", "sane_lists"])
     return mark_safe(nh3.clean(html))  # noqa: S308 - sanitised by nh3 just above
