@@ -22,8 +22,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from django.utils.translation import gettext
 
-from .models import LabSession, RateEvent
+from labconsole.workloads.load import effective_rate
+
+from .models import LabSession, RateEvent, Workload
 
 WINDOW = timedelta(minutes=1)
 
@@ -40,8 +43,21 @@ class LabQuotas:
     queue_bytes: int
 
 
-def lab_quotas(*, user=None) -> LabQuotas:
-    """The limits that hold for `user` (today the settings' defaults, for everyone)."""
+def lab_quotas(*, user=None, sandbox: bool = False) -> LabQuotas:
+    """The limits that hold for `user` (today the settings' defaults, for everyone); a
+    sandbox's vhost has the SANDBOX_* ones (docs/sandboxes.md)."""
+    if sandbox:
+        return LabQuotas(
+            labs=settings.LAB_MAX_PER_USER,
+            starts_per_minute=settings.LAB_STARTS_PER_MINUTE,
+            publishes_per_minute=settings.LAB_PUBLISHES_PER_MINUTE,
+            # The console's own firehose queue is in the vhost too: not the team's to use.
+            queues=settings.SANDBOX_MAX_QUEUES + 1,
+            connections=settings.SANDBOX_MAX_CONNECTIONS,
+            channels=settings.SANDBOX_MAX_CHANNELS,
+            queue_length=settings.SANDBOX_QUEUE_MAX_LENGTH,
+            queue_bytes=settings.SANDBOX_QUEUE_MAX_BYTES,
+        )
     return LabQuotas(
         labs=settings.LAB_MAX_PER_USER,
         starts_per_minute=settings.LAB_STARTS_PER_MINUTE,
@@ -90,3 +106,71 @@ def owner_lock(*, user) -> None:
 def labs_running(*, user) -> int:
     """The labs of `user` not ended (starting or running)."""
     return LabSession.objects.filter(owner_id=user.pk).exclude(state=LabSession.State.ENDED).count()
+
+
+# --- a team's sandbox (docs/sandboxes.md) ----------------------------------------------------
+# Each returns what the page says when the sandbox would go past one of its SANDBOX_*
+# limits, or None: its caller (exercises/services.py) refuses the change with it.
+
+
+def sandbox_queues_refusal(*, queues: int) -> str | None:
+    """A topology edit that would give the sandbox `queues` queues."""
+    if queues <= settings.SANDBOX_MAX_QUEUES:
+        return None
+    return gettext("this sandbox may have at most {limit} queues; delete one first").format(
+        limit=settings.SANDBOX_MAX_QUEUES
+    )
+
+
+def _page_rate(session: LabSession, extra: int = 0) -> float:
+    """The page's publishes a second, over the last minute: they count against the lab's
+    owner, whoever of the team pressed Publish (services.lab_publish)."""
+    since = timezone.now() - WINDOW
+    done = RateEvent.objects.filter(
+        user_id=session.owner_id, action=RateEvent.Action.PUBLISH, at__gte=since
+    ).count()
+    return (done + extra) / WINDOW.total_seconds()
+
+
+def sandbox_rate_refusal(
+    *, session: LabSession, workload=None, settings_after: dict | None = None, publish=False
+) -> str | None:
+    """Whether the sandbox's producers and its page together would publish more than
+    SANDBOX_MAX_RATE messages a second, with `workload` (a producer) running with
+    `settings_after`, or with one more publish from the page."""
+    rates = {
+        w.pk: effective_rate(w.settings)
+        for w in session.workloads.filter(kind=Workload.Kind.PRODUCER, running=True)
+    }
+    if workload is not None and workload.kind == Workload.Kind.PRODUCER:
+        rates[workload.pk] = effective_rate(settings_after or workload.settings)
+    producers = sum(rates.values())
+    page = _page_rate(session, extra=1 if publish else 0)
+    limit = settings.SANDBOX_MAX_RATE
+    if producers + page <= limit:
+        return None
+    return gettext(
+        "this sandbox may publish at most {limit:g} messages a second in all; its producers "
+        "would publish {producers:g} and its page {page:.1f}: lower a rate or stop a producer"
+    ).format(limit=limit, producers=producers, page=page)
+
+
+def sandbox_workload_refusal(*, session: LabSession, workload) -> str | None:
+    """Starting `workload` would take the sandbox past its connections or channels: each
+    workload one connection and a producer one channel, a consumer two; the monitor one
+    connection and two channels, a publish from the page one of each."""
+    running = list(session.workloads.filter(running=True).exclude(pk=workload.pk))
+    running.append(workload)
+    connections = len(running) + 2
+    channels = sum(1 if w.kind == Workload.Kind.PRODUCER else 2 for w in running) + 3
+    if connections > settings.SANDBOX_MAX_CONNECTIONS:
+        return gettext(
+            "this sandbox may have at most {limit} connections (each running workload has "
+            "one, the console two): stop a workload first"
+        ).format(limit=settings.SANDBOX_MAX_CONNECTIONS)
+    if channels > settings.SANDBOX_MAX_CHANNELS:
+        return gettext(
+            "this sandbox may have at most {limit} channels (a producer has one, a consumer "
+            "two, the console three): stop a workload first"
+        ).format(limit=settings.SANDBOX_MAX_CHANNELS)
+    return None

@@ -15,7 +15,7 @@ from django.utils.translation import gettext_lazy as _
 from labconsole.workloads.ledger import page_counters
 
 from .limits import LIMITS
-from .models import Exercise, LabSession, Workload
+from .models import Exercise, LabSession, SandboxMember, Workload
 from .spec import BUILTIN_EXCHANGES, Exchange, LocalizedText, Queue, SpecError
 from .topology import lab_graph, topology_version
 
@@ -50,11 +50,35 @@ def user_is_instructor(user) -> bool:
     return user.is_superuser or user.groups.filter(name=INSTRUCTORS_GROUP).exists()
 
 
+def sandbox_is_member(user, session: LabSession) -> bool:
+    """Whether `user` is one of a sandbox's team: its owner, a member of its team's group,
+    or someone who joined through an invitation not revoked since."""
+    if not (session.sandbox and user.is_authenticated):
+        return False
+    if session.owner_id == user.pk:
+        return True
+    if session.team_id is not None and user.groups.filter(pk=session.team_id).exists():
+        return True
+    return SandboxMember.objects.filter(
+        session=session, user=user, invite__isnull=False, invite__revoked_at__isnull=True
+    ).exists()
+
+
 def can_act_on_lab(user, session: LabSession) -> bool:
     """Who changes a lab from its page and its endpoints (workloads, steps, publish,
-    topology, reset, end): its owner only. The instructor of its class resets or ends it
-    through the class's own endpoints (exercises/class_views.py)."""
-    return user.is_authenticated and session.owner_id == user.pk
+    topology, reset, end): its owner only; a sandbox, its whole team (sandbox_is_member),
+    though only its owner and staff end it (can_end_sandbox). The instructor of a class
+    resets or ends its labs through the class's own endpoints (exercises/class_views.py)."""
+    if not user.is_authenticated:
+        return False
+    return session.owner_id == user.pk or sandbox_is_member(user, session)
+
+
+def can_end_sandbox(user, session: LabSession) -> bool:
+    """A sandbox is its owner's to end, and staff's (who may end any lab they can see)."""
+    if not user.is_authenticated:
+        return False
+    return session.owner_id == user.pk or (user.is_staff and can_view_lab(user, session))
 
 
 def can_view_lab(user, session: LabSession) -> bool:

@@ -38,7 +38,9 @@ def run_monitor(session_id: str, generation: int) -> str:
 def sweep_idle_labs() -> list[str]:
     from .services import lab_sessions_sweep_idle
 
-    return lab_sessions_sweep_idle(idle_minutes=settings.LAB_IDLE_MINUTES)
+    return lab_sessions_sweep_idle(idle_minutes=settings.LAB_IDLE_MINUTES) + (
+        lab_sessions_sweep_idle(idle_minutes=settings.SANDBOX_IDLE_MINUTES, sandbox=True)
+    )
 
 
 @shared_task(name="exercises.sweep_trial_labs")

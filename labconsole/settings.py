@@ -188,6 +188,16 @@ LAB_QUEUE_MAX_LENGTH = env.int("LAB_QUEUE_MAX_LENGTH", default=10_000)
 LAB_QUEUE_MAX_BYTES = env.int("LAB_QUEUE_MAX_BYTES", default=8 * 1024 * 1024)
 # A lab nobody has looked at for this long is ended by the sweeper.
 LAB_IDLE_MINUTES = env.int("LAB_IDLE_MINUTES", default=30)
+# A team's sandbox (exercises/sandboxes.py, docs/sandboxes.md): its vhost's queues and
+# connections and its user's channels, the operator policy on its queues, the messages a
+# second its producers and its page publish in all, and the minutes it may stay unseen.
+SANDBOX_MAX_QUEUES = env.int("SANDBOX_MAX_QUEUES", default=20)
+SANDBOX_MAX_CONNECTIONS = env.int("SANDBOX_MAX_CONNECTIONS", default=16)
+SANDBOX_MAX_CHANNELS = env.int("SANDBOX_MAX_CHANNELS", default=32)
+SANDBOX_QUEUE_MAX_LENGTH = env.int("SANDBOX_QUEUE_MAX_LENGTH", default=10_000)
+SANDBOX_QUEUE_MAX_BYTES = env.int("SANDBOX_QUEUE_MAX_BYTES", default=8 * 1024 * 1024)
+SANDBOX_MAX_RATE = env.float("SANDBOX_MAX_RATE", default=500.0)
+SANDBOX_IDLE_MINUTES = env.int("SANDBOX_IDLE_MINUTES", default=240)
 # A trial lab (the admin's "Try it") ends this long after its last page closed, and when
 # nobody has looked at it for LAB_TRIAL_IDLE_MINUTES (exercises/sweep.py, every
 # LAB_TRIAL_SWEEP_SECONDS).
