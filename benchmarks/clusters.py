@@ -1,7 +1,10 @@
 """What one machine holds of lab clusters (labconsole/cluster/local.py): 1, 2 and 3
 clusters of three nodes booted at once, each with a directory, node names and ports of
 the bench's own; the time until all of them run, memory and idle CPU per node, a node
-killed and started again in each, and the time to take them down. docs/cluster.md.
+killed and started again in each, and the time to take them down. And the pool
+(exercises/cluster_pool.py): a cluster exercise's time from the learner's click to a
+running lab with a warm cluster free and with none, and what the idle pool costs.
+docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -101,4 +104,99 @@ def bench_clusters(api=None, counts: tuple[int, ...] = (1, 2, 3)) -> None:
             shutil.rmtree(ROOT / "var" / f"bench-clusters-{count}", ignore_errors=True)
 
 
-BENCHMARKS = {"clusters": bench_clusters}
+def _first_frame(channel, queue: str, session_id: str) -> None:
+    """Waits for the lab's first frame that counts a published message."""
+    import json
+
+    from labconsole.broker import amqp
+
+    channel.queue_bind(queue, amqp.flow_exchange(), f"lab.{session_id}.frame")
+    for _m, _p, body in channel.consume(queue, auto_ack=True, inactivity_timeout=30):
+        if body is None:
+            raise RuntimeError("no frame within 30 s: is the worker running?")
+        if any(c.get("published") for c in json.loads(body)["counters"].values()):
+            break
+    channel.cancel()
+    channel.queue_unbind(queue, amqp.flow_exchange(), f"lab.{session_id}.frame")
+
+
+def bench_cluster_labs(api=None, rounds: int = 2) -> None:
+    """cluster-failover started as a learner starts it, with a real worker: with a warm
+    cluster free, from Start lab to the first frame with a published message (the pool
+    boots the next warm cluster meanwhile); with none, from Start the brokers to the same
+    frame (the boot, then Start lab). Then the warm pool of one, idle: its memory and CPU."""
+    import common
+    from django.conf import settings
+
+    from exercises import cluster_pool
+    from exercises.services import lab_session_start, lab_session_stop
+    from labconsole.broker import amqp
+
+    pool_dir = ROOT / "var" / f"bench-pool-{os.getpid()}"
+    # The pool's slots of the bench's own, in this process and in the console it starts.
+    env = {
+        "LAB_CLUSTER_DIR": str(pool_dir),
+        "LAB_CLUSTER_PORT": str(BASE_PORT),
+        "LAB_CLUSTER_PREFIX": f"bench{os.getpid()}p",
+        "LAB_CLUSTER_WARM": "0",  # the beat's sweep boots nothing of its own
+        "LAB_CLUSTER_MAX": "3",
+    }
+    os.environ.update(env)
+    for name, value in env.items():
+        setattr(settings, name, int(value) if value.isdigit() else value)
+    exercise = common.exercise("cluster-failover")
+    owner = common.user("bench")
+    console = common.start_console(web=0, workers=1)
+    viewer = amqp.connect(amqp.console_parameters(name="bench viewer"))
+    warm, cold = [], []
+    try:
+        channel = viewer.channel()
+        amqp.declare_console_exchanges(channel)
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        for _ in range(rounds):
+            settings.LAB_CLUSTER_WARM = 1
+            cluster_pool.pool_fill(wait=True)
+            t = time.perf_counter()
+            session = lab_session_start(exercise=exercise, owner=owner, enforce_quotas=False)
+            _first_frame(channel, queue, session.id)
+            warm.append(time.perf_counter() - t)
+            settings.LAB_CLUSTER_WARM = 0
+            lab_session_stop(session=session)
+            cluster_pool.pool_empty()
+
+            t = time.perf_counter()
+            cluster_pool.cluster_request(user=owner)
+            while cluster_pool.cluster_offer(user=owner)["state"] != "ready":
+                time.sleep(0.2)
+            session = lab_session_start(exercise=exercise, owner=owner, enforce_quotas=False)
+            _first_frame(channel, queue, session.id)
+            cold.append(time.perf_counter() - t)
+            lab_session_stop(session=session)
+            cluster_pool.pool_empty()
+        print(
+            f"cluster lab, click to first frame: with a warm cluster "
+            f"{', '.join(f'{x:.1f}' for x in warm)} s; with none (boot, then Start lab) "
+            f"{', '.join(f'{x:.1f}' for x in cold)} s"
+        )
+
+        settings.LAB_CLUSTER_WARM = 1
+        (cluster,) = cluster_pool.pool_fill(wait=True)
+        pids = [n.beam_pid() for n in cluster_pool.local_cluster(cluster).nodes]
+        time.sleep(5.0)  # after the boot's own work
+        before = sum(_cpu_seconds(p) for p in pids)
+        time.sleep(IDLE_SECONDS)
+        idle = (sum(_cpu_seconds(p) for p in pids) - before) / IDLE_SECONDS
+        rss = sum(_rss_mb(p) for p in pids)
+        print(
+            f"warm pool of one cluster, idle: memory {rss / 1000:.2f} GB, "
+            f"CPU {100 * idle:.1f}% of a core"
+        )
+    finally:
+        viewer.close()
+        settings.LAB_CLUSTER_WARM = 0
+        cluster_pool.pool_empty()
+        console.stop()
+        shutil.rmtree(pool_dir, ignore_errors=True)
+
+
+BENCHMARKS = {"clusters": bench_clusters, "cluster_labs": bench_cluster_labs}

@@ -245,10 +245,11 @@ def cluster_request(*, user) -> LabCluster | None:
     """A cluster for `user`, who found none warm (the exercise page's Start the brokers):
     one booting for the pool becomes theirs, else a new one boots for them. None at
     LAB_CLUSTER_MAX."""
-    for cluster in LabCluster.objects.filter(
+    mine = LabCluster.objects.filter(
         reserved_for=user, classroom=None, state__in=[State.BOOTING, State.WARM]
-    ):
-        return cluster
+    ).first()
+    if mine is not None:
+        return mine
     for failed in LabCluster.objects.filter(reserved_for=user, state=State.FAILED):
         cluster_remove(cluster=failed)
     for cluster in LabCluster.objects.filter(

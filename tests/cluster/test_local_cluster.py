@@ -1,31 +1,34 @@
-"""The local cluster of brokers a lab may break (labconsole/cluster/local.py): three real
-RabbitMQ nodes of the tests' own, booted once for this module. The leader of a quorum queue
-is killed while a publisher with confirms is mid-stream; a new leader takes over, the
-publisher moves to the next node, no confirmed message is lost, and the killed node comes
-back and catches up. At the end `labcluster down` leaves no process, port or directory."""
+"""Clusters of local RabbitMQ nodes of the tests' own (labconsole/cluster/local.py). The
+leader of a quorum queue is killed while a publisher with confirms is mid-stream; a new
+leader takes over, the publisher moves to the next node, no confirmed message is lost, and
+the killed node comes back and catches up. Then the cluster exercises are played from the
+page's Brokers panel, each lab on a cluster of its own from the pool (exercises/
+cluster_pool.py): four boots in all, one at a time."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
 import threading
 import time
 from io import StringIO
 
 import pika
 import pytest
+from django.conf import settings as django_settings
 from django.core.management import call_command
+from django.test import override_settings
 from django.urls import reverse
 
+from exercises.cluster_pool import pool_fill
+from exercises.models import LabCluster, LabSession
 from labconsole.broker.management import BrokerError
-from labconsole.cluster.local import LocalCluster, port_open
+from labconsole.cluster.local import LocalCluster
 from tests.exercises.test_step_texts import LANGUAGES, assert_steps_name_the_controls
-from tests.support import ARTIFACTS, wait_for
+from tests.support import wait_for
 
 # Every test here, so that pytest-django keeps them together and in this order (it runs
-# the tests that use the database apart from the others): the cluster boots once.
+# the tests that use the database apart from the others).
 pytestmark = pytest.mark.django_db(transaction=True)
 
 QUEUE = "failover-orders"
@@ -33,59 +36,38 @@ COUNT = 2000
 
 
 @pytest.fixture(scope="module")
-def lab_cluster():
-    """The cluster of the settings, not brought up here: tests/settings.py gives this run a
-    directory, node names and ports of its own, which the worker and web processes the
-    fixtures start inherit. Whatever brought it up, it goes at the end of the module."""
-    c = LocalCluster.from_settings()
-    assert not c.base.exists(), f"{c.base} is left from another run"
-    try:
-        yield c
-    finally:
-        for node in c.nodes:
-            if node.log_dir.exists():
-                shutil.copytree(node.log_dir, ARTIFACTS / "cluster" / node.name, dirs_exist_ok=True)
-        c.down()
-        c._lock_path.unlink(missing_ok=True)  # this run's, beside the temporary directory
-
-
-@pytest.fixture(scope="module")
-def cluster(lab_cluster):
-    """The cluster running, as `manage.py labcluster up` makes it (already up if the page
-    brought it up)."""
+def cluster(django_db_setup, django_db_blocker):
+    """The warm pool of one cluster, as `manage.py labcluster up` boots it, for the tests
+    that use its nodes directly. tests/settings.py gives this run a directory, node names
+    and ports of its own, which the worker and web processes the fixtures start inherit;
+    tests/cluster/conftest.py removes what is left at the end of the module."""
     out = StringIO()
-    call_command("labcluster", "up", stdout=out)
-    lab_cluster.up_output = out.getvalue()
-    return lab_cluster
+    with override_settings(LAB_CLUSTER_WARM=1), django_db_blocker.unblock():
+        call_command("labcluster", "up", stdout=out)
+    local = LocalCluster.slot(1)
+    local.up_output = out.getvalue()
+    return local
 
 
-def test_the_exercise_page_brings_the_brokers_up(lab_cluster, client, catalogue, learner):
-    """A cluster exercise whose brokers are not running: its page offers to start them,
-    shows them coming up node by node, then offers the lab."""
-    client.force_login(learner)
+@pytest.fixture
+def warm(settings) -> None:
+    """One warm cluster in the pool, for the test's cluster lab to take (the pool then
+    boots no other: LAB_CLUSTER_WARM is 0 again)."""
+    settings.LAB_CLUSTER_WARM = 1
+    pool_fill(wait=True)
+    settings.LAB_CLUSTER_WARM = 0
 
-    def state(html: str) -> str:
-        return re.search(r'id="start-area" data-brokers="(\w+)"', html)[1]
 
-    page = client.get(reverse("exercise", args=["durability"])).content.decode()
-    assert state(page) == "stopped"
-    assert 'id="start-brokers"' in page and 'id="start-lab"' not in page
-    start = reverse("exercise-brokers-start", args=["durability"])
-    started = client.post(start, HTTP_HX_REQUEST="true").content.decode()
-    assert state(started) == "starting" and "of 3 nodes running" in started
-    seen: set[str] = set()
+def _steps_name_the_controls(client, session) -> None:
+    """tests/exercises/test_step_texts.py for a lab on a cluster: its steps name the Brokers
+    panel's title and buttons as the page shows them, in every language (English after)."""
+    for language in LANGUAGES:
+        assert_steps_name_the_controls(client, session, language)
+    del client.cookies[django_settings.LANGUAGE_COOKIE_NAME]
 
-    def ready() -> str | None:
-        html = client.get(reverse("exercise-brokers", args=["durability"])).content.decode()
-        seen.update(re.findall(r"(\d) of 3 nodes running", html))
-        return html if state(html) == "ready" else None
 
-    html = wait_for(ready, timeout=90, message="the brokers up, as the page says")
-    assert 'id="start-lab"' in html and "The lab cluster runs: 3 of 3 nodes." in html
-    assert {"0", "1"} & seen, seen  # it said how far it was on the way
-    assert all(s.running for s in lab_cluster.status())
-    # A learner on the shared broker's exercises has no such thing to start.
-    assert client.post(reverse("exercise-brokers-start", args=["hello-world"])).status_code == 404
+def _nodes(session) -> LocalCluster:
+    return LocalCluster.slot(session.cluster.slot)
 
 
 def _queue(cluster) -> dict:
@@ -100,8 +82,11 @@ def _connect(node) -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.URLParameters(node.amqp_url + "%2F?connection_attempts=1"))
 
 
-def test_up_forms_one_cluster_of_three(cluster):
-    assert "3 nodes running in one cluster" in cluster.up_output
+def test_up_boots_the_warm_pool_as_one_cluster_of_three(cluster, settings):
+    """`labcluster up` boots the pool's cluster: its three nodes see one another running,
+    `status` says so, and `up` again boots nothing more."""
+    assert "cluster 1: warm, for the pool" in cluster.up_output
+    assert cluster.up_output.count(" running ") == 3, cluster.up_output
     expected = sorted(n.node for n in cluster.nodes)
     for node in cluster.nodes:  # every node sees all three running
         assert cluster.running_nodes(node) == expected
@@ -109,6 +94,7 @@ def test_up_forms_one_cluster_of_three(cluster):
     call_command("labcluster", "status", stdout=out)
     assert out.getvalue().count(" running ") == 3, out.getvalue()
     # up again is nothing: the nodes keep their pids
+    settings.LAB_CLUSTER_WARM = 1
     pids = [s.pid for s in cluster.status()]
     call_command("labcluster", "up", stdout=StringIO())
     assert [s.pid for s in cluster.status()] == pids
@@ -229,10 +215,11 @@ def test_killing_the_quorum_leader_loses_no_confirmed_message(cluster):
     assert not lost, f"{len(lost)} confirmed messages lost, e.g. {sorted(lost)[:5]}"
 
 
-def test_the_failover_lab_played_from_the_page(cluster, worker, catalogue, learner, labs, client):
-    """cluster-failover on the cluster: its vhost is made there (not on the shared broker),
-    its workloads run against the nodes, and the learner kills the leader's node and starts
-    it again from the page's broker panel; every checkpoint passes."""
+def test_the_failover_lab_played_from_the_page(warm, worker, catalogue, learner, labs, client):
+    """cluster-failover on a warm cluster of its own: its vhost is made there (not on the
+    shared broker), its workloads run against the nodes, and the learner kills the leader's
+    node and starts it again from the page's broker panel; every checkpoint passes. Its
+    steps name the panel's title and buttons as the page shows them, in every language."""
     from exercises.services import lab_session_start, workload_stop
     from labconsole.broker.brokers import lab_broker
     from tests.exercises.test_catalogue_runs import (
@@ -244,9 +231,10 @@ def test_the_failover_lab_played_from_the_page(cluster, worker, catalogue, learn
     )
 
     session = lab_session_start(exercise=catalogue["cluster-failover"], owner=learner)
-    assert cluster.management().vhost_exists(session.vhost)
+    assert _nodes(session).management().vhost_exists(session.vhost)
     assert not lab_broker().api().vhost_exists(session.vhost)
     client.force_login(learner)
+    _steps_name_the_controls(client, session)
     panel_url = reverse("lab-brokers", args=[session.id])
     seen: dict = {}
 
@@ -274,10 +262,6 @@ def test_the_failover_lab_played_from_the_page(cluster, worker, catalogue, learn
         show(session, "kill-the-leader")
         assert "Killing" in fault(seen["leader"], "kill")
         yield session, ("leader-moved", "one-member-down", "orders-go-on")
-        # A node down is no reason to keep another learner from starting a lab.
-        page = client.get(reverse("exercise-brokers", args=["cluster-failover"]))
-        assert 'data-brokers="ready"' in page.content.decode()
-        assert "The lab cluster runs: 2 of 3 nodes." in page.content.decode()
         # The live view goes on without the node: the firehose is a quorum queue too.
         seen["routed"] = routed_orders()
         wait_for(
@@ -331,7 +315,7 @@ def test_the_failover_lab_played_from_the_page(cluster, worker, catalogue, learn
     moved = wait_for(leader, timeout=30, message="three members online again")
     assert moved != seen["leader"]  # the returning node did not take its place back
     # A node the cluster does not have is named, with the ones it has.
-    refused = client.post(reverse("lab-broker-node", args=[session.id, "lab9"]), {"action": "kill"})
+    refused = client.post(reverse("lab-broker-node", args=[session.id, "nine"]), {"action": "kill"})
     assert refused.status_code == 400 and "no node" in refused.content.decode()
 
 
@@ -372,7 +356,7 @@ def ledger(session, producer: str) -> dict:
 
 
 def test_durability_restarted_on_the_queues_node_and_on_another(
-    cluster, worker, catalogue, learner, labs, client
+    worker, catalogue, learner, labs, client
 ):
     """durability played right: the node that holds the lab's classic queues stopped from
     the panel, the transient queue gone; then started: the transient messages are gone
@@ -380,23 +364,61 @@ def test_durability_restarted_on_the_queues_node_and_on_another(
     pending while the node is down); the readers started, each producer's ledger says
     what it lost: none of the persistent orders, all of the transient messages. The
     mistake, played first: another node restarted, which leaves the queues as they were,
-    on their node, full, and the readers then find every message: nothing lost."""
+    on their node, full, and the readers then find every message: nothing lost. Each lab
+    on a cluster of its own: right's booted from the exercise's page, which offers to start
+    the brokers, says how many nodes run as they come up, then offers the lab."""
+    from exercises.cluster_pool import cluster_boot
     from exercises.services import lab_session_start, workload_start
     from tests.exercises.test_catalogue_runs import drive, every_checkpoint, passed, show
     from tests.exercises.test_exercise_runs import stays_pending
 
-    right, wrong = (
-        lab_session_start(exercise=catalogue["durability"], owner=learner) for _ in range(2)
-    )
+    # right's cluster booted from the exercise's page, kept for the learner; wrong's booted
+    # for the pool meanwhile: the two boots share the cores.
     client.force_login(learner)
+
+    def state(html: str) -> str:
+        return re.search(r'id="start-area" data-brokers="(\w+)"', html)[1]
+
+    page = client.get(reverse("exercise", args=["durability"])).content.decode()
+    assert state(page) == "stopped"
+    assert 'id="start-brokers"' in page and 'id="start-lab"' not in page
+    start = reverse("exercise-brokers-start", args=["durability"])
+    started = client.post(start, HTTP_HX_REQUEST="true").content.decode()
+    assert state(started) == "starting" and "of 3 nodes running" in started
+    cluster_boot()
+    seen: set[str] = set()
+
+    def ready() -> str | None:
+        html = client.get(reverse("exercise-brokers", args=["durability"])).content.decode()
+        seen.update(re.findall(r"(\d) of 3 nodes running", html))
+        return html if state(html) == "ready" else None
+
+    html = wait_for(ready, timeout=150, message="the brokers up, as the page says")
+    assert 'id="start-lab"' in html and "Your cluster of 3 nodes is ready, kept for you" in html
+    assert {"0", "1"} & seen, seen  # it said how far it was on the way
+    # A learner on the shared broker's exercises has no such thing to start.
+    assert client.post(reverse("exercise-brokers-start", args=["hello-world"])).status_code == 404
+    client.post(reverse("lab-start", args=["durability"]))
+    right = LabSession.objects.get()
+    _steps_name_the_controls(client, right)
+    wait_for(
+        lambda: LabCluster.objects.filter(state="warm").exists(),
+        timeout=150,
+        message="the pool's cluster warm",
+    )
+    wrong = lab_session_start(exercise=catalogue["durability"], owner=learner)
+    assert wrong.cluster.pk != right.cluster.pk
     drive(*(iter([(s, ("orders-full", "clicks-full", "sessions-full"))]) for s in (right, wrong)))
     home = re.search(r'data-queue="sessions" data-node="(\w+)"', Panel(client, right).html())[1]
-    other = next(n.name for n in cluster.nodes if n.name != home)
+    home_of_wrong = re.search(
+        r'data-queue="sessions" data-node="(\w+)"', Panel(client, wrong).html()
+    )[1]
+    other = next(n.name for n in _nodes(wrong).nodes if n.name != home_of_wrong)
     for s in (right, wrong):
         show(s, "stop")
 
     panel = Panel(client, wrong)
-    assert 'data-others="1"' in panel.html()  # the panel says the nodes are shared
+    assert "broker-shared" not in panel.html()  # the nodes are this lab's alone
     panel.stop(other)
     panel.start(other)
     after = panel.html()
@@ -409,23 +431,25 @@ def test_durability_restarted_on_the_queues_node_and_on_another(
             if e.get("action")
         ]
 
-    # On both labs' timelines: wrong's learner did it, and right's was told who did.
-    for s, who in ((wrong, "@you"), (right, "@other")):
-        wait_for(
-            lambda s=s, who=who: (
-                timeline(s)
-                == [
-                    {"node": other, "action": "stop", "workload": who},
-                    {"node": other, "action": "start", "workload": who},
-                ]
-            ),
-            timeout=15,
-            message=f"the stop and start of {other} on {s.id}'s timeline as {who}'s",
-        )
+    # On wrong's timeline as its learner's; right's cluster is another: nothing on its own.
+    wait_for(
+        lambda: (
+            timeline(wrong)
+            == [
+                {"node": other, "action": "stop", "workload": "@you"},
+                {"node": other, "action": "start", "workload": "@you"},
+            ]
+        ),
+        timeout=15,
+        message=f"the stop and start of {other} on the lab's timeline as the learner's",
+    )
+    assert timeline(right) == []
+    assert all(s.running for s in _nodes(right).status())
     for queue in ("orders", "clicks", "sessions"):
-        assert re.search(rf'data-queue="{queue}" data-node="{home}" data-durable="\w+">', after)
+        placed = rf'data-queue="{queue}" data-node="{home_of_wrong}" data-durable="\w+">'
+        assert re.search(placed, after)
         wait_for(
-            lambda q=queue: cluster.queue(q, wrong.vhost).get("messages") == 30,
+            lambda q=queue: _nodes(wrong).queue(q, wrong.vhost).get("messages") == 30,
             timeout=15,
             message=f"{queue} still holds its 30 messages",
         )
@@ -466,14 +490,14 @@ def test_durability_restarted_on_the_queues_node_and_on_another(
     assert re.search(rf'data-queue="orders" data-node="{home}" data-durable="true">', back)
     # The management API's statistics of a restarted queue come a few seconds behind.
     wait_for(
-        lambda: cluster.queue("orders", right.vhost).get("messages") == 30,
+        lambda: _nodes(right).queue("orders", right.vhost).get("messages") == 30,
         timeout=30,
         message="orders holds its 30 persistent orders",
     )
 
 
 def test_a_classic_queue_whose_node_is_down_loses_what_was_confirmed(
-    cluster, worker, catalogue, learner, labs, client
+    warm, worker, catalogue, learner, labs, client
 ):
     """classic-queue-node-down: with the node of `invoices` stopped, billing's publishes
     are confirmed and dropped, the ledger counts them missing, and they stay missing once
@@ -486,10 +510,11 @@ def test_a_classic_queue_whose_node_is_down_loses_what_was_confirmed(
 
     session = lab_session_start(exercise=catalogue["classic-queue-node-down"], owner=learner)
     client.force_login(learner)
+    _steps_name_the_controls(client, session)
     panel = Panel(client, session)
     drive(iter([(session, ("invoices-read", "payments-read"))]))
     home = re.search(r'data-queue="invoices" data-node="(\w+)"', panel.html())[1]
-    other = next(n.name for n in cluster.nodes if n.name != home)
+    other = next(n.name for n in _nodes(session).nodes if n.name != home)
     show(session, "stop-its-node")
     panel.stop(other)
     assert stays_pending(session, "invoices-down", seconds=2)
@@ -523,42 +548,3 @@ def test_a_classic_queue_whose_node_is_down_loses_what_was_confirmed(
     )
     assert billing["missing"] >= 20 and billing["received"] > 0, billing
     assert payer["missing"] == 0 and payer["confirmed"] >= 100, payer
-
-
-@pytest.mark.parametrize("language", LANGUAGES)
-@pytest.mark.parametrize("slug", ["cluster-failover", "durability", "classic-queue-node-down"])
-def test_the_cluster_steps_name_the_controls_the_page_shows(
-    cluster, client_in, catalogue, learner, labs, slug, language
-):
-    """tests/exercises/test_step_texts.py for the labs on the cluster: their steps name the
-    broker panel's title and buttons as the page shows them."""
-    from exercises.services import lab_session_start
-
-    assert catalogue[slug].spec.broker == "cluster"
-    session = lab_session_start(exercise=catalogue[slug], owner=learner, run=False)
-    assert_steps_name_the_controls(client_in, session, language)
-
-
-def test_an_idle_cluster_goes_down_and_leaves_no_process_port_or_directory(
-    cluster, catalogue, learner, labs
-):
-    """The sweep takes the cluster down once no lab ran on it for LAB_CLUSTER_IDLE_MINUTES;
-    a running lab marks it used. Down, nothing of it is left."""
-    from exercises.cluster import cluster_sweep_idle
-    from exercises.services import lab_session_start, lab_session_stop
-    from labconsole.cluster.local import MARKER
-
-    assert all(s.running for s in cluster.status())  # alive before, as the test watches it
-    long_ago = time.time() - 3600
-    session = lab_session_start(exercise=catalogue["durability"], owner=learner, run=False)
-    os.utime(cluster.base / MARKER, (long_ago, long_ago))
-    assert not cluster_sweep_idle(15)  # a lab runs on it
-    assert cluster.idle_seconds() < 60  # ... and marked it used
-    lab_session_stop(session=session)
-    assert not cluster_sweep_idle(15)  # used a moment ago
-    os.utime(cluster.base / MARKER, (long_ago, long_ago))
-    assert cluster_sweep_idle(15)
-    assert cluster.leftovers() == []
-    for node in cluster.nodes:
-        assert not any(port_open(p) for p in (node.port, node.mgmt_port, node.dist_port))
-    assert not cluster.base.exists()

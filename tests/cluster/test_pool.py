@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 
@@ -16,29 +16,16 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.urls import reverse
+from django.utils import timezone
 
+from exercises.cluster_pool import pool_sweep
 from exercises.models import LabCluster, LabSession
 from labconsole.broker.brokers import lab_broker
 from labconsole.cluster.local import LocalCluster
 from tests.exercises.test_classes import make_class, make_instructor
-from tests.support import ARTIFACTS, wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def nothing_left():
-    """Whatever a test booted goes at the end of the module, and nothing of it is left."""
-    yield
-    for k in LocalCluster.slots_on_disk():
-        local = LocalCluster.slot(k)
-        for node in local.nodes:
-            if node.log_dir.exists():
-                shutil.copytree(node.log_dir, ARTIFACTS / "pool" / node.name, dirs_exist_ok=True)
-        local.down()
-    slots = range(1, django_settings.LAB_CLUSTER_MAX + 1)
-    assert [line for k in slots for line in LocalCluster.slot(k).leftovers()] == []
-    shutil.rmtree(Path(django_settings.LAB_CLUSTER_DIR), ignore_errors=True)  # lock files
 
 
 def _gone(cluster: LabCluster) -> bool:
@@ -104,6 +91,14 @@ def test_cluster_labs_take_warm_clusters_of_their_own(
     wait_for(lambda: _gone(warm), timeout=60, message="the ended lab's cluster gone")
     assert not Path(django_settings.LAB_CLUSTER_DIR, f"c{warm.slot}").exists()
     assert LabCluster.objects.get(pk=following.pk).state == LabCluster.State.IN_USE
+
+    # A lab that ended without taking its cluster along (its process died): the sweep does.
+    settings.LAB_CLUSTER_WARM = 0
+    LabSession.objects.filter(pk=theirs.pk).update(state=LabSession.State.ENDED)
+    a_minute_ago = timezone.now() - timedelta(minutes=1)
+    LabCluster.objects.filter(pk=following.pk).update(changed_at=a_minute_ago)
+    assert pool_sweep(idle_minutes=15) == [following.slot]
+    assert _gone(following)
 
 
 def test_a_class_runs_its_labs_on_one_cluster_whose_nodes_are_the_instructors(
