@@ -19,8 +19,11 @@ from .spec import (
     RATE_MAX,
     RATE_MIN,
     TX_BATCH_MAX,
+    Behaviour,
     Binding,
+    Consumer,
     Exchange,
+    Policy,
     Queue,
 )
 
@@ -242,3 +245,115 @@ def form_errors(form: forms.Form) -> str:
         label = "" if field == "__all__" else f"{form.fields[field].label or field}: "
         lines.extend(f"{label}{e}" for e in errors)
     return "; ".join(lines)
+
+
+# --- a sandbox's controls (exercises/lab_controls.py) ----------------------------------------
+# As for the topology, these forms only read what was typed: the bounds and rules of a policy
+# and of a workload are the exercise format's (exercises.spec), checked in the service.
+
+
+class PolicyForm(forms.Form):
+    name = forms.CharField(strip=False, label=_("name"))
+    pattern = forms.CharField(strip=False, label=_("pattern"))
+    apply_to = forms.ChoiceField(choices=_choices(Policy, "apply_to"), label=_("apply to"))
+    priority = forms.IntegerField(required=False, label=_("priority"))
+    definition = forms.CharField(
+        widget=forms.Textarea,
+        max_length=LIMITS.text_chars,
+        label=_("definition"),
+        help_text=_('key=value, one a line, or a JSON object like {"max-length": 10}'),
+    )
+
+    def clean_definition(self):
+        text = self.cleaned_data["definition"]
+        if not text.strip().startswith("{"):
+            return key_values(text)
+        try:
+            found = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(
+                gettext("not a JSON object: {error}").format(error=exc)
+            ) from None
+        if not isinstance(found, dict):
+            raise forms.ValidationError(gettext('write a JSON object, like {"max-length": 10}'))
+        return found
+
+    def item(self) -> dict:
+        data = dict(self.cleaned_data)
+        if data["priority"] is None:
+            data["priority"] = 0
+        return data
+
+
+class NameForm(forms.Form):
+    """What a deletion names: a policy, a workload."""
+
+    name = forms.CharField(strip=False, label=_("name"))
+
+
+def _given(data: dict) -> dict:
+    """The fields the person filled in: the others take the format's defaults."""
+    return {k: v for k, v in data.items() if v not in (None, "")}
+
+
+class AddProducerForm(forms.Form):
+    name = forms.CharField(strip=False, label=_("name"))
+    exchange = forms.CharField(required=False, strip=False, label=_("exchange"))
+    routing_keys = forms.CharField(
+        required=False,
+        strip=False,
+        max_length=LIMITS.text_chars,
+        label=_("routing key"),
+        help_text=_("several keys, separated by commas, are used in turn"),
+    )
+    rate = forms.FloatField(required=False, label=_("rate (msg/s)"))
+    count = forms.IntegerField(required=False, label=_("count"))
+    payload = forms.CharField(required=False, strip=False, label=_("payload"))
+    confirms = forms.BooleanField(required=False, label="confirms")
+    mandatory = forms.BooleanField(required=False, label="mandatory")
+    persistent = forms.BooleanField(required=False, label="persistent")
+    start = forms.BooleanField(required=False, label=_("start now"))
+
+    def item(self) -> dict:
+        data = dict(self.cleaned_data)
+        keys = [k.strip() for k in data.pop("routing_keys").split(",")]
+        item = _given({k: data[k] for k in ("name", "rate", "count", "payload")})
+        item["exchange"] = data["exchange"]
+        if len(keys) > 1:
+            item["routing_keys"] = keys
+        else:
+            item["routing_key"] = keys[0]
+        item.update(confirms=data["confirms"], mandatory=data["mandatory"])
+        item["properties"] = {"persistent": data["persistent"]}
+        return item
+
+
+class AddConsumerForm(forms.Form):
+    name = forms.CharField(strip=False, label=_("name"))
+    queue = forms.CharField(strip=False, label=_("queue"))
+    prefetch = forms.IntegerField(required=False, label="prefetch", help_text=PREFETCH_HELP)
+    ack = forms.ChoiceField(choices=_choices(Consumer, "ack"), label="ack")
+    fail = forms.FloatField(required=False, label=_("failure rate"))
+    on_fail = forms.ChoiceField(choices=_choices(Behaviour, "on_fail"), label=_("on failure"))
+    requeue = forms.BooleanField(required=False, label="requeue")
+    processing_ms = forms.IntegerField(required=False, label=_("processing (ms)"))
+    stream_offset = forms.CharField(required=False, label=_("stream offset"))
+    start = forms.BooleanField(required=False, label=_("start now"))
+
+    def item(self) -> dict:
+        data = self.cleaned_data
+        item = _given({k: data[k] for k in ("name", "queue", "prefetch", "ack")})
+        offset = data["stream_offset"].strip()
+        if offset:
+            item["stream_offset"] = int(offset) if offset.isdigit() else offset
+        item["behaviour"] = {
+            **_given({k: data[k] for k in ("fail", "processing_ms")}),
+            "on_fail": data["on_fail"],
+            "requeue": data["requeue"],
+        }
+        return item
+
+
+class QueueActionForm(forms.Form):
+    queue = forms.CharField(strip=False, label=_("queue"))
+    action = forms.ChoiceField(choices=[("purge", _("purge")), ("peek", _("peek"))])

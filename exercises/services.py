@@ -132,7 +132,7 @@ def _provision(session: LabSession) -> None:
             vhost=session.vhost,
             user=session.rabbit_user,
             password=session.rabbit_password,
-            quotas=quotas.lab_quotas(user=session.owner),
+            quotas=quotas.lab_quotas(user=session.owner, sandbox=session.sandbox),
             broker=session.broker,
         )
     except BrokerError as exc:
@@ -302,6 +302,8 @@ def lab_session_start(
     enforce_quotas: bool = True,
     classroom: Classroom | None = None,
     trial: bool = False,
+    sandbox: bool = False,
+    team=None,
 ) -> LabSession:
     """Provisions a lab for `exercise` (its current version) and starts its monitor and,
     with `run`, the workloads that start by themselves. Nothing is left behind on failure.
@@ -317,6 +319,8 @@ def lab_session_start(
         source=source or exercise.source,
         rabbit_password=secrets.token_urlsafe(24),
         trial=trial,
+        sandbox=sandbox,
+        team=team,
     )
     try:
         session.spec  # noqa: B018 - a bad document fails here, before anything is made
@@ -331,7 +335,7 @@ def lab_session_start(
         )
     _refuse_missing_plugins(session)
     session.steps_shown = _first_step_shown(session.spec)
-    limits = quotas.lab_quotas(user=owner)
+    limits = quotas.lab_quotas(user=owner, sandbox=sandbox)
     _refuse_over_vhost_limits(session.spec, limits)
     if enforce_quotas:
         _record_within_limits(session, limits)
@@ -566,12 +570,13 @@ def lab_session_touch(*, session: LabSession) -> None:
     LabSession.objects.filter(pk=session.pk).update(last_seen_at=timezone.now())
 
 
-def lab_sessions_sweep_idle(*, idle_minutes: int) -> list[str]:
-    """Ends the labs nobody has looked at for `idle_minutes`; returns their ids."""
+def lab_sessions_sweep_idle(*, idle_minutes: int, sandbox: bool = False) -> list[str]:
+    """Ends the labs (with `sandbox`, the sandboxes) nobody has looked at for
+    `idle_minutes`; returns their ids."""
     cutoff = timezone.now() - timezone.timedelta(minutes=idle_minutes)
     ended = []
     for session in LabSession.objects.exclude(state=LabSession.State.ENDED).filter(
-        last_seen_at__lt=cutoff
+        last_seen_at__lt=cutoff, sandbox=sandbox
     ):
         lab_session_stop(session=session)
         ended.append(session.id)
@@ -580,8 +585,16 @@ def lab_sessions_sweep_idle(*, idle_minutes: int) -> list[str]:
 
 # --- the learner changes the topology -------------------------------------------------------
 
-#: What an edit acts on, and the list of the topology it is kept in.
-TOPOLOGY_KINDS = {"exchange": "exchanges", "queue": "queues", "binding": "bindings"}
+#: What an edit acts on, and the list of the topology it is kept in. Policies are edited
+#: from a sandbox's page only (exercises/lab_controls.py).
+TOPOLOGY_KINDS = {
+    "exchange": "exchanges",
+    "queue": "queues",
+    "binding": "bindings",
+    "policy": "policies",
+}
+#: The lists a lab's number of objects (LIMITS.lab_objects) counts; policies have their own.
+COUNTED_KINDS = ("exchanges", "queues", "bindings")
 BINDING_FIELDS = ("source", "destination", "destination_type", "routing_key", "arguments")
 
 
@@ -638,6 +651,11 @@ def _apply_on_broker(session: LabSession, kind: str, action: str, item: dict) ->
         api.put_queue(vhost, item["name"], {**definition, "arguments": arguments})
     elif kind == "queue":
         api.delete_queue(vhost, item["name"])
+    elif kind == "policy" and action == "declare":
+        policy = {k: item[k] for k in ("pattern", "priority", "definition")}
+        api.put_policy(vhost, item["name"], {**policy, "apply-to": item["apply_to"]})
+    elif kind == "policy":
+        api.delete_policy(vhost, item["name"])
     elif action == "declare":
         api.bind(
             vhost,
@@ -688,6 +706,8 @@ def _edited_topology(
         )
         if kind == "queue":
             what = _("'{name}' is not a queue of this lab")
+        elif kind == "policy":
+            what = _("'{name}' is not a policy of this lab")
         return new, None, [("name", format_lazy(what, name=name))]
     new[plural] = [o for o in new[plural] if o["name"] != name]
     # The broker deletes the bindings of what it deletes: so does the topology.
@@ -711,7 +731,7 @@ def _topology_with(row: LabSession, kind: str, action: str, item: dict) -> Exerc
     new, focus, errors = _edited_topology(row.spec.topology.model_dump(), kind, action, item)
     if errors:
         raise TopologyRefused(errors)
-    objects = sum(len(new[k]) for k in TOPOLOGY_KINDS.values())
+    objects = sum(len(new[k]) for k in COUNTED_KINDS)
     if action == "declare" and objects > LIMITS.lab_objects:
         too_many = _(
             "a lab may have at most {limit} exchanges, queues and bindings in all; delete one first"
@@ -735,8 +755,8 @@ class TopologyChanged:
 def lab_topology_change(
     *, session: LabSession, kind: str, action: str, item: dict[str, Any]
 ) -> TopologyChanged:
-    """Declares or deletes an exchange or a queue, or binds or unbinds (`kind` one of
-    exchange, queue, binding; `action` declare or delete), on the lab's vhost, as the
+    """Declares or deletes an exchange, a queue or a policy, or binds or unbinds (`kind`
+    one of exchange, queue, binding, policy; `action` declare or delete), on the lab's vhost, as the
     console's administrator, like provisioning. The lab's topology with the edit is checked
     by every rule of the exercise format first (exercises.spec), and kept in the lab's
     row once the broker made it, so that the page, a second tab, the monitor and the
@@ -767,6 +787,10 @@ def lab_topology_change(
             if row.state == LabSession.State.ENDED:
                 raise LabError(_("this lab has ended"))
             spec = _topology_with(row, kind, action, item)
+            if row.sandbox and kind == "queue" and action == "declare":
+                refusal = quotas.sandbox_queues_refusal(queues=len(spec.topology.queues))
+                if refusal:
+                    raise TopologyRefused([("", refusal)])
             if action == "declare":  # as the format read it, with its defaults
                 item = getattr(spec.topology, TOPOLOGY_KINDS[kind])[-1].model_dump()
             try:
@@ -827,6 +851,12 @@ def workload_start(*, workload: Workload, adopt: bool = False) -> Workload:
         raise LabError(_("this lab has ended"))
     if workload.running:
         return workload
+    if workload.session.sandbox:
+        refusal = quotas.sandbox_workload_refusal(
+            session=workload.session, workload=workload
+        ) or quotas.sandbox_rate_refusal(session=workload.session, workload=workload)
+        if refusal:
+            raise LimitReached(refusal)
     workload.run += 1
     workload.running = True
     # Sent, not yet claimed by a worker: sent again if none has claimed it by then.
@@ -852,6 +882,18 @@ def workload_stop(*, workload: Workload) -> Workload:
 def workload_ended(*, workload: Workload) -> None:
     """A workload stopped by itself (its count or duration was reached, it crashed)."""
     _announce_workload(workload)
+
+
+def _refuse_sandbox_rate(workload: Workload, settings_after: dict) -> None:
+    """A sandbox's producers and page publish at most SANDBOX_MAX_RATE in all: a rate or
+    load that would go past it is refused (a stopped producer is counted when it starts)."""
+    if not (workload.session.sandbox and workload.running):
+        return
+    refusal = quotas.sandbox_rate_refusal(
+        session=workload.session, workload=workload, settings_after=settings_after
+    )
+    if refusal:
+        raise LimitReached(refusal)
 
 
 def workload_update(*, workload: Workload, changes: dict[str, Any]) -> Workload:
@@ -881,6 +923,7 @@ def workload_update(*, workload: Workload, changes: dict[str, Any]) -> Workload:
                 ),
             )
         )
+    _refuse_sandbox_rate(workload, {**workload.settings, **changes})
     workload.settings = {**workload.settings, **changes}
     workload.save(update_fields=["settings"])
     if workload.running:
@@ -897,6 +940,7 @@ def workload_load(*, workload: Workload, preset: str) -> Workload:
             format_lazy(_("{workload}: only a producer runs a load"), workload=workload.name)
         )
     load = load_setting(preset)
+    _refuse_sandbox_rate(workload, {**workload.settings, "load": load})
     workload.settings = {**workload.settings, "load": load}
     workload.save(update_fields=["settings"])
     if not workload.running:
@@ -961,6 +1005,8 @@ def lab_publish(
                 seconds=quotas.rate_retry_after(user=session.owner, action=action),
             )
         )
+    if session.sandbox and (refusal := quotas.sandbox_rate_refusal(session=session, publish=True)):
+        raise LimitReached(refusal)
     _refuse_during_alarm(session)
     params = session.broker.parameters(
         vhost=session.vhost,

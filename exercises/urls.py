@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import class_views, views
+from . import class_views, lab_control_views, sandbox_views, views
 
 urlpatterns = [
     path("", views.catalogue, name="catalogue"),
@@ -21,6 +21,36 @@ urlpatterns = [
     path("labs/<str:lab_id>/topology/panel/", views.lab_topology_panel, name="lab-topology-panel"),
     path("labs/<str:lab_id>/brokers/", views.lab_brokers, name="lab-brokers"),
     path("labs/<str:lab_id>/brokers/<str:node>/", views.lab_broker_node, name="lab-broker-node"),
+    path(
+        "labs/<str:lab_id>/sandbox/",
+        lab_control_views.lab_sandbox_controls,
+        name="lab-sandbox-controls",
+    ),
+    path(
+        "labs/<str:lab_id>/sandbox/policies/",
+        lab_control_views.lab_sandbox_policies,
+        name="lab-sandbox-policies",
+    ),
+    path(
+        "labs/<str:lab_id>/sandbox/policy/",
+        lab_control_views.lab_sandbox_policy,
+        name="lab-sandbox-policy",
+    ),
+    path(
+        "labs/<str:lab_id>/sandbox/workload/",
+        lab_control_views.lab_sandbox_workload,
+        name="lab-sandbox-workload",
+    ),
+    path(
+        "labs/<str:lab_id>/sandbox/workloads/<str:name>/card/",
+        lab_control_views.lab_sandbox_workload_card,
+        name="lab-sandbox-workload-card",
+    ),
+    path(
+        "labs/<str:lab_id>/sandbox/queue/",
+        lab_control_views.lab_sandbox_queue,
+        name="lab-sandbox-queue",
+    ),
     path("labs/<str:lab_id>/reset/", views.lab_reset, name="lab-reset"),
     path("labs/<str:lab_id>/end/", views.lab_end, name="lab-end"),
     path("classes/", class_views.class_list, name="classes"),
@@ -56,6 +86,22 @@ urlpatterns = [
         class_views.class_lab_start,
         name="class-lab-start",
     ),
+    path("sandboxes/", sandbox_views.sandbox_list, name="sandboxes"),
+    path("sandboxes/new/", sandbox_views.sandbox_new, name="sandbox-new"),
+    path("sandboxes/join/<str:token>/", sandbox_views.sandbox_join, name="sandbox-join"),
+    path("sandboxes/<str:lab_id>/invites/", sandbox_views.sandbox_invites, name="sandbox-invites"),
+    path(
+        "sandboxes/<str:lab_id>/invites/<int:invite_id>/revoke/",
+        sandbox_views.sandbox_invite_revoke,
+        name="sandbox-invite-revoke",
+    ),
+    path(
+        "sandboxes/<str:lab_id>/export/<str:kind>/",
+        sandbox_views.sandbox_export,
+        name="sandbox-export",
+    ),
+    path("sandboxes/<str:lab_id>/limits/", sandbox_views.sandbox_limits, name="sandbox-limits"),
+    path("sandboxes/<str:lab_id>/end/", sandbox_views.sandbox_end, name="sandbox-end"),
     path("join/", class_views.join, name="class-join"),
     path("join/<str:code>/", class_views.join, name="class-join-code"),
 ]

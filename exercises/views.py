@@ -201,6 +201,7 @@ def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
                 "publish_url": reverse("lab-publish", args=[session.id]),
                 "kept": state.get("kept", True),
                 "trial": session.trial,
+                "sandbox": selectors.lab_allows_sandbox_controls(session),
             },
             "steps": selectors.lab_steps(session, passed),
             "alerts": selectors.lab_alerts(session),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -14,6 +15,7 @@ import pika.exceptions as px
 from . import amqp
 
 _local = threading.local()
+REPLY_TO = "amq.rabbitmq.reply-to"
 T = TypeVar("T")
 
 
@@ -48,6 +50,31 @@ def send(routing_key: str, message: dict, *, exchange: str | None = None) -> Non
     _on_channel(
         lambda ch: ch.basic_publish(exchange or amqp.control_exchange(), routing_key, body, props)
     )
+
+
+def ask(routing_key: str, message: dict, *, timeout: float) -> dict | None:
+    """Sends one JSON message on the control exchange and waits at most `timeout` seconds
+    for its answer, through direct reply-to
+    (https://www.rabbitmq.com/docs/direct-reply-to). None when nobody answered in time."""
+    answer: list[bytes] = []
+    props = pika.BasicProperties(content_type="application/json", reply_to=REPLY_TO)
+
+    def request(channel) -> None:
+        tag = channel.basic_consume(
+            REPLY_TO, lambda _ch, _m, _p, body: answer.append(body), auto_ack=True
+        )
+        try:
+            channel.basic_publish(
+                amqp.control_exchange(), routing_key, json.dumps(message).encode(), props
+            )
+            deadline = time.monotonic() + timeout
+            while not answer and (left := deadline - time.monotonic()) > 0:
+                channel.connection.process_data_events(time_limit=min(left, 0.2))
+        finally:
+            channel.basic_cancel(tag)
+
+    _on_channel(request)
+    return json.loads(answer[0]) if answer else None
 
 
 def declare_reports_queue(session_id: str) -> None:

@@ -283,6 +283,36 @@ class ManagementClient:
                 return True
         return False
 
+    def put_policy(self, vhost: str, name: str, policy: dict) -> None:
+        """Declares or replaces a policy (`pattern`, `apply-to`, `priority`, `definition`)."""
+        self.request("PUT", f"policies/{_q(vhost)}/{_q(name)}", policy)
+
+    def delete_policy(self, vhost: str, name: str) -> None:
+        self.request("DELETE", f"policies/{_q(vhost)}/{_q(name)}", ok_missing=True)
+
+    def policy_targets(self, vhost: str) -> list[dict]:
+        """The queues and exchanges of `vhost` with the policy that applies to each now:
+        `kind` (queue or exchange), `name`, `policy` (None for none) and, for a queue,
+        `effective` (the keys in force, operator policies merged in)."""
+        queues = self.request(
+            "GET",
+            f"queues/{_q(vhost)}?disable_stats=true&columns=name,policy,"
+            "effective_policy_definition",
+        )
+        exchanges = self.request("GET", f"exchanges/{_q(vhost)}?columns=name,policy")
+        return [
+            {
+                "kind": "queue",
+                "name": q["name"],
+                "policy": q.get("policy") or None,
+                "effective": q.get("effective_policy_definition") or {},
+            }
+            for q in queues
+        ] + [
+            {"kind": "exchange", "name": x["name"], "policy": x.get("policy") or None}
+            for x in exchanges
+        ]
+
     def connections(self, vhost: str) -> list[dict]:
         return self.request("GET", f"vhosts/{_q(vhost)}/connections")
 

@@ -422,6 +422,11 @@ class LabMonitor(Unit):
         if self.make_router is not None and graph.get("edges") is not None:
             self.router = self.make_router(graph)
             self.downstream.clear()
+        if graph.get("edges") is not None:
+            # A sandbox adds and removes consumers: their deliveries count for their queue.
+            self.consumer_queue = {
+                e["target"][2:]: e["source"][2:] for e in graph["edges"] if e["kind"] == "consume"
+            }
         self.streams = streams_of(graph)
         names = [str(q) for q in queues]
         self.queues = {

@@ -2099,6 +2099,24 @@ function main(configEl, labEl) {
     if (panel && m.version && panel.dataset.version !== m.version && window.htmx) {
       window.htmx.ajax("GET", panel.dataset.panelUrl, { target: "#topology-panel", swap: "outerHTML" });
     }
+    if (m.change?.kind === "workload") onSandboxWorkload(m.change);
+    // A sandbox's sections (policies, the names its forms offer) refresh themselves on this.
+    document.body.dispatchEvent(new CustomEvent("lab:topology"));
+  }
+
+  // A sandbox's workload was added or removed (exercises/lab_controls.py): its card comes
+  // from the server, or goes.
+  function onSandboxWorkload({ action, item: name }) {
+    const card = document.getElementById(`workload-${name}`);
+    if (action === "delete") {
+      card?.remove();
+      delete state.workloads[name];
+      return;
+    }
+    const box = $("sandbox-new-workloads");
+    if (card || !box || !window.htmx) return;
+    const url = box.dataset.cardUrl.replace("__name__", encodeURIComponent(name));
+    window.htmx.ajax("GET", url, { target: box, swap: "beforeend" });
   }
 
   // ------------------------------------------------------------------ start
