@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from types import SimpleNamespace
 
 from channels.consumer import get_handler_name
@@ -19,7 +20,7 @@ from django.utils.translation import gettext as _
 
 from labconsole.flow import stream
 
-from . import selectors, services
+from . import sandboxes, selectors, services
 from .models import LabSession
 
 ACCEPTED = ("ack", "ping", "snapshot")
@@ -136,6 +137,8 @@ class LabConsumer(AsyncWebsocketConsumer):
         if self.session is None or not allowed:
             await self.refuse(NOT_FOUND if self.session is None else NOT_YOURS)
             return
+        # Which page a sandbox's presence messages come from (its own are not answered).
+        self.socket_id = uuid.uuid4().hex
         self.bucket = _FrameBucket(
             settings.LAB_SOCKET_FRAMES_PER_SECOND, settings.LAB_SOCKET_FRAME_BURST
         )
@@ -146,12 +149,16 @@ class LabConsumer(AsyncWebsocketConsumer):
         )
         await self.send_snapshot()
         await self.viewer.release()
+        if self.session.sandbox:
+            await self.presence("hello")
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
         if self.viewer is not None:
             self.viewer.leave()
             self.viewer = None
+            if self.session.sandbox:
+                await self.presence("left")
             if self.session.trial:
                 # A trial ends a grace after its last page closed: from now (exercises/sweep.py).
                 await database_sync_to_async(services.lab_session_touch)(session=self.session)
@@ -169,6 +176,22 @@ class LabConsumer(AsyncWebsocketConsumer):
 
     async def send_text(self, text: str) -> None:
         await self.send(text_data=text)
+        if self.session.sandbox and sandboxes.presence_answer_needed(text, socket=self.socket_id):
+            await self.presence("here")
+
+    async def presence(self, event: str) -> None:
+        """Tells every page of the sandbox that this one is there, or gone
+        (sandboxes.Presence)."""
+        user = self.scope["user"]
+        message = sandboxes.Presence(
+            event=event,
+            socket=self.socket_id,
+            user=user.pk,
+            name=user.get_full_name() or user.get_username(),
+        )
+        await database_sync_to_async(sandboxes.sandbox_presence_send)(
+            session=self.session, presence=message
+        )
 
     async def send_json(self, data: dict) -> None:
         await self.send(text_data=json.dumps(data, default=str))
@@ -248,6 +271,8 @@ class LabConsumer(AsyncWebsocketConsumer):
             if _touch_due(self.session.pk):
                 await _touch(self.session)
             await self.send_json({"type": "pong"})
+            if self.session.sandbox:
+                await self.presence("here")
         elif kind == "snapshot":
             await self.send_snapshot()
         else:

@@ -10,7 +10,6 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_POST
@@ -21,7 +20,7 @@ from .limits import LIMITS
 from .models import SandboxInvite
 from .selectors import exercises_in_catalogue
 from .spec import SpecError
-from .views import _own_lab, _redirect, _viewed_lab
+from .views import _own_lab, _viewed_lab
 
 START_CHOICES = [
     ("empty", gettext_lazy("An empty vhost")),
@@ -217,14 +216,3 @@ def sandbox_limits(request: HttpRequest, lab_id: str) -> HttpResponse:
             else [],
         },
     )
-
-
-@require_POST
-@login_required
-def sandbox_end(request: HttpRequest, lab_id: str) -> HttpResponse:
-    session = _sandbox(request, lab_id, act=False)
-    try:
-        sandboxes.sandbox_end(session=session, user=request.user)
-    except sandboxes.SandboxRefused as exc:
-        raise PermissionDenied(str(exc)) from exc
-    return _redirect(request, reverse("sandboxes"))

@@ -331,7 +331,6 @@ def sandbox_view(*, session: LabSession, user) -> dict:
         "invite_url": reverse("sandbox-invites", args=[session.id]),
         "export_yaml_url": reverse("sandbox-export", args=[session.id, "yaml"]),
         "export_definitions_url": reverse("sandbox-export", args=[session.id, "definitions"]),
-        "end_url": reverse("sandbox-end", args=[session.id]),
         "may_end": can_end_sandbox(user, session),
         "limits_url": reverse("sandbox-limits", args=[session.id]),
     }

@@ -101,7 +101,6 @@ urlpatterns = [
         name="sandbox-export",
     ),
     path("sandboxes/<str:lab_id>/limits/", sandbox_views.sandbox_limits, name="sandbox-limits"),
-    path("sandboxes/<str:lab_id>/end/", sandbox_views.sandbox_end, name="sandbox-end"),
     path("join/", class_views.join, name="class-join"),
     path("join/<str:code>/", class_views.join, name="class-join-code"),
 ]

@@ -15,7 +15,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from labconsole.broker.brokers import CLUSTER
 
-from . import classes, cluster, cluster_pool, selectors, services
+from . import classes, cluster, cluster_pool, sandboxes, selectors, services
 from .forms import (
     BindingForm,
     ConsumerForm,
@@ -213,6 +213,11 @@ def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
             "read_only": read_only,
             "owner_name": classes.lab_owner_name(session=session) if read_only else "",
             "class_message": classes.lab_class_message(session=session),
+            "sandbox": (
+                sandboxes.sandbox_view(session=session, user=request.user)
+                if session.sandbox
+                else None
+            ),
         },
     )
 
@@ -435,6 +440,12 @@ def lab_reset(request: HttpRequest, session: LabSession) -> HttpResponse:
 
 @_lab_action
 def lab_end(request: HttpRequest, session: LabSession) -> HttpResponse:
+    if session.sandbox:  # its owner's to end, not the whole team's
+        try:
+            sandboxes.sandbox_end(session=session, user=request.user)
+        except sandboxes.SandboxRefused as exc:
+            raise PermissionDenied(str(exc)) from exc
+        return _redirect(request, reverse("sandboxes"))
     services.lab_session_stop(session=session)
     if session.trial:  # its exercise may be unpublished, or a draft: the ended lab stays
         return _redirect(request, session.get_absolute_url())

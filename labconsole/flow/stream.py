@@ -45,7 +45,7 @@ from labconsole.broker import amqp
 
 log = logging.getLogger(__name__)
 
-KINDS = ("frame", "status", "workload", "topology", "steps")
+KINDS = ("frame", "status", "workload", "topology", "steps", "presence")
 CONNECTION_NAME = "labconsole stream {pid}"
 CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 20

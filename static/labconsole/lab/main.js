@@ -1933,6 +1933,8 @@ function main(configEl, labEl) {
       case "status": return onStatus(m);
       case "topology": return onTopology(m); // see "topology edits" below
       case "steps": return onSteps(m);
+      // A sandbox's "People here" (static/labconsole/lab/sandbox.js).
+      case "presence": return document.dispatchEvent(new CustomEvent("lab:presence", { detail: m }));
       case "error": return toast(`${T.refused}: ${m.message}`, "error");
       default: return undefined; // pong, and anything newer than this page
     }

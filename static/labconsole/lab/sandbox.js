@@ -1,0 +1,40 @@
+// A sandbox's "People here" (docs/sandboxes.md): every open page of the sandbox says
+// `hello` when its socket connects, `here` with each ping (every 20 s) and in answer to
+// another page's hello or goodbye, and `left` when it closes; main.js hands each such
+// message on as a "lab:presence" event. A page not heard from for EXPIRE_MS (a browser
+// that crashed, a lost network) drops off the list.
+(() => {
+  const EXPIRE_MS = 50000;
+  const list = document.getElementById("people-list");
+  if (!list) return;
+  const you = list.dataset.you;
+  const pages = new Map(); // socket -> {user, name, at}
+
+  function render() {
+    const now = Date.now();
+    const people = new Map();
+    for (const [socket, p] of pages) {
+      if (now - p.at > EXPIRE_MS) pages.delete(socket);
+      else people.set(p.user, p.name);
+    }
+    const self = list.querySelector("[data-self]");
+    for (const li of [...list.children]) if (li !== self) li.remove();
+    const me = document.getElementById("sandbox-people").dataset.me;
+    for (const [user, name] of [...people].sort((a, b) => a[1].localeCompare(b[1]))) {
+      if (String(user) === me) continue; // the first line is you, on every page of yours
+      const li = document.createElement("li");
+      li.dataset.user = String(user);
+      li.textContent = name;
+      list.appendChild(li);
+    }
+    self.title = you;
+  }
+
+  document.addEventListener("lab:presence", (e) => {
+    const m = e.detail;
+    if (m.event === "left") pages.delete(m.socket);
+    else pages.set(m.socket, { user: m.user, name: m.name, at: Date.now() });
+    render();
+  });
+  setInterval(render, 5000);
+})();
