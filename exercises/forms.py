@@ -332,9 +332,11 @@ class AddConsumerForm(forms.Form):
     name = forms.CharField(strip=False, label=_("name"))
     queue = forms.CharField(strip=False, label=_("queue"))
     prefetch = forms.IntegerField(required=False, label="prefetch", help_text=PREFETCH_HELP)
-    ack = forms.ChoiceField(choices=_choices(Consumer, "ack"), label="ack")
+    ack = forms.ChoiceField(choices=_choices(Consumer, "ack"), required=False, label="ack")
     fail = forms.FloatField(required=False, label=_("failure rate"))
-    on_fail = forms.ChoiceField(choices=_choices(Behaviour, "on_fail"), label=_("on failure"))
+    on_fail = forms.ChoiceField(
+        choices=_choices(Behaviour, "on_fail"), required=False, label=_("on failure")
+    )
     requeue = forms.BooleanField(required=False, label="requeue")
     processing_ms = forms.IntegerField(required=False, label=_("processing (ms)"))
     stream_offset = forms.CharField(required=False, label=_("stream offset"))
@@ -347,8 +349,7 @@ class AddConsumerForm(forms.Form):
         if offset:
             item["stream_offset"] = int(offset) if offset.isdigit() else offset
         item["behaviour"] = {
-            **_given({k: data[k] for k in ("fail", "processing_ms")}),
-            "on_fail": data["on_fail"],
+            **_given({k: data[k] for k in ("fail", "processing_ms", "on_fail")}),
             "requeue": data["requeue"],
         }
         return item
