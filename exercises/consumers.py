@@ -182,6 +182,9 @@ class LabConsumer(AsyncWebsocketConsumer):
     async def presence(self, event: str) -> None:
         """Tells every page of the sandbox that this one is there, or gone
         (sandboxes.Presence)."""
+        await database_sync_to_async(self._send_presence)(event)
+
+    def _send_presence(self, event: str) -> None:
         user = self.scope["user"]
         message = sandboxes.Presence(
             event=event,
@@ -189,9 +192,7 @@ class LabConsumer(AsyncWebsocketConsumer):
             user=user.pk,
             name=user.get_full_name() or user.get_username(),
         )
-        await database_sync_to_async(sandboxes.sandbox_presence_send)(
-            session=self.session, presence=message
-        )
+        sandboxes.sandbox_presence_send(session=self.session, presence=message)
 
     async def send_json(self, data: dict) -> None:
         await self.send(text_data=json.dumps(data, default=str))
