@@ -23,6 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from labconsole.broker import amqp, control
 from labconsole.broker.brokers import CLUSTER
 from labconsole.broker.management import BrokerError
+from labconsole.cluster.local import PLUGINS as CLUSTER_PLUGINS
 from labconsole.workloads.load import load_setting
 
 from . import cluster_pool, provisioning, quotas
@@ -240,12 +241,16 @@ def _refuse_missing_plugins(session: LabSession) -> None:
     """Refuses a lab whose exercise needs a plugin its broker has not enabled, before
     anything is made. Asked of the broker at each start: a plugin may be enabled or
     disabled at any time. A broker that does not answer is left to the provisioning,
-    which says why."""
+    which says why. The pool's clusters, which the lab has none of yet, enable the same
+    plugins on every node."""
     needed = session.spec.plugins
     if not needed:
         return
     try:
-        enabled = session.broker.api().enabled_plugins()
+        if session.spec.broker == CLUSTER:
+            enabled = list(CLUSTER_PLUGINS)
+        else:
+            enabled = session.broker.api().enabled_plugins()
     except BrokerError:
         return
     missing = [name for name in needed if name not in enabled]

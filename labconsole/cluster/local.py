@@ -27,6 +27,7 @@ import requests
 BIN = Path("/usr/lib/rabbitmq/bin")
 BOOT_TIMEOUT = 120.0
 MARKER = ".labconsole-cluster"
+PLUGINS = ("rabbitmq_management",)  # enabled on every node
 
 
 def _alive(pid: int) -> bool:
@@ -100,7 +101,7 @@ class LocalNode:
                 for i, peer in enumerate(self.peers, 1)
             ]
         (self.base / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
-        (self.base / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (self.base / "enabled_plugins").write_text(f"[{','.join(PLUGINS)}].\n")
         (self.base / "advanced.config").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("")
         cookie = self.home / ".erlang.cookie"

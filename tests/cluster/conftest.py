@@ -19,7 +19,7 @@ def boots_and_removals_done(request):
     """A boot or removal a test set off (the lab it ended, the pool it refilled) runs on a
     thread of the test process: it is waited for while the test's database is there."""
     yield
-    if "transactional_db" not in request.fixturenames:
+    if not request.node.get_closest_marker("django_db"):
         return
     from exercises.models import LabCluster
 
