@@ -42,8 +42,6 @@ def _context(request: HttpRequest, session: LabSession, **more) -> dict:
         "exchanges": [x.name for x in spec.topology.exchanges],
         "workload_names": list(session.workloads.values_list("name", flat=True)),
         "apply_to": PolicyForm.base_fields["apply_to"].choices,
-        "acks": AddConsumerForm.base_fields["ack"].choices,
-        "on_fails": AddConsumerForm.base_fields["on_fail"].choices,
         **more,
     }
 

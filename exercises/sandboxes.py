@@ -37,6 +37,7 @@ from .definitions import (
     exercise_definitions,
     topology_from_definitions,
 )
+from .forms import AddConsumerForm
 from .models import Exercise, LabSession, SandboxInvite, SandboxMember, Workload
 from .selectors import can_end_sandbox, localized
 from .spec import Behaviour, Consumer, ExerciseSpec, Producer, SpecError, parse_spec
@@ -309,7 +310,8 @@ def sandboxes_of(*, user) -> list[dict]:
 
 def sandbox_view(*, session: LabSession, user) -> dict:
     """The sandbox's bits of the lab page: its name and team, its invitations (each
-    with how many joined through it), and what its owner may do."""
+    with how many joined through it), its limits, the choices of its Add a consumer
+    form, and what its owner may do."""
     invites = [
         {
             "id": i.pk,
@@ -333,6 +335,14 @@ def sandbox_view(*, session: LabSession, user) -> dict:
         "export_definitions_url": reverse("sandbox-export", args=[session.id, "definitions"]),
         "may_end": can_end_sandbox(user, session),
         "limits_url": reverse("sandbox-limits", args=[session.id]),
+        "limits": {
+            "queues": settings.SANDBOX_MAX_QUEUES,
+            "connections": settings.SANDBOX_MAX_CONNECTIONS,
+            "queue_length": settings.SANDBOX_QUEUE_MAX_LENGTH,
+            "rate": settings.SANDBOX_MAX_RATE,
+        },
+        "acks": AddConsumerForm.base_fields["ack"].choices,
+        "on_fails": AddConsumerForm.base_fields["on_fail"].choices,
     }
 
 

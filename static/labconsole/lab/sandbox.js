@@ -37,4 +37,20 @@
     render();
   });
   setInterval(render, 5000);
+
+  // Access ends at the next request (an invitation revoked, a team left): the page says so
+  // once, in place of the Limits card, whose poll would otherwise fail every few seconds.
+  document.body.addEventListener("htmx:responseError", (e) => {
+    if (e.detail.xhr.status !== 403) return;
+    const limits = document.getElementById("sandbox-limits");
+    if (!limits) return;
+    const notice = document.createElement("p");
+    notice.id = "sandbox-refused";
+    notice.className = "result result-error";
+    notice.setAttribute("role", "alert");
+    notice.textContent = gettext(
+      "You no longer have access to this sandbox (its invitation was revoked, or you left its team): nothing you do here is made. Ask its team for a new link."
+    );
+    limits.replaceWith(notice);
+  });
 })();
