@@ -105,40 +105,37 @@ def bench_clusters(api=None, counts: tuple[int, ...] = (1, 2, 3)) -> None:
 
 
 def _first_frame(channel, queue: str, session_id: str) -> None:
-    """Waits for the lab's first frame that counts a published message."""
+    """Waits for the lab's first frame (bound to `queue`) that counts a published message."""
     import json
 
-    from labconsole.broker import amqp
-
-    channel.queue_bind(queue, amqp.flow_exchange(), f"lab.{session_id}.frame")
     for _m, _p, body in channel.consume(queue, auto_ack=True, inactivity_timeout=30):
         if body is None:
-            raise RuntimeError("no frame within 30 s: is the worker running?")
+            raise RuntimeError(f"no frame of {session_id} within 30 s: is the worker running?")
         if any(c.get("published") for c in json.loads(body)["counters"].values()):
             break
     channel.cancel()
-    channel.queue_unbind(queue, amqp.flow_exchange(), f"lab.{session_id}.frame")
 
 
 def bench_cluster_labs(api=None, rounds: int = 2) -> None:
-    """cluster-failover started as a learner starts it, with a real worker: with a warm
-    cluster free, from Start lab to the first frame with a published message (the pool
-    boots the next warm cluster meanwhile); with none, from Start the brokers to the same
-    frame (the boot, then Start lab). Then the warm pool of one, idle: its memory and CPU."""
+    """cluster-failover started as a learner starts it, with a real worker and beat. With
+    the pool off (LAB_CLUSTER_WARM=0), from Start the brokers to the first frame with a
+    published message (the boot, then Start lab); with a warm cluster (LAB_CLUSTER_WARM=1),
+    from Start lab to that frame (the pool boots the next warm cluster meanwhile, as it
+    does). Then the warm pool of one, idle: its memory and CPU."""
     import common
     from django.conf import settings
 
     from exercises import cluster_pool
+    from exercises.models import LabCluster
     from exercises.services import lab_session_start, lab_session_stop
     from labconsole.broker import amqp
 
     pool_dir = ROOT / "var" / f"bench-pool-{os.getpid()}"
-    # The pool's slots of the bench's own, in this process and in the console it starts.
+    # The pool's slots of the bench's own, in this process and in the consoles it starts.
     env = {
         "LAB_CLUSTER_DIR": str(pool_dir),
         "LAB_CLUSTER_PORT": str(BASE_PORT),
         "LAB_CLUSTER_PREFIX": f"bench{os.getpid()}p",
-        "LAB_CLUSTER_WARM": "0",  # the beat's sweep boots nothing of its own
         "LAB_CLUSTER_MAX": "3",
     }
     os.environ.update(env)
@@ -146,41 +143,74 @@ def bench_cluster_labs(api=None, rounds: int = 2) -> None:
         setattr(settings, name, int(value) if value.isdigit() else value)
     exercise = common.exercise("cluster-failover")
     owner = common.user("bench")
-    console = common.start_console(web=0, workers=1)
-    viewer = amqp.connect(amqp.console_parameters(name="bench viewer"))
-    warm, cold = [], []
-    try:
-        channel = viewer.channel()
-        amqp.declare_console_exchanges(channel)
-        queue = channel.queue_declare("", exclusive=True).method.queue
-        for _ in range(rounds):
-            settings.LAB_CLUSTER_WARM = 1
-            cluster_pool.pool_fill(wait=True)
-            t = time.perf_counter()
-            session = lab_session_start(exercise=exercise, owner=owner, enforce_quotas=False)
-            _first_frame(channel, queue, session.id)
-            warm.append(time.perf_counter() - t)
-            settings.LAB_CLUSTER_WARM = 0
-            lab_session_stop(session=session)
-            cluster_pool.pool_empty()
 
-            t = time.perf_counter()
-            cluster_pool.cluster_request(user=owner)
-            while cluster_pool.cluster_offer(user=owner)["state"] != "ready":
-                time.sleep(0.2)
-            session = lab_session_start(exercise=exercise, owner=owner, enforce_quotas=False)
-            _first_frame(channel, queue, session.id)
-            cold.append(time.perf_counter() - t)
-            lab_session_stop(session=session)
-            cluster_pool.pool_empty()
-        print(
-            f"cluster lab, click to first frame: with a warm cluster "
-            f"{', '.join(f'{x:.1f}' for x in warm)} s; with none (boot, then Start lab) "
-            f"{', '.join(f'{x:.1f}' for x in cold)} s"
+    def pool_console(warm: int):
+        """The console as `make run` runs it, its beat's sweep keeping `warm` warm."""
+        os.environ["LAB_CLUSTER_WARM"] = str(warm)
+        settings.LAB_CLUSTER_WARM = warm
+        return common.start_console(web=0, workers=1)
+
+    def click_to_frame(click) -> float:
+        channel.queue_purge(queue)  # no frame of an earlier lab
+        t = time.perf_counter()
+        session = click()
+        channel.queue_bind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
+        _first_frame(channel, queue, session.id)
+        seconds = time.perf_counter() - t
+        channel.queue_unbind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
+        lab_session_stop(session=session)
+        return seconds
+
+    def start_lab():
+        return lab_session_start(exercise=exercise, owner=owner, enforce_quotas=False)
+
+    def boot_then_start_lab():
+        cluster_pool.cluster_request(user=owner)
+        while cluster_pool.cluster_offer(user=owner)["state"] != "ready":
+            time.sleep(0.2)
+        return start_lab()
+
+    def wait_for_a_warm_cluster() -> None:
+        common.wait_for(
+            lambda: LabCluster.objects.filter(state="warm", reserved_for=None).exists(),
+            timeout=120,
+            message="a warm cluster",
         )
 
-        settings.LAB_CLUSTER_WARM = 1
-        (cluster,) = cluster_pool.pool_fill(wait=True)
+    viewer = amqp.connect(amqp.console_parameters(name="bench viewer"))
+    channel = viewer.channel()
+    amqp.declare_console_exchanges(channel)
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    console = None
+    try:
+        console = pool_console(0)
+        cold = []
+        for _ in range(rounds):
+            cold.append(click_to_frame(boot_then_start_lab))
+            cluster_pool.pool_empty()
+        console.stop()
+
+        console = pool_console(1)
+        warm = []
+        for _ in range(rounds):
+            cluster_pool.pool_fill()
+            wait_for_a_warm_cluster()
+            warm.append(click_to_frame(start_lab))
+        print(
+            f"cluster lab, click to first frame with a published message: with a warm "
+            f"cluster {', '.join(f'{x:.1f}' for x in warm)} s; with none (Start the "
+            f"brokers, the boot, Start lab) {', '.join(f'{x:.1f}' for x in cold)} s"
+        )
+
+        common.wait_for(
+            lambda: (
+                LabCluster.objects.filter(state="warm").count() == 1
+                and not LabCluster.objects.exclude(state="warm").exists()
+            ),
+            timeout=120,
+            message="the pool at rest: one warm cluster",
+        )
+        cluster = LabCluster.objects.get()
         pids = [n.beam_pid() for n in cluster_pool.local_cluster(cluster).nodes]
         time.sleep(5.0)  # after the boot's own work
         before = sum(_cpu_seconds(p) for p in pids)
@@ -193,9 +223,10 @@ def bench_cluster_labs(api=None, rounds: int = 2) -> None:
         )
     finally:
         viewer.close()
+        if console is not None:
+            console.stop()
         settings.LAB_CLUSTER_WARM = 0
         cluster_pool.pool_empty()
-        console.stop()
         shutil.rmtree(pool_dir, ignore_errors=True)
 
 
