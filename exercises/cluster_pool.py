@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from django import db
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
@@ -114,11 +114,11 @@ def _boot(pk: int) -> None:
         return
     now = timezone.now()
     # Removed meanwhile (its class ended, the pool was emptied): the removal takes it down.
+    # Kept for the learner it is for now: one may have taken it over while it booted.
+    kept = now + timedelta(minutes=RESERVE_MINUTES)
     LabCluster.objects.filter(pk=pk, state=State.BOOTING).update(
         state=State.IN_USE if cluster.classroom_id else State.WARM,
-        reserved_until=now + timedelta(minutes=RESERVE_MINUTES)
-        if cluster.reserved_for_id
-        else None,
+        reserved_until=Case(When(reserved_for__isnull=False, then=Value(kept)), default=None),
         changed_at=now,
         used_at=now,
     )
