@@ -67,7 +67,7 @@ def test_queue_down_is_refused_for_a_queue_that_has_no_one_node():
                 "type: queue_down\n          queue: payments",
             )
         )
-    assert found.value.errors == [
+    assert [f"{e.path}: {e.message}" for e in found.value.problems] == [
         "steps[1].checkpoints[0].check.queue: 'payments' is a quorum queue: only a classic "
         "queue lives on one node, and is down with it"
     ]
@@ -75,5 +75,5 @@ def test_queue_down_is_refused_for_a_queue_that_has_no_one_node():
         parse_spec(source.replace("broker: cluster\n", ""))
     assert (
         "steps[1].checkpoints[0].check.type: queue_down needs the lab on the cluster: "
-        "set broker: cluster" in found.value.errors
+        "set broker: cluster" in [f"{e.path}: {e.message}" for e in found.value.problems]
     )

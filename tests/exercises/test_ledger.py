@@ -138,7 +138,7 @@ def test_ledger_checks_name_what_their_producer_lacks():
     )
     with pytest.raises(SpecError) as found:
         parse_spec(source)
-    assert found.value.errors == [
+    assert [f"{e.path}: {e.message}" for e in found.value.problems] == [
         "workloads.producers[0].ledger: the ledger needs confirms: true and "
         "properties.message_id: sequence (it follows each message by its number, from the "
         "broker's confirm to a consumer)",
@@ -153,7 +153,7 @@ def test_ledger_checks_name_what_their_producer_lacks():
     )
     with pytest.raises(SpecError) as found:
         parse_spec(source)
-    assert found.value.errors == [
+    assert [f"{e.path}: {e.message}" for e in found.value.problems] == [
         "steps[0].checkpoints[0].check.workload: 'capper' must keep a ledger: set ledger: true",
         "steps[0].checkpoints[1].check.workload: 'picky' is not a producer (declared producers: "
         "keeper, capper)",
