@@ -112,17 +112,22 @@ def _boot(pk: int) -> None:
         except Exception:  # noqa: BLE001 - the sweep tries again
             log.exception("cluster %s not removed after its failed boot", cluster.slot)
         return
+    _booted(cluster)
+    log.info("cluster %s up in %.1f s", cluster.slot, seconds)
+
+
+def _booted(cluster: LabCluster) -> None:
+    """A class's cluster is in use once up; another is warm, and kept for the learner it
+    is for now (one may have taken it over while it booted). One removed meanwhile (its
+    class ended, the pool was emptied) is left to the removal."""
     now = timezone.now()
-    # Removed meanwhile (its class ended, the pool was emptied): the removal takes it down.
-    # Kept for the learner it is for now: one may have taken it over while it booted.
     kept = now + timedelta(minutes=RESERVE_MINUTES)
-    LabCluster.objects.filter(pk=pk, state=State.BOOTING).update(
+    LabCluster.objects.filter(pk=cluster.pk, state=State.BOOTING).update(
         state=State.IN_USE if cluster.classroom_id else State.WARM,
         reserved_until=Case(When(reserved_for__isnull=False, then=Value(kept)), default=None),
         changed_at=now,
         used_at=now,
     )
-    log.info("cluster %s up in %.1f s", cluster.slot, seconds)
 
 
 def cluster_remove(*, cluster: LabCluster, wait: bool = False) -> None:

@@ -5,6 +5,7 @@ refusal says what is wrong and leaves what it found as it was."""
 
 from __future__ import annotations
 
+import fcntl
 import html
 import re
 import socket
@@ -180,3 +181,78 @@ def test_a_lab_on_the_shared_broker_has_no_broker_panel(client, catalogue, learn
     )
     assert refused.status_code == 400
     assert "runs on the shared broker: its nodes are not yours to stop" in refused.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cluster_booting_for_the_pool_is_taken_over_and_kept_once_up(
+    tmp_path, settings, catalogue, learner, client
+):
+    """Start the brokers while a cluster boots for the pool: that one becomes the learner's
+    (no second boot), and once up it is kept for them, their page offering the lab."""
+    from exercises.cluster_pool import _booted, cluster_offer, cluster_request
+
+    settings.LAB_CLUSTER_DIR = str(tmp_path / "clusters")
+    settings.LAB_CLUSTER_WARM = 0
+    booting = LabCluster.objects.create(slot=1)
+    assert cluster_request(user=learner).pk == booting.pk
+    assert LabCluster.objects.count() == 1
+    assert cluster_offer(user=learner)["state"] == "starting"
+    _booted(booting)  # as the boot that was under way ends
+    booting.refresh_from_db()
+    assert booting.state == LabCluster.State.WARM and booting.reserved_for == learner
+    assert booting.reserved_until > timezone.now() + timedelta(minutes=4)
+    offer = cluster_offer(user=learner)
+    assert offer["state"] == "ready" and offer["until"] == booting.reserved_until
+    client.force_login(learner)
+    page = html.unescape(client.get(reverse("exercise", args=["durability"])).content.decode())
+    assert "Your cluster of 3 nodes is ready, kept for you until" in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_removes_what_no_lab_class_or_process_holds(
+    tmp_path, settings, catalogue, learner, django_user_model
+):
+    """The sweep removes a failed boot, a boot whose process died, the cluster of a lab that
+    ended and of a class that ended; it leaves alone a removal another process is at (the
+    slot's lock held) and a cluster whose lab runs."""
+    from exercises.cluster_pool import pool_sweep
+    from exercises.models import LabSession
+
+    settings.LAB_CLUSTER_DIR = str(tmp_path / "clusters")
+    settings.LAB_CLUSTER_MAX = 6
+    settings.LAB_CLUSTER_WARM = 0
+    long_ago = timezone.now() - timedelta(minutes=5)
+    state = LabCluster.State
+    instructor = django_user_model.objects.create_user("teacher")
+    ended_class = Classroom.objects.create(
+        name="c", instructor=instructor, starts_at=long_ago, ends_at=long_ago, ended_at=long_ago
+    )
+
+    def cluster(slot: int, **fields) -> LabCluster:
+        made = LabCluster.objects.create(slot=slot, **fields)
+        LabCluster.objects.filter(pk=made.pk).update(changed_at=long_ago)
+        return made
+
+    def lab(on: LabCluster, lab_state: str) -> None:
+        LabSession.objects.create(
+            owner=learner,
+            exercise=catalogue["durability"],
+            exercise_version=1,
+            source=catalogue["durability"].source,
+            cluster=on,
+            state=lab_state,
+        )
+
+    cluster(1, state=state.FAILED, error="boom")
+    cluster(2, state=state.BOOTING)
+    lab(cluster(3, state=state.IN_USE, reserved_for=learner), LabSession.State.ENDED)
+    cluster(4, state=state.IN_USE, classroom=ended_class)
+    held = cluster(5, state=state.STOPPING)
+    lab(cluster(6, state=state.IN_USE, reserved_for=learner), LabSession.State.RUNNING)
+    lock = LocalCluster.slot(held.slot)._lock_path
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as f:  # another process removing slot 5 holds its lock
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert sorted(pool_sweep(idle_minutes=15)) == [1, 2, 3, 4]
+    assert sorted(LabCluster.objects.values_list("slot", flat=True)) == [5, 6]
+    held.delete()  # the other process's removal, done
