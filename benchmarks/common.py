@@ -249,6 +249,9 @@ def console_env() -> dict[str, str]:
         "DATABASE_URL": os.environ["DATABASE_URL"],
         "LABCONSOLE_PREFIX": os.environ["LABCONSOLE_PREFIX"],
         "CELERY_BEAT_SCHEDULE_FILENAME": str(BENCH_DIR / "celerybeat-schedule"),
+        # No warm cluster booted by the beat's sweep (a core for 20 s, and nodes that
+        # outlive the bench), unless a benchmark of the pool asks for one.
+        "LAB_CLUSTER_WARM": os.environ.get("LAB_CLUSTER_WARM", "0"),
         "PYTHONUNBUFFERED": "1",
     }
 
