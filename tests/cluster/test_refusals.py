@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from exercises.models import Classroom, LabCluster
-from labconsole.cluster.local import LocalCluster
+from labconsole.cluster.local import MARKER, LocalCluster
 from tests.support import free_port
 
 
@@ -256,3 +256,17 @@ def test_the_sweep_removes_what_no_lab_class_or_process_holds(
         assert sorted(pool_sweep(idle_minutes=15)) == [1, 2, 3, 4]
     assert sorted(LabCluster.objects.values_list("slot", flat=True)) == [5, 6]
     held.delete()  # the other process's removal, done
+
+
+@pytest.mark.django_db(transaction=True)
+def test_down_takes_the_one_cluster_of_before_the_pool_down_too(tmp_path, settings):
+    """The cluster of the console before the pool (its files in LAB_CLUSTER_DIR itself,
+    with the marker) goes with `labcluster down` as well."""
+    settings.LAB_CLUSTER_DIR = str(tmp_path / "cluster")
+    settings.LAB_CLUSTER_PREFIX = "lab"
+    (tmp_path / "cluster" / "lab1").mkdir(parents=True)
+    (tmp_path / "cluster" / MARKER).write_text("made by labconsole\n")
+    out = StringIO()
+    call_command("labcluster", "down", stdout=out)
+    assert out.getvalue() == "the cluster of lab1, lab2, lab3 down; their files removed\n"
+    assert not (tmp_path / "cluster").exists()

@@ -3,6 +3,7 @@ of brokers of a lab's own (exercises/cluster_pool.py, labconsole/cluster/local.p
 docs/cluster.md)."""
 
 import json
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -54,14 +55,26 @@ class Command(BaseCommand):
             set(LabCluster.objects.values_list("slot", flat=True))
             | set(LocalCluster.slots_on_disk())
         )
-        if not slots:
+        # The one cluster of the console before the pool: nodes <prefix>1, <prefix>2...
+        # with their files in LAB_CLUSTER_DIR itself.
+        before = LocalCluster(
+            Path(settings.LAB_CLUSTER_DIR),
+            size=settings.LAB_CLUSTER_SIZE,
+            port=settings.LAB_CLUSTER_PORT,
+            prefix=settings.LAB_CLUSTER_PREFIX,
+        )
+        if not slots and not before.ours():
             self.stdout.write(f"no cluster in {settings.LAB_CLUSTER_DIR}")
             return
         cluster_pool.pool_empty()
+        gone = [f"cluster {k}" for k in slots]
+        if before.ours():
+            before.down()
+            gone.append(f"the cluster of {before.names()}")
         left = [line for k in slots for line in LocalCluster.slot(k).leftovers()]
         if left:
-            raise CommandError("still there: " + "; ".join(left))
-        self.stdout.write(f"clusters {', '.join(map(str, slots))} down; their files removed")
+            raise CommandError("still there: " + "; ".join(left + before.leftovers()))
+        self.stdout.write(f"{', '.join(gone)} down; their files removed")
 
     def handle_status(self, *, as_json: bool = False, **_):
         clusters = list(LabCluster.objects.select_related("classroom", "reserved_for"))
