@@ -130,22 +130,6 @@ def sandbox_source_from_definitions(
 # --- creating and ending ------------------------------------------------------------------
 
 
-def _draft(user, source: str) -> Exercise:
-    """The user's hidden exercise that their sandboxes run (a LabSession needs one)."""
-    spec = parse_spec(source)
-    draft, _created = Exercise.objects.get_or_create(
-        slug=f"{SANDBOX_DRAFT_PREFIX}{user.pk}",
-        defaults={
-            "title": spec.title.en,
-            "level": spec.level,
-            "minutes": spec.minutes,
-            "source": source,
-            "published": False,
-        },
-    )
-    return draft
-
-
 def sandbox_teams(*, user) -> list[Group]:
     """The groups a sandbox of `user` may belong to: their own."""
     return list(user.groups.order_by("name"))
@@ -167,7 +151,13 @@ def sandbox_create(*, owner, name: str, source: str, team: Group | None = None) 
     if team is not None and not owner.groups.filter(pk=team.pk).exists():
         raise SandboxRefused(_("team: you are not in the group '{team}'").format(team=team.name))
     return services.lab_session_start(
-        exercise=_draft(owner, source), owner=owner, source=source, sandbox=True, team=team
+        exercise=services.exercise_hidden_draft(
+            user=owner, source=source, prefix=SANDBOX_DRAFT_PREFIX
+        )[0],
+        owner=owner,
+        source=source,
+        sandbox=True,
+        team=team,
     )
 
 

@@ -1220,12 +1220,14 @@ def exercise_duplicate(*, exercise: Exercise, author) -> Exercise:
 TRIAL_DRAFT_PREFIX = "_trial-"
 
 
-def exercise_trial_draft(*, user, source: str) -> tuple[Exercise, bool]:
-    """The user's draft exercise for trials of new exercises, made on first use; returns
-    (draft, created)."""
+def exercise_hidden_draft(*, user, source: str, prefix: str) -> tuple[Exercise, bool]:
+    """A user's hidden exercise (`<prefix><user id>`: no slug of a real exercise starts
+    with `_`, so it is never listed, never published): what their labs of a text that is no
+    exercise (a trial of a new one, a sandbox) run under, as a lab needs an exercise. Made
+    on first use; returns (draft, created)."""
     spec = parse_spec(source)
     draft, created = Exercise.objects.get_or_create(
-        slug=f"{TRIAL_DRAFT_PREFIX}{user.pk}",
+        slug=f"{prefix}{user.pk}",
         defaults={
             "title": spec.title.en,
             "level": spec.level,
@@ -1247,7 +1249,9 @@ def lab_session_try(*, source: str, user, exercise: Exercise | None) -> LabSessi
     parse_spec(source)
     created = False
     if exercise is None:
-        exercise, created = exercise_trial_draft(user=user, source=source)
+        exercise, created = exercise_hidden_draft(
+            user=user, source=source, prefix=TRIAL_DRAFT_PREFIX
+        )
     for earlier in LabSession.objects.filter(owner=user, exercise=exercise, trial=True).exclude(
         state=LabSession.State.ENDED
     ):

@@ -9,30 +9,12 @@ from exercises.models import Exercise, ExerciseVersion, LabSession
 from exercises.services import (
     exercise_apply_source,
     exercise_commit,
-    exercise_duplicate,
     exercise_save,
     lab_session_start,
 )
 from tests.support import text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def teacher(django_user_model):
-    return django_user_model.objects.create_superuser("teacher", password="t-pass-12")
-
-
-@pytest.fixture
-def admin_in(client, teacher):
-    client.force_login(teacher)
-    return client
-
-
-@pytest.fixture
-def own(catalogue, teacher):
-    """An instructor's own exercise (a copy of Direct routing), at version 1."""
-    return exercise_duplicate(exercise=catalogue["direct-routing"], author=teacher)
 
 
 def change_url(exercise: Exercise) -> str:

@@ -10,30 +10,13 @@ from django.test import Client
 from django.urls import reverse
 
 from exercises.models import Exercise, ExerciseVersion, LabSession
-from exercises.services import TRIAL_DRAFT_PREFIX, exercise_duplicate, lab_session_start
+from exercises.services import TRIAL_DRAFT_PREFIX, lab_session_start
 from exercises.sweep import trials_sweep
 from exercises.tasks import sweep_trial_labs
 from tests.exercises.test_stream import Reader, connect, headers_for, run, until
 from tests.support import text_of, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def teacher(django_user_model):
-    return django_user_model.objects.create_superuser("teacher", password="t-pass-12")
-
-
-@pytest.fixture
-def admin_in(client, teacher):
-    client.force_login(teacher)
-    return client
-
-
-@pytest.fixture
-def own(catalogue, teacher):
-    """An instructor's own exercise (a copy of Direct routing)."""
-    return exercise_duplicate(exercise=catalogue["direct-routing"], author=teacher)
 
 
 def try_url(exercise: Exercise | None = None) -> str:
