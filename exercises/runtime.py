@@ -639,6 +639,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
             JSON,
         ),
         alert_rules=[alert.rule() for alert in spec.alerts],
+        replay_seconds=settings.SANDBOX_REPLAY_SECONDS if session.sandbox else 0,
         fps=settings.FLOW_FRAMES_PER_SECOND,
         state=session.monitor_state,
         shown=session.steps_shown,

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import class_views, lab_control_views, sandbox_views, views
+from . import class_views, lab_control_views, sandbox_replay, sandbox_views, views
 
 urlpatterns = [
     path("", views.catalogue, name="catalogue"),
@@ -21,6 +21,7 @@ urlpatterns = [
     path("labs/<str:lab_id>/topology/panel/", views.lab_topology_panel, name="lab-topology-panel"),
     path("labs/<str:lab_id>/brokers/", views.lab_brokers, name="lab-brokers"),
     path("labs/<str:lab_id>/brokers/<str:node>/", views.lab_broker_node, name="lab-broker-node"),
+    path("labs/<str:lab_id>/replay/", sandbox_replay.lab_sandbox_replay, name="lab-replay"),
     path(
         "labs/<str:lab_id>/sandbox/",
         lab_control_views.lab_sandbox_controls,

@@ -198,6 +198,8 @@ SANDBOX_QUEUE_MAX_LENGTH = env.int("SANDBOX_QUEUE_MAX_LENGTH", default=10_000)
 SANDBOX_QUEUE_MAX_BYTES = env.int("SANDBOX_QUEUE_MAX_BYTES", default=8 * 1024 * 1024)
 SANDBOX_MAX_RATE = env.float("SANDBOX_MAX_RATE", default=500.0)
 SANDBOX_IDLE_MINUTES = env.int("SANDBOX_IDLE_MINUTES", default=240)
+# Seconds of a sandbox's history its page can scrub back through (0: none kept).
+SANDBOX_REPLAY_SECONDS = env.int("SANDBOX_REPLAY_SECONDS", default=600)
 # A trial lab (the admin's "Try it") ends this long after its last page closed, and when
 # nobody has looked at it for LAB_TRIAL_IDLE_MINUTES (exercises/sweep.py, every
 # LAB_TRIAL_SWEEP_SECONDS).

@@ -76,6 +76,13 @@ AWAITING_RETURN_LIMIT = 100
 BROKERS_WATCHED = 1.0
 BROKERS_IDLE = 5.0
 TIMELINE = 500
+# A sandbox's replay (docs/sandboxes.md "Replay"): the events kept of each second, and
+# the seconds a page asks for at once.
+REPLAY_EVENTS = 50
+REPLAY_CHUNK = 120
+# What a replayed second's events leave out: the message the inspector shows; the log's
+# row needs none of it.
+REPLAY_LEAVES_OUT = frozenset({"body", "properties", "headers"})
 
 
 def streams_of(graph: dict) -> set[str]:
@@ -267,6 +274,61 @@ class LoadRun:
         }
 
 
+class Replay:
+    """A sandbox's history: one compact snapshot of each second (counters, queues,
+    exchanges, at most REPLAY_EVENTS of its events and how many were left out), the last
+    `seconds` of them. A second is encoded as JSON once it is over, so what it costs is
+    its length in bytes; it lives in the monitor's memory only (never in its saved
+    state): a worker taking the monitor over starts a new history."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+        self.kept: deque[tuple[int, bytes]] = deque(maxlen=seconds)
+        self.current: dict | None = None
+
+    def note(self, t: float, frame: dict, left_out: int) -> None:
+        second = int(t)
+        if self.current is not None and self.current["t"] != second:
+            self._close()
+        if self.current is None:
+            self.current = {"t": second, "events": [], "left_out": 0}
+        current = self.current
+        current["counters"] = frame["counters"]
+        current["queues"] = {q: dict(stats) for q, stats in frame["queues"].items()}
+        current["exchanges"] = frame["exchanges"]
+        room = REPLAY_EVENTS - len(current["events"])
+        events = frame["events"]
+        current["events"].extend(
+            {k: v for k, v in e.items() if k not in REPLAY_LEAVES_OUT} for e in events[:room]
+        )
+        current["left_out"] += left_out + max(0, len(events) - room)
+        while self.kept and self.kept[0][0] <= second - self.seconds:
+            self.kept.popleft()
+
+    def _close(self) -> None:
+        self.kept.append((self.current["t"], orjson.dumps(self.current)))
+        self.current = None
+
+    def chunk(self, after: int, limit: int = REPLAY_CHUNK) -> bytes:
+        """The seconds after `after` (oldest first), at most `limit`, the one under way
+        last, as the JSON of `exercises.sandbox_replay.ReplayChunk`."""
+        seconds = [body for t, body in self.kept if t > after]
+        if self.current is not None and self.current["t"] > after:
+            seconds.append(orjson.dumps(self.current))
+        more = len(seconds) > limit
+        return b"".join(
+            (
+                b'{"keep":%d,"more":%s,"seconds":[' % (self.seconds, b"true" if more else b"false"),
+                b",".join(seconds[:limit]),
+                b"]}",
+            )
+        )
+
+    def size(self) -> int:
+        """Bytes of the seconds kept (their JSON)."""
+        return sum(len(body) for _, body in self.kept)
+
+
 class LabMonitor(Unit):
     kind = "monitor"
 
@@ -294,6 +356,7 @@ class LabMonitor(Unit):
         pace: Callable[[float], None] = lambda seconds: None,
         read_broker_events: Callable[[], list[dict]] | None = None,
         alert_rules: Iterable[AlertRule] = (),
+        replay_seconds: int = 0,
         fps: int = 20,
         state: dict | None = None,
         shown: dict[str, str] | None = None,
@@ -389,6 +452,7 @@ class LabMonitor(Unit):
         self.events_seen = 0
         self.samples_seen = 0
         self.recent: deque = deque(maxlen=RECENT_EVENTS)
+        self.replay = Replay(replay_seconds) if replay_seconds > 0 else None
         self.seq = state.get("seq", 0)
         self.frame_seq = state.get("frame_seq", 0)
         self.watched_until = time.monotonic() + FIRST_WATCH_SECONDS
@@ -542,6 +606,16 @@ class LabMonitor(Unit):
                 # The workloads report at full pace only while somebody watches.
                 self.pace(WATCH_SECONDS)
                 self.next_pace = now + WATCH_SECONDS / 3
+        if data.get("op") == "replay" and message.reply_to:
+            after = data.get("after")
+            self.bus.publish(
+                "",
+                message.reply_to,
+                self.replay.chunk(after if isinstance(after, int) else 0)
+                if self.replay
+                else b'{"keep":0,"more":false,"seconds":[]}',
+                pika.BasicProperties(correlation_id=message.correlation_id),
+            )
         if data.get("op") == "snapshot" and message.reply_to:
             self.bus.publish(
                 "",
@@ -1042,23 +1116,23 @@ class LabMonitor(Unit):
         self.pending_samples.clear()
         self.events_seen = self.samples_seen = 0
         self.frame_seq += 1
-        self.publish(
-            "frame",
-            {
-                "seq": self.frame_seq,
-                "t": time.time(),
-                "counters": self.counters(),
-                "queues": self._queues_out(),
-                "exchanges": self.exchanges(now),
-                "samples": samples,
-                "events": events,
-                "shown": shown,
-                **({"timeline": timeline} if timeline else {}),
-                "checks": self.checks,
-                **({"alerts": self.alerts.frame()} if self.alerts else {}),
-                **({"loads": self.loads_out()} if self.loads or self.load_results else {}),
-            },
-        )
+        frame = {
+            "seq": self.frame_seq,
+            "t": time.time(),
+            "counters": self.counters(),
+            "queues": self._queues_out(),
+            "exchanges": self.exchanges(now),
+            "samples": samples,
+            "events": events,
+            "shown": shown,
+            **({"timeline": timeline} if timeline else {}),
+            "checks": self.checks,
+            **({"alerts": self.alerts.frame()} if self.alerts else {}),
+            **({"loads": self.loads_out()} if self.loads or self.load_results else {}),
+        }
+        if self.replay is not None:
+            self.replay.note(frame["t"], frame, shown["events"][1] - shown["events"][0])
+        self.publish("frame", frame)
 
     # --- timed work --------------------------------------------------------------------------
     def poll_depths(self) -> None:

@@ -1,0 +1,61 @@
+"""A sandbox's replay endpoint on the real broker and worker: members get the history
+its monitor keeps, others 403, a lab that is not a sandbox 404."""
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from exercises import sandboxes
+from exercises.services import lab_session_start
+from tests.support import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def client_of(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def busy(worker, catalogue, learner, labs):
+    """A sandbox of the direct-routing exercise, its producers running."""
+    source = sandboxes.sandbox_source_from_exercise(
+        exercise=catalogue["direct-routing"], name="replay"
+    )
+    return sandboxes.sandbox_create(owner=learner, name="replay", source=source)
+
+
+def history(client, lab_id: str, after: int = 0):
+    return client.get(reverse("lab-replay", args=[lab_id]), {"after": after})
+
+
+def test_members_get_the_seconds_kept_with_growing_counters(busy, client_in):
+    """The owner reads seconds of history whose publish counters grow, in chunks."""
+
+    def two_seconds():
+        seconds = history(client_in, busy.id).json()["seconds"]
+        published = [sum(c.get("published", 0) for c in s["counters"].values()) for s in seconds]
+        return len(seconds) >= 3 and published[-1] > published[0] and seconds
+
+    seconds = wait_for(two_seconds, timeout=30, message="three seconds of history")
+    assert [s["t"] for s in seconds] == sorted({s["t"] for s in seconds})
+    assert any(s["events"] for s in seconds)
+    later = history(client_in, busy.id, after=seconds[-2]["t"]).json()
+    assert later["keep"] == 600
+    assert later["seconds"][0]["t"] > seconds[-2]["t"]
+
+
+def test_others_are_refused_and_bad_input_named(busy, client_in, django_user_model):
+    """A stranger gets 403; an `after` that is not a number is a 400 that says so."""
+    stranger = django_user_model.objects.create_user("stranger", password="stranger-pass-1")
+    assert history(client_of(stranger), busy.id).status_code == 403
+    response = client_in.get(reverse("lab-replay", args=[busy.id]), {"after": "soon"})
+    assert response.status_code == 400 and "after" in response.json()["error"]
+
+
+def test_a_lab_that_is_not_a_sandbox_has_no_history(catalogue, learner, labs, client_in):
+    """An exercise's lab keeps no history: its replay is a 404."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    assert history(client_in, session.id).status_code == 404
