@@ -1,12 +1,14 @@
 """A sandbox's replay endpoint on the real broker and worker: members get the history
 its monitor keeps, others 403, a lab that is not a sandbox 404."""
 
+import orjson
 import pytest
 from django.test import Client
 from django.urls import reverse
 
 from exercises import sandboxes
 from exercises.services import lab_session_start
+from labconsole.broker import control
 from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,3 +61,23 @@ def test_a_lab_that_is_not_a_sandbox_has_no_history(catalogue, learner, labs, cl
     """An exercise's lab keeps no history: its replay is a 404."""
     session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
     assert history(client_in, session.id).status_code == 404
+
+
+def test_memory_of_a_busy_sandbox(busy, client_in, capsys):
+    """What a second of history costs for the direct-routing exercise at its default
+    rates (docs/sandboxes.md "Replay"): printed with -s, the JSON the monitor keeps."""
+
+    def ten_seconds():
+        # As a page does: while somebody watches, frames (and seconds) go at full rate.
+        control.send(control.monitor_key(busy.id), {"op": "watch"})
+        seconds = history(client_in, busy.id).json()["seconds"]
+        return len(seconds) >= 11 and seconds[1:-1]  # whole seconds only
+
+    seconds = wait_for(ten_seconds, timeout=60, interval=1.0, message="ten seconds of history")
+    per_second = sum(len(orjson.dumps(s)) for s in seconds) / len(seconds)
+    with capsys.disabled():
+        print(
+            f"\nreplay: {per_second:,.0f} bytes a second of history, "
+            f"{per_second * 600 / 1024:,.0f} KiB for 600 s"
+        )
+    assert per_second > 0
