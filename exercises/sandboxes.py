@@ -325,6 +325,10 @@ def sandbox_view(*, session: LabSession, user) -> dict:
         "export_definitions_url": reverse("sandbox-export", args=[session.id, "definitions"]),
         "may_end": can_end_sandbox(user, session),
         "limits_url": reverse("sandbox-limits", args=[session.id]),
+        # The Replay card (docs/sandboxes.md "Replay"): none when no history is kept.
+        "replay_url": reverse("lab-replay", args=[session.id])
+        if settings.SANDBOX_REPLAY_SECONDS > 0
+        else "",
         "limits": {
             "queues": settings.SANDBOX_MAX_QUEUES,
             "connections": settings.SANDBOX_MAX_CONNECTIONS,

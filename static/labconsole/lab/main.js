@@ -158,6 +158,9 @@ function main(configEl, labEl) {
     animation: { paused: false, speed: 1 }, // the dots only: counters and the log go on
   };
   let graph = config.graph || { nodes: [], edges: [] };
+  // While a second of a sandbox's history is shown (replay.js), frames still update
+  // `state` but draw nothing: "Back to live" draws what they brought.
+  let replaying = null;
   let layout = null; // see layoutGraph()
 
   window.labConsole = {
@@ -166,6 +169,8 @@ function main(configEl, labEl) {
     get layout() { return layout; },
     get drawn() { return drawn; }, // a Promise: the graph drawn once ELK laid it out
     reconnect: () => { attempt = 0; connectNow(); },
+    // A sandbox's replay (replay.js): draws one second of its history instead of live.
+    replay: { show: showReplay, live: backToLive, get replaying() { return replaying !== null; } },
   };
 
   // ------------------------------------------------------------------ helpers
@@ -542,10 +547,12 @@ function main(configEl, labEl) {
   }
 
   function renderStats() {
+    // A replayed second (replay.js) in place of live, whoever asks for a redraw.
+    const { counters, queues, exchanges } = replaying || state;
     for (const v of nodeViews.values()) {
       const name = nameOf(v.node.id);
       if (v.kind === "queue") {
-        const q = state.queues[name] || {};
+        const q = queues[name] || {};
         // A queue the broker deleted (x-expires, or deleted behind the page's back) stays
         // drawn, crossed out, until the topology drops it.
         const gone = q.missing === true;
@@ -577,18 +584,18 @@ function main(configEl, labEl) {
           v.consumersIcon.setAttribute("visibility", consumers ? "visible" : "hidden");
         }
       } else if (v.kind === "exchange") {
-        const x = state.exchanges[name] || {};
+        const x = exchanges[name] || {};
         // Compact nodes have no detail row: the exchange type leads the stats instead.
         const compact = layout.density.name === "compact";
         const type = compact && v.node.data.detail ? `${v.node.data.detail} · ` : "";
         setStatText(v.stat, [[type, ""], [fmtRate(x.rate_in), "strong"], [compact ? T.perSec : ` ${T.msgPerSec}`, ""]]);
         setBadge(v, +x.unroutable || 0, `${fmtInt(x.unroutable)} ${T.unroutable}`);
       } else if (v.kind === "producer") {
-        const c = state.counters[name] || {};
+        const c = counters[name] || {};
         setStatText(v.stat, [[fmtRate(workloadRate(name, "published")), "strong"], [`${T.perSec} · ${T.sent} ${fmtInt(c.published || 0)}`, ""]]);
         setBadge(v, +c.returned || 0, T.returned(c.returned), "warn");
       } else if (v.kind === "consumer") {
-        const c = state.counters[name] || {};
+        const c = counters[name] || {};
         setStatText(v.stat, [[fmtRate(workloadRate(name, "handled")), "strong"], [`${T.perSec} · ${T.acked} ${fmtInt(c.acked || 0)}`, ""]]);
         const failed = (+c.nacked || 0) + (+c.rejected || 0);
         setBadge(v, failed, T.failed(c.nacked || 0, c.rejected || 0));
@@ -972,10 +979,11 @@ function main(configEl, labEl) {
 
   // ================================================================== counters
   function applyCounters() {
+    const { counters } = replaying || state; // a replayed second (replay.js) in place of live
     for (const el of document.querySelectorAll("[data-counter]")) {
       const key = el.dataset.counter;
       const dot = key.lastIndexOf(".");
-      const value = state.counters[key.slice(0, dot)]?.[key.slice(dot + 1)];
+      const value = counters[key.slice(0, dot)]?.[key.slice(dot + 1)];
       if (value == null) continue;
       const text = fmtInt(value);
       if (el.textContent !== text) {
@@ -1481,7 +1489,7 @@ function main(configEl, labEl) {
     // and only a trickle of rows is worth a highlight.
     const fresh = unflushed.filter(matches).slice(-LOG_ROWS_PER_FLUSH);
     unflushed = [];
-    if (!fresh.length || paused) return;
+    if (!fresh.length || paused || replaying) return;
     const keepScroll = logScroll.scrollTop > 4;
     const before = logScroll.scrollHeight;
     const frag = document.createDocumentFragment();
@@ -1903,8 +1911,27 @@ function main(configEl, labEl) {
     if (isOver(m.lab?.state)) endLab(m.lab.state, m.kept !== false);
   }
 
+  function showReplay(second) {
+    replaying = second;
+    applyCounters();
+    renderStats();
+    clearDots();
+    const rows = [];
+    for (let i = second.events.length - 1; i >= 0; i--) if (matches(second.events[i])) rows.push(eventRow(second.events[i], false));
+    logRows.replaceChildren(...rows);
+    logEmpty.hidden = rows.length > 0;
+  }
+
+  function backToLive() {
+    replaying = null;
+    renderLog();
+    applyCounters();
+    renderStats();
+  }
+
   function onFrame(m) {
     state.framesReceived++;
+    if (typeof m.t === "number") state.liveT = m.t;
     // Counters are cumulative and exact: the newest value wins.
     if (m.counters) for (const [name, c] of Object.entries(m.counters)) state.counters[name] = { ...(state.counters[name] || {}), ...c };
     if (m.queues) Object.assign(state.queues, m.queues);
@@ -1917,10 +1944,11 @@ function main(configEl, labEl) {
     if (m.loads) applyLoads(m.loads, m.t);
     if (Array.isArray(m.events) && m.events.length) addEvents(m.events);
     if (m.timeline) applyTimeline(m.timeline, false);
+    recordRates();
+    if (replaying) return;
     if (Array.isArray(m.samples) && m.samples.length) animateSamples(m.samples);
     if (typeof m.dropped === "number") setDropped(m.dropped);
     noteShown(m.shown);
-    recordRates();
     applyCounters();
     renderStats();
   }
