@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 from datetime import timedelta
+from urllib.parse import quote
 
 import pika
 from django.conf import settings
@@ -585,12 +586,19 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
             if q["name"] in expiring
         }
 
-    def ensure_tracing() -> None:
+    def ensure_tracing() -> bool:
+        """Whether the vhost traces again (or is gone: nothing more to do). A node that
+        takes AMQP connections again may not yet answer on its management API, or may not
+        yet hold the vhost's setting: read back, and the monitor tries again."""
         try:
             # Never makes the vhost again: one that is gone ends the lab (the sweeper).
-            api.tracing_on(session.vhost)
+            if not api.tracing_on(session.vhost):
+                return True
+            vhost = api.request("GET", f"vhosts/{quote(session.vhost, safe='')}", ok_missing=True)
+            return vhost is None or vhost.get("tracing") is True
         except BrokerError:
-            log.warning("tracing of %s not turned on again", session.vhost, exc_info=True)
+            log.warning("tracing of %s not turned on again yet", session.vhost, exc_info=True)
+            return False
 
     graph = lab_graph(spec)
     read_broker_events = None

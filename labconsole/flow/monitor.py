@@ -58,6 +58,10 @@ CHECKPOINT_INTERVAL = 1.0  # how often the state a new worker would resume from 
 # enough that a frame is never late by more than a few tens of milliseconds at full speed.
 FIREHOSE_PREFETCH = 200
 FIREHOSE_ACK_EVERY = 100
+# After a reconnect the lab's tracing is turned on again; a node whose management API does
+# not answer yet is asked again this often, this many times (a minute in all).
+TRACING_RETRY_SECONDS = 2.0
+TRACING_ATTEMPTS = 30
 # Routes (exchange, queues) whose exchanges passed through are remembered.
 DOWNSTREAM_ROUTES = 1000
 YOU = "@you"  # the learner's publishes from the page (app_id), the graph's p:@you
@@ -352,7 +356,7 @@ class LabMonitor(Unit):
         mandatory: set[str] | frozenset[str] = frozenset(),
         expiring: set[str] | frozenset[str] = frozenset(),
         read_expiring: Callable[[], dict[str, dict]] = dict,
-        ensure_tracing: Callable[[], None] = lambda: None,
+        ensure_tracing: Callable[[], bool] = lambda: True,
         pace: Callable[[float], None] = lambda seconds: None,
         read_broker_events: Callable[[], list[dict]] | None = None,
         alert_rules: Iterable[AlertRule] = (),
@@ -508,7 +512,7 @@ class LabMonitor(Unit):
     def connected(self) -> None:
         if self.reconnects:
             # What a restart of the broker loses: tracing is off after a hard restart.
-            self.loop.run_blocking(self.ensure_tracing)
+            self._ensure_tracing(attempt=1)
         self.bus.consume(self.reports_queue, self.report_arrived, self.declare_reports)
         self.firehose = self.depths = None
         self.firehose_tag = 0
@@ -516,6 +520,22 @@ class LabMonitor(Unit):
         self.next_depths = 0.0
         self._open_firehose()
         self._open_depths()
+
+    def _ensure_tracing(self, attempt: int) -> None:
+        """Turns the lab's tracing on again, on the blocking pool, and tries again every
+        TRACING_RETRY_SECONDS until the broker says it is on (TRACING_ATTEMPTS at most)."""
+
+        def done(on, error) -> None:
+            if on or self.lab is None or self.outcome is not None:
+                return
+            if attempt >= TRACING_ATTEMPTS:
+                log.warning("monitor %s: tracing still off after %d tries", self.session, attempt)
+                return
+            self.loop.call_later(
+                TRACING_RETRY_SECONDS, self.guarded(self._ensure_tracing), attempt + 1
+            )
+
+        self.loop.run_blocking(self.ensure_tracing, done)
 
     def _open_firehose(self) -> None:
         def opened(channel):

@@ -249,9 +249,14 @@ def test_hard_restart_loses_no_confirmed_message(node, node_env, node_worker, fr
     for lab in (session, dr_session):
         firehose = queue_state(node, lab.vhost, amqp.firehose_queue())
         assert firehose and firehose["durable"], f"firehose queue of {lab.vhost}: {firehose}"
-        with on_node(node):
-            vhost = ManagementClient().request("GET", f"vhosts/{_q(lab.vhost)}")
-        assert vhost["tracing"] is True, f"tracing of {lab.vhost} is off after the restart"
+
+        def tracing(vhost=lab.vhost) -> bool:
+            with on_node(node):
+                return ManagementClient().request("GET", f"vhosts/{_q(vhost)}")["tracing"]
+
+        # Within the 10 s of the broker: the monitor turns it on once the node's
+        # management API answers, which may be after its frames flow again.
+        wait_for(tracing, timeout=10, message=f"tracing of {lab.vhost} on after the restart")
 
     producer = stop_and_settle(node, session, "bookkeeper")
     counts = producer.progress["counts"]
