@@ -6,7 +6,8 @@ Added and removed workloads are kept in the lab's own copy of the document
 (`LabSession.source`), written back with the lab's topology as it is then: the page, the
 monitor, the checks and the topology editor all read `session.spec`, so a consumer added
 here is drawn, counted and keeps its queue from being deleted like one the exercise
-declared, and a reset starts the lab from that document."""
+declared. The document the lab started from is kept aside (`LabSession.origin`): a reset
+starts from it, with the workloads and topology the sandbox began with."""
 
 from __future__ import annotations
 
@@ -150,9 +151,23 @@ def _announce_workloads(session: LabSession, spec: ExerciseSpec, change: dict) -
 
 
 def _save_document(row: LabSession, spec: ExerciseSpec) -> None:
+    """Keeps `spec` as the lab's document; the first time, the one it started from is kept
+    aside (`origin`), for a reset to start from."""
+    if not row.origin:
+        row.origin = row.source
     row.source = _document(spec)
-    row.save(update_fields=["source"])
+    row.save(update_fields=["source", "origin"])
     row.__dict__["spec"] = spec
+
+
+def _refuse_over_sandbox_limits(row: LabSession, workload: Workload) -> None:
+    """LimitReached if `workload` running would take the sandbox past its connections,
+    channels or total rate (as services.workload_start would say)."""
+    refusal = quotas.sandbox_workload_refusal(
+        session=row, workload=workload
+    ) or quotas.sandbox_rate_refusal(session=row, workload=workload)
+    if refusal:
+        raise services.LimitReached(refusal)
 
 
 def lab_workload_add(
@@ -176,6 +191,9 @@ def lab_workload_add(
         spec = _with_workloads(row, workloads, focus, deleting=False)
         name = getattr(spec.workloads, plural)[-1].name
         settings = next(data for n, _k, data, _a in services._workload_settings(spec) if n == name)
+        if start:
+            # One that may not start is not added either: nothing half-done.
+            _refuse_over_sandbox_limits(row, Workload(session=row, kind=kind, settings=settings))
         workload = Workload.objects.create(session=row, name=name, kind=kind, settings=settings)
         _save_document(row, spec)
     session.source, session.__dict__["spec"] = row.source, spec

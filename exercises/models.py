@@ -209,6 +209,10 @@ class LabSession(models.Model):
     # The exercise as it was when the lab started: edits in the admin do not reach it.
     exercise_version = models.PositiveIntegerField()
     source = models.TextField()
+    # The document the lab started from, kept when a workload added or removed on a
+    # sandbox's page rewrites `source` (exercises/lab_controls.py); a reset starts from it.
+    # Empty while `source` is still that document.
+    origin = models.TextField(blank=True, default="", editable=False)
     state = models.CharField(max_length=10, choices=State.choices, default=State.STARTING)
     # Bumped by every reset: tasks of an earlier incarnation see it and stop.
     generation = models.PositiveIntegerField(default=1)
@@ -367,9 +371,29 @@ class RateEvent(models.Model):
     )
     action = models.CharField(max_length=10, choices=Action.choices)
     at = models.DateTimeField(db_index=True)
+    # The lab a publish went to: a sandbox's total rate counts its own page's publishes.
+    session = models.ForeignKey(
+        "LabSession", on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         indexes = [models.Index(fields=["user", "action", "at"], name="rate_event_window")]
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.action} at {self.at:%H:%M:%S}"
+
+
+class SandboxViewer(models.Model):
+    """An open page of a sandbox, as its socket last said (docs/sandboxes.md, "Presence"):
+    written on connecting and with every ping, deleted on closing, so the list of
+    sandboxes shows who is on each from any web process. A page whose browser crashed
+    stays until it is older than the presence timeout, which readers ignore."""
+
+    session = models.ForeignKey(LabSession, on_delete=models.CASCADE, related_name="viewers")
+    socket = models.CharField(max_length=32, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=150)
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.session_id}"

@@ -70,12 +70,12 @@ def lab_quotas(*, user=None, sandbox: bool = False) -> LabQuotas:
     )
 
 
-def rate_take(*, user, action: RateEvent.Action, per_minute: int) -> bool:
-    """Records one `action` of `user` if fewer than `per_minute` happened in the last
-    minute, and says whether it did."""
+def rate_take(*, user, action: RateEvent.Action, per_minute: int, session=None) -> bool:
+    """Records one `action` of `user` (on the lab `session`, for a publish) if fewer than
+    `per_minute` happened in the last minute, and says whether it did."""
     now = timezone.now()
     RateEvent.objects.filter(user=user, action=action, at__lt=now - WINDOW).delete()
-    event = RateEvent.objects.create(user=user, action=action, at=now)
+    event = RateEvent.objects.create(user=user, action=action, at=now, session=session)
     earlier = RateEvent.objects.filter(
         user=user, action=action, at__gte=now - WINDOW, pk__lt=event.pk
     ).count()
@@ -122,22 +122,22 @@ def sandbox_queues_refusal(*, queues: int) -> str | None:
     )
 
 
-def _page_rate(session: LabSession, extra: int = 0) -> float:
-    """The page's publishes a second, over the last minute: they count against the lab's
-    owner, whoever of the team pressed Publish (services.lab_publish)."""
+def _page_rate(session: LabSession) -> float:
+    """The sandbox page's publishes a second, over the last minute, whoever of the team
+    pressed Publish (services.lab_publish records each with its lab, before it asks)."""
     since = timezone.now() - WINDOW
     done = RateEvent.objects.filter(
-        user_id=session.owner_id, action=RateEvent.Action.PUBLISH, at__gte=since
+        session=session, action=RateEvent.Action.PUBLISH, at__gte=since
     ).count()
-    return (done + extra) / WINDOW.total_seconds()
+    return done / WINDOW.total_seconds()
 
 
 def sandbox_rate_refusal(
-    *, session: LabSession, workload=None, settings_after: dict | None = None, publish=False
+    *, session: LabSession, workload=None, settings_after: dict | None = None
 ) -> str | None:
     """Whether the sandbox's producers and its page together would publish more than
     SANDBOX_MAX_RATE messages a second, with `workload` (a producer) running with
-    `settings_after`, or with one more publish from the page."""
+    `settings_after` (the page's publishes counted include one being asked for)."""
     rates = {
         w.pk: effective_rate(w.settings)
         for w in session.workloads.filter(kind=Workload.Kind.PRODUCER, running=True)
@@ -145,7 +145,7 @@ def sandbox_rate_refusal(
     if workload is not None and workload.kind == Workload.Kind.PRODUCER:
         rates[workload.pk] = effective_rate(settings_after or workload.settings)
     producers = sum(rates.values())
-    page = _page_rate(session, extra=1 if publish else 0)
+    page = _page_rate(session)
     limit = settings.SANDBOX_MAX_RATE
     if producers + page <= limit:
         return None

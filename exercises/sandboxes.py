@@ -11,14 +11,16 @@ was started from, with the sandbox's name as its title, no steps, on the shared 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
 import yaml
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
@@ -38,12 +40,18 @@ from .definitions import (
     topology_from_definitions,
 )
 from .forms import AddConsumerForm
-from .models import Exercise, LabSession, SandboxInvite, SandboxMember, Workload
+from .models import Exercise, LabSession, SandboxInvite, SandboxMember, SandboxViewer, Workload
 from .selectors import can_end_sandbox, localized
 from .spec import Behaviour, Consumer, ExerciseSpec, Producer, SpecError, parse_spec
 
+log = logging.getLogger(__name__)
+
 SANDBOX_DRAFT_PREFIX = "_sandbox-"
 NAME_MAX = 80
+#: Seconds after which a page not heard from (its socket pings every 20 s) is taken for
+#: gone: a browser that crashed, a lost network. The page's own list (sandbox.js) reads
+#: it from the People card.
+PRESENCE_SECONDS = 50
 #: Settings a workload row keeps that are the lab's, not the document's.
 RUNTIME_SETTINGS = ("load", "routing_key_weights")
 
@@ -283,8 +291,10 @@ def sandboxes_of(*, user) -> list[dict]:
     )
     active = [s for s in rows if s.is_active]
     ended = [s for s in rows if not s.is_active][:10]
+    here = sandbox_people_here(sessions=active)
     return [
         {
+            "here": here.get(s.id, []),
             "id": s.id,
             "name": localized(s.spec.title),
             "url": s.get_absolute_url(),
@@ -319,6 +329,7 @@ def sandbox_view(*, session: LabSession, user) -> dict:
         "team": session.team.name if session.team else "",
         "owner": _user_name(session.owner),
         "me": _user_name(user),
+        "presence_seconds": PRESENCE_SECONDS,
         "invites": invites,
         "invite_url": reverse("sandbox-invites", args=[session.id]),
         "export_yaml_url": reverse("sandbox-export", args=[session.id, "yaml"]),
@@ -332,7 +343,9 @@ def sandbox_view(*, session: LabSession, user) -> dict:
         "limits": {
             "queues": settings.SANDBOX_MAX_QUEUES,
             "connections": settings.SANDBOX_MAX_CONNECTIONS,
+            "channels": settings.SANDBOX_MAX_CHANNELS,
             "queue_length": settings.SANDBOX_QUEUE_MAX_LENGTH,
+            "queue_bytes": settings.SANDBOX_QUEUE_MAX_BYTES,
             "rate": settings.SANDBOX_MAX_RATE,
         },
         "acks": AddConsumerForm.base_fields["ack"].choices,
@@ -340,20 +353,42 @@ def sandbox_view(*, session: LabSession, user) -> dict:
     }
 
 
+def _cap(queue: dict, policy_key: str, argument: str) -> int | None:
+    """The lowest of a queue's own argument and its effective policy's value (the
+    operator policy and the team's own, merged by the broker)."""
+    given = [
+        v
+        for v in (
+            (queue.get("effective_policy_definition") or {}).get(policy_key),
+            (queue.get("arguments") or {}).get(argument),
+        )
+        if isinstance(v, int) and not isinstance(v, bool)
+    ]
+    return min(given, default=None)
+
+
 def sandbox_full_queues(*, session: LabSession) -> list[dict]:
-    """The sandbox's queues at the length its operator policy allows (the broker drops
+    """The sandbox's queues at the length or the bytes their cap allows (the broker drops
     their oldest messages, or refuses new ones, from there), as the management API last
-    counted them."""
+    counted their ready messages: `by` says which cap, `limit` what it is. A queue is full
+    by bytes when one more message of its average size would not fit."""
     try:
-        queues = session.broker.api().queues(session.vhost)
+        queues = session.broker.api().queue_fill(session.vhost)
     except BrokerError:
         return []
     full = []
     for q in queues or []:
         if q["name"] == amqp.firehose_queue():
             continue
-        if (q.get("messages") or 0) >= settings.SANDBOX_QUEUE_MAX_LENGTH:
-            full.append({"name": q["name"], "messages": q.get("messages") or 0})
+        ready = q.get("messages_ready") or 0
+        size = q.get("message_bytes_ready") or 0
+        length_cap = _cap(q, "max-length", "x-max-length")
+        bytes_cap = _cap(q, "max-length-bytes", "x-max-length-bytes")
+        row = {"name": q["name"], "messages": ready, "bytes": size}
+        if length_cap is not None and ready >= length_cap:
+            full.append({**row, "by": "length", "limit": length_cap})
+        elif bytes_cap is not None and ready and size + size / ready > bytes_cap:
+            full.append({**row, "by": "bytes", "limit": bytes_cap})
     return full
 
 
@@ -374,11 +409,48 @@ class Presence(BaseModel):
 
 
 def sandbox_presence_send(*, session: LabSession, presence: Presence) -> None:
+    """Tells every open page of the sandbox, and keeps it for the list of sandboxes
+    (SandboxViewer): a page that says hello or here is there now, one that left is not."""
+    try:
+        if presence.event == "left":
+            SandboxViewer.objects.filter(socket=presence.socket).delete()
+        else:
+            SandboxViewer.objects.update_or_create(
+                socket=presence.socket,
+                defaults={
+                    "session": session,
+                    "user_id": presence.user,
+                    "name": presence.name,
+                    "seen_at": timezone.now(),
+                },
+            )
+    except DatabaseError:
+        # The list of sandboxes misses this page a while; the page itself goes on.
+        log.warning("sandbox %s: presence not stored", session.id, exc_info=True)
     services.send_quietly(
         amqp.lab_key(session.id, "presence"),
         presence.model_dump(),
         exchange=amqp.flow_exchange(),
     )
+
+
+def sandbox_people_here(*, sessions: list[LabSession]) -> dict[str, list[str]]:
+    """Who has a page of each of `sessions` open now (heard from in the last
+    PRESENCE_SECONDS), by lab id: each person once, by name."""
+    since = timezone.now() - timedelta(seconds=PRESENCE_SECONDS)
+    here: dict[str, set[str]] = {}
+    for lab, name in SandboxViewer.objects.filter(
+        session__in=sessions, seen_at__gte=since
+    ).values_list("session_id", "name"):
+        here.setdefault(lab, set()).add(name)
+    return {lab: sorted(names, key=str.casefold) for lab, names in here.items()}
+
+
+def sandbox_viewers_sweep() -> int:
+    """Deletes the pages not heard from for PRESENCE_SECONDS (their sockets never said
+    goodbye: a web process that died). Returns how many."""
+    since = timezone.now() - timedelta(seconds=PRESENCE_SECONDS)
+    return SandboxViewer.objects.filter(seen_at__lt=since).delete()[0]
 
 
 def presence_answer_needed(text: str, *, socket: str) -> bool:

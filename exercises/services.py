@@ -513,10 +513,13 @@ def lab_session_reset(*, session: LabSession) -> LabSession:
         ) from exc
     session.workloads.all().delete()
     CheckpointResult.objects.filter(session=session).delete()
-    # The exercise's own topology again, not the one the learner edited.
+    # The exercise's own topology again, not the one the learner edited, and the document
+    # the lab started from, not one a sandbox's added or removed workloads rewrote.
     session.topology = {}
+    if session.origin:
+        session.source, session.origin = session.origin, ""
     session.__dict__.pop("spec", None)
-    LabSession.objects.filter(pk=session.pk).update(topology={})
+    LabSession.objects.filter(pk=session.pk).update(topology={}, source=session.source, origin="")
     session.steps_shown = _first_step_shown(session.spec)
     LabSession.objects.filter(pk=session.pk).update(steps_shown=session.steps_shown)
     _create_workloads(session)
@@ -998,7 +1001,7 @@ def lab_publish(
         raise LabError(_("this lab has ended"))
     limit = quotas.lab_quotas(user=session.owner).publishes_per_minute
     action = RateEvent.Action.PUBLISH
-    if not quotas.rate_take(user=session.owner, action=action, per_minute=limit):
+    if not quotas.rate_take(user=session.owner, action=action, per_minute=limit, session=session):
         raise LimitReached(
             format_lazy(
                 _(
@@ -1010,7 +1013,7 @@ def lab_publish(
                 seconds=quotas.rate_retry_after(user=session.owner, action=action),
             )
         )
-    if session.sandbox and (refusal := quotas.sandbox_rate_refusal(session=session, publish=True)):
+    if session.sandbox and (refusal := quotas.sandbox_rate_refusal(session=session)):
         raise LimitReached(refusal)
     _refuse_during_alarm(session)
     params = session.broker.parameters(

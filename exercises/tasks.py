@@ -36,8 +36,10 @@ def run_monitor(session_id: str, generation: int) -> str:
 
 @shared_task(name="exercises.sweep_idle_labs")
 def sweep_idle_labs() -> list[str]:
+    from .sandboxes import sandbox_viewers_sweep
     from .services import lab_sessions_sweep_idle
 
+    sandbox_viewers_sweep()
     return lab_sessions_sweep_idle(idle_minutes=settings.LAB_IDLE_MINUTES) + (
         lab_sessions_sweep_idle(idle_minutes=settings.SANDBOX_IDLE_MINUTES, sandbox=True)
     )

@@ -217,6 +217,15 @@ class ManagementClient:
             "messages_unacknowledged,consumers,message_stats,arguments",
         )
 
+    def queue_fill(self, vhost: str) -> list[dict]:
+        """How full the queues of `vhost` are: each one's ready messages and their bytes,
+        its arguments and its effective policy (the operator policy's caps merged in)."""
+        return self.request(
+            "GET",
+            f"queues/{_q(vhost)}?disable_stats=false&columns=name,messages_ready,"
+            "message_bytes_ready,arguments,effective_policy_definition",
+        )
+
     def queue_placement(self, vhost: str) -> list[dict]:
         """Where the queues of `vhost` live: each one's name, type, durability and state;
         a classic queue's `node`; a quorum queue's `leader`, `members` and `online`."""

@@ -4,9 +4,11 @@ SANDBOX_* limits and what the page says when one is hit, presence over the lab's
 and the export that makes the same sandbox again."""
 
 import json
+import time
 
 import pytest
 import yaml
+from channels.db import database_sync_to_async
 from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
@@ -127,8 +129,14 @@ def test_the_socket_is_open_to_members_closed_to_others_and_carries_presence(san
     sandboxes.sandbox_join(token=token, user=people["guest"])
     headers = {who: headers_for(people[who]) for who in ("owner", "guest", "stranger")}
 
+    @database_sync_to_async
+    def here_now():
+        listed = sandboxes.sandboxes_of(user=people["owner"])
+        return next(s["here"] for s in listed if s["id"] == sandbox.id)
+
     async def scenario():
         path = f"/ws/labs/{sandbox.id}/"
+        assert await here_now() == []
         owner, connected, _ = await connect(path, headers["owner"])
         assert connected
         await receive(owner, "snapshot")
@@ -139,9 +147,12 @@ def test_the_socket_is_open_to_members_closed_to_others_and_carries_presence(san
         # The owner hears the guest arrive; the guest hears the owner answer.
         await owner_reader.wait("presence", event="hello", name="guest")
         await guest_reader.wait("presence", event="here", name="owner")
+        # The list of sandboxes, which no socket feeds, shows both too.
+        assert await here_now() == ["guest", "owner"]
         await guest_reader.stop()
         await guest.disconnect()
         await owner_reader.wait("presence", event="left", name="guest")
+        assert await here_now() == ["owner"]
         await owner_reader.stop()
         await owner.disconnect()
         stranger, connected, _ = await connect(path, headers["stranger"])
@@ -247,3 +258,196 @@ def test_every_catalogue_exercise_survives_export_and_reimport(catalogue, people
             services.lab_session_stop(session=second)
         finally:
             services.lab_session_stop(session=first)
+
+
+def declare_queue(client, sandbox, name: str) -> None:
+    declared = client.post(
+        reverse("lab-topology", args=[sandbox.id]),
+        {"action": "declare-queue", "name": name, "type": "classic"},
+    )
+    assert declared.status_code == 200, declared.content.decode()
+
+
+def add_workload(client, sandbox, **fields):
+    return client.post(reverse("lab-sandbox-workload", args=[sandbox.id]), fields)
+
+
+def test_a_workload_past_the_connections_is_refused_in_words_and_not_added(
+    worker, sandbox, people, settings
+):
+    """SANDBOX_MAX_CONNECTIONS counts the console's two and one a workload: the page says
+    so when one more would not fit, and that workload is neither added nor started."""
+    settings.SANDBOX_MAX_CONNECTIONS = 3
+    member = client_of(people["mate"])
+    declare_queue(member, sandbox, "x")
+    first = add_workload(
+        member,
+        sandbox,
+        action="producer",
+        name="p1",
+        exchange="",
+        routing_keys="x",
+        rate=1,
+        start="on",
+    )
+    assert first.status_code == 200, first.content.decode()
+    assert "Added p1; it runs." in first.content.decode()
+    second = add_workload(
+        member,
+        sandbox,
+        action="producer",
+        name="p2",
+        exchange="",
+        routing_keys="x",
+        rate=1,
+        start="on",
+    )
+    assert second.status_code == 400
+    assert "this sandbox may have at most 3 connections" in second.content.decode()
+    sandbox = LabSession.objects.get(pk=sandbox.pk)
+    assert list(sandbox.workloads.values_list("name", flat=True)) == ["p1"]
+    assert [p.name for p in sandbox.spec.workloads.producers] == ["p1"]
+    # Stopped, p1 frees its connection: p2 may now be added and started.
+    services.workload_stop(workload=sandbox.workloads.get(name="p1"))
+    third = add_workload(
+        member,
+        sandbox,
+        action="producer",
+        name="p2",
+        exchange="",
+        routing_keys="x",
+        rate=1,
+        start="on",
+    )
+    assert third.status_code == 200, third.content.decode()
+
+
+def test_a_workload_past_the_channels_is_refused_in_words_and_the_user_holds_it_too(
+    worker, sandbox, people, settings, api
+):
+    """SANDBOX_MAX_CHANNELS counts the console's three, a producer's one and a consumer's
+    two; the lab's user carries the limit on the broker too (vhosts have no channel limit)."""
+    limits = api.request("GET", f"user-limits/{sandbox.rabbit_user}")[0]["value"]
+    assert limits["max-channels"] == settings.SANDBOX_MAX_CHANNELS
+    settings.SANDBOX_MAX_CHANNELS = 5
+    member = client_of(people["mate"])
+    declare_queue(member, sandbox, "orders")
+    producer = add_workload(
+        member,
+        sandbox,
+        action="producer",
+        name="p1",
+        exchange="",
+        routing_keys="orders",
+        rate=1,
+        start="on",
+    )
+    assert producer.status_code == 200, producer.content.decode()
+    consumer = add_workload(
+        member, sandbox, action="consumer", name="c1", queue="orders", start="on"
+    )
+    assert consumer.status_code == 400
+    assert "this sandbox may have at most 5 channels" in consumer.content.decode()
+    assert not sandbox.workloads.filter(name="c1").exists()
+    # Added stopped, it costs nothing until it starts, and its start says the same.
+    stopped = add_workload(member, sandbox, action="consumer", name="c1", queue="orders")
+    assert stopped.status_code == 200, stopped.content.decode()
+    with pytest.raises(services.LimitReached, match="at most 5 channels"):
+        services.workload_start(workload=sandbox.workloads.get(name="c1"))
+
+
+def fill(sandbox, queue: str, *, count: int, size: int) -> None:
+    """Publishes `count` messages of `size` bytes to `queue` as the lab's own user."""
+    from labconsole.broker import amqp
+
+    params = sandbox.broker.parameters(
+        vhost=sandbox.vhost,
+        user=sandbox.rabbit_user,
+        password=sandbox.rabbit_password,
+        name="test-fill",
+    )
+    connection = amqp.connect(params)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for _ in range(count):
+            channel.basic_publish("", queue, b"x" * size)
+    finally:
+        connection.close()
+
+
+def test_a_queue_full_by_length_or_by_bytes_is_named_on_the_limits_card(people, labs, settings):
+    """The operator policy's caps hold on the broker, and the Limits card says which queue
+    is at which cap: by its count, or when one more message of its size would not fit."""
+    settings.SANDBOX_QUEUE_MAX_LENGTH = 5
+    settings.SANDBOX_QUEUE_MAX_BYTES = 1000
+    source = sandboxes.sandbox_source_empty(name="caps")
+    sandbox = sandboxes.sandbox_create(owner=people["owner"], name="caps", source=source)
+    member = client_of(people["owner"])
+    for name in ("short", "heavy", "roomy"):
+        declare_queue(member, sandbox, name)
+    url = reverse("sandbox-limits", args=[sandbox.id])
+    assert "data-full-queue" not in member.get(url).content.decode()
+    fill(sandbox, "short", count=10, size=10)  # 5 kept: full by length
+    fill(sandbox, "heavy", count=10, size=300)  # 3 kept (900 bytes): full by bytes
+    fill(sandbox, "roomy", count=2, size=10)  # neither
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        html = member.get(url).content.decode()
+        if 'data-full-queue="short"' in html and 'data-full-queue="heavy"' in html:
+            break
+        time.sleep(1)
+    assert 'data-full-queue="short" data-full-by="length"' in html, html
+    assert "Queue short is full: it holds at most 5 messages" in html
+    assert 'data-full-queue="heavy" data-full-by="bytes"' in html, html
+    assert "its 3 ready messages take 900" in html
+    assert 'data-full-queue="roomy"' not in html
+
+
+def test_a_reset_goes_back_to_the_workloads_the_sandbox_started_with(
+    worker, catalogue, people, labs
+):
+    """Workloads added and removed on the page rewrite the lab's document; a reset starts
+    from the one the sandbox began with, not from the last such change."""
+    source = sandboxes.sandbox_source_from_exercise(
+        exercise=catalogue["direct-routing"], name="reset"
+    )
+    sandbox = sandboxes.sandbox_create(owner=people["owner"], name="reset", source=source)
+    began = sorted(sandbox.workloads.values_list("name", flat=True))
+    member = client_of(people["owner"])
+    queue = sandbox.spec.topology.queues[0].name
+    added = add_workload(member, sandbox, action="consumer", name="extra", queue=queue)
+    assert added.status_code == 200, added.content.decode()
+    removed = add_workload(member, sandbox, action="remove", name=began[0])
+    assert removed.status_code == 200, removed.content.decode()
+    sandbox = LabSession.objects.get(pk=sandbox.pk)
+    assert "extra" in {c.name for c in sandbox.spec.workloads.consumers}
+    services.lab_session_reset(session=sandbox)
+    sandbox = LabSession.objects.get(pk=sandbox.pk)
+    assert sorted(sandbox.workloads.values_list("name", flat=True)) == began
+    assert sandbox.source == source and sandbox.origin == ""
+
+
+def test_the_page_publishes_count_against_their_own_sandbox_only(people, labs, settings):
+    """SANDBOX_MAX_RATE counts a sandbox's own page publishes: the owner's other sandbox
+    is not held back by them."""
+    settings.SANDBOX_MAX_RATE = 0.05  # three publishes a minute
+    owner = client_of(people["owner"])
+    first, second = (
+        sandboxes.sandbox_create(
+            owner=people["owner"], name=name, source=sandboxes.sandbox_source_empty(name=name)
+        )
+        for name in ("first", "second")
+    )
+
+    def publish(sandbox):
+        return owner.post(
+            reverse("lab-publish", args=[sandbox.id]),
+            {"exchange": "", "routing_key": "x", "body": "{}"},
+        )
+
+    assert [publish(first).status_code for _ in range(3)] == [200, 200, 200]
+    refused = publish(first)
+    assert refused.status_code == 429
+    assert "this sandbox may publish at most 0.05 messages a second" in refused.content.decode()
+    assert publish(second).status_code == 200

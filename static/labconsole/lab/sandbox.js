@@ -1,12 +1,13 @@
 // A sandbox's "People here" (docs/sandboxes.md): every open page of the sandbox says
 // `hello` when its socket connects, `here` with each ping (every 20 s) and in answer to
 // another page's hello or goodbye, and `left` when it closes; main.js hands each such
-// message on as a "lab:presence" event. A page not heard from for EXPIRE_MS (a browser
-// that crashed, a lost network) drops off the list.
+// message on as a "lab:presence" event. A page not heard from for the card's
+// data-expire-seconds (sandboxes.PRESENCE_SECONDS: a browser that crashed, a lost network)
+// drops off the list.
 (() => {
-  const EXPIRE_MS = 50000;
   const list = document.getElementById("people-list");
   if (!list) return;
+  const EXPIRE_MS = Number(document.getElementById("sandbox-people").dataset.expireSeconds) * 1000 || 50000;
   const you = list.dataset.you;
   const pages = new Map(); // socket -> {user, name, at}
 
