@@ -23,7 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from labconsole.broker import amqp, control
 from labconsole.broker.brokers import CLUSTER
 from labconsole.broker.management import BrokerError, ManagementClient
-from labconsole.cluster.local import LocalCluster
+from labconsole.cluster.provider import Cluster, cluster_slot
 
 from .models import LabCluster, LabSession
 from .services import LabError, send_quietly
@@ -39,12 +39,12 @@ def on_cluster(session: LabSession) -> bool:
     return session.spec.broker == CLUSTER
 
 
-def lab_local_cluster(session: LabSession) -> LocalCluster | None:
+def lab_local_cluster(session: LabSession) -> Cluster | None:
     """The nodes the lab runs on; None for a lab on the shared broker, or whose cluster is
     gone (it went with the lab, or with its class)."""
     if not on_cluster(session) or session.cluster is None:
         return None
-    return LocalCluster.slot(session.cluster.slot)
+    return cluster_slot(session.cluster.slot)
 
 
 class NodesNotYours(LabError):
@@ -131,7 +131,7 @@ def classroom_cluster_view(classroom) -> dict:
     view["error"] = cluster.error.strip().splitlines()[0] if cluster.error else ""
     view["running"], view["size"] = cluster_nodes_running(cluster)
     if cluster.state == LabCluster.State.IN_USE:
-        local = LocalCluster.slot(cluster.slot)
+        local = cluster_slot(cluster.slot)
         view["labs"] = cluster.labs.exclude(state=LabSession.State.ENDED).count()
         connections: dict[str, int] = {}
         try:  # every connection to it is a lab's of the class
@@ -150,7 +150,7 @@ def classroom_cluster_view(classroom) -> dict:
     return view
 
 
-def _nodes_view(local: LocalCluster, *, connections: dict, leaders: set, action_url) -> list:
+def _nodes_view(local: Cluster, *, connections: dict, leaders: set, action_url) -> list:
     nodes = []
     for s in local.status():
         name = _short(s.name)
@@ -172,7 +172,7 @@ def _node_state(s) -> str:
     return "running" if s.running else ("stopped" if s.vm else "down")
 
 
-def brokers_now(vhost: str, api: ManagementClient, local: LocalCluster) -> dict:
+def brokers_now(vhost: str, api: ManagementClient, local: Cluster) -> dict:
     """What a lab's timeline compares from one read to the next: each node's state, each
     quorum queue's leader and members online, each classic queue's node and whether it is
     down. Raises BrokerError when no node's management API answers."""
@@ -232,7 +232,7 @@ def broker_events(before: dict, after: dict) -> list[dict]:
     return out
 
 
-def broker_events_reader(vhost: str, api: ManagementClient, local: LocalCluster):
+def broker_events_reader(vhost: str, api: ManagementClient, local: Cluster):
     """For a lab's monitor: a function that returns what changed since its last call (the
     first call only looks). While no node's API answers, it says nothing and keeps what it
     saw last."""
@@ -294,7 +294,7 @@ def _start_fault(cluster: LabCluster, node: str, action: str) -> None:
             _("unknown action '%(action)s' (expected one of: %(actions)s)")
             % {"action": action, "actions": ", ".join(ACTIONS)}
         )
-    local = LocalCluster.slot(cluster.slot)
+    local = cluster_slot(cluster.slot)
     try:
         target = local.node(node)
     except KeyError:

@@ -1,12 +1,14 @@
-"""The pool of local clusters (docs/cluster.md): numbered slots, each a cluster of its own
-node names, ports and directory (`LocalCluster.slot`), tracked in the database
-(`LabCluster`) so that every web and worker process sees one pool.
+"""The pool of clusters (docs/cluster.md): numbered slots, each a cluster of its own (its
+node names, ports and directory with the local provider; `cluster_slot` in
+labconsole/cluster/provider.py), tracked in the database (`LabCluster`) so that every web
+and worker process sees one pool.
 
 - A cluster lab takes a warm cluster (booted, no lab on it yet) at once, and the pool boots
   another, so that LAB_CLUSTER_WARM stay warm. With none warm, the learner asks for one
   from the exercise's page: it boots for them and is kept for them RESERVE_MINUTES.
 - A class has one cluster for all its labs: taken from the pool, or booted for it.
-- At most LAB_CLUSTER_MAX clusters exist at once (booting, warm, in use or going).
+- At most LAB_CLUSTER_MAX clusters exist at once (booting, warm, in use or going), and no
+  more than the provider has (compose: one).
 - A lab's own cluster goes when the lab ends; a class's when the class ends.
 
 Boots and removals run on a thread of the process that asks for them (a web process, or
@@ -30,7 +32,12 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
-from labconsole.cluster.local import LocalCluster
+from labconsole.cluster.provider import (
+    Cluster,
+    cluster_slot,
+    provider_max_slots,
+    provider_slots,
+)
 
 from .models import Classroom, LabCluster, LabSession
 
@@ -49,8 +56,9 @@ def pool_enabled() -> bool:
     return bool(settings.LAB_CLUSTER_SIZE and settings.LAB_CLUSTER_MAX)
 
 
-def local_cluster(cluster: LabCluster) -> LocalCluster:
-    return LocalCluster.slot(cluster.slot)
+def local_cluster(cluster: LabCluster) -> Cluster:
+    """The nodes of the cluster's slot, from the provider of LAB_CLUSTER_PROVIDER."""
+    return cluster_slot(cluster.slot)
 
 
 # --- booting and removing -----------------------------------------------------------------
@@ -64,7 +72,7 @@ def cluster_boot(
     kept for them; one booted for a class is in use by it from the start."""
     while True:
         taken = set(LabCluster.objects.values_list("slot", flat=True))
-        free = [k for k in range(1, settings.LAB_CLUSTER_MAX + 1) if k not in taken]
+        free = [k for k in range(1, provider_max_slots() + 1) if k not in taken]
         if not free:
             return None
         try:
@@ -185,8 +193,8 @@ def pool_empty() -> None:
     for cluster in LabCluster.objects.all():
         cluster_remove(cluster=cluster, wait=True)
         _remove(cluster.pk)  # one another process was removing, or that failed
-    for slot in LocalCluster.slots_on_disk():
-        LocalCluster.slot(slot).down()
+    for slot in provider_slots():
+        cluster_slot(slot).down()
 
 
 # --- taking one -----------------------------------------------------------------------------
@@ -337,7 +345,7 @@ def pool_full_message() -> str:
     """What a learner is told when LAB_CLUSTER_MAX clusters exist and none is free: how
     many there are, what they serve, and when one may be free. Empty below the maximum."""
     clusters = list(LabCluster.objects.all())
-    if len(clusters) < settings.LAB_CLUSTER_MAX:
+    if len(clusters) < provider_max_slots():
         return ""
     labs = sum(1 for c in clusters if c.state == State.IN_USE and c.classroom_id is None)
     classes = sum(1 for c in clusters if c.classroom_id is not None)

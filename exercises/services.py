@@ -23,7 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from labconsole.broker import amqp, control
 from labconsole.broker.brokers import CLUSTER
 from labconsole.broker.management import BrokerError
-from labconsole.cluster.local import PLUGINS as CLUSTER_PLUGINS
+from labconsole.cluster.provider import cluster_provider
 from labconsole.workloads.load import load_setting
 
 from . import cluster_pool, provisioning, quotas
@@ -248,7 +248,7 @@ def _refuse_missing_plugins(session: LabSession) -> None:
         return
     try:
         if session.spec.broker == CLUSTER:
-            enabled = list(CLUSTER_PLUGINS)
+            enabled = list(cluster_provider().plugins)
         else:
             enabled = session.broker.api().enabled_plugins()
     except BrokerError:

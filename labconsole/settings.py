@@ -292,6 +292,14 @@ RUNTIME_LEASE_SECONDS = env.float("RUNTIME_LEASE_SECONDS", default=6.0)
 RUNTIME_LOCAL_REPORTS = env.bool("RUNTIME_LOCAL_REPORTS", default=True)
 
 # --- Brokers of a lab's own (labconsole/cluster, docs/cluster.md) -----------------------
+# Where the clusters come from (labconsole/cluster/provider.py): "local", nodes the console
+# runs itself (the settings below), or "compose", the three RabbitMQ containers of
+# docker-compose.yml's `cluster` profile, one cluster, which the console controls through
+# the Docker Engine API at LAB_DOCKER_SOCKET, finding them by the labels of compose project
+# LAB_COMPOSE_PROJECT.
+LAB_CLUSTER_PROVIDER = env("LAB_CLUSTER_PROVIDER", default="local")
+LAB_DOCKER_SOCKET = env("LAB_DOCKER_SOCKET", default="/var/run/docker.sock")
+LAB_COMPOSE_PROJECT = env("LAB_COMPOSE_PROJECT", default="")
 # A pool of local clusters of LAB_CLUSTER_SIZE nodes each, run from the installed RabbitMQ,
 # one per slot k (1, 2, ...): nodes <prefix>c<k>n1@localhost..., files under
 # LAB_CLUSTER_DIR/c<k>, AMQP ports from LAB_CLUSTER_PORT + 10 k, management ports 10000

@@ -50,15 +50,15 @@ def firehose_arguments(name: str) -> dict:
 def lab_broker(name: str = SHARED, *, slot: int | None = None) -> LabBroker:
     """The shared broker, or for `name` CLUSTER the cluster of pool slot `slot`."""
     if name == CLUSTER:
-        from labconsole.cluster.local import LocalCluster
+        from labconsole.cluster.provider import cluster_slot
 
         if slot is None:
             raise ValueError("a lab on a cluster needs the cluster's slot")
-        cluster = LocalCluster.slot(slot)
+        cluster = cluster_slot(slot)
         api = cluster.management()
         return LabBroker(
             name=CLUSTER,
-            nodes=tuple(("127.0.0.1", n.port) for n in cluster.nodes),
+            nodes=tuple((n.host, n.port) for n in cluster.nodes),
             api_url=",".join(api.urls),
             api_user=api.session.auth[0],
             api_password=api.session.auth[1],

@@ -11,7 +11,6 @@ directory, which carries a marker file; `down()` removes a directory only with t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from . import lock
 
 BIN = Path("/usr/lib/rabbitmq/bin")
 BOOT_TIMEOUT = 120.0
@@ -47,6 +48,9 @@ def port_open(port: int) -> bool:
 class LocalNode:
     """One node: `base` holds its files; `home` holds the Erlang cookie it shares with its
     peers (its own directory when it has none)."""
+
+    host = "127.0.0.1"  # every port of the node listens here only
+    stopped = "RabbitMQ stopped, the VM runs"  # after stop_app
 
     def __init__(
         self,
@@ -372,27 +376,14 @@ class LocalCluster:
     def _lock_path(self) -> Path:
         return self.base.parent / f".{self.base.name}.lock"
 
-    @contextlib.contextmanager
     def _one_at_a_time(self):
         """Another process bringing the same cluster up or down (two web processes asked
         for it at once, say) is waited for."""
-        self.base.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return lock.held(self._lock_path)
 
     def busy(self) -> bool:
         """Whether a process (this one too) is bringing the cluster up or down now."""
-        try:
-            lock = open(self._lock_path)  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            return False
-        with lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            return False  # the lock goes with the file's close
+        return lock.is_held(self._lock_path)
 
     def up(self, timeout: float = BOOT_TIMEOUT) -> float:
         """Starts the nodes that are not running and returns once all of them run in one
@@ -511,3 +502,47 @@ class LocalCluster:
         return self.management().request(
             "GET", f"queues/{quote(vhost, safe='')}/{quote(name, safe='')}"
         )
+
+
+class LocalProvider:
+    """The pool's clusters as local nodes: any number of slots (LAB_CLUSTER_MAX bounds
+    them), each with names, ports and a directory of its own."""
+
+    name = "local"
+    max_slots: int | None = None
+    plugins = PLUGINS
+    removed = "their files removed"
+
+    @property
+    def where(self) -> str:
+        from django.conf import settings
+
+        return settings.LAB_CLUSTER_DIR
+
+    @property
+    def naming(self) -> str:
+        from django.conf import settings
+
+        return (
+            f"cluster k's nodes are {settings.LAB_CLUSTER_PREFIX}c<k>n1.."
+            f"{settings.LAB_CLUSTER_SIZE}"
+        )
+
+    def slot(self, k: int) -> LocalCluster:
+        return LocalCluster.slot(k)
+
+    def slots_found(self) -> list[int]:
+        return LocalCluster.slots_on_disk()
+
+    def before_pool(self) -> LocalCluster | None:
+        """The one cluster of the console before the pool, if its files are still there:
+        nodes <prefix>1, <prefix>2... with their files in LAB_CLUSTER_DIR itself."""
+        from django.conf import settings
+
+        before = LocalCluster(
+            Path(settings.LAB_CLUSTER_DIR),
+            size=settings.LAB_CLUSTER_SIZE,
+            port=settings.LAB_CLUSTER_PORT,
+            prefix=settings.LAB_CLUSTER_PREFIX,
+        )
+        return before if before.ours() else None

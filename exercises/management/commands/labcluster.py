@@ -1,16 +1,15 @@
-"""`python manage.py labcluster up|down|status|stop|kill|start`: the pool of local clusters
-of brokers of a lab's own (exercises/cluster_pool.py, labconsole/cluster/local.py,
-docs/cluster.md)."""
+"""`python manage.py labcluster up|down|status|stop|kill|start`: the pool of clusters of
+brokers of a lab's own (exercises/cluster_pool.py), from the provider of
+LAB_CLUSTER_PROVIDER (labconsole/cluster/provider.py, docs/cluster.md)."""
 
 import json
-from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from exercises import cluster_pool
 from exercises.models import LabCluster
-from labconsole.cluster.local import LocalCluster, LocalNode
+from labconsole.cluster.provider import Node, cluster_provider, cluster_slot, provider_slots
 
 
 class Command(BaseCommand):
@@ -52,29 +51,25 @@ class Command(BaseCommand):
 
     def handle_down(self, **_):
         slots = sorted(
-            set(LabCluster.objects.values_list("slot", flat=True))
-            | set(LocalCluster.slots_on_disk())
+            set(LabCluster.objects.values_list("slot", flat=True)) | set(provider_slots())
         )
-        # The one cluster of the console before the pool: nodes <prefix>1, <prefix>2...
-        # with their files in LAB_CLUSTER_DIR itself.
-        before = LocalCluster(
-            Path(settings.LAB_CLUSTER_DIR),
-            size=settings.LAB_CLUSTER_SIZE,
-            port=settings.LAB_CLUSTER_PORT,
-            prefix=settings.LAB_CLUSTER_PREFIX,
-        )
-        if not slots and not before.ours():
-            self.stdout.write(f"no cluster in {settings.LAB_CLUSTER_DIR}")
+        # The one cluster of the console before the pool (local nodes <prefix>1,
+        # <prefix>2... with their files in LAB_CLUSTER_DIR itself), if it is there.
+        provider = cluster_provider()
+        before = provider.before_pool()
+        if not slots and before is None:
+            self.stdout.write(f"no cluster in {provider.where}")
             return
         cluster_pool.pool_empty()
         gone = [f"cluster {k}" for k in slots]
-        if before.ours():
+        if before is not None:
             before.down()
             gone.append(f"the cluster of {before.names()}")
-        left = [line for k in slots for line in LocalCluster.slot(k).leftovers()]
+        left = [line for k in slots for line in cluster_slot(k).leftovers()]
         if left:
-            raise CommandError("still there: " + "; ".join(left + before.leftovers()))
-        self.stdout.write(f"{', '.join(gone)} down; their files removed")
+            before_left = before.leftovers() if before is not None else []
+            raise CommandError("still there: " + "; ".join(left + before_left))
+        self.stdout.write(f"{', '.join(gone)} down; {provider.removed}")
 
     def handle_status(self, *, as_json: bool = False, **_):
         clusters = list(LabCluster.objects.select_related("classroom", "reserved_for"))
@@ -111,20 +106,20 @@ class Command(BaseCommand):
             state = "running" if s.running else ("app stopped" if s.vm else "down")
             self.stdout.write(f"  {s.name:<24} {state:<12} amqp {s.port}  http {s.mgmt_port}")
 
-    def _node(self, name: str) -> LocalNode:
+    def _node(self, name: str) -> Node:
         for k in LabCluster.objects.values_list("slot", flat=True):
-            local = LocalCluster.slot(k)
+            local = cluster_slot(k)
             if any(name in (n.name, n.node) for n in local.nodes):
                 return local.node(name)
         raise KeyError(
-            f"no node {name!r} in any cluster (cluster k's nodes are "
-            f"{settings.LAB_CLUSTER_PREFIX}c<k>n1..{settings.LAB_CLUSTER_SIZE}; "
+            f"no node {name!r} in any cluster ({cluster_provider().naming}; "
             f"`labcluster status` lists them)"
         )
 
     def handle_stop(self, *, node, **_):
-        self._node(node).stop_app()
-        self.stdout.write(f"{self._node(node).node}: RabbitMQ stopped, the VM runs")
+        target = self._node(node)
+        target.stop_app()
+        self.stdout.write(f"{target.node}: {target.stopped}")
 
     def handle_kill(self, *, node, **_):
         self._node(node).kill()
