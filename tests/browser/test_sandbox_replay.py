@@ -24,6 +24,17 @@ def live(page) -> int:
     )
 
 
+def log_rows(page) -> list[str]:
+    return page.eval_on_selector_all("#log-rows tr", "rows => rows.map(r => r.dataset.seq)")
+
+
+def replay_seqs(page) -> set[str]:
+    """The events of the second the page replays, as replay.js handed it over."""
+    return set(
+        page.evaluate("() => window.labConsole.replay.second.events.map(e => String(e.seq))")
+    )
+
+
 def test_scrub_back_and_return_to_live(page, live_server_url, learner, catalogue, labs):
     """The replayed second shows fewer messages published than live; live comes back."""
     source = sandboxes.sandbox_source_from_exercise(
@@ -52,6 +63,21 @@ def test_scrub_back_and_return_to_live(page, live_server_url, learner, catalogue
         f"() => window.labConsole.state.counters['temperature-sensor'].published > {replayed + 4}"
     )
     assert shown(page) == replayed < live(page)
+    # The log shows that second's events, and goes on showing them whatever redraws it: a
+    # filter changed and back, a socket that reconnects (its snapshot redraws the page).
+    replayed_rows = log_rows(page)
+    assert replayed_rows and set(replayed_rows) <= replay_seqs(page)
+    page.select_option("#log-filter-kind", index=1)
+    page.select_option("#log-filter-kind", index=0)
+    assert log_rows(page) == replayed_rows
+    frames = page.evaluate("() => window.labConsole.state.framesReceived")
+    page.evaluate("() => window.labConsole.reconnect()")
+    page.wait_for_function(
+        f"() => window.labConsole.state.connected && "
+        f"window.labConsole.state.framesReceived > {frames + 2}"
+    )
+    assert log_rows(page) == replayed_rows
+    assert shown(page) == replayed
     page.locator("#sandbox-replay").screenshot(path=str(SCREENSHOTS / "sandbox-replay.png"))
 
     page.locator("#replay-live").click()

@@ -170,7 +170,7 @@ function main(configEl, labEl) {
     get drawn() { return drawn; }, // a Promise: the graph drawn once ELK laid it out
     reconnect: () => { attempt = 0; connectNow(); },
     // A sandbox's replay (replay.js): draws one second of its history instead of live.
-    replay: { show: showReplay, live: backToLive, get replaying() { return replaying !== null; } },
+    replay: { show: showReplay, live: backToLive, get replaying() { return replaying !== null; }, get second() { return replaying; } },
   };
 
   // ------------------------------------------------------------------ helpers
@@ -1439,6 +1439,9 @@ function main(configEl, labEl) {
 
   function renderLog() {
     unflushed = [];
+    // A replayed second (replay.js) keeps its own rows, whatever redraws the log (a filter
+    // changed, a reconnect's snapshot, pause): live rows come back with "Back to live".
+    if (replaying) return renderReplayLog();
     const rows = [];
     for (let i = state.events.length - 1; i >= 0 && rows.length < MAX_EVENTS; i--) {
       if (matches(state.events[i])) rows.push(eventRow(state.events[i], false));
@@ -1916,10 +1919,16 @@ function main(configEl, labEl) {
     applyCounters();
     renderStats();
     clearDots();
+    renderReplayLog();
+  }
+
+  function renderReplayLog() {
+    const events = replaying.events;
     const rows = [];
-    for (let i = second.events.length - 1; i >= 0; i--) if (matches(second.events[i])) rows.push(eventRow(second.events[i], false));
+    for (let i = events.length - 1; i >= 0; i--) if (matches(events[i])) rows.push(eventRow(events[i], false));
     logRows.replaceChildren(...rows);
     logEmpty.hidden = rows.length > 0;
+    if (!rows.length) logEmpty.textContent = logEmptyText;
   }
 
   function backToLive() {
