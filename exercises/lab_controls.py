@@ -117,15 +117,15 @@ def _document(spec: ExerciseSpec) -> str:
 
 
 def _with_workloads(row: LabSession, workloads: dict, focus: str, *, deleting: bool):
-    """The lab's exercise with other workloads, if it follows every rule of the format and
-    the lab's vhost limits; else WorkloadRefused or LabError."""
+    """The lab's exercise with other workloads, if it follows every rule of the format;
+    else WorkloadRefused. A stopped workload costs the vhost nothing: the sandbox's
+    connections and channels are checked for the running ones, when one starts
+    (_refuse_over_sandbox_limits, services.workload_start)."""
     spec = row.spec
     try:
-        new = validate_data({**spec.model_dump(), "workloads": workloads})
+        return validate_data({**spec.model_dump(), "workloads": workloads})
     except SpecError as exc:
         raise WorkloadRefused(services._spec_problems(exc, focus, deleting=deleting)) from None
-    services._refuse_over_vhost_limits(new, quotas.lab_quotas(user=row.owner))
-    return new
 
 
 def _announce_workloads(session: LabSession, spec: ExerciseSpec, change: dict) -> None:

@@ -176,7 +176,9 @@ def _start_tasks(session: LabSession, *, run_workloads: bool) -> None:
     run_monitor.apply_async(args=[session.id, session.generation])
 
 
-def _refuse_over_vhost_limits(spec: ExerciseSpec, limits: quotas.LabQuotas) -> None:
+def _refuse_over_vhost_limits(
+    spec: ExerciseSpec, limits: quotas.LabQuotas, *, sandbox: bool = False
+) -> None:
     """A lab whose own objects exceed its vhost's limits would fail half-way: say so first.
     Every workload connects as the lab's user (one connection, a consumer two channels),
     and so do the monitor (two channels) and a publish from the page (one)."""
@@ -194,10 +196,16 @@ def _refuse_over_vhost_limits(spec: ExerciseSpec, limits: quotas.LabQuotas) -> N
         if n > cap
     ]
     if over:
+        over = format_lazy(", ".join(["{}"] * len(over)), *over)
         raise LabError(
             format_lazy(
-                _("This exercise needs more than a lab may use: {over}. Ask an instructor."),
-                over=format_lazy(", ".join(["{}"] * len(over)), *over),
+                _(
+                    "This sandbox would need more than a sandbox may use: {over}. Start it "
+                    "with fewer workloads, or without them and add them one by one."
+                )
+                if sandbox
+                else _("This exercise needs more than a lab may use: {over}. Ask an instructor."),
+                over=over,
             )
         )
 
@@ -341,7 +349,7 @@ def lab_session_start(
     _refuse_missing_plugins(session)
     session.steps_shown = _first_step_shown(session.spec)
     limits = quotas.lab_quotas(user=owner, sandbox=sandbox)
-    _refuse_over_vhost_limits(session.spec, limits)
+    _refuse_over_vhost_limits(session.spec, limits, sandbox=sandbox)
     if enforce_quotas:
         _record_within_limits(session, limits)
     else:

@@ -451,3 +451,26 @@ def test_the_page_publishes_count_against_their_own_sandbox_only(people, labs, s
     assert refused.status_code == 429
     assert "this sandbox may publish at most 0.05 messages a second" in refused.content.decode()
     assert publish(second).status_code == 200
+
+
+def test_a_sandbox_whose_workloads_need_more_than_its_limits_is_not_started(
+    catalogue, people, labs, settings, api
+):
+    """Started from an exercise whose workloads need more connections than a sandbox has,
+    the New sandbox page says so in a sandbox's words, and nothing is made."""
+    settings.SANDBOX_MAX_CONNECTIONS = 3
+    vhosts_before = {v["name"] for v in api.request("GET", "vhosts")}
+    response = client_of(people["owner"]).post(
+        reverse("sandbox-new"),
+        {
+            "name": "too many",
+            "start": "exercise",
+            "exercise": "direct-routing",
+            "team": people["team"].pk,
+        },
+    )
+    html = response.content.decode()
+    assert "This sandbox would need more than a sandbox may use: connections:" in html, html
+    assert "(at most 3)" in html
+    assert not LabSession.objects.filter(sandbox=True, owner=people["owner"]).exists()
+    assert {v["name"] for v in api.request("GET", "vhosts")} == vhosts_before
