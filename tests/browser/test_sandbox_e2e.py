@@ -73,6 +73,12 @@ def test_two_members_build_a_sandbox_together(
     bob.wait_for_function(CONNECTED)
     expect(page.locator("#people-list li[data-user]")).to_have_text(["Bob"], timeout=15_000)
     expect(bob.locator("#people-list li[data-user]")).to_have_text(["learner"], timeout=15_000)
+    # The list of sandboxes, in another tab of the owner's, says who has it open.
+    listing = page.context.new_page()
+    listing.goto(f"{url}/sandboxes/")
+    here = listing.locator(f'tr[data-sandbox="{session.id}"] .sandbox-here')
+    expect(here).to_have_text("Bob, learner")
+    listing.close()
     page.locator("#invite-create").click()
     expect(page.locator("#invite-message")).to_be_visible()
     page.locator("#controls").screenshot(path=str(SCREENSHOTS / "sandbox-cards.png"))
