@@ -219,6 +219,10 @@ class LabSession(models.Model):
     rabbit_password = models.CharField(max_length=64, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # Why it ended, when the console ended it by itself: the page says so.
+    end_reason = models.CharField(
+        max_length=10, choices=[("idle", "idle")], blank=True, default="", editable=False
+    )
     # Ended, but its vhost and user could not be deleted yet (the broker was away): the
     # sweeper deletes them when the broker is back (exercises/sweep.py).
     teardown_pending = models.BooleanField(default=False, editable=False)

@@ -456,9 +456,10 @@ def lab_session_teardown(*, session: LabSession) -> bool:
     return not pending
 
 
-def lab_session_stop(*, session: LabSession) -> LabSession:
+def lab_session_stop(*, session: LabSession, reason: str = "") -> LabSession:
     """Ends the lab at once (in the database), stops the workloads and the monitor and
-    deletes the vhost and user. With the broker away the lab ends all the same and its
+    deletes the vhost and user; `reason` says why when the console ends it by itself
+    ("idle"). With the broker away the lab ends all the same and its
     vhost and user are deleted by the sweeper once the broker is back. Idempotent, and
     safe beside a start or reset of the same lab: those see it ended when they finish
     (a conditional update) and delete what they made."""
@@ -466,9 +467,9 @@ def lab_session_stop(*, session: LabSession) -> LabSession:
     if (
         LabSession.objects.filter(pk=session.pk)
         .exclude(state=LabSession.State.ENDED)
-        .update(state=LabSession.State.ENDED, ended_at=now)
+        .update(state=LabSession.State.ENDED, ended_at=now, end_reason=reason)
     ):
-        session.ended_at = now
+        session.ended_at, session.end_reason = now, reason
     session.state = LabSession.State.ENDED
     _stop_tasks(session)
     lab_session_teardown(session=session)
@@ -594,7 +595,7 @@ def lab_sessions_sweep_idle(*, idle_minutes: int, sandbox: bool = False) -> list
     for session in LabSession.objects.exclude(state=LabSession.State.ENDED).filter(
         last_seen_at__lt=cutoff, sandbox=sandbox
     ):
-        lab_session_stop(session=session)
+        lab_session_stop(session=session, reason="idle")
         ended.append(session.id)
     return ended
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
@@ -200,6 +201,12 @@ def lab(request: HttpRequest, lab_id: str) -> HttpResponse:
                 "reset_url": reverse("lab-reset", args=[session.id]),
                 "publish_url": reverse("lab-publish", args=[session.id]),
                 "kept": state.get("kept", True),
+                # Ended by the idle sweep: after how many minutes nobody had it open.
+                "idle_minutes": (
+                    settings.SANDBOX_IDLE_MINUTES if session.sandbox else settings.LAB_IDLE_MINUTES
+                )
+                if session.end_reason == "idle"
+                else None,
                 "trial": session.trial,
                 "sandbox": selectors.lab_allows_sandbox_controls(session),
             },

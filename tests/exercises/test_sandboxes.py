@@ -474,3 +474,29 @@ def test_a_sandbox_whose_workloads_need_more_than_its_limits_is_not_started(
     assert "(at most 3)" in html
     assert not LabSession.objects.filter(sandbox=True, owner=people["owner"]).exists()
     assert {v["name"] for v in api.request("GET", "vhosts")} == vhosts_before
+
+
+def test_a_sandbox_ended_for_idling_says_so_and_leads_back_to_the_sandboxes(people, labs, settings):
+    """The idle sweep ends a sandbox nobody had open for SANDBOX_IDLE_MINUTES; its page then
+    says why, where a sandbox its owner ended does not."""
+    from django.utils import timezone
+
+    idle, ended = (
+        sandboxes.sandbox_create(
+            owner=people["owner"], name=name, source=sandboxes.sandbox_source_empty(name=name)
+        )
+        for name in ("idle", "ended")
+    )
+    long_ago = timezone.now() - timezone.timedelta(minutes=settings.SANDBOX_IDLE_MINUTES + 1)
+    LabSession.objects.filter(pk=idle.pk).update(last_seen_at=long_ago)
+    assert services.lab_sessions_sweep_idle(
+        idle_minutes=settings.SANDBOX_IDLE_MINUTES, sandbox=True
+    ) == [idle.id]
+    sandboxes.sandbox_end(session=ended, user=people["owner"])
+    owner = client_of(people["owner"])
+    html = owner.get(reverse("lab", args=[idle.id])).content.decode()
+    minutes = settings.SANDBOX_IDLE_MINUTES
+    assert f"Nobody had it open for {minutes} minutes, so the console ended it." in html
+    assert f'href="{reverse("sandboxes")}"' in html
+    html = owner.get(reverse("lab", args=[ended.id])).content.decode()
+    assert "This lab has ended." in html and "Nobody had it open" not in html
