@@ -498,5 +498,8 @@ def test_a_sandbox_ended_for_idling_says_so_and_leads_back_to_the_sandboxes(peop
     minutes = settings.SANDBOX_IDLE_MINUTES
     assert f"Nobody had it open for {minutes} minutes, so the console ended it." in html
     assert f'href="{reverse("sandboxes")}"' in html
+    # Nothing on it leads to the sandbox's hidden exercise, which has no page.
+    assert reverse("exercise", args=[idle.exercise.slug]) not in html
+    assert owner.get(reverse("exercise", args=[idle.exercise.slug])).status_code == 404
     html = owner.get(reverse("lab", args=[ended.id])).content.decode()
     assert "This lab has ended." in html and "Nobody had it open" not in html

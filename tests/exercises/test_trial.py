@@ -78,6 +78,10 @@ def test_a_new_exercise_is_tried_as_the_authors_hidden_draft(
     learners = Client()
     learners.force_login(learner)
     assert draft.slug not in text_of(learners.get(reverse("catalogue")))
+    # The trial's page leads nowhere near the draft, which has no page of its own.
+    draft_url = reverse("exercise", args=[draft.slug])
+    assert draft_url not in admin_in.get(first.get_absolute_url()).content.decode()
+    assert admin_in.get(draft_url).status_code == 404
     # Trying again ends the earlier trial of the same exercise and reuses the draft.
     assert admin_in.post(try_url(), {"source": source}).status_code == 302
     second = LabSession.objects.exclude(pk=first.pk).get(trial=True)
