@@ -118,8 +118,10 @@ def play_hello(s, *, mistake=False):
         publish(s, "", "hello")
         return
     publish(s, "", "helo")
-    assert not publish(s, "", "helo", mandatory=True).routed
     yield s, ("typo-dropped",)
+    assert "typo-returned" not in passed(s)  # dropped silently, nothing came back
+    assert not publish(s, "", "helo", mandatory=True).routed
+    yield s, ("typo-dropped", "typo-returned")
 
 
 def play_fanout(s, *, mistake=False):
