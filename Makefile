@@ -25,7 +25,7 @@ POSTGRES_TESTS = -m database tests/exercises tests/test_*.py \
 	--ignore=tests/test_supervise.py
 
 # The same preparation plus the test tools and a PostgreSQL, then the whole suite on
-# SQLite and the tests that touch the database again on PostgreSQL, in two runs side by
+# SQLite and the tests that touch the database again on PostgreSQL, in three runs side by
 # side (scripts/test says how they are split).
 test:
 	scripts/setup --dev
@@ -46,4 +46,4 @@ bench:
 
 clean:
 	-test -x .venv/bin/python && .venv/bin/python manage.py labcluster down
-	rm -rf .venv staticfiles db.sqlite3* test-db.sqlite3* test-db-2.sqlite3* test-artifacts var
+	rm -rf .venv staticfiles db.sqlite3* test-db.sqlite3* test-db-2.sqlite3* test-db-3.sqlite3* test-artifacts var
