@@ -30,6 +30,7 @@ from labconsole.broker.management import BrokerError, ManagementClient
 
 from . import lock
 from .local import NodeState
+from .provider import NodesByName
 
 log = logging.getLogger(__name__)
 
@@ -188,20 +189,11 @@ class ComposeNode:
             time.sleep(0.5)
 
 
-class ComposeCluster:
+class ComposeCluster(NodesByName):
     def __init__(self, engine: Engine, lock_path: Path):
         self.engine = engine
         self.nodes = [ComposeNode(service, engine) for service in SERVICES]
         self._lock_path = lock_path
-
-    def node(self, name: str) -> ComposeNode:
-        for node in self.nodes:
-            if name in (node.name, node.node):
-                return node
-        raise KeyError(f"no node {name!r} in this cluster (its nodes: {self.names()})")
-
-    def names(self) -> str:
-        return ", ".join(node.name for node in self.nodes)
 
     def ours(self) -> bool:
         """Always False: `up` itself takes away what an earlier cluster's labs left."""

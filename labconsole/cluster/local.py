@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 
 from . import lock
+from .provider import NodesByName
 
 BIN = Path("/usr/lib/rabbitmq/bin")
 BOOT_TIMEOUT = 120.0
@@ -309,7 +310,7 @@ class NodeState:
     pid: int | None
 
 
-class LocalCluster:
+class LocalCluster(NodesByName):
     """`size` nodes named `<prefix>1@localhost`..., with AMQP ports from `port`, management
     ports from `port + 10000` and distribution ports from `port + 20000`."""
 
@@ -358,15 +359,6 @@ class LocalCluster:
         base = Path(settings.LAB_CLUSTER_DIR)
         found = base.glob("c*/" + MARKER) if base.is_dir() else []
         return sorted(int(m.parent.name[1:]) for m in found if m.parent.name[1:].isdigit())
-
-    def node(self, name: str) -> LocalNode:
-        for node in self.nodes:
-            if name in (node.name, node.node):
-                return node
-        raise KeyError(f"no node {name!r} in this cluster (its nodes: {self.names()})")
-
-    def names(self) -> str:
-        return ", ".join(node.name for node in self.nodes)
 
     def ours(self) -> bool:
         return (self.base / MARKER).exists()

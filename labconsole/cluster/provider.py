@@ -50,6 +50,22 @@ class Node(Protocol):
     def vm_running(self) -> bool: ...
 
 
+class NodesByName:
+    """`node` and `names` of a cluster whose `nodes` each have a short and an Erlang name:
+    the same for every provider."""
+
+    nodes: list
+
+    def node(self, name: str):
+        for node in self.nodes:
+            if name in (node.name, node.node):
+                return node
+        raise KeyError(f"no node {name!r} in this cluster (its nodes: {self.names()})")
+
+    def names(self) -> str:
+        return ", ".join(node.name for node in self.nodes)
+
+
 class Cluster(Protocol):
     nodes: list  # of Node
 

@@ -272,6 +272,20 @@ def add_workload(client, sandbox, **fields):
     return client.post(reverse("lab-sandbox-workload", args=[sandbox.id]), fields)
 
 
+def add_producer(client, sandbox, name: str, queue: str):
+    """A producer at 1 msg/s into `queue` through the default exchange, started at once."""
+    return add_workload(
+        client,
+        sandbox,
+        action="producer",
+        name=name,
+        exchange="",
+        routing_keys=queue,
+        rate=1,
+        start="on",
+    )
+
+
 def test_a_workload_past_the_connections_is_refused_in_words_and_not_added(
     worker, sandbox, people, settings
 ):
@@ -280,28 +294,10 @@ def test_a_workload_past_the_connections_is_refused_in_words_and_not_added(
     settings.SANDBOX_MAX_CONNECTIONS = 3
     member = client_of(people["mate"])
     declare_queue(member, sandbox, "x")
-    first = add_workload(
-        member,
-        sandbox,
-        action="producer",
-        name="p1",
-        exchange="",
-        routing_keys="x",
-        rate=1,
-        start="on",
-    )
+    first = add_producer(member, sandbox, "p1", "x")
     assert first.status_code == 200, first.content.decode()
     assert "Added p1; it runs." in first.content.decode()
-    second = add_workload(
-        member,
-        sandbox,
-        action="producer",
-        name="p2",
-        exchange="",
-        routing_keys="x",
-        rate=1,
-        start="on",
-    )
+    second = add_producer(member, sandbox, "p2", "x")
     assert second.status_code == 400
     assert "this sandbox may have at most 3 connections" in second.content.decode()
     sandbox = LabSession.objects.get(pk=sandbox.pk)
@@ -309,16 +305,7 @@ def test_a_workload_past_the_connections_is_refused_in_words_and_not_added(
     assert [p.name for p in sandbox.spec.workloads.producers] == ["p1"]
     # Stopped, p1 frees its connection: p2 may now be added and started.
     services.workload_stop(workload=sandbox.workloads.get(name="p1"))
-    third = add_workload(
-        member,
-        sandbox,
-        action="producer",
-        name="p2",
-        exchange="",
-        routing_keys="x",
-        rate=1,
-        start="on",
-    )
+    third = add_producer(member, sandbox, "p2", "x")
     assert third.status_code == 200, third.content.decode()
 
 
@@ -332,16 +319,7 @@ def test_a_workload_past_the_channels_is_refused_in_words_and_the_user_holds_it_
     settings.SANDBOX_MAX_CHANNELS = 5
     member = client_of(people["mate"])
     declare_queue(member, sandbox, "orders")
-    producer = add_workload(
-        member,
-        sandbox,
-        action="producer",
-        name="p1",
-        exchange="",
-        routing_keys="orders",
-        rate=1,
-        start="on",
-    )
+    producer = add_producer(member, sandbox, "p1", "orders")
     assert producer.status_code == 200, producer.content.decode()
     consumer = add_workload(
         member, sandbox, action="consumer", name="c1", queue="orders", start="on"
