@@ -53,7 +53,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, method: str):
         url = urlsplit(self.path)
         self.server.owner.requests.append((method, url.path, parse_qs(url.query)))
-        status, body = self.server.owner.answer(method, unquote(url.path), parse_qs(url.query))
+        self._reply(*self.server.owner.answer(method, unquote(url.path), parse_qs(url.query)))
+
+    def _reply(self, status: int, body) -> None:
         data = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -137,13 +139,7 @@ class FakeManagement:
             def _answer(self, method):
                 url = urlsplit(self.path)
                 owner.requests.append((method, unquote(url.path)))
-                status, body = owner.answer(method, unquote(url.path))
-                data = b"" if body is None else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._reply(*owner.answer(method, unquote(url.path)))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
