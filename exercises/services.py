@@ -547,6 +547,29 @@ def lab_session_reset(*, session: LabSession) -> LabSession:
     return session
 
 
+#: Seconds lab_step_show waits for the lab's monitor to mark the new step.
+STEP_MARK_TIMEOUT = 1.0
+
+
+def _tell_monitor_steps(session: LabSession, shown: dict) -> None:
+    """The lab's monitor marks where a new step's checkpoints start counting from, and says
+    it did before this returns: whatever the learner does next (a publish right after
+    "Next step") counts for the new step, not into its starting mark. A monitor that does
+    not answer in STEP_MARK_TIMEOUT (down, taken over) gets the marks when it resumes from
+    the lab's row (exercises/runtime.py)."""
+    try:
+        answer = control.ask(
+            control.monitor_key(session.id),
+            {"op": "steps", "shown": shown},
+            timeout=STEP_MARK_TIMEOUT,
+        )
+    except (px.AMQPError, OSError):
+        log.warning("lab %s: the steps shown were not sent to its monitor", session.id)
+        return
+    if answer is None:
+        log.info("lab %s: its monitor did not confirm the steps shown in time", session.id)
+
+
 def lab_step_show(*, session: LabSession, step: str) -> LabSession:
     """The learner moves on to `step`, the one after the last step shown, once that one is
     complete. Records when it was first shown (its checkpoints count only what happens
@@ -577,7 +600,7 @@ def lab_step_show(*, session: LabSession, step: str) -> LabSession:
         row.steps_shown = shown
         row.save(update_fields=["steps_shown"])
     session.steps_shown = shown
-    send_quietly(control.monitor_key(session.id), {"op": "steps", "shown": shown})
+    _tell_monitor_steps(session, shown)
     # Every open page of the lab opens the step too (docs/live-protocol.md, `steps`).
     _announce(session, "steps", {"shown": sorted(shown)})
     return session

@@ -617,6 +617,14 @@ class LabMonitor(Unit):
             self._broker_event({**data["event"], "kind": "broker", "t": time.time()})
         if data.get("op") == "steps":
             self.show_steps(data.get("shown") or {})
+            if message.reply_to:
+                # Marked: the asker's next action counts for the new step.
+                self.bus.publish(
+                    "",
+                    message.reply_to,
+                    b'{"marked":true}',
+                    pika.BasicProperties(correlation_id=message.correlation_id),
+                )
             if self.checks_dirty:
                 self.poke()
         if data.get("op") in ("watch", "snapshot"):

@@ -199,3 +199,23 @@ def test_a_reset_lab_counts_from_nothing(worker, catalogue, learner, labs):
         message="the new monitor's first saved counters",
     )
     assert after < before
+
+
+def test_the_monitor_marks_a_new_step_before_the_next_action(worker, catalogue, learner, labs):
+    """ "Next step" returns once the lab's monitor has marked where the step's checkpoints
+    count from, so a publish made the moment it returns counts for the new step. (Sent
+    without waiting, the mark raced the publish's trace and could take it in, leaving a
+    one-message checkpoint pending for good.)"""
+    from labconsole.broker import control
+
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner)
+    wait_passed(session, "temperature-routed", "temperature-delivered")
+    # The monitor answers a steps message that asks for it...
+    asked = {"op": "steps", "shown": session.steps_shown}
+    answer = control.ask(control.monitor_key(session.id), asked, timeout=5)
+    assert answer == {"marked": True}
+    # ... and a publish right after the step is shown counts for it, every time.
+    lab_step_show(session=session, step="unknown-key")
+    lab_publish(session=session, exchange="sensors", routing_key="humidity", body="{}")
+    lab_publish(session=session, exchange="sensors", routing_key="Temperature", body="{}")
+    wait_passed(session, "humidity-dropped", "case-sensitive")
