@@ -451,3 +451,44 @@ def test_a_producers_edge_shows_the_key_its_card_set(
     page.reload()
     page.wait_for_function("() => window.labConsole.state.connected === true")
     expect(label).to_have_text("humidity")
+
+
+PAUSE_AS_IT_ARRIVES = """(seq) => new Promise((resolve) => {
+    const timer = setInterval(() => {
+        if (!window.labConsole.state.events.some((e) => String(e.seq) === seq)) return;
+        clearInterval(timer);
+        document.getElementById("log-pause").click();
+        resolve(document.querySelector(`#log-rows tr[data-seq="${seq}"]`) !== null);
+    }, 1);
+})"""
+
+
+def test_pausing_the_log_shows_what_arrived_before_the_click(
+    page, live_server_url, catalogue, learner, labs
+):
+    """Rows reach the log in batches at most every 200 ms; pausing at once after an event
+    arrived, before its batch was due, still shows it."""
+    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
+    open_lab(page, live_server_url, session)
+    connection = amqp.connect(amqp.console_parameters(name="test-frame"))
+    try:
+        channel = connection.channel()
+
+        def frame(seq: int) -> None:
+            event = {"seq": seq, "t": time.time(), "kind": "published", "workload": "@you"}
+            body = {"seq": seq, "type": "frame", "events": [event]}
+            channel.basic_publish(
+                amqp.flow_exchange(),
+                amqp.lab_key(session.id, "frame"),
+                json.dumps(body).encode(),
+                pika.BasicProperties(content_type="application/json"),
+            )
+
+        frame(900_001)
+        # Drawn: its batch has just gone, so the next one's is some 200 ms away.
+        page.wait_for_selector('#log-rows tr[data-seq="900001"]', state="attached")
+        frame(900_002)
+        assert page.evaluate(PAUSE_AS_IT_ARRIVES, "900002")
+    finally:
+        amqp.close_quietly(connection)
+    expect(page.locator("#log-pause")).to_have_attribute("aria-pressed", "true")

@@ -1516,6 +1516,12 @@ function main(configEl, labEl) {
   }
   for (const select of Object.values(filters)) select.addEventListener("change", onFilterChange);
   pauseButton.addEventListener("click", () => {
+    if (!paused) {
+      // What arrived before the click is drawn first: rows wait up to LOG_FLUSH_MS for
+      // their batch, and a paused log takes no more.
+      clearTimeout(flushTimer);
+      flushLog();
+    }
     paused = !paused;
     if (!paused) renderLog();
     else updatePauseButton();
