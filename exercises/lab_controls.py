@@ -120,7 +120,7 @@ def _with_workloads(row: LabSession, workloads: dict, focus: str, *, deleting: b
     """The lab's exercise with other workloads, if it follows every rule of the format;
     else WorkloadRefused. A stopped workload costs the vhost nothing: the sandbox's
     connections and channels are checked for the running ones, when one starts
-    (_refuse_over_sandbox_limits, services.workload_start)."""
+    (quotas.sandbox_start_refusal, when it is added to start or starts)."""
     spec = row.spec
     try:
         return validate_data({**spec.model_dump(), "workloads": workloads})
@@ -160,16 +160,6 @@ def _save_document(row: LabSession, spec: ExerciseSpec) -> None:
     row.__dict__["spec"] = spec
 
 
-def _refuse_over_sandbox_limits(row: LabSession, workload: Workload) -> None:
-    """LimitReached if `workload` running would take the sandbox past its connections,
-    channels or total rate (as services.workload_start would say)."""
-    refusal = quotas.sandbox_workload_refusal(
-        session=row, workload=workload
-    ) or quotas.sandbox_rate_refusal(session=row, workload=workload)
-    if refusal:
-        raise services.LimitReached(refusal)
-
-
 def lab_workload_add(
     *, session: LabSession, kind: str, item: dict[str, Any], start: bool = True
 ) -> Workload:
@@ -191,9 +181,13 @@ def lab_workload_add(
         spec = _with_workloads(row, workloads, focus, deleting=False)
         name = getattr(spec.workloads, plural)[-1].name
         settings = next(data for n, _k, data, _a in services._workload_settings(spec) if n == name)
-        if start:
+        if start and (
+            refusal := quotas.sandbox_start_refusal(
+                session=row, workload=Workload(session=row, kind=kind, settings=settings)
+            )
+        ):
             # One that may not start is not added either: nothing half-done.
-            _refuse_over_sandbox_limits(row, Workload(session=row, kind=kind, settings=settings))
+            raise services.LimitReached(refusal)
         workload = Workload.objects.create(session=row, name=name, kind=kind, settings=settings)
         _save_document(row, spec)
     session.source, session.__dict__["spec"] = row.source, spec

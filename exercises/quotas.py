@@ -155,6 +155,14 @@ def sandbox_rate_refusal(
     ).format(limit=limit, producers=producers, page=page)
 
 
+def sandbox_start_refusal(*, session: LabSession, workload) -> str | None:
+    """Whether starting `workload` would take the sandbox past its connections, channels
+    or total rate: what the page says, or None."""
+    return sandbox_workload_refusal(session=session, workload=workload) or sandbox_rate_refusal(
+        session=session, workload=workload
+    )
+
+
 def sandbox_workload_refusal(*, session: LabSession, workload) -> str | None:
     """Starting `workload` would take the sandbox past its connections or channels: each
     workload one connection and a producer one channel, a consumer two; the monitor one

@@ -892,9 +892,7 @@ def workload_start(*, workload: Workload, adopt: bool = False) -> Workload:
     if workload.running:
         return workload
     if workload.session.sandbox:
-        refusal = quotas.sandbox_workload_refusal(
-            session=workload.session, workload=workload
-        ) or quotas.sandbox_rate_refusal(session=workload.session, workload=workload)
+        refusal = quotas.sandbox_start_refusal(session=workload.session, workload=workload)
         if refusal:
             raise LimitReached(refusal)
     workload.run += 1

@@ -7,7 +7,7 @@
 (() => {
   const list = document.getElementById("people-list");
   if (!list) return;
-  const EXPIRE_MS = Number(document.getElementById("sandbox-people").dataset.expireSeconds) * 1000 || 50000;
+  const EXPIRE_MS = Number(document.getElementById("sandbox-people").dataset.expireSeconds) * 1000;
   const you = list.dataset.you;
   const pages = new Map(); // socket -> {user, name, at}
 
