@@ -28,10 +28,14 @@ def test_every_broker_event_is_framed_and_the_newest_are_kept(
     frame's timeline once, numbered in order; the saved state keeps the newest TIMELINE."""
     session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=True)
     watch = frames(session.id)
+    # The flow a broker event carries is the workloads' counters, which arrive with their
+    # reports, after the first published events: wait for a frame that counts some.
     watch.wait(
-        lambda f: any(e["kind"] == "published" for e in f.events()),
+        lambda f: any(
+            c.get("published", 0) > 0 for fr in f.frames for c in fr.get("counters", {}).values()
+        ),
         timeout=30,
-        message="messages flowing",
+        message="published messages counted",
     )
     total = TIMELINE + 20
     props = pika.BasicProperties(content_type="application/json")
