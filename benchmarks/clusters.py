@@ -104,14 +104,17 @@ def bench_clusters(api=None, counts: tuple[int, ...] = (1, 2, 3)) -> None:
             shutil.rmtree(ROOT / "var" / f"bench-clusters-{count}", ignore_errors=True)
 
 
-def _first_frame(channel, queue: str, session_id: str) -> None:
+def first_frame(channel, queue: str, session_id: str) -> None:
     """Waits for the lab's first frame (bound to `queue`) that counts a published message."""
     import json
 
-    for _m, _p, body in channel.consume(queue, auto_ack=True, inactivity_timeout=30):
+    from labconsole.broker import amqp
+
+    for _m, props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=30):
         if body is None:
             raise RuntimeError(f"no frame of {session_id} within 30 s: is the worker running?")
-        if any(c.get("published") for c in json.loads(body)["counters"].values()):
+        frames = [json.loads(f) for f in amqp.lab_frames(session_id, props.headers, body)]
+        if any(c.get("published") for f in frames for c in f["counters"].values()):
             break
     channel.cancel()
 
@@ -154,10 +157,10 @@ def bench_cluster_labs(api=None, rounds: int = 2) -> None:
         channel.queue_purge(queue)  # no frame of an earlier lab
         t = time.perf_counter()
         session = click()
-        channel.queue_bind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
-        _first_frame(channel, queue, session.id)
+        amqp.bind_frames(channel, queue, session.id)
+        first_frame(channel, queue, session.id)
         seconds = time.perf_counter() - t
-        channel.queue_unbind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
+        amqp.bind_frames(channel, queue, session.id, unbind=True)
         lab_session_stop(session=session)
         return seconds
 

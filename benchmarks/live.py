@@ -334,7 +334,7 @@ def frames_queue(channel, sessions: list, length: int) -> str:
         "", exclusive=True, arguments={"x-max-length": length, "x-overflow": "drop-head"}
     ).method.queue
     for session in sessions:
-        channel.queue_bind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
+        amqp.bind_frames(channel, queue, session.id)
     return queue
 
 
@@ -346,9 +346,9 @@ def wait_live(sessions: list, timeout: float = 90.0) -> float:
         channel = connection.channel()
         queue = frames_queue(channel, sessions, 1000)
         waiting = {session.id for session in sessions}
-        for method, _props, _body in channel.consume(queue, auto_ack=True, inactivity_timeout=1):
+        for method, props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=1):
             if method is not None:
-                waiting.discard(method.routing_key.split(".")[1])
+                waiting.difference_update(lab for lab, _ in amqp.unpack_frames(props.headers, body))
             if not waiting:
                 break
             if time.monotonic() - t > timeout:
@@ -614,9 +614,9 @@ def _load_summary(session, workload: str, timeout: float) -> dict:
         channel = connection.channel()
         queue = frames_queue(channel, [session], 100)
         deadline = time.monotonic() + timeout
-        for method, _props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=1):
-            if method is not None:
-                load = (json.loads(body).get("loads") or {}).get(workload) or {}
+        for method, props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=1):
+            for frame in amqp.lab_frames(session.id, props.headers, body) if method else ():
+                load = (json.loads(frame).get("loads") or {}).get(workload) or {}
                 if load.get("state") == "done":
                     return load
             if time.monotonic() > deadline:

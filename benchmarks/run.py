@@ -11,7 +11,6 @@ and the figures: docs/benchmarks.md.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import secrets
@@ -254,16 +253,10 @@ def bench_lab_start(api: ManagementClient, rounds: int = 5) -> None:
             t = time.perf_counter()
             session = lab_session_start(exercise=exercise, owner=owner)
             provisioned.append(time.perf_counter() - t)
-            channel.queue_bind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
-            for _m, _p, body in channel.consume(queue, auto_ack=True, inactivity_timeout=10):
-                if body is None:
-                    raise RuntimeError("no frame within 10 s: is the worker running?")
-                counters = json.loads(body)["counters"]
-                if any(c.get("published") for c in counters.values()):
-                    first_frame.append(time.perf_counter() - t)
-                    break
-            channel.cancel()
-            channel.queue_unbind(queue, amqp.flow_exchange(), f"lab.{session.id}.frame")
+            amqp.bind_frames(channel, queue, session.id)
+            clusters.first_frame(channel, queue, session.id)
+            first_frame.append(time.perf_counter() - t)
+            amqp.bind_frames(channel, queue, session.id, unbind=True)
             lab_session_stop(session=session)
         print(
             f"lab start: provisioned and tasks sent in {median_ms(provisioned)}, first frame "

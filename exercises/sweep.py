@@ -177,7 +177,7 @@ def trials_sweep(*, grace_seconds: float, idle_minutes: float) -> list[str]:
     idle = now - timedelta(minutes=idle_minutes)
     ended = []
     for session in trials.filter(last_seen_at__lt=unseen):
-        if session.last_seen_at >= idle and amqp.lab_key(session.id, "frame") in watched:
+        if session.last_seen_at >= idle and amqp.lab_key(session.id, "status") in watched:
             continue
         # Looked up again: a page that opened since the list was read has touched it.
         if LabSession.objects.filter(pk=session.pk, last_seen_at__lt=unseen).exists():

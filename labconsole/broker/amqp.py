@@ -85,6 +85,83 @@ def flow_exchange() -> str:
     return f"{settings.LABCONSOLE_PREFIX}.flow"
 
 
+def frames_exchange() -> str:
+    """Headers exchange in the console vhost carrying the monitors' frames, several labs'
+    to a message (`pack_frames`): a queue bound with `frames_binding(lab)` gets every
+    message holding one of that lab's frames, once however many of its labs it holds."""
+    return f"{settings.LABCONSOLE_PREFIX}.frames"
+
+
+# A message of the frames exchange: a header per lab it holds (what the bindings match),
+# and FRAMES_INDEX, "<lab> <bytes> <lab> <bytes> ...", which cuts its body into the frames
+# in that order. A frame's bytes are the monitor's JSON text, forwarded as they are.
+FRAMES_INDEX = "frames"
+
+
+def _frames_header(lab_id: str) -> str:
+    return f"lab.{lab_id}"
+
+
+def frames_binding(lab_id: str) -> dict:
+    """The arguments of a queue's binding to the frames exchange for one lab."""
+    return {"x-match": "any", _frames_header(lab_id): 1}
+
+
+def pack_frames(frames: Iterable[tuple[str, bytes]]) -> tuple[dict, bytes]:
+    """The headers and body of one frames message holding `frames` (lab id, JSON bytes)."""
+    headers: dict = {}
+    index, bodies = [], []
+    for lab_id, body in frames:
+        headers[_frames_header(lab_id)] = 1
+        index.append(f"{lab_id} {len(body)}")
+        bodies.append(body)
+    headers[FRAMES_INDEX] = " ".join(index)
+    return headers, b"".join(bodies)
+
+
+def unpack_frames(headers: dict | None, body: bytes) -> list[tuple[str, bytes]]:
+    """The (lab id, frame bytes) of a frames message, in the order they were made; a
+    message that does not say what it holds, or whose index overruns its body, holds
+    none."""
+    index = (headers or {}).get(FRAMES_INDEX)
+    if isinstance(index, bytes):
+        index = index.decode("utf-8", "replace")
+    if not isinstance(index, str):
+        return []
+    parts = index.split()
+    if len(parts) % 2:
+        return []
+    frames, at = [], 0
+    for lab_id, size in zip(parts[::2], parts[1::2], strict=True):
+        if not size.isdigit() or at + int(size) > len(body):
+            return []
+        frames.append((lab_id, body[at : at + int(size)]))
+        at += int(size)
+    return frames
+
+
+def lab_frames(lab_id: str, headers: dict | None, body: bytes) -> list[bytes]:
+    """One lab's frames in a frames message (it may hold other labs' too)."""
+    return [frame for lab, frame in unpack_frames(headers, body) if lab == lab_id]
+
+
+def is_frames(headers: dict | None) -> bool:
+    """Whether a message read from a queue is one of the frames exchange's."""
+    return bool(headers) and FRAMES_INDEX in headers
+
+
+def publish_frames(channel, frames: Iterable[tuple[str, bytes]]) -> None:
+    """Publishes one frames message on a pika channel (as a worker's console bus does)."""
+    headers, body = pack_frames(frames)
+    channel.basic_publish(frames_exchange(), "", body, pika.BasicProperties(headers=headers))
+
+
+def bind_frames(channel, queue: str, lab_id: str, *, unbind: bool = False) -> None:
+    """Binds (or unbinds) a queue of a pika channel to one lab's frames."""
+    call = channel.queue_unbind if unbind else channel.queue_bind
+    call(queue, frames_exchange(), "", arguments=frames_binding(lab_id))
+
+
 def control_exchange() -> str:
     """Topic exchange in the console vhost carrying control messages to running tasks."""
     return f"{settings.LABCONSOLE_PREFIX}.control"
@@ -188,6 +265,7 @@ def declare_reports_queue(channel, session_id: str) -> None:
 def declare_console_exchanges(channel) -> None:
     channel.exchange_declare(flow_exchange(), "topic", durable=True)
     channel.exchange_declare(control_exchange(), "topic", durable=True)
+    channel.exchange_declare(frames_exchange(), "headers", durable=True)
 
 
 def close_quietly(connection: pika.BlockingConnection | None) -> None:

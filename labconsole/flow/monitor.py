@@ -11,9 +11,10 @@ page); queue depths are read often while messages move and rarely when nothing d
 Each frame carries the newest events and traces: what could not be shown in time is
 dropped and counted ("1 in 40 shown"), never queued behind.
 
-Frames are published on the console's flow exchange (`lab.<id>.frame`); each web process
-holds one subscription per lab and fans them out to that lab's sockets, so the monitor
-does the work once per lab however many people watch.
+Frames go through the worker's console bus, which sends those its monitors made together
+as one message of the console's frames exchange (`publish_frame`); each web process reads
+them once and fans each out to its lab's sockets, so the monitor does the work once per
+lab however many people watch.
 """
 
 from __future__ import annotations
@@ -1028,6 +1029,9 @@ class LabMonitor(Unit):
         }
 
     def publish(self, kind: str, message: dict) -> None:
+        if kind == "frame":
+            self.bus.publish_frame(self.session, dumps({"type": kind, **message}))
+            return
         self.bus.publish(
             self.flow_exchange,
             lab_key(self.session, kind),

@@ -1,15 +1,18 @@
 """The async side of the live view: one subscription per lab per web process, fanned out in
 memory to that lab's WebSockets (docs/live-protocol.md).
 
+    monitors ──frames message──▶ feed queue (one per process, bound once per lab here)
+                                   │  each frame to its lab's hub, as bytes
     monitor ──lab.<id>.<kind>──▶ hub queue (one per lab with viewers here; kinds: KINDS)
-                                                   │  each message read once
-                                                   ▼
-                                     Hub ──▶ Viewer ──▶ WebSocket   (one per socket: a small
-                                         ──▶ Viewer ──▶ WebSocket    buffer, the in-flight limit)
+                                   │  each message read once
+                                   ▼
+                                  Hub ──▶ Viewer ──▶ WebSocket   (one per socket: a small
+                                      ──▶ Viewer ──▶ WebSocket    buffer, the in-flight limit)
 
-A `Hub` holds one exclusive, auto-deleted, short queue bound to the lab's four routing keys
-on the flow exchange. It exists while the lab has viewers in this process (and a few
-seconds more, so that a page reload does not delete and declare it again). The text of a
+A `Hub` holds one exclusive, auto-deleted, short queue bound to the lab's routing keys
+on the flow exchange, and the binding of the process's feed to the lab's frames. Both
+exist while the lab has viewers in this process (and a few seconds more, so that a page
+reload does not delete and declare them again). The text of a
 message is forwarded as it came: each socket's `d` (and a frame's `dropped`) is spliced in
 front of the monitor's JSON object, which is never decoded per socket.
 
@@ -45,7 +48,8 @@ from labconsole.broker import amqp
 
 log = logging.getLogger(__name__)
 
-KINDS = ("frame", "status", "workload", "topology", "steps", "presence")
+# What a lab's hub queue is bound to; its frames come through the process's feed.
+KINDS = ("status", "workload", "topology", "steps", "presence")
 CONNECTION_NAME = "labconsole stream {pid}"
 CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 20
@@ -167,6 +171,7 @@ class _Broker:
         self.failed_at: float | None = None
         self.failure = ""
         self.hubs: dict[str, Hub] = {}
+        self.feed = _Feed(self)
 
     def is_open(self) -> bool:
         c = self.connection
@@ -202,10 +207,140 @@ class _Broker:
     async def close(self) -> None:
         for hub in list(self.hubs.values()):
             await hub.close()
+        await self.feed.close()
         connection, self.connection = self.connection, None
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
+
+
+class _Feed:
+    """This process's one subscription to the frames exchange: one queue, bound once for
+    each lab with a hub here. A message holds the frames one worker process's monitors
+    made together; each frame goes to its lab's hub, as bytes. One message a tick per
+    worker process, however many labs are watched here, instead of one per lab.
+
+    Like a hub's queue it is short and drops its oldest messages when this process falls
+    behind. It opens on the connection of the first hub to bind a lab, again after that
+    connection is lost (each hub binds its lab again when it comes back), and on its own
+    after a channel error, binding again the labs of every hub here."""
+
+    def __init__(self, broker: _Broker) -> None:
+        self.broker = broker
+        self.lock = asyncio.Lock()
+        self.connection: aio_pika.abc.AbstractConnection | None = None
+        self.channel: aio_pika.abc.AbstractChannel | None = None
+        self.queue: aio_pika.abc.AbstractQueue | None = None
+        self.exchange: aio_pika.abc.AbstractExchange | None = None
+        self.bound: set[str] = set()
+        self.unacked = 0
+        self.opened = 0  # how many times the queue was declared (tests read it)
+        self.closing = False
+
+    def _is_open(self, connection) -> bool:
+        channel = self.channel
+        return self.connection is connection and channel is not None and not channel.is_closed
+
+    async def bind(self, connection: aio_pika.abc.AbstractConnection, lab_id: str) -> None:
+        """Frames of `lab_id` come to its hub from now on. Raises if the broker refuses."""
+        async with self.lock:
+            if not self._is_open(connection):
+                await self._open(connection)
+            if lab_id not in self.bound:
+                await self.queue.bind(self.exchange, "", arguments=amqp.frames_binding(lab_id))
+                self.bound.add(lab_id)
+
+    async def unbind(self, lab_id: str) -> None:
+        """The lab's hub here is gone; a new hub of the lab keeps the binding."""
+        async with self.lock:
+            if lab_id not in self.bound or lab_id in self.broker.hubs:
+                return
+            self.bound.discard(lab_id)
+            if self.channel is not None and not self.channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await self.queue.unbind(
+                        self.exchange, "", arguments=amqp.frames_binding(lab_id)
+                    )
+
+    async def _open(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        await self._close_channel()
+        self.bound.clear()
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            await channel.set_qos(prefetch_count=hub_prefetch())
+            exchange = await channel.declare_exchange(
+                amqp.frames_exchange(), aio_pika.ExchangeType.HEADERS, durable=True
+            )
+            # Exclusive, auto-deleted and expiring, like a hub's queue (Hub._open).
+            queue = await channel.declare_queue(
+                f"{settings.LABCONSOLE_PREFIX}.view.frames.{os.getpid()}.{uuid.uuid4().hex[:8]}",
+                exclusive=True,
+                auto_delete=True,
+                arguments={
+                    "x-max-length": hub_queue_length(),
+                    "x-overflow": "drop-head",
+                    "x-expires": 60_000,
+                },
+            )
+            self.unacked = 0
+            await queue.consume(self._on_message)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
+        channel.close_callbacks.add(self._channel_closed)
+        self.connection, self.channel, self.exchange, self.queue = (
+            connection,
+            channel,
+            exchange,
+            queue,
+        )
+        self.opened += 1
+
+    def _channel_closed(self, channel, *_exc) -> None:
+        """A channel error (the connection's loss is the hubs' to notice): open again."""
+        if channel is self.channel and not self.closing:
+            asyncio.get_running_loop().create_task(self._restore())
+
+    async def _restore(self) -> None:
+        await asyncio.sleep(BACKOFF_FIRST)
+        if self.closing or not self.broker.is_open() or not self.broker.hubs:
+            return
+        try:
+            connection = await self.broker.get()
+            for lab_id, hub in list(self.broker.hubs.items()):
+                if hub.state == "up":
+                    await self.bind(connection, lab_id)
+        except Exception as exc:  # noqa: BLE001 - each hub binds again when it comes back
+            log.warning("the frames feed could not open again (%s)", exc)
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        try:
+            for lab_id, body in amqp.unpack_frames(message.headers, message.body):
+                hub = self.broker.hubs.get(lab_id)
+                if hub is not None:
+                    await hub.on_frame(body)
+        except Exception:
+            log.exception("a frames message could not be handed on")
+        finally:
+            # Acknowledged in groups, as a hub's messages are.
+            self.unacked += 1
+            if self.unacked >= ack_every():
+                self.unacked = 0
+                with contextlib.suppress(Exception):
+                    await message.ack(multiple=True)
+
+    async def _close_channel(self) -> None:
+        channel, self.channel, self.queue, self.connection = self.channel, None, None, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def close(self) -> None:
+        self.closing = True
+        async with self.lock:
+            self.bound.clear()
+            await self._close_channel()
 
 
 _brokers: dict[asyncio.AbstractEventLoop, _Broker] = {}
@@ -457,6 +592,7 @@ class Hub:
             await queue.bind(flow, amqp.lab_key(self.lab_id, kind))
         self.unacked = 0
         await queue.consume(self._on_message)
+        await self.broker.feed.bind(connection, self.lab_id)
         self.queue = queue
         self.opened += 1
 
@@ -478,14 +614,7 @@ class Hub:
             if tail is None:
                 log.warning("lab %s: a %s message is not a JSON object", self.lab_id, kind)
                 return
-            is_frame = kind == "frame"
-            if is_frame:
-                self._count_gap(message.body)
-                self.last_frame_at = asyncio.get_running_loop().time()
-                if self.monitor_silent:
-                    self.monitor_silent = False
-                    await self._fan_out_status("monitor-back")
-            await self._fan_out(is_frame, tail)
+            await self._fan_out(False, tail)
         finally:
             # Acknowledged in groups (half the prefetch at a time, `multiple`): one
             # acknowledgement per frame was a third of what the broker did for the viewers.
@@ -494,6 +623,21 @@ class Hub:
                 self.unacked = 0
                 with contextlib.suppress(Exception):
                     await message.ack(multiple=True)
+
+    async def on_frame(self, body: bytes) -> None:
+        """One of the lab's frames, from the process's feed."""
+        if self.state == "closed":
+            return
+        tail = _tail(body.decode("utf-8", "replace"))
+        if tail is None:
+            log.warning("lab %s: a frame is not a JSON object", self.lab_id)
+            return
+        self._count_gap(body)
+        self.last_frame_at = asyncio.get_running_loop().time()
+        if self.monitor_silent:
+            self.monitor_silent = False
+            await self._fan_out_status("monitor-back")
+        await self._fan_out(True, tail)
 
     async def _on_status(self, body: bytes) -> None:
         """A change of the lab's state, said to each socket in its language."""
@@ -641,6 +785,7 @@ class Hub:
     async def _unsubscribe(self) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
+        await self.broker.feed.unbind(self.lab_id)
         self.queue = None
         await self._delete_declared()
         await self._close_channel()

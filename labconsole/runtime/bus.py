@@ -65,6 +65,7 @@ class ConsoleBus:
         self._outbox: deque[tuple[str, str, bytes, pika.BasicProperties | None]] = deque(
             maxlen=OUTBOX_LIMIT
         )
+        self._frames: list[tuple[str, bytes]] = []  # made in this pass of the loop, to go
         self._connection: pika.SelectConnection | None = None
         self._channel = None
         self._blocked = False  # a memory or disk alarm: messages wait in the bounded outbox
@@ -112,6 +113,24 @@ class ConsoleBus:
             self.loop.call_soon(self._flush)
 
     # --- the loop thread (units call these from their callbacks) -------------------------------
+    def publish_frame(self, lab_id: str, body: bytes) -> None:
+        """Sends a lab's frame. The frames the process's monitors make in one pass of the
+        loop (their timers share a grid) leave together as one message of the frames
+        exchange, at the start of the next pass: one AMQP message for the broker to route
+        and for each web process to read, instead of one per lab."""
+        if not self.loop.in_loop():
+            self.loop.call_soon(self.publish_frame, lab_id, body)
+            return
+        if not self._frames:
+            self.loop.call_later(0, self._send_frames)
+        self._frames.append((lab_id, body))
+
+    def _send_frames(self) -> None:
+        frames, self._frames = self._frames, []
+        if frames:
+            headers, body = amqp.pack_frames(frames)
+            self.publish(amqp.frames_exchange(), "", body, pika.BasicProperties(headers=headers))
+
     def bind(self, routing_key: str, handler: Handler) -> None:
         """Control messages published with `routing_key` go to `handler`, and to every
         other handler bound to the key (a lab's units share its pace key; a new run of a

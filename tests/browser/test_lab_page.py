@@ -5,7 +5,6 @@ import json
 import re
 import time
 
-import pika
 import pytest
 from playwright.sync_api import expect
 
@@ -25,15 +24,11 @@ def open_lab(page, url, session):
 
 
 def send_frame(session, frame: dict) -> None:
-    """A frame as the lab's monitor publishes it, on the console's flow exchange."""
+    """A frame as the lab's monitor publishes it, on the console's frames exchange."""
     connection = amqp.connect(amqp.console_parameters(name="test-frame"))
     try:
-        connection.channel().basic_publish(
-            amqp.flow_exchange(),
-            amqp.lab_key(session.id, "frame"),
-            json.dumps({"seq": 1, "type": "frame", **frame}).encode(),
-            pika.BasicProperties(content_type="application/json"),
-        )
+        body = json.dumps({"seq": 1, "type": "frame", **frame}).encode()
+        amqp.publish_frames(connection.channel(), [(session.id, body)])
     finally:
         amqp.close_quietly(connection)
 
@@ -477,12 +472,7 @@ def test_pausing_the_log_shows_what_arrived_before_the_click(
         def frame(seq: int) -> None:
             event = {"seq": seq, "t": time.time(), "kind": "published", "workload": "@you"}
             body = {"seq": seq, "type": "frame", "events": [event]}
-            channel.basic_publish(
-                amqp.flow_exchange(),
-                amqp.lab_key(session.id, "frame"),
-                json.dumps(body).encode(),
-                pika.BasicProperties(content_type="application/json"),
-            )
+            amqp.publish_frames(channel, [(session.id, json.dumps(body).encode())])
 
         frame(900_001)
         # Drawn: its batch has just gone, so the next one's is some 200 ms away.

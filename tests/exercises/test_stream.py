@@ -431,3 +431,81 @@ def test_a_socket_opened_while_the_broker_is_unreachable_waits_for_it(lab, learn
         await ws.disconnect()
 
     run(scenario)
+
+
+def feed_bindings(api) -> dict[str, set[str]]:
+    """Per queue of a web process's frames feed, the labs it is bound to."""
+    found: dict[str, set[str]] = {}
+    for b in api.bindings(amqp.console_vhost()):
+        if b["source"] == amqp.frames_exchange() and ".view.frames." in b["destination"]:
+            labs = {k.removeprefix("lab.") for k in b["arguments"] if k.startswith("lab.")}
+            found.setdefault(b["destination"], set()).update(labs)
+    return found
+
+
+def test_one_frames_queue_per_process_for_every_lab_watched_there(
+    lab, catalogue, learner, api, settings
+):
+    """Two labs watched in one web process: their frames come through one queue of the
+    process, bound once per lab, in messages that hold both labs' frames (their monitors
+    share the worker). A lab nobody watches any more is unbound and the other goes on; the
+    feed's channel closed under it opens again and frames flow again."""
+    settings.FLOW_HUB_GRACE_SECONDS = 1.0
+    other = lab_session_start(
+        exercise=catalogue["direct-routing"], owner=learner, enforce_quotas=False
+    )
+    owner = headers_for(learner)
+    probe = amqp.connect(amqp.console_parameters(name="test frames probe"))
+    channel = probe.channel()
+    amqp.declare_console_exchanges(channel)
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    for session in (lab, other):
+        amqp.bind_frames(channel, queue, session.id)
+
+    async def scenario():
+        a_ws, _, _ = await connect(f"/ws/labs/{lab.id}/", owner)
+        b_ws, _, _ = await connect(f"/ws/labs/{other.id}/", owner)
+        a, b = Reader(a_ws), Reader(b_ws)
+        await a.wait("frame", 5)
+        await b.wait("frame", 5)
+        feed = stream_module._broker().feed
+        bound = await until(lambda: feed_bindings(api) or None, message="the feed's bindings")
+        assert bound == {feed.queue.name: {lab.id, other.id}}, bound
+        assert not [q for q in hub_queues(api, lab.id) if "frames" in q["name"]]
+
+        # The workers' side: one message carries the frames of both labs.
+        def both_in_one() -> bool:
+            while True:
+                method, props, body = channel.basic_get(queue, auto_ack=True)
+                if method is None:
+                    return False
+                labs = {lab_id for lab_id, _ in amqp.unpack_frames(props.headers, body)}
+                if {lab.id, other.id} <= labs:
+                    return True
+
+        await until(both_in_one, message="a message holding both labs' frames")
+
+        # The first lab's page closes: after the grace its binding goes, the other stays.
+        await a.stop()
+        await a_ws.disconnect()
+        await until(
+            lambda: feed_bindings(api) == {feed.queue.name: {other.id}},
+            message="only the second lab bound",
+        )
+        seen = len(b.of("frame"))
+        await b.wait("frame", seen + 5)
+
+        # A channel error on the feed: it opens again on its own, bound to the lab.
+        opened = feed.opened
+        await feed.channel.close()
+        await until(lambda: feed.opened > opened, message="the feed opened again")
+        seen = len(b.of("frame"))
+        await b.wait("frame", seen + 5)
+        assert feed_bindings(api) == {feed.queue.name: {other.id}}
+        await b.stop()
+        await b_ws.disconnect()
+
+    try:
+        run(scenario)
+    finally:
+        amqp.close_quietly(probe)

@@ -472,19 +472,24 @@ class FlowTap:
         self.connection = amqp.connect(amqp.console_parameters(name="test flow tap"))
         self.channel = self.connection.channel()
         self.queue = self.channel.queue_declare("", exclusive=True).method.queue
-        for kind in ("frame", "topology"):
-            self.channel.queue_bind(
-                self.queue, amqp.flow_exchange(), amqp.lab_key(session_id, kind)
-            )
+        amqp.declare_console_exchanges(self.channel)
+        amqp.bind_frames(self.channel, self.queue, session_id)
+        self.channel.queue_bind(
+            self.queue, amqp.flow_exchange(), amqp.lab_key(session_id, "topology")
+        )
         self.messages: list[dict] = []
 
     def read(self) -> list[dict]:
         control.send(control.monitor_key(self.session_id), {"op": "watch"})
         while True:
-            method, _props, body = self.channel.basic_get(self.queue, auto_ack=True)
+            method, props, body = self.channel.basic_get(self.queue, auto_ack=True)
             if method is None:
                 return self.messages
-            self.messages.append(json.loads(body))
+            if amqp.is_frames(props.headers):
+                frames = amqp.lab_frames(self.session_id, props.headers, body)
+                self.messages.extend(json.loads(frame) for frame in frames)
+            else:
+                self.messages.append(json.loads(body))
 
     def close(self) -> None:
         amqp.close_quietly(self.connection)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class Frames:
-    """A lab's frames, read from a queue of our own bound to the console's flow exchange,
+    """A lab's frames, read from a queue of our own bound to the console's frames exchange,
     while telling the monitor that somebody watches (frames at full rate)."""
 
     def __init__(self, session_id: str):
@@ -24,7 +24,7 @@ class Frames:
         self.channel = self.connection.channel()
         amqp.declare_console_exchanges(self.channel)
         self.queue = self.channel.queue_declare("", exclusive=True).method.queue
-        self.channel.queue_bind(self.queue, amqp.flow_exchange(), amqp.lab_key(session_id, "frame"))
+        amqp.bind_frames(self.channel, self.queue, session_id)
         self.frames: list[dict] = []
         self.next_watch = 0.0
 
@@ -37,10 +37,11 @@ class Frames:
             if time.monotonic() >= self.next_watch:
                 control.send(control.monitor_key(self.session_id), {"op": "watch"})
                 self.next_watch = time.monotonic() + 3
-            method, _, body = self.channel.basic_get(self.queue, auto_ack=True)
+            method, props, body = self.channel.basic_get(self.queue, auto_ack=True)
             if method is not None:
-                self.frames.append(json.loads(body))
-                if result := predicate(self):
+                mine = amqp.lab_frames(self.session_id, props.headers, body)
+                self.frames.extend(json.loads(frame) for frame in mine)
+                if mine and (result := predicate(self)):
                     return result
                 continue
             assert time.monotonic() < deadline, f"timed out after {timeout} s: {message}"

@@ -12,7 +12,6 @@ import time
 
 import pika
 import pytest
-from django.conf import settings
 from django.test import override_settings
 
 from labconsole.broker import amqp, control
@@ -122,33 +121,33 @@ def start_lab(env: dict[str, str], slug: str):
 
 class FrameWatcher:
     """Reads a lab's frames on the node from a queue of its own bound to the console's
-    flow exchange. Each frame is kept with the wall time it was received."""
+    frames exchange. Each frame is kept with the wall time it was received."""
 
     def __init__(self, node, session_id: str):
         self.node = node
-        self.key = amqp.lab_key(session_id, "frame")
+        self.session_id = session_id
         self.frames: list[tuple[float, dict]] = []
         self.connection = pika.BlockingConnection(
             pika.URLParameters(node.amqp_url + "%2F?connection_attempts=3&retry_delay=0.5")
         )
         self.channel = self.connection.channel()
-        exchange = f"{settings.LABCONSOLE_PREFIX}.flow"
-        self.channel.exchange_declare(exchange, "topic", durable=True)
+        self.channel.exchange_declare(amqp.frames_exchange(), "headers", durable=True)
         self.queue = self.channel.queue_declare("", exclusive=True).method.queue
-        self.channel.queue_bind(self.queue, exchange, self.key)
+        amqp.bind_frames(self.channel, self.queue, session_id)
 
     def read(self, seconds: float) -> list[dict]:
         """Frames that arrive within `seconds` (what arrived before included)."""
         got = []
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            method, _, body = self.channel.basic_get(self.queue, auto_ack=True)
+            method, props, body = self.channel.basic_get(self.queue, auto_ack=True)
             if method is None:
                 self.connection.process_data_events(time_limit=min(left, 0.05))
                 continue
-            frame = json.loads(body)
-            self.frames.append((time.time(), frame))
-            got.append(frame)
+            for text in amqp.lab_frames(self.session_id, props.headers, body):
+                frame = json.loads(text)
+                self.frames.append((time.time(), frame))
+                got.append(frame)
         return got
 
     def wait(self, predicate, *, timeout: float, message: str) -> tuple[float, dict]:

@@ -51,14 +51,17 @@ def all_claimed(session) -> list[bool]:
 @contextlib.contextmanager
 def flow_probe(session, name: str, kinds: tuple[str, ...]):
     """A channel on the console's vhost and a queue of its own bound to the lab's `kinds`
-    of flow messages."""
+    of flow messages (its frames on the frames exchange)."""
     connection = amqp.connect(amqp.console_parameters(name=name))
     try:
         channel = connection.channel()
         amqp.declare_console_exchanges(channel)
         queue = channel.queue_declare("", exclusive=True).method.queue
         for kind in kinds:
-            channel.queue_bind(queue, amqp.flow_exchange(), amqp.lab_key(session.id, kind))
+            if kind == "frame":
+                amqp.bind_frames(channel, queue, session.id)
+            else:
+                channel.queue_bind(queue, amqp.flow_exchange(), amqp.lab_key(session.id, kind))
         yield channel, queue
     finally:
         amqp.close_quietly(connection)
@@ -92,12 +95,13 @@ def test_a_monitor_in_the_same_worker_gets_reports_without_the_broker(
         seen = {"report": 0, "frame": 0}
         published = []
         end = time.monotonic() + 6
-        for method, _props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.2):
-            if method is not None:
-                kind = method.routing_key.rpartition(".")[2]
-                seen[kind] += 1
-                if kind == "frame":
-                    counters = json.loads(body).get("counters", {})
+        for method, props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.2):
+            if method is not None and not amqp.is_frames(props.headers):
+                seen[method.routing_key.rpartition(".")[2]] += 1
+            elif method is not None:
+                for frame in amqp.lab_frames(session.id, props.headers, body):
+                    seen["frame"] += 1
+                    counters = json.loads(frame).get("counters", {})
                     published.append(counters.get("temperature-sensor", {}).get("published", 0))
             if time.monotonic() >= end:
                 break
