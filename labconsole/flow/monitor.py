@@ -741,7 +741,9 @@ class LabMonitor(Unit):
             deaths = event.get("x_death") or []
             if deaths and deaths[0].get("reason") == "expired":
                 came_from = deaths[0].get("queue")
-                self._sample("expired", self._dead_letter_path(came_from, queue), event)
+                path = self._dead_letter_path(came_from, queue)
+                self._sample("expired", path, event)
+                self._count_dead_letter(path)
                 self._log(self._expired(event, came_from, queue))
         elif kind == "acked":
             trace = [f"c:{workload}"]
@@ -752,6 +754,7 @@ class LabMonitor(Unit):
                 self._sample(kind, [f"c:{workload}"], event)
                 path = self._dead_letter_path(queue, None)
                 self._sample("dead-lettered", path, event)
+                self._count_dead_letter(path)
                 then = {
                     "kind": "dead-lettered",
                     "t": event.get("t"),
@@ -783,6 +786,16 @@ class LabMonitor(Unit):
         self._log(event)
         if then:
             self._log(then)
+
+    def _count_dead_letter(self, path: list[str]) -> None:
+        """The broker's dead-lettering never reaches the firehose: the rates in of the
+        exchanges and queues a dead-lettered message passed after its queue count it here
+        (an expired one when it is delivered from where it went)."""
+        for node in path[1:]:
+            if node.startswith("x:"):
+                self.exchange_rates[node[2:]].count += 1
+            elif node.startswith("q:"):
+                self.rates_in[node[2:]].count += 1
 
     def _expired(self, delivered: dict, came_from: str | None, queue: str) -> dict:
         """The delivery of a message that expired in `came_from` and was dead-lettered to

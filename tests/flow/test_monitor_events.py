@@ -103,6 +103,31 @@ def test_the_retry_loop_logs_dead_letters_expiries_and_the_parked_message(
     assert parked["x_death"] == parked["headers"]["x-death"]
 
 
+def test_dead_lettered_messages_count_in_the_rates_of_where_they_went(
+    worker, catalogue, learner, labs, frames
+):
+    """The broker's dead-lettering never reaches the firehose: the retry exchange and queue
+    show messages coming in all the same, from what the monitor knows of the rejects."""
+    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=True)
+    watch = frames(session.id)
+    # Alive: the orders queue gets the producer's publishes through the firehose.
+    watch.wait(
+        lambda f: f.frames[-1].get("queues", {}).get("orders", {}).get("rate_in", 0) > 0,
+        timeout=30,
+        message="orders coming in",
+    )
+    frame = watch.wait(
+        lambda f: (
+            f.frames[-1]
+            if f.frames[-1].get("queues", {}).get("orders.retry", {}).get("rate_in", 0) > 0
+            else None
+        ),
+        timeout=30,
+        message="the retry queue's rate in",
+    )
+    assert frame["exchanges"]["orders.retry"]["rate_in"] > 0, frame["exchanges"]
+
+
 def test_the_learners_publishes_count_and_a_mandatory_one_that_comes_back_is_returned(
     worker, catalogue, learner, labs, frames
 ):
