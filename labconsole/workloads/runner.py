@@ -280,6 +280,11 @@ class ProducerUnit(WorkloadUnit):
         self.unconfirmed: dict[int, str | None] = {}
         self.returned: set[str | None] = set()  # message ids returned, not yet confirmed
         self.tag = 0
+        # Published on this channel to the exchange it publishes to now. Were one refused
+        # (ACCESS_REFUSED - access to exchange ...), the broker refused them all: it checks
+        # an exchange once a channel, and closes the channel at the first refusal, dropping
+        # what follows.
+        self.on_channel = 0
         self.done_at: float | None = None
         # A transactional producer (tx.select) publishes `tx_batch` messages, then commits
         # and waits for the broker's Commit-Ok before it publishes again: the broker routes
@@ -305,6 +310,7 @@ class ProducerUnit(WorkloadUnit):
         self.unconfirmed.clear()
         self.returned.clear()
         self.tag = 0
+        self.on_channel = 0
         self.tx_state, self.tx_pending = None, 0  # what was not committed is gone
         channel.add_on_return_callback(self.guarded(self._on_return))
         if self.settings.get("confirms"):
@@ -314,7 +320,20 @@ class ProducerUnit(WorkloadUnit):
             channel.tx_select(callback=self.guarded(lambda _: self._tx_ok(channel, 0)))
         self.next_at = time.monotonic()
 
+    def channel_closed(self, exc: px.ChannelClosedByBroker) -> None:
+        exchange = self.settings.get("exchange", "")
+        refused = exc.reply_code == 403 and f"access to exchange '{exchange}'" in str(
+            exc.reply_text
+        )
+        if refused and self.on_channel:
+            # Not published: counted as sent, refused instead (the card and the checks).
+            self.reporter.count("published", -self.on_channel)
+            self.on_channel = 0
+        super().channel_closed(exc)
+
     def apply_update(self, old: dict[str, Any]) -> None:
+        if old.get("exchange") != self.settings.get("exchange"):
+            self.on_channel = 0
         self.render = compile_template(self.settings.get("payload") or "")
         if old.get("confirms") != self.settings.get("confirms") or old.get(
             "transactions"
@@ -514,6 +533,7 @@ class ProducerUnit(WorkloadUnit):
         mandatory = bool(self.settings.get("mandatory"))
         self.channel.basic_publish(exchange, key, body, props, mandatory=mandatory)
         self.progress["sent"] = n
+        self.on_channel += 1
         # Counted only: the firehose describes each publish, with where it was routed.
         self.reporter.count("published")
         if self.settings.get("confirms"):

@@ -217,6 +217,13 @@ def test_a_producer_publishing_as_a_limited_user_is_refused_elsewhere(api, worke
     wait_for(lambda: counter(session, "denied", "access_refused") >= 2, message="refused twice")
     assert peek(api, session, "audit.log") == []
     assert counter(session, "allowed", "access_refused") == 0
+    # What the broker refused is not counted as published; what it took is.
+    assert counter(session, "allowed", "published") == 3
+    wait_for(
+        lambda: counter(session, "denied", "published") == 0,
+        timeout=5,
+        message="the refused publishes not counted as published",
+    )
 
     assert app not in labs_sweep(grace_seconds=0).users
     assert api.user_exists(app)
