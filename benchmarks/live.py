@@ -399,14 +399,14 @@ def bare_round_trip(api: ManagementClient, rate: float, window: float = WINDOW) 
     }
 
 
-def bench_live_latency(api: ManagementClient) -> None:
+def bench_live_latency(api: ManagementClient, rates=(100, 1000, 5000)) -> None:
     """Publish-to-browser latency for one direct-routing lab with its own producers off and
     a stamped publisher at 100, 1,000 and 5,000 msg/s, one viewer; beside it the bare AMQP
     round trip at the same rate. A fresh lab for each rate."""
     console = start_console()
     owner = user("bench-latency")
     try:
-        for rate in (100, 1000, 5000):
+        for rate in rates:
             (session,) = start_labs(1, owner, producers=False)
             try:
                 wait_live([session])

@@ -16,6 +16,7 @@ import os
 import secrets
 import statistics
 import sys
+import threading
 import time
 import uuid
 
@@ -235,6 +236,77 @@ def bench_firehose(api: ManagementClient, count: int = 5000) -> None:
     )
 
 
+def _confirmed_rate(params, n: int) -> float:
+    """A bare publisher with confirms into `sensors` / `temperature`, as fast as it can."""
+    conn = pika.BlockingConnection(params)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        t = time.perf_counter()
+        for _ in range(n):
+            ch.basic_publish("sensors", "temperature", b'{"n": 1}')
+        return n / (time.perf_counter() - t)
+    finally:
+        conn.close()
+
+
+def bench_live_view(api: ManagementClient, count: int = 30000) -> None:
+    """Broker throughput for a publisher at full speed into a watched Direct routing lab,
+    its monitor tracing the lab as it does (a tenth of the time above
+    LAB_TRACE_SAMPLE_ABOVE), against the same publisher into a vhost of the bench's own
+    with the same exchange and capped queue and no tracing: what the live view costs the
+    broker as it runs. Off and on alternate, median of each."""
+    from django.conf import settings as django_settings
+
+    from exercises.services import lab_session_stop
+    from labconsole.broker import control
+
+    console = start_console(web=0, workers=1)
+    (session,) = live.start_labs(1, common.user("bench"), producers=False)
+    bare = lab_vhost(api)
+    stop = threading.Event()
+
+    def watch() -> None:  # what a web process with a viewer of the lab sends
+        while not stop.is_set():
+            control.send(control.monitor_key(session.id), {"op": "watch"})
+            stop.wait(3)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        live.wait_live([session])
+        user, password = amqp.console_credentials()
+        bare_params = amqp.parameters(vhost=bare, user=user, password=password, name="bench")
+        with pika.BlockingConnection(bare_params) as conn:
+            ch = conn.channel()
+            ch.exchange_declare("sensors", "direct")
+            ch.queue_declare("temperature", arguments={"x-max-length": 10_000})
+            ch.queue_bind("temperature", "sensors", "temperature")
+        lab_params = amqp.parameters(
+            vhost=session.vhost,
+            user=session.rabbit_user,
+            password=session.rabbit_password,
+            name="bench",
+        )
+        watcher.start()
+        results: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(ALTERNATED):
+            results[False].append(_confirmed_rate(bare_params, count))
+            results[True].append(_confirmed_rate(lab_params, count))
+        off, on = statistics.median(results[False]), statistics.median(results[True])
+        print(
+            f"broker throughput with confirms ({count:,} messages), the live view as it runs "
+            f"(traced 1/10 of the time above {django_settings.LAB_TRACE_SAMPLE_ABOVE:,.0f} msg/s): "
+            f"off {off:,.0f} msg/s, on {on:,.0f} msg/s, ratio {on / off:.2f} "
+            f"(target >= 0.9), median of {ALTERNATED}, alternated"
+        )
+    finally:
+        stop.set()
+        session.refresh_from_db()
+        lab_session_stop(session=session)
+        api.delete_vhost(bare)
+        console.stop()
+
+
 def bench_lab_start(api: ManagementClient, rounds: int = 5) -> None:
     """From lab_session_start (what the Start button calls) to the first frame a viewer
     receives that counts a published message, with a real Celery worker."""
@@ -323,6 +395,7 @@ BENCHMARKS = {
     "task_drain": bench_task_drain,
     "producer": bench_producer,
     "firehose": bench_firehose,
+    "live_view": bench_live_view,
     "lab_start": bench_lab_start,
     **live.BENCHMARKS,
     **classes.BENCHMARKS,

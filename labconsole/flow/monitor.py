@@ -40,6 +40,7 @@ from labconsole.workloads.load import running_load
 
 from .alerts import AlertRule, Alerts
 from .reporter import FIRST_WATCH_SECONDS, body_text, dumps, jsonable
+from .sampling import TraceSampler
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ class Rate:
 
     def __init__(self):
         self.count = 0
+        self.total = 0
         self.value = 0.0
         self.last = time.monotonic()
 
@@ -218,9 +220,14 @@ class Rate:
         if dt >= 0.25:
             alpha = min(1.0, dt / 2.0)
             self.value += alpha * (self.count / dt - self.value)
+            self.total += self.count
             self.count = 0
             self.last = now
         return round(self.value, 2)
+
+    def seen(self) -> int:
+        """Messages counted in all."""
+        return self.total + self.count
 
 
 # Seconds after a load preset's end before its summary: the queues' depths at the end read.
@@ -358,6 +365,8 @@ class LabMonitor(Unit):
         expiring: set[str] | frozenset[str] = frozenset(),
         read_expiring: Callable[[], dict[str, dict]] = dict,
         ensure_tracing: Callable[[], bool] = lambda: True,
+        set_tracing: Callable[[bool], object] | None = None,
+        sample_above: float = 0.0,
         pace: Callable[[float], None] = lambda seconds: None,
         read_broker_events: Callable[[], list[dict]] | None = None,
         alert_rules: Iterable[AlertRule] = (),
@@ -394,6 +403,16 @@ class LabMonitor(Unit):
         self.read_expiring = read_expiring
         self.reading_expiring = False
         self.ensure_tracing = ensure_tracing
+        # Above `sample_above` publishes a second the lab is traced a tenth of the time
+        # (labconsole/flow/sampling.py); `traced` counts the publishes the firehose showed.
+        self.set_tracing = set_tracing
+        self.sampler = TraceSampler(sample_above if set_tracing is not None else 0.0)
+        self.traced = 0
+        # While sampled: the rates in the last measurement took (of the whole lab before
+        # the first window, then of each window); where and when the current one began.
+        self.held_rates: dict[str, dict[str, float]] | None = None
+        self.measure_start: dict[str, dict[str, int]] = {}
+        self.measure_from = 0.0
         # A lab on brokers of its own: what changed on them since the last read (nodes,
         # leaders, members online), as events of kind "broker", on the blocking pool.
         self.read_broker_events = read_broker_events
@@ -460,6 +479,8 @@ class LabMonitor(Unit):
         self.replay = Replay(replay_seconds) if replay_seconds > 0 else None
         self.seq = state.get("seq", 0)
         self.frame_seq = state.get("frame_seq", 0)
+        # A monitor before this one left the lab sampled, tracing perhaps off: on again.
+        self.untraced = bool(state.get("sampled"))
         self.watched_until = time.monotonic() + FIRST_WATCH_SECONDS
         self.changed = True  # something to show in the next frame
         self.moved = True  # messages moved since queue depths were last read
@@ -511,9 +532,11 @@ class LabMonitor(Unit):
 
     # --- connection --------------------------------------------------------------------------
     def connected(self) -> None:
-        if self.reconnects:
+        if self.reconnects or self.untraced:
             # What a restart of the broker loses: tracing is off after a hard restart.
+            self.untraced = False
             self._ensure_tracing(attempt=1)
+            self._trace_whole()
         self.bus.consume(self.reports_queue, self.report_arrived, self.declare_reports)
         self.firehose = self.depths = None
         self.firehose_tag = 0
@@ -537,6 +560,71 @@ class LabMonitor(Unit):
             )
 
         self.loop.run_blocking(self.ensure_tracing, done)
+
+    # --- tracing sampled above a rate (labconsole/flow/sampling.py) ---------------------------
+    def _sample_tracing(self, now: float) -> None:
+        was, since = self.sampler.state, self.sampler.since
+        reported = sum(r.value for r in self.published_rates.values())
+        turn = self.sampler.step(now, self.traced, reported)
+        if turn is False:  # what this measurement saw, held until the next one
+            self.held_rates = self._measured_rates(now)
+            if was == "full":
+                log.info("monitor %s: %.0f msg/s, tracing sampled", self.name, self.sampler.rate)
+                self.changed = True
+        elif was == "window" and self.sampler.state == "full":
+            self._trace_whole()  # the window saw the rate fall: tracing stays on
+        elif self.sampler.state == "full" and self.sampler.since != since:
+            self._measure_from(now)  # measured whole, below the rate: again from now
+        if turn is not None:
+            self._tracing(turn)
+
+    def _tracing(self, on: bool) -> None:
+        def done(_result, error) -> None:
+            if self.lab is None or self.outcome is not None:
+                return
+            if not on:
+                if error is not None:
+                    log.warning("monitor %s: tracing not turned off: %r", self.name, error)
+                return
+            if error is not None:
+                log.warning("monitor %s: tracing not turned on: %r", self.name, error)
+                self.sampler.failed(time.monotonic())
+                return
+            now = time.monotonic()
+            self.sampler.opened(now, self.traced)
+            self._measure_from(now)
+            self.poke()
+
+        set_tracing = self.set_tracing
+        self.loop.run_blocking(lambda: set_tracing(on), done)
+
+    def _measure_from(self, now: float) -> None:
+        self.measure_from = now
+        self.measure_start = {
+            "queues": {q: r.seen() for q, r in self.rates_in.items()},
+            "exchanges": {x: r.seen() for x, r in self.exchange_rates.items()},
+        }
+
+    def _measured_rates(self, now: float) -> dict[str, dict[str, float]]:
+        """Each exchange's and queue's rate in since the measurement began."""
+        seconds = max(now - self.measure_from, 1e-3)
+        rates = {}
+        for name, source in (("queues", self.rates_in), ("exchanges", self.exchange_rates)):
+            start = self.measure_start.get(name, {})
+            rates[name] = {
+                k: round((r.seen() - start.get(k, 0)) / seconds, 2) for k, r in source.items()
+            }
+        return rates
+
+    def _trace_whole(self) -> None:
+        """Tracing runs whole again (the rate fell, or a reconnect turned it on)."""
+        if self.held_rates is not None:
+            log.info("monitor %s: tracing whole again", self.name)
+        now = time.monotonic()
+        self.sampler.reset(now, self.traced)
+        self._measure_from(now)
+        self.held_rates = None
+        self.changed = True
 
     def _open_firehose(self) -> None:
         def opened(channel):
@@ -872,6 +960,7 @@ class LabMonitor(Unit):
             self.poke()  # frames at full rate from now on
         self.changed = self.moved = self.checks_dirty = True
         if kind == "publish":
+            self.traced += 1
             keys = headers.get("routing_keys") or []
             key = jsonable(keys[0]) if keys else ""
             if name == "":
@@ -1004,14 +1093,24 @@ class LabMonitor(Unit):
 
     def exchanges(self, now: float) -> dict:
         out = {}
+        held = self.held_rates["exchanges"] if self.held_rates is not None else None
         for x in {*self.exchange_rates, *self.unroutable, *self.from_you}:
+            rate = self.exchange_rates[x].tick(now) if x in self.exchange_rates else 0.0
             out[x] = {
-                "rate_in": self.exchange_rates[x].tick(now) if x in self.exchange_rates else 0.0,
+                "rate_in": rate if held is None else held.get(x, 0.0),
                 "unroutable": self.unroutable.get(x, 0),
             }
             if x in self.from_you:
                 out[x]["from_you"] = self.from_you[x]
         return out
+
+    def tracing_out(self) -> dict:
+        """While sampled: the lab is traced one window in `share`, above `above` msg/s."""
+        return {
+            "share": self.sampler.share,
+            "above": self.sampler.above,
+            "rate": round(self.sampler.rate),
+        }
 
     def snapshot(self) -> dict:
         return {
@@ -1039,6 +1138,7 @@ class LabMonitor(Unit):
             "timeline": list(self.timeline),
             "seq": self.seq,
             "frame_seq": self.frame_seq,
+            "sampled": self.sampler.sampled,
         }
 
     def publish(self, kind: str, message: dict) -> None:
@@ -1142,8 +1242,11 @@ class LabMonitor(Unit):
 
     def frame(self, now: float) -> None:
         self._consumers_numbers()
+        held = self.held_rates["queues"] if self.held_rates is not None else None
         for q, stats in self.queues.items():
             stats["rate_in"] = self.rates_in[q].tick(now)
+            if held is not None:
+                stats["rate_in"] = held.get(q, 0.0)
             stats["rate_out"] = self.rates_out[q].tick(now)
         events = []
         for item in self.pending_events:
@@ -1171,6 +1274,7 @@ class LabMonitor(Unit):
             "events": events,
             "shown": shown,
             **({"timeline": timeline} if timeline else {}),
+            **({"tracing": self.tracing_out()} if self.sampler.sampled else {}),
             "checks": self.checks,
             **({"alerts": self.alerts.frame()} if self.alerts else {}),
             **({"loads": self.loads_out()} if self.loads or self.load_results else {}),
@@ -1310,6 +1414,8 @@ class LabMonitor(Unit):
         if self.checks_dirty and now >= self.next_checks:
             self.run_checks()
             self.next_checks = now + CHECK_INTERVAL
+        if self.sampler.above:
+            self._sample_tracing(now)
         moving = watched and (
             any(r.value for r in self.rates_in.values())
             or any(r.value for r in self.rates_out.values())
@@ -1339,5 +1445,7 @@ class LabMonitor(Unit):
             due.append(now + 1.0)  # the queues' peaks, and each load's end
         if self.read_broker_events:
             due.append(self.next_brokers)
+        if (sampling := self.sampler.due()) is not None:
+            due.append(sampling)
         due.append(self.next_frame if lively else self.last_frame + IDLE_FRAME)
         return min(due)
