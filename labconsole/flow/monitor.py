@@ -413,6 +413,8 @@ class LabMonitor(Unit):
         self.held_rates: dict[str, dict[str, float]] | None = None
         self.measure_start: dict[str, dict[str, int]] = {}
         self.measure_from = 0.0
+        self.measure_traced = 0
+        self.window_end = 0.0  # when the broker said the last window's tracing was off
         # A lab on brokers of its own: what changed on them since the last read (nodes,
         # leaders, members online), as events of kind "broker", on the blocking pool.
         self.read_broker_events = read_broker_events
@@ -565,14 +567,16 @@ class LabMonitor(Unit):
     def _sample_tracing(self, now: float) -> None:
         was, since = self.sampler.state, self.sampler.since
         reported = sum(r.value for r in self.published_rates.values())
-        turn = self.sampler.step(now, self.traced, reported)
-        if turn is False:  # what this measurement saw, held until the next one
-            self.held_rates = self._measured_rates(now)
-            if was == "full":
-                log.info("monitor %s: %.0f msg/s, tracing sampled", self.name, self.sampler.rate)
-                self.changed = True
-        elif was == "window" and self.sampler.state == "full":
-            self._trace_whole()  # the window saw the rate fall: tracing stays on
+        episode = self._episode_rate() if was == "off" else None
+        turn = self.sampler.step(now, self.traced, reported, episode)
+        if turn is False and was == "full":  # measured whole: held until the first window
+            self.held_rates = self._measured_rates(None)
+            log.info("monitor %s: %.0f msg/s, tracing sampled", self.name, self.sampler.rate)
+            self.changed = True
+        elif turn is True and episode is not None:  # the last window, all its traces in
+            self.held_rates = self._measured_rates(self.held_rates)
+            if self.sampler.state == "full":  # its rate fell: traced whole from now
+                self._trace_whole()
         elif self.sampler.state == "full" and self.sampler.since != since:
             self._measure_from(now)  # measured whole, below the rate: again from now
         if turn is not None:
@@ -582,15 +586,15 @@ class LabMonitor(Unit):
         def done(_result, error) -> None:
             if self.lab is None or self.outcome is not None:
                 return
-            if not on:
-                if error is not None:
-                    log.warning("monitor %s: tracing not turned off: %r", self.name, error)
-                return
-            if error is not None:
-                log.warning("monitor %s: tracing not turned on: %r", self.name, error)
-                self.sampler.failed(time.monotonic())
-                return
             now = time.monotonic()
+            if error is not None:
+                log.warning("monitor %s: tracing not turned %s: %r", self.name, on, error)
+                if on:
+                    self.sampler.failed(now)
+                return
+            if not on:
+                self.window_end = now
+                return
             self.sampler.opened(now, self.traced)
             self._measure_from(now)
             self.poke()
@@ -600,20 +604,40 @@ class LabMonitor(Unit):
 
     def _measure_from(self, now: float) -> None:
         self.measure_from = now
+        self.measure_traced = self.traced
         self.measure_start = {
             "queues": {q: r.seen() for q, r in self.rates_in.items()},
             "exchanges": {x: r.seen() for x, r in self.exchange_rates.items()},
         }
+        self.window_end = 0.0
 
-    def _measured_rates(self, now: float) -> dict[str, dict[str, float]]:
-        """Each exchange's and queue's rate in since the measurement began."""
-        seconds = max(now - self.measure_from, 1e-3)
+    def _episode_rate(self) -> float | None:
+        """Publishes a second in the last window: what was traced from the broker's "on"
+        to the next one, over the time from its "on" to its "off". The broker starts and
+        stops tracing a busy channel some milliseconds late, about as late each way; by
+        the next window every trace of this one has arrived. None before a window."""
+        seconds = self.window_end - self.measure_from
+        if not self.window_end or seconds <= 0:
+            return None
+        return (self.traced - self.measure_traced) / seconds
+
+    def _measured_rates(self, before: dict | None) -> dict[str, dict[str, float]]:
+        """Each exchange's and queue's rate in over the measurement: its share of the
+        messages traced then, times the lab's rate (the sampler's); averaged with `before`,
+        the windows' so far, as a window's share of a quiet exchange is a few messages.
+        `before` when this one traced none."""
+        traced = self.traced - self.measure_traced
+        if traced <= 0 and before is not None:
+            return before
+        per_message = self.sampler.rate / max(traced, 1)
         rates = {}
         for name, source in (("queues", self.rates_in), ("exchanges", self.exchange_rates)):
             start = self.measure_start.get(name, {})
-            rates[name] = {
-                k: round((r.seen() - start.get(k, 0)) / seconds, 2) for k, r in source.items()
-            }
+            old = (before or {}).get(name, {})
+            rates[name] = {}
+            for k, r in source.items():
+                rate = (r.seen() - start.get(k, 0)) * per_message
+                rates[name][k] = round(rate if k not in old else (rate + old[k]) / 2, 2)
         return rates
 
     def _trace_whole(self) -> None:

@@ -6,11 +6,12 @@ it about a quarter of its throughput at full speed (docs/benchmarks.md). Above `
 publishes a second, measured over half a second of full tracing, the monitor turns the
 lab's tracing off, and on again for `window` seconds in every `period`: a tenth of a
 second each second, so that the log's newest event is never more than a second old. Each
-window measures the rate again; one that sees fewer than `below` a second leaves tracing
-on for good. So below the rate the lab is traced whole. Above it the broker traces a tenth
-of the time, the log and the animation show that sample (the page says so), and the rates
-in of exchanges and queues hold what the last window measured. The counters the workloads
-report stay exact either way.
+window measures the rate again, read when the next is due (all its traces are in by
+then); when one saw fewer than `below` a second, tracing goes on for good. So below the
+rate the lab is traced whole. Above it the broker traces a tenth of the time, the log and
+the animation show that sample (the page says so), and the rates in of exchanges and
+queues are the windows' shares of the lab's rate. The counters the workloads report stay
+exact either way.
 
 The rate is the higher of what the firehose showed and what the lab's producers report
 they publish: a monitor that falls behind its firehose still sees a busy lab as busy, and
@@ -18,8 +19,8 @@ a publisher that is not one of the lab's workloads (a sandbox's own client) is s
 windows.
 
 A pure state machine: the monitor calls `step` with the time, the count of publishes
-traced so far and the producers' reported rate, turns tracing on or off as it answers,
-and calls `opened` once the broker said tracing is on (the window is measured from then).
+traced so far, the producers' reported rate and the last window's rate, turns tracing on
+or off as it answers, and calls `opened` once the broker said tracing is on.
 """
 
 from __future__ import annotations
@@ -53,8 +54,13 @@ class TraceSampler:
         """Tracing runs one `window` in this many."""
         return max(1, round(self.period / self.window))
 
-    def step(self, now: float, traced: int, reported: float = 0.0) -> bool | None:
-        """True: turn tracing on; False: turn it off; None: leave it as it is."""
+    def step(
+        self, now: float, traced: int, reported: float = 0.0, window_rate: float | None = None
+    ) -> bool | None:
+        """True: turn tracing on; False: turn it off; None: leave it as it is.
+        `window_rate`: the last window's rate, once all its traces are in (at the end of
+        the period it began); the broker starts and stops tracing a busy channel late, so
+        the monitor reads it from when the broker said on to when it said off."""
         if self.above <= 0:
             return None
         if self.state == FULL:
@@ -67,17 +73,17 @@ class TraceSampler:
                 return False
             return None
         if self.state == OFF:
-            if now - self.since >= self.period - self.window:
-                self.state, self.since = OPENING, now
-                return True
-            return None
-        if self.state == WINDOW and now - self.since >= self.window:
-            self.rate = max((traced - self.start_count) / (now - self.since), reported)
-            self.since, self.start_count = now, traced
-            if self.rate < self.below:
-                self.state = FULL
+            if now - self.since < self.period - self.window:
                 return None
-            self.state = OFF
+            if window_rate is not None:
+                self.rate = max(window_rate, reported)
+                if self.rate < self.below:  # on, for good
+                    self.state, self.since, self.start_count = FULL, now, traced
+                    return True
+            self.state, self.since = OPENING, now
+            return True
+        if self.state == WINDOW and now - self.since >= self.window:
+            self.state, self.since = OFF, now
             return False
         return None
 
