@@ -154,6 +154,16 @@ def frame_seq(body: bytes) -> int | None:
     return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 
+async def _acknowledge(reader: _Feed | Hub, message) -> None:
+    """Acknowledges a reader's messages in groups (half the prefetch at a time, `multiple`):
+    one acknowledgement per frame was a third of what the broker did for the viewers."""
+    reader.unacked += 1
+    if reader.unacked >= ack_every():
+        reader.unacked = 0
+        with contextlib.suppress(Exception):
+            await message.ack(multiple=True)
+
+
 class BrokerUnavailable(Exception):
     pass
 
@@ -323,12 +333,7 @@ class _Feed:
         except Exception:
             log.exception("a frames message could not be handed on")
         finally:
-            # Acknowledged in groups, as a hub's messages are.
-            self.unacked += 1
-            if self.unacked >= ack_every():
-                self.unacked = 0
-                with contextlib.suppress(Exception):
-                    await message.ack(multiple=True)
+            await _acknowledge(self, message)
 
     async def _close_channel(self) -> None:
         channel, self.channel, self.queue, self.connection = self.channel, None, None, None
@@ -616,13 +621,7 @@ class Hub:
                 return
             await self._fan_out(False, tail)
         finally:
-            # Acknowledged in groups (half the prefetch at a time, `multiple`): one
-            # acknowledgement per frame was a third of what the broker did for the viewers.
-            self.unacked += 1
-            if self.unacked >= ack_every():
-                self.unacked = 0
-                with contextlib.suppress(Exception):
-                    await message.ack(multiple=True)
+            await _acknowledge(self, message)
 
     async def on_frame(self, body: bytes) -> None:
         """One of the lab's frames, from the process's feed."""
