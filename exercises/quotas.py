@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from django.utils.formats import number_format
 from django.utils.translation import gettext
 
 from labconsole.workloads.load import effective_rate
@@ -150,9 +152,14 @@ def sandbox_rate_refusal(
     if producers + page <= limit:
         return None
     return gettext(
-        "this sandbox may publish at most {limit:g} messages a second in all; its producers "
-        "would publish {producers:g} and its page {page:.1f}: lower a rate or stop a producer"
-    ).format(limit=limit, producers=producers, page=page)
+        "this sandbox may publish at most {limit} messages a second in all; its producers "
+        "would publish {producers} and its page {page}: lower a rate or stop a producer"
+    ).format(limit=_rate(limit), producers=_rate(producers), page=_rate(page))
+
+
+def _rate(value: float) -> str:
+    """A rate as the page's language writes numbers: 0.05 and 2,500 (0,05 and 2 500)."""
+    return number_format(Decimal(f"{value:.2f}").normalize(), force_grouping=True)
 
 
 def sandbox_start_refusal(*, session: LabSession, workload) -> str | None:

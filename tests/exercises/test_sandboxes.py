@@ -4,6 +4,7 @@ SANDBOX_* limits and what the page says when one is hit, presence over the lab's
 and the export that makes the same sandbox again."""
 
 import json
+import re
 import time
 
 import pytest
@@ -428,6 +429,12 @@ def test_the_page_publishes_count_against_their_own_sandbox_only(people, labs, s
     refused = publish(first)
     assert refused.status_code == 429
     assert "this sandbox may publish at most 0.05 messages a second" in refused.content.decode()
+    # In Russian, with Russian numbers (0,05, and the page's rate with a comma too).
+    owner.cookies["django_language"] = "ru"
+    refused = publish(first).content.decode()
+    assert "не больше 0,05 сообщ./с" in refused, refused
+    assert re.search(r"страница — 0,\d+:", refused), refused
+    owner.cookies["django_language"] = "en"
     assert publish(second).status_code == 200
 
 
