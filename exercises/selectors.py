@@ -9,7 +9,7 @@ import markdown
 import nh3
 from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
-from django.utils.translation import get_language
+from django.utils.translation import get_language, pgettext_lazy
 from django.utils.translation import gettext_lazy as _
 
 from labconsole.workloads.ledger import page_counters
@@ -27,6 +27,54 @@ LEVEL_NAMES = {
     "intermediate": _("intermediate"),
     "advanced": _("advanced"),
 }
+
+# The catalogue's tags that are words, in the reader's language. Tags that name a RabbitMQ
+# thing (x-death, quorum-queues, publisher-confirms, ...) read the same in any language,
+# as do the tags an instructor writes: they are shown as they are.
+TAG_NAMES = {
+    "acknowledgements": pgettext_lazy("exercise tag", "acknowledgements"),
+    "alerts": pgettext_lazy("exercise tag", "alerts"),
+    "analytics": pgettext_lazy("exercise tag", "analytics"),
+    "audit": pgettext_lazy("exercise tag", "audit"),
+    "basics": pgettext_lazy("exercise tag", "basics"),
+    "cluster": pgettext_lazy("exercise tag", "cluster"),
+    "compensation": pgettext_lazy("exercise tag", "compensation"),
+    "durability": pgettext_lazy("exercise tag", "durability"),
+    "events": pgettext_lazy("exercise tag", "events"),
+    "failover": pgettext_lazy("exercise tag", "failover"),
+    "load-test": pgettext_lazy("exercise tag", "load test"),
+    "logging": pgettext_lazy("exercise tag", "logging"),
+    "microservices": pgettext_lazy("exercise tag", "microservices"),
+    "monitoring": pgettext_lazy("exercise tag", "monitoring"),
+    "offsets": pgettext_lazy("exercise tag", "offsets"),
+    "operations": pgettext_lazy("exercise tag", "operations"),
+    "patterns": pgettext_lazy("exercise tag", "patterns"),
+    "performance": pgettext_lazy("exercise tag", "performance"),
+    "permissions": pgettext_lazy("exercise tag", "permissions"),
+    "persistence": pgettext_lazy("exercise tag", "persistence"),
+    "plugin": pgettext_lazy("exercise tag", "plugin"),
+    "poison-messages": pgettext_lazy("exercise tag", "poison messages"),
+    "priority": pgettext_lazy("exercise tag", "priority"),
+    "project": pgettext_lazy("exercise tag", "project"),
+    "queues": pgettext_lazy("exercise tag", "queues"),
+    "redelivery": pgettext_lazy("exercise tag", "redelivery"),
+    "reliability": pgettext_lazy("exercise tag", "reliability"),
+    "replay": pgettext_lazy("exercise tag", "replay"),
+    "restart": pgettext_lazy("exercise tag", "restart"),
+    "retention": pgettext_lazy("exercise tag", "retention"),
+    "retries": pgettext_lazy("exercise tag", "retries"),
+    "routing": pgettext_lazy("exercise tag", "routing"),
+    "saga": pgettext_lazy("exercise tag", "saga"),
+    "security": pgettext_lazy("exercise tag", "security"),
+    "sharding": pgettext_lazy("exercise tag", "sharding"),
+    "transactions": pgettext_lazy("exercise tag", "transactions"),
+    "users": pgettext_lazy("exercise tag", "users"),
+}
+
+
+def tag_items(tags) -> list[dict]:
+    """Tags as the pages show them: the value (for the filter) and its name."""
+    return [{"value": t, "name": str(TAG_NAMES.get(t, t))} for t in tags]
 
 
 def level_choices() -> list[tuple[str, str]]:
@@ -122,7 +170,7 @@ def exercise_card(exercise: Exercise) -> dict:
         "level": spec.level,
         "level_name": LEVEL_NAMES.get(spec.level, spec.level),
         "minutes": spec.minutes,
-        "tags": list(spec.tags),
+        "tags": tag_items(spec.tags),
         "url": exercise.get_absolute_url(),
     }
 
@@ -155,10 +203,10 @@ def exercises_in_catalogue(exercises=None) -> list[Exercise]:
     return sorted((e for e in chosen if _readable(e)), key=_catalogue_place)
 
 
-def exercise_cards(*, tag: str = "", level: str = "") -> tuple[list[dict], list[str]]:
-    """Cards matching the filters, and every tag there is (for the filter)."""
+def exercise_cards(*, tag: str = "", level: str = "") -> tuple[list[dict], list[dict]]:
+    """Cards matching the filters, and every tag there is (for the filter), by name."""
     exercises = exercises_in_catalogue()
-    tags = sorted({t for e in exercises for t in e.tags})
+    tags = sorted(tag_items({t for e in exercises for t in e.tags}), key=lambda t: t["name"])
     cards = [
         exercise_card(e)
         for e in exercises

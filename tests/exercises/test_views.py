@@ -33,6 +33,21 @@ def test_catalogue_lists_and_filters(client_in, catalogue):
     assert "Direct routing" not in tagged
 
 
+def test_tags_that_are_words_read_in_the_pages_language_and_filter_by_their_value(
+    client_in, catalogue
+):
+    english = client_in.get(reverse("catalogue")).content.decode()
+    assert '<option value="routing">routing</option>' in english
+    client_in.cookies["django_language"] = "ru"
+    russian = client_in.get(reverse("catalogue"), {"tag": "routing"}).content.decode()
+    assert '<option value="routing" selected>маршрутизация</option>' in russian
+    assert '<li class="chip chip-active">маршрутизация</li>' in russian
+    # A tag naming a RabbitMQ thing reads as it is.
+    assert '<option value="x-death">x-death</option>' in russian
+    exercise = client_in.get(reverse("exercise", args=["direct-routing"])).content.decode()
+    assert f'href="{reverse("catalogue")}?tag=routing">маршрутизация</a>' in exercise
+
+
 def test_catalogue_lists_the_course_in_its_order_then_the_others(client_in, catalogue):
     from exercises.services import exercise_save
 
