@@ -154,6 +154,24 @@ def frame_seq(body: bytes) -> int | None:
     return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 
+async def _declare_short_queue(channel, prefix: str) -> aio_pika.abc.AbstractQueue:
+    """A queue of this process that keeps the newest hub_queue_length() messages. A new
+    name each time (`prefix`, the pid, a random part): the old exclusive queue may linger on
+    the broker a moment after its connection was lost. Exclusive: gone with the connection;
+    auto-deleted: gone with the consumer; and, should a failure leave it declared but never
+    consumed, expired after a minute."""
+    return await channel.declare_queue(
+        f"{prefix}{os.getpid()}.{uuid.uuid4().hex[:8]}",
+        exclusive=True,
+        auto_delete=True,
+        arguments={
+            "x-max-length": hub_queue_length(),
+            "x-overflow": "drop-head",
+            "x-expires": 60_000,
+        },
+    )
+
+
 async def _acknowledge(reader: _Feed | Hub, message) -> None:
     """Acknowledges a reader's messages in groups (half the prefetch at a time, `multiple`):
     one acknowledgement per frame was a third of what the broker did for the viewers."""
@@ -281,16 +299,8 @@ class _Feed:
             exchange = await channel.declare_exchange(
                 amqp.frames_exchange(), aio_pika.ExchangeType.HEADERS, durable=True
             )
-            # Exclusive, auto-deleted and expiring, like a hub's queue (Hub._open).
-            queue = await channel.declare_queue(
-                f"{settings.LABCONSOLE_PREFIX}.view.frames.{os.getpid()}.{uuid.uuid4().hex[:8]}",
-                exclusive=True,
-                auto_delete=True,
-                arguments={
-                    "x-max-length": hub_queue_length(),
-                    "x-overflow": "drop-head",
-                    "x-expires": 60_000,
-                },
+            queue = await _declare_short_queue(
+                channel, f"{settings.LABCONSOLE_PREFIX}.view.frames."
             )
             self.unacked = 0
             await queue.consume(self._on_message)
@@ -579,20 +589,7 @@ class Hub:
         self.control = await channel.declare_exchange(
             amqp.control_exchange(), aio_pika.ExchangeType.TOPIC, durable=True
         )
-        # A new name each time: the old exclusive queue may linger on the broker a moment
-        # after its connection was lost.
-        # Exclusive: gone with the connection; auto-deleted: gone with the consumer; and,
-        # should a failure leave it declared but never consumed, expired after a minute.
-        self.declared = queue = await channel.declare_queue(
-            queue_prefix(self.lab_id) + f"{os.getpid()}.{uuid.uuid4().hex[:8]}",
-            exclusive=True,
-            auto_delete=True,
-            arguments={
-                "x-max-length": hub_queue_length(),
-                "x-overflow": "drop-head",
-                "x-expires": 60_000,
-            },
-        )
+        self.declared = queue = await _declare_short_queue(channel, queue_prefix(self.lab_id))
         for kind in KINDS:
             await queue.bind(flow, amqp.lab_key(self.lab_id, kind))
         self.unacked = 0
