@@ -16,7 +16,6 @@ import os
 import secrets
 import statistics
 import sys
-import threading
 import time
 import uuid
 
@@ -219,16 +218,15 @@ def _firehose_rate(api: ManagementClient, tracing: bool, n: int) -> float:
 
 def bench_firehose(api: ManagementClient, count: int = 5000) -> None:
     """Broker throughput for a bare publisher with the firehose on (and read) against off:
-    what tracing a lab whole costs the broker (`live_view` measures the live view as it
-    runs, sampling its tracing above a rate). Off and on alternate, median of each."""
+    what the live view costs the broker. Off and on alternate, median of each."""
     results: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(ALTERNATED):
         for tracing in (False, True):
             results[tracing].append(_firehose_rate(api, tracing, count))
     off, on = statistics.median(results[False]), statistics.median(results[True])
     print(
-        f"broker throughput with confirms ({count} messages), traced whole: firehose off "
-        f"{off:,.0f} msg/s, on {on:,.0f} msg/s, ratio {on / off:.2f}, median of {ALTERNATED}, "
+        f"broker throughput with confirms ({count} messages): firehose off {off:,.0f} msg/s, "
+        f"on {on:,.0f} msg/s, ratio {on / off:.2f} (target >= 0.9), median of {ALTERNATED}, "
         "alternated"
     )
 
@@ -240,69 +238,6 @@ def _confirmed_rate(channel, exchange: str, key: str, n: int) -> float:
     for _ in range(n):
         channel.basic_publish(exchange, key, b'{"n": 1}')
     return n / (time.perf_counter() - t)
-
-
-def _sensor_rate(params, n: int) -> float:
-    """`_confirmed_rate` into `sensors` / `temperature` on a connection of its own."""
-    with pika.BlockingConnection(params) as conn:
-        return _confirmed_rate(conn.channel(), "sensors", "temperature", n)
-
-
-def bench_live_view(api: ManagementClient, count: int = 30000) -> None:
-    """Broker throughput for a publisher at full speed into a watched Direct routing lab,
-    its monitor tracing the lab as it does (a tenth of the time above
-    LAB_TRACE_SAMPLE_ABOVE), against the same publisher into a vhost of the bench's own
-    with the same exchange and capped queue and no tracing: what the live view costs the
-    broker as it runs. Off and on alternate, median of each."""
-    from django.conf import settings as django_settings
-
-    from exercises.services import lab_session_stop
-    from labconsole.broker import control
-
-    console = start_console(web=0, workers=1)
-    (session,) = live.start_labs(1, common.user("bench"), producers=False)
-    bare = lab_vhost(api)
-    stop = threading.Event()
-
-    def watch() -> None:  # what a web process with a viewer of the lab sends
-        while not stop.is_set():
-            control.send(control.monitor_key(session.id), {"op": "watch"})
-            stop.wait(3)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    try:
-        live.wait_live([session])
-        user, password = amqp.console_credentials()
-        bare_params = amqp.parameters(vhost=bare, user=user, password=password, name="bench")
-        with pika.BlockingConnection(bare_params) as conn:
-            ch = conn.channel()
-            ch.exchange_declare("sensors", "direct")
-            ch.queue_declare("temperature", arguments={"x-max-length": 10_000})
-            ch.queue_bind("temperature", "sensors", "temperature")
-        lab_params = amqp.parameters(
-            vhost=session.vhost,
-            user=session.rabbit_user,
-            password=session.rabbit_password,
-            name="bench",
-        )
-        watcher.start()
-        results: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(ALTERNATED):
-            results[False].append(_sensor_rate(bare_params, count))
-            results[True].append(_sensor_rate(lab_params, count))
-        off, on = statistics.median(results[False]), statistics.median(results[True])
-        print(
-            f"broker throughput with confirms ({count:,} messages), the live view as it runs "
-            f"(traced 1/10 of the time above {django_settings.LAB_TRACE_SAMPLE_ABOVE:,.0f} msg/s): "
-            f"off {off:,.0f} msg/s, on {on:,.0f} msg/s, ratio {on / off:.2f} "
-            f"(target >= 0.9), median of {ALTERNATED}, alternated"
-        )
-    finally:
-        stop.set()
-        session.refresh_from_db()
-        lab_session_stop(session=session)
-        api.delete_vhost(bare)
-        console.stop()
 
 
 def bench_lab_start(api: ManagementClient, rounds: int = 5) -> None:
@@ -393,7 +328,6 @@ BENCHMARKS = {
     "task_drain": bench_task_drain,
     "producer": bench_producer,
     "firehose": bench_firehose,
-    "live_view": bench_live_view,
     "lab_start": bench_lab_start,
     **live.BENCHMARKS,
     **classes.BENCHMARKS,

@@ -639,8 +639,6 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         read_expiring=read_expiring,
         evaluate=evaluate,
         ensure_tracing=ensure_tracing,
-        set_tracing=lambda on: api.tracing_on(session.vhost, on),
-        sample_above=settings.LAB_TRACE_SAMPLE_ABOVE,
         read_broker_events=read_broker_events,
         pace=lambda seconds: bus.publish(
             amqp.control_exchange(),

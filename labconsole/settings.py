@@ -184,10 +184,6 @@ LAB_MAX_CHANNELS = env.int("LAB_MAX_CHANNELS", default=64)
 # An operator policy on every queue of a lab vhost (https://www.rabbitmq.com/docs/policies
 # #operator-policies): the broker applies the lower of it and the exercise's own limits,
 # with the queue's own overflow behaviour (drop-head unless the exercise says otherwise).
-# Above this many publishes a second a lab's vhost is traced a tenth of the time, not whole
-# (labconsole/flow/sampling.py): the broker's trace copies cost it about a quarter of its
-# throughput at full speed. 0 traces every lab whole at any rate.
-LAB_TRACE_SAMPLE_ABOVE = env.float("LAB_TRACE_SAMPLE_ABOVE", default=2500.0)
 LAB_QUEUE_MAX_LENGTH = env.int("LAB_QUEUE_MAX_LENGTH", default=10_000)
 LAB_QUEUE_MAX_BYTES = env.int("LAB_QUEUE_MAX_BYTES", default=8 * 1024 * 1024)
 # A lab nobody has looked at for this long is ended by the sweeper.

@@ -137,10 +137,9 @@ class ManagementClient:
             {"tracing": tracing, "description": description, "tags": ",".join(tags)},
         )
 
-    def tracing_on(self, name: str, on: bool = True) -> bool:
-        """Turns the firehose of an existing vhost on again (or off: `on=False`), keeping
-        its description and tags; a vhost that is gone is not made again. Returns whether
-        it exists.
+    def tracing_on(self, name: str) -> bool:
+        """Turns the firehose of an existing vhost on again, keeping its description and
+        tags; a vhost that is gone is not made again. Returns whether it exists.
 
         RabbitMQ keeps the firehose per node: a node traces the channels it runs only. With
         several nodes' APIs, it is turned on through each node that answers."""
@@ -153,7 +152,7 @@ class ManagementClient:
             try:
                 node.put_vhost(
                     name,
-                    tracing=on,
+                    tracing=True,
                     description=vhost.get("description") or "",
                     tags=tags.split(",") if isinstance(tags, str) else tags,
                 )

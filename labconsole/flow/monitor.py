@@ -40,7 +40,6 @@ from labconsole.workloads.load import running_load
 
 from .alerts import AlertRule, Alerts
 from .reporter import FIRST_WATCH_SECONDS, body_text, dumps, jsonable
-from .sampling import TraceSampler
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +210,6 @@ class Rate:
 
     def __init__(self):
         self.count = 0
-        self.total = 0
         self.value = 0.0
         self.last = time.monotonic()
 
@@ -220,14 +218,9 @@ class Rate:
         if dt >= 0.25:
             alpha = min(1.0, dt / 2.0)
             self.value += alpha * (self.count / dt - self.value)
-            self.total += self.count
             self.count = 0
             self.last = now
         return round(self.value, 2)
-
-    def seen(self) -> int:
-        """Messages counted in all."""
-        return self.total + self.count
 
 
 # Seconds after a load preset's end before its summary: the queues' depths at the end read.
@@ -365,8 +358,6 @@ class LabMonitor(Unit):
         expiring: set[str] | frozenset[str] = frozenset(),
         read_expiring: Callable[[], dict[str, dict]] = dict,
         ensure_tracing: Callable[[], bool] = lambda: True,
-        set_tracing: Callable[[bool], object] | None = None,
-        sample_above: float = 0.0,
         pace: Callable[[float], None] = lambda seconds: None,
         read_broker_events: Callable[[], list[dict]] | None = None,
         alert_rules: Iterable[AlertRule] = (),
@@ -403,18 +394,6 @@ class LabMonitor(Unit):
         self.read_expiring = read_expiring
         self.reading_expiring = False
         self.ensure_tracing = ensure_tracing
-        # Above `sample_above` publishes a second the lab is traced a tenth of the time
-        # (labconsole/flow/sampling.py); `traced` counts the publishes the firehose showed.
-        self.set_tracing = set_tracing
-        self.sampler = TraceSampler(sample_above if set_tracing is not None else 0.0)
-        self.traced = 0
-        # While sampled: the rates in the last measurement took (of the whole lab before
-        # the first window, then of each window); where and when the current one began.
-        self.held_rates: dict[str, dict[str, float]] | None = None
-        self.measure_start: dict[str, dict[str, int]] = {}
-        self.measure_from = 0.0
-        self.measure_traced = 0
-        self.window_end = 0.0  # when the broker said the last window's tracing was off
         # A lab on brokers of its own: what changed on them since the last read (nodes,
         # leaders, members online), as events of kind "broker", on the blocking pool.
         self.read_broker_events = read_broker_events
@@ -481,8 +460,6 @@ class LabMonitor(Unit):
         self.replay = Replay(replay_seconds) if replay_seconds > 0 else None
         self.seq = state.get("seq", 0)
         self.frame_seq = state.get("frame_seq", 0)
-        # A monitor before this one left the lab sampled, tracing perhaps off: on again.
-        self.untraced = bool(state.get("sampled"))
         self.watched_until = time.monotonic() + FIRST_WATCH_SECONDS
         self.changed = True  # something to show in the next frame
         self.moved = True  # messages moved since queue depths were last read
@@ -534,11 +511,9 @@ class LabMonitor(Unit):
 
     # --- connection --------------------------------------------------------------------------
     def connected(self) -> None:
-        if self.reconnects or self.untraced:
+        if self.reconnects:
             # What a restart of the broker loses: tracing is off after a hard restart.
-            self.untraced = False
             self._ensure_tracing(attempt=1)
-            self._trace_whole()
         self.bus.consume(self.reports_queue, self.report_arrived, self.declare_reports)
         self.firehose = self.depths = None
         self.firehose_tag = 0
@@ -562,93 +537,6 @@ class LabMonitor(Unit):
             )
 
         self.loop.run_blocking(self.ensure_tracing, done)
-
-    # --- tracing sampled above a rate (labconsole/flow/sampling.py) ---------------------------
-    def _sample_tracing(self, now: float) -> None:
-        was, since = self.sampler.state, self.sampler.since
-        reported = sum(r.value for r in self.published_rates.values())
-        episode = self._episode_rate() if was == "off" else None
-        turn = self.sampler.step(now, self.traced, reported, episode)
-        if turn is False and was == "full":  # measured whole: held until the first window
-            self.held_rates = self._measured_rates(None)
-            log.info("monitor %s: %.0f msg/s, tracing sampled", self.name, self.sampler.rate)
-            self.changed = True
-        elif turn is True and episode is not None:  # the last window, all its traces in
-            self.held_rates = self._measured_rates(self.held_rates)
-            if self.sampler.state == "full":  # its rate fell: traced whole from now
-                self._trace_whole()
-        elif self.sampler.state == "full" and self.sampler.since != since:
-            self._measure_from(now)  # measured whole, below the rate: again from now
-        if turn is not None:
-            self._tracing(turn)
-
-    def _tracing(self, on: bool) -> None:
-        def done(_result, error) -> None:
-            if self.lab is None or self.outcome is not None:
-                return
-            now = time.monotonic()
-            if error is not None:
-                log.warning("monitor %s: tracing not turned %s: %r", self.name, on, error)
-                if on:
-                    self.sampler.failed(now)
-                return
-            if not on:
-                self.window_end = now
-                return
-            self.sampler.opened(now, self.traced)
-            self._measure_from(now)
-            self.poke()
-
-        set_tracing = self.set_tracing
-        self.loop.run_blocking(lambda: set_tracing(on), done)
-
-    def _measure_from(self, now: float) -> None:
-        self.measure_from = now
-        self.measure_traced = self.traced
-        self.measure_start = {
-            "queues": {q: r.seen() for q, r in self.rates_in.items()},
-            "exchanges": {x: r.seen() for x, r in self.exchange_rates.items()},
-        }
-        self.window_end = 0.0
-
-    def _episode_rate(self) -> float | None:
-        """Publishes a second in the last window: what was traced from the broker's "on"
-        to the next one, over the time from its "on" to its "off". The broker starts and
-        stops tracing a busy channel some milliseconds late, about as late each way; by
-        the next window every trace of this one has arrived. None before a window."""
-        seconds = self.window_end - self.measure_from
-        if not self.window_end or seconds <= 0:
-            return None
-        return (self.traced - self.measure_traced) / seconds
-
-    def _measured_rates(self, before: dict | None) -> dict[str, dict[str, float]]:
-        """Each exchange's and queue's rate in over the measurement: its share of the
-        messages traced then, times the lab's rate (the sampler's); averaged with `before`,
-        the windows' so far, as a window's share of a quiet exchange is a few messages.
-        `before` when this one traced none."""
-        traced = self.traced - self.measure_traced
-        if traced <= 0 and before is not None:
-            return before
-        per_message = self.sampler.rate / max(traced, 1)
-        rates = {}
-        for name, source in (("queues", self.rates_in), ("exchanges", self.exchange_rates)):
-            start = self.measure_start.get(name, {})
-            old = (before or {}).get(name, {})
-            rates[name] = {}
-            for k, r in source.items():
-                rate = (r.seen() - start.get(k, 0)) * per_message
-                rates[name][k] = round(rate if k not in old else (rate + old[k]) / 2, 2)
-        return rates
-
-    def _trace_whole(self) -> None:
-        """Tracing runs whole again (the rate fell, or a reconnect turned it on)."""
-        if self.held_rates is not None:
-            log.info("monitor %s: tracing whole again", self.name)
-        now = time.monotonic()
-        self.sampler.reset(now, self.traced)
-        self._measure_from(now)
-        self.held_rates = None
-        self.changed = True
 
     def _open_firehose(self) -> None:
         def opened(channel):
@@ -984,7 +872,6 @@ class LabMonitor(Unit):
             self.poke()  # frames at full rate from now on
         self.changed = self.moved = self.checks_dirty = True
         if kind == "publish":
-            self.traced += 1
             keys = headers.get("routing_keys") or []
             key = jsonable(keys[0]) if keys else ""
             if name == "":
@@ -1117,24 +1004,14 @@ class LabMonitor(Unit):
 
     def exchanges(self, now: float) -> dict:
         out = {}
-        held = self.held_rates["exchanges"] if self.held_rates is not None else None
         for x in {*self.exchange_rates, *self.unroutable, *self.from_you}:
-            rate = self.exchange_rates[x].tick(now) if x in self.exchange_rates else 0.0
             out[x] = {
-                "rate_in": rate if held is None else held.get(x, 0.0),
+                "rate_in": self.exchange_rates[x].tick(now) if x in self.exchange_rates else 0.0,
                 "unroutable": self.unroutable.get(x, 0),
             }
             if x in self.from_you:
                 out[x]["from_you"] = self.from_you[x]
         return out
-
-    def tracing_out(self) -> dict:
-        """While sampled: the lab is traced one window in `share`, above `above` msg/s."""
-        return {
-            "share": self.sampler.share,
-            "above": self.sampler.above,
-            "rate": round(self.sampler.rate),
-        }
 
     def snapshot(self) -> dict:
         return {
@@ -1162,7 +1039,6 @@ class LabMonitor(Unit):
             "timeline": list(self.timeline),
             "seq": self.seq,
             "frame_seq": self.frame_seq,
-            "sampled": self.sampler.sampled,
         }
 
     def publish(self, kind: str, message: dict) -> None:
@@ -1266,11 +1142,8 @@ class LabMonitor(Unit):
 
     def frame(self, now: float) -> None:
         self._consumers_numbers()
-        held = self.held_rates["queues"] if self.held_rates is not None else None
         for q, stats in self.queues.items():
             stats["rate_in"] = self.rates_in[q].tick(now)
-            if held is not None:
-                stats["rate_in"] = held.get(q, 0.0)
             stats["rate_out"] = self.rates_out[q].tick(now)
         events = []
         for item in self.pending_events:
@@ -1298,7 +1171,6 @@ class LabMonitor(Unit):
             "events": events,
             "shown": shown,
             **({"timeline": timeline} if timeline else {}),
-            **({"tracing": self.tracing_out()} if self.sampler.sampled else {}),
             "checks": self.checks,
             **({"alerts": self.alerts.frame()} if self.alerts else {}),
             **({"loads": self.loads_out()} if self.loads or self.load_results else {}),
@@ -1438,8 +1310,6 @@ class LabMonitor(Unit):
         if self.checks_dirty and now >= self.next_checks:
             self.run_checks()
             self.next_checks = now + CHECK_INTERVAL
-        if self.sampler.above:
-            self._sample_tracing(now)
         moving = watched and (
             any(r.value for r in self.rates_in.values())
             or any(r.value for r in self.rates_out.values())
@@ -1469,7 +1339,5 @@ class LabMonitor(Unit):
             due.append(now + 1.0)  # the queues' peaks, and each load's end
         if self.read_broker_events:
             due.append(self.next_brokers)
-        if (sampling := self.sampler.due()) is not None:
-            due.append(sampling)
         due.append(self.next_frame if lively else self.last_frame + IDLE_FRAME)
         return min(due)

@@ -482,33 +482,3 @@ def test_pausing_the_log_shows_what_arrived_before_the_click(
     finally:
         amqp.close_quietly(connection)
     expect(page.locator("#log-pause")).to_have_attribute("aria-pressed", "true")
-
-
-@pytest.mark.parametrize(
-    ("language", "text", "title"),
-    [
-        ("en", "traced 1/10 of the time", "more than 2,500 messages a second"),
-        ("ru", "трассировка 1/10 времени", "больше 2 500 сообщений в секунду"),
-    ],
-)
-def test_a_sampled_lab_says_so_and_stops_saying_it_when_traced_whole(
-    browser, live_server_url, catalogue, learner, labs, language, text, title
-):
-    session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
-    context = browser.new_context(viewport=VIEWPORT, locale="en-US")
-    context.add_cookies([{"name": "django_language", "value": language, "url": live_server_url}])
-    page = context.new_page()
-    try:
-        open_lab(page, live_server_url, session)
-        note = page.locator("#tracing-sampled")
-        send_frame(session, {"events": []})
-        page.wait_for_function("() => window.labConsole.state.framesReceived >= 1")
-        expect(note).to_be_hidden()
-        send_frame(session, {"tracing": {"share": 10, "above": 2500, "rate": 6000}})
-        expect(note).to_be_visible()
-        expect(note).to_have_text(text)
-        assert title in note.get_attribute("title").replace("\u00a0", " ")
-        send_frame(session, {"events": []})
-        expect(note).to_be_hidden()
-    finally:
-        context.close()

@@ -47,8 +47,6 @@ function main(configEl, labEl) {
     consumerDetail: (prefetch, ack) => interpolate(gettext("prefetch %(prefetch)s, %(ack)s ack"), { prefetch, ack: ACK_MODES[ack] || ack }, true),
     dropped: (n) => interpolate(ngettext("%s frame dropped", "%s frames dropped", n), [fmtInt(n)]),
     sampled: (n) => interpolate(gettext("log: 1 in %s shown"), [fmtInt(n)]),
-    traced: (n) => interpolate(gettext("traced 1/%s of the time"), [fmtInt(n)]),
-    tracedTitle: (above, share) => interpolate(gettext("This lab publishes more than %(above)s messages a second, so RabbitMQ traces it 1/%(share)s of the time: the log, the animation and the rates in show that sample. Counters stay exact."), { above: fmtInt(above), share: fmtInt(share) }, true),
     animPause: gettext("Pause animation"), animResume: gettext("Resume animation"),
     pause: gettext("Pause"), resume: gettext("Resume"), resumeN: (n) => interpolate(gettext("Resume (%s new)"), [fmtInt(n)]),
     producers: gettext("Producers"), consumers: gettext("Consumers"), consumersOnQueue: gettext("consumers"),
@@ -1017,18 +1015,6 @@ function main(configEl, labEl) {
     if (sampled) el.textContent = T.sampled(Math.max(2, Math.round(of / Math.max(seen, 1))));
   }
 
-  // Above a rate the monitor traces the lab a share of the time (`tracing`, absent when
-  // it traces it whole): say so beside the log's own sampling.
-  function noteTracing(tracing) {
-    const el = $("tracing-sampled");
-    if (!el) return;
-    el.hidden = !tracing;
-    if (tracing) {
-      el.textContent = T.traced(tracing.share);
-      el.title = T.tracedTitle(tracing.above, tracing.share);
-    }
-  }
-
   function setDropped(n) {
     state.dropped = n;
     const el = $("frames-dropped");
@@ -1978,7 +1964,6 @@ function main(configEl, labEl) {
     if (Array.isArray(m.samples) && m.samples.length) animateSamples(m.samples);
     if (typeof m.dropped === "number") setDropped(m.dropped);
     noteShown(m.shown);
-    noteTracing(m.tracing);
     applyCounters();
     renderStats();
   }
