@@ -135,7 +135,7 @@ def classroom_cluster_view(classroom) -> dict:
         view["labs"] = cluster.labs.exclude(state=LabSession.State.ENDED).count()
         connections: dict[str, int] = {}
         try:  # every connection to it is a lab's of the class
-            for c in local.management().request("GET", "connections?columns=node"):
+            for c in local.management().listing("connections?columns=node"):
                 connections[c["node"]] = connections.get(c["node"], 0) + 1
         except BrokerError as exc:
             view["error"] = _("No node's management API answered: %(reason)s") % {

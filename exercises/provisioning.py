@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from labconsole.broker import amqp
 from labconsole.broker.brokers import LabBroker, firehose_arguments, lab_broker
+from labconsole.broker.management import BrokerError
 
 from .definitions import topology_definitions
 from .quotas import LabQuotas, lab_quotas
@@ -141,6 +142,10 @@ def provision(
                 spec, vhost=vhost, user=user, password=password, quotas=quotas, made=made
             )
         )
+        # Read back once all else is made: a deletion of another traced vhost at the
+        # same moment can have undone the tracing the PUT turned on.
+        if not api.confirm_tracing(vhost):
+            raise BrokerError(0, f"the broker does not trace {vhost}")
     except Exception:
         teardown(vhost=vhost, user=user, broker=broker)
         raise

@@ -28,7 +28,6 @@ import socket
 import threading
 import time
 from datetime import timedelta
-from urllib.parse import quote
 
 import pika
 from django.conf import settings
@@ -594,8 +593,7 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
             # Never makes the vhost again: one that is gone ends the lab (the sweeper).
             if not api.tracing_on(session.vhost):
                 return True
-            vhost = api.request("GET", f"vhosts/{quote(session.vhost, safe='')}", ok_missing=True)
-            return vhost is None or vhost.get("tracing") is True
+            return api.traces(session.vhost) is not False
         except BrokerError:
             log.warning("tracing of %s not turned on again yet", session.vhost, exc_info=True)
             return False

@@ -251,7 +251,7 @@ class ComposeCluster(NodesByName):
     def running_nodes(self) -> set[str]:
         """The nodes the management API says run; none when no node's API answers."""
         try:
-            nodes = self.management().request("GET", "nodes?columns=name,running")
+            nodes = self.management().listing("nodes?columns=name,running")
         except BrokerError:
             return set()
         return {n["name"] for n in nodes if n.get("running")}

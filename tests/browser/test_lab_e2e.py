@@ -33,7 +33,7 @@ def drop_stream_connections(api, web):
 
     def streams():
         # The API lists a new connection once its statistics are in (up to 5 s).
-        connections = api.request("GET", "connections?columns=name,client_properties")
+        connections = api.listing("connections?columns=name,client_properties")
         return [
             c["name"] for c in connections if c["client_properties"].get("connection_name") == name
         ]

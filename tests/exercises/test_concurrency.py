@@ -173,3 +173,19 @@ def test_starts_at_once_keep_the_lab_limit(api, catalogue, learner, labs, settin
     assert all(api.vhost_exists(s.vhost) for s in running)
     refused = [r for r in results if r.status_code == 429]
     assert all("You already have 2 labs running" in r.content.decode() for r in refused)
+
+
+def test_labs_started_at_once_all_trace(api, catalogue, learner, labs, settings):
+    """Eight labs started at the same moment, as a class does: every vhost's firehose is
+    on at the broker, though RabbitMQ can lose a tracing turned on beside another one."""
+    settings.LAB_MAX_PER_USER = 8
+    started = at_once(
+        *[
+            lambda: lab_session_start(
+                exercise=catalogue["direct-routing"], owner=learner, run=False
+            )
+            for _ in range(8)
+        ]
+    )
+    assert all(isinstance(s, LabSession) for s in started), started
+    assert {s.vhost: api.traces(s.vhost) for s in started} == {s.vhost: True for s in started}

@@ -83,7 +83,7 @@ topology:
 
 def test_broker_refusal_rolls_back_everything(api, catalogue, learner, labs):
     """A spec that passes validation but that the broker refuses leaves nothing behind."""
-    before_users = {u["name"] for u in api.request("GET", "users")}
+    before_users = {u["name"] for u in api.listing("users")}
     with pytest.raises(LabError) as excinfo:
         lab_session_start(
             exercise=catalogue["direct-routing"], owner=learner, source=BROKER_REFUSES
@@ -91,10 +91,10 @@ def test_broker_refusal_rolls_back_everything(api, catalogue, learner, labs):
     assert "broker refused" in str(excinfo.value)
     assert "no-such-setting" in str(excinfo.value)
     # Nothing of this lab's (other consoles on the broker may start and end labs meanwhile).
-    vhosts = api.request("GET", "vhosts?columns=name,description")
+    vhosts = api.listing("vhosts?columns=name,description")
     assert not [v for v in vhosts if v["description"] == "lab: refused"]
     names = {v["name"] for v in vhosts}
-    new_users = {u["name"] for u in api.request("GET", "users")} - before_users
+    new_users = {u["name"] for u in api.listing("users")} - before_users
     assert new_users <= names, "every new user belongs to a vhost that exists"
     assert not LabSession.objects.exists() and not Workload.objects.exists()
 
@@ -105,7 +105,7 @@ def test_invalid_source_is_refused_before_anything_is_made(api, catalogue, learn
     from labconsole.broker import amqp
 
     def ours() -> set[str]:
-        vhosts = api.request("GET", "vhosts?columns=name,tags")
+        vhosts = api.listing("vhosts?columns=name,tags")
         return {v["name"] for v in vhosts if amqp.lab_mark() in (v.get("tags") or [])}
 
     before = ours()
@@ -150,7 +150,7 @@ workloads:
 def test_a_plugin_the_broker_lacks_refuses_the_start_leaving_nothing(api, learner, labs):
     """Refused before anything is made: no vhost, user, lab, workload or start counted."""
     exercise, _ = exercise_save(source=NEEDS_A_PLUGIN)
-    before_users = {u["name"] for u in api.request("GET", "users")}
+    before_users = {u["name"] for u in api.listing("users")}
     with pytest.raises(LabError) as excinfo:
         lab_session_start(exercise=exercise, owner=learner)
     assert str(excinfo.value) == (
@@ -158,9 +158,9 @@ def test_a_plugin_the_broker_lacks_refuses_the_start_leaving_nothing(api, learne
         "has not enabled. Whoever runs the broker enables it with: "
         "rabbitmq-plugins enable rabbitmq_nonexistent_plugin"
     )
-    vhosts = api.request("GET", "vhosts?columns=name,description")
+    vhosts = api.listing("vhosts?columns=name,description")
     assert not [v for v in vhosts if v["description"] == "lab: needs-a-plugin"]
-    new_users = {u["name"] for u in api.request("GET", "users")} - before_users
+    new_users = {u["name"] for u in api.listing("users")} - before_users
     assert new_users <= {v["name"] for v in vhosts}, "every new user belongs to a vhost"
     assert not LabSession.objects.exists() and not Workload.objects.exists()
     assert not RateEvent.objects.exists()

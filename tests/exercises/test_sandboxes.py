@@ -444,7 +444,7 @@ def test_a_sandbox_whose_workloads_need_more_than_its_limits_is_not_started(
     """Started from an exercise whose workloads need more connections than a sandbox has,
     the New sandbox page says so in a sandbox's words, and nothing is made."""
     settings.SANDBOX_MAX_CONNECTIONS = 3
-    vhosts_before = {v["name"] for v in api.request("GET", "vhosts")}
+    vhosts_before = {v["name"] for v in api.listing("vhosts")}
     response = client_of(people["owner"]).post(
         reverse("sandbox-new"),
         {
@@ -458,7 +458,7 @@ def test_a_sandbox_whose_workloads_need_more_than_its_limits_is_not_started(
     assert "This sandbox would need more than a sandbox may use: connections:" in html, html
     assert "(at most 3)" in html
     assert not LabSession.objects.filter(sandbox=True, owner=people["owner"]).exists()
-    assert {v["name"] for v in api.request("GET", "vhosts")} == vhosts_before
+    assert {v["name"] for v in api.listing("vhosts")} == vhosts_before
 
 
 def test_a_sandbox_ended_for_idling_says_so_and_leads_back_to_the_sandboxes(people, labs, settings):

@@ -471,7 +471,7 @@ def lab_vhosts_of_these_documents(api) -> list[str]:
     vhost as `lab: <slug>`, and the generated documents' slug is `hostile-base`."""
     return [
         v["name"]
-        for v in api.request("GET", "vhosts?columns=name,description")
+        for v in api.listing("vhosts?columns=name,description")
         if str(v.get("description", "")).startswith("lab: hostile")
     ]
 

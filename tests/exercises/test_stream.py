@@ -363,7 +363,7 @@ def test_losing_the_broker_keeps_the_socket_open_and_comes_back(lab, learner, ap
     name = stream_module.connection_name()
 
     def ours():
-        connections = api.request("GET", "connections?columns=name,client_properties")
+        connections = api.listing("connections?columns=name,client_properties")
         return [c["name"] for c in connections if
                 c["client_properties"].get("connection_name") == name]  # fmt: skip
 

@@ -107,7 +107,7 @@ def test_a_bad_text_leaves_nothing_behind(admin_in, own, labs, api, new):
     assert "workloads.producers[0].rate:" in page and "No lab was started" in page
     assert not LabSession.objects.exists()
     assert set(Exercise.objects.values_list("pk", flat=True)) == exercises
-    vhosts = api.request("GET", "vhosts?columns=name,description")
+    vhosts = api.listing("vhosts?columns=name,description")
     assert not [v for v in vhosts if v["description"] == f"lab: {slug}"]
 
 
