@@ -118,6 +118,8 @@ def lab_vhost(api: ManagementClient, *, tracing: bool = False) -> str:
     """A scratch vhost the console's user may use (deleted by the caller)."""
     name = f"lab-bench{secrets.token_hex(4)}"
     api.put_vhost(name, tracing=tracing)
+    if tracing:
+        api.confirm_tracing(name)
     api.request(
         "PUT",
         f"permissions/{name}/{amqp.console_credentials()[0]}",
