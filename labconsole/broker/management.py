@@ -172,11 +172,22 @@ class ManagementClient:
         return True
 
     def traces(self, name: str) -> bool | None:
-        """Whether the node answering traces the vhost now (None: there is no such vhost).
-        It reads the node's own list of traced vhosts, not the setting the vhost was made
-        with: the two differ after a lost update (see `confirm_tracing`)."""
-        vhost = self.request("GET", f"vhosts/{_q(name)}?columns=tracing", ok_missing=True)
-        return None if vhost is None else vhost.get("tracing") is True
+        """Whether the vhost is traced now (None: there is no such vhost). Each node says
+        from its own list of traced vhosts, not from the setting the vhost was made with:
+        the two differ after a lost update (see `confirm_tracing`). With several nodes'
+        APIs, it is traced when every node that answers traces it."""
+        if len(self.urls) == 1:
+            vhost = self.request("GET", f"vhosts/{_q(name)}?columns=tracing", ok_missing=True)
+            return None if vhost is None else vhost.get("tracing") is True
+        states = []
+        for url in self.urls:
+            try:
+                states.append(ManagementClient(url, *self.session.auth).traces(name))
+            except BrokerError:
+                continue  # a node that is down traces nothing, and is turned on as it starts
+        if not states:
+            raise BrokerError(0, f"no management API of {', '.join(self.urls)} answered")
+        return None if None in states else all(states)
 
     def confirm_tracing(self, name: str, *, attempts: int = TRACING_CONFIRMATIONS) -> bool:
         """Reads back that the vhost traces, turning its firehose on again until it does;

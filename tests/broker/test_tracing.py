@@ -120,3 +120,15 @@ def traced_publish(vhost: str) -> bool:
         return True
     finally:
         connection.close()
+
+
+def test_with_several_nodes_apis_every_node_that_answers_is_asked(api, vhosts):
+    """A lab broker of several nodes: the vhost traces when every node that answers says
+    so; one that does not answer (here a port nothing listens on) is passed over."""
+    vhost = vhosts("nodes")
+    nodes = ManagementClient(f"{api.url},http://127.0.0.1:9")
+    assert nodes.traces(vhost) is None
+    api.put_vhost(vhost, tracing=False, tags=amqp.lab_tags(time.time()))
+    assert nodes.traces(vhost) is False
+    assert nodes.confirm_tracing(vhost) is True
+    assert api.traces(vhost) is True
