@@ -590,7 +590,9 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
         takes AMQP connections again may not yet answer on its management API, or may not
         yet hold the vhost's setting: read back, and the monitor tries again."""
         try:
-            # Never makes the vhost again: one that is gone ends the lab (the sweeper).
+            if api.traces(session.vhost) is not False:
+                return True  # it traces; or it is gone, which ends the lab (the sweeper)
+            # Never makes the vhost again.
             if not api.tracing_on(session.vhost):
                 return True
             return api.traces(session.vhost) is not False

@@ -63,6 +63,9 @@ FIREHOSE_ACK_EVERY = 100
 # not answer yet is asked again this often, this many times (a minute in all).
 TRACING_RETRY_SECONDS = 2.0
 TRACING_ATTEMPTS = 30
+# The lab's producers said they published while the firehose brought nothing for this
+# long: the broker is asked whether it still traces the vhost, and told to if not.
+TRACING_WATCH_SECONDS = 5.0
 # Routes (exchange, queues) whose exchanges passed through are remembered.
 DOWNSTREAM_ROUTES = 1000
 YOU = "@you"  # the learner's publishes from the page (app_id), the graph's p:@you
@@ -399,6 +402,10 @@ class LabMonitor(Unit):
         self.read_broker_events = read_broker_events
         self.reading_brokers = False
         self.next_brokers = 0.0
+        # The firehose's messages and the producers' publishes at the last look at them.
+        self.traced = self.traced_seen = self.published_seen = 0
+        self.next_tracing_watch = 0.0
+        self.ensuring_tracing = False
         self.pace = pace
         self.next_pace = 0.0
         self.frame_interval = 1.0 / max(fps, 1)
@@ -522,21 +529,41 @@ class LabMonitor(Unit):
         self._open_firehose()
         self._open_depths()
 
-    def _ensure_tracing(self, attempt: int) -> None:
+    def _ensure_tracing(self, attempt: int, attempts: int = TRACING_ATTEMPTS) -> None:
         """Turns the lab's tracing on again, on the blocking pool, and tries again every
-        TRACING_RETRY_SECONDS until the broker says it is on (TRACING_ATTEMPTS at most)."""
+        TRACING_RETRY_SECONDS until the broker says it is on (`attempts` at most)."""
+        self.ensuring_tracing = True
 
         def done(on, error) -> None:
             if on or self.lab is None or self.outcome is not None:
+                self.ensuring_tracing = False
                 return
-            if attempt >= TRACING_ATTEMPTS:
+            if attempt >= attempts:
                 log.warning("monitor %s: tracing still off after %d tries", self.session, attempt)
+                self.ensuring_tracing = False
                 return
             self.loop.call_later(
-                TRACING_RETRY_SECONDS, self.guarded(self._ensure_tracing), attempt + 1
+                TRACING_RETRY_SECONDS, self.guarded(self._ensure_tracing), attempt + 1, attempts
             )
 
         self.loop.run_blocking(self.ensure_tracing, done)
+
+    def watch_tracing(self, now: float) -> None:
+        """Producers that say they published while the firehose stayed silent: the vhost
+        may have stopped tracing (RabbitMQ can lose a vhost's tracing when another vhost's
+        is turned on or off at the same moment; an operator may turn it off). Asks the
+        broker, which turns it on again if so; a lab that traces costs nothing."""
+        self.next_tracing_watch = now + TRACING_WATCH_SECONDS
+        published = sum(
+            counts.get("published", 0)
+            for workload, counts in self.record.workloads.items()
+            if workload != YOU and workload not in self.consumer_queue
+        )
+        silent = self.traced == self.traced_seen and published > self.published_seen
+        self.traced_seen, self.published_seen = self.traced, published
+        if silent and not self.ensuring_tracing and self.lab is not None:
+            log.info("monitor %s: publishes but no traces; asking the broker", self.name)
+            self._ensure_tracing(attempt=1, attempts=3)
 
     def _open_firehose(self) -> None:
         def opened(channel):
@@ -860,6 +887,7 @@ class LabMonitor(Unit):
         """Called for every message the lab publishes: kept lean. The full event of a
         publish is built only if it is among the newest when a frame goes."""
         self.firehose_tag = method.delivery_tag
+        self.traced += 1
         if method.delivery_tag % FIREHOSE_ACK_EVERY == 0:
             channel.basic_ack(method.delivery_tag, multiple=True)
             self.firehose_tag = 0
@@ -1310,6 +1338,8 @@ class LabMonitor(Unit):
         if self.checks_dirty and now >= self.next_checks:
             self.run_checks()
             self.next_checks = now + CHECK_INTERVAL
+        if now >= self.next_tracing_watch:
+            self.watch_tracing(now)
         moving = watched and (
             any(r.value for r in self.rates_in.values())
             or any(r.value for r in self.rates_out.values())
@@ -1325,7 +1355,7 @@ class LabMonitor(Unit):
         if now >= self.next_checkpoint:
             self.checkpoint = self.export()
             self.next_checkpoint = now + CHECKPOINT_INTERVAL
-        due = [self.next_depths, self.next_checkpoint]
+        due = [self.next_depths, self.next_checkpoint, self.next_tracing_watch]
         if self.firehose_tag:
             due.append(self.next_firehose_ack)
         waiting = [*self.awaiting_return.values(), *self.said_returned.values()]

@@ -128,6 +128,40 @@ def test_dead_lettered_messages_count_in_the_rates_of_where_they_went(
     assert frame["exchanges"]["orders.retry"]["rate_in"] > 0, frame["exchanges"]
 
 
+def test_a_lab_whose_tracing_goes_off_is_traced_again_by_its_monitor(
+    api, worker, catalogue, learner, labs, frames
+):
+    """Tracing turned off behind the lab's back (as RabbitMQ's lost update does, or an
+    operator): the queues stop showing publishes, the monitor sees producers publishing with
+    a silent firehose, and turns tracing on again; the publishes show again."""
+    session = lab_session_start(exercise=catalogue["dlq-retries"], owner=learner, run=True)
+    watch = frames(session.id)
+    last_publish = [0.0]
+
+    def published(f) -> bool:
+        """Whether the newest frame shows a publish (these come from the firehose only)."""
+        if any(e["kind"] == "published" for e in f.frames[-1].get("events", [])):
+            last_publish[0] = time.monotonic()
+            return True
+        return False
+
+    watch.wait(published, timeout=30, message="publishes seen")
+    vhost = api.request("GET", f"vhosts/{session.vhost}")
+    api.request(
+        "PUT",
+        f"vhosts/{session.vhost}",
+        {"tracing": False, "description": vhost["description"], "tags": ",".join(vhost["tags"])},
+    )
+    assert api.traces(session.vhost) is False
+    watch.wait(
+        lambda f: not published(f) and time.monotonic() - last_publish[0] > 2,
+        timeout=30,
+        message="two seconds without a publish seen",
+    )
+    watch.wait(published, timeout=30, message="publishes seen again")
+    assert api.traces(session.vhost) is True
+
+
 def test_the_learners_publishes_count_and_a_mandatory_one_that_comes_back_is_returned(
     worker, catalogue, learner, labs, frames
 ):
