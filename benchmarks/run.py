@@ -273,6 +273,64 @@ def bench_lab_start(api: ManagementClient, rounds: int = 5) -> None:
         console.stop()
 
 
+def bench_class_start(api: ManagementClient, labs: int = 24, threads: int = 8) -> None:
+    """A class pressing Start together: `labs` labs started from `threads` threads at once
+    (as several web processes would), without their workloads. How long each start took,
+    how many vhosts the broker had left untraced right after their PUT (its lost update of
+    the traced vhosts, mended by reading back), and whether every one traces at the end."""
+    import logging
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django import db
+
+    from exercises.services import lab_session_start, lab_session_stop
+
+    exercise = common.exercise("direct-routing")
+    owner = common.user("bench")
+    mended: list[str] = []
+
+    class Count(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "was off at the broker" in record.getMessage():
+                mended.append(record.getMessage())
+
+    handler = Count()
+    management_log = logging.getLogger("labconsole.broker.management")
+    management_log.addHandler(handler)
+    barrier = threading.Barrier(threads)
+
+    def start(i: int):
+        if i < threads:
+            barrier.wait()
+        t = time.perf_counter()
+        try:
+            return lab_session_start(
+                exercise=exercise, owner=owner, run=False, enforce_quotas=False
+            ), (time.perf_counter() - t)
+        finally:
+            db.connection.close()
+
+    t = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            started = list(pool.map(start, range(labs)))
+    finally:
+        management_log.removeHandler(handler)
+    wall = time.perf_counter() - t
+    sessions = [s for s, _ in started]
+    untraced = [s.vhost for s in sessions if api.traces(s.vhost) is not True]
+    for session in sessions:
+        lab_session_stop(session=session)
+    print(
+        f"class start: {labs} labs from {threads} threads in {wall:.1f} s, each "
+        f"{median_ms([d for _, d in started])} median, slowest "
+        f"{max(d for _, d in started) * 1000:.0f} ms; tracing lost at the broker and turned "
+        f"on again for {len({m.split()[3] for m in mended})}; untraced at the end: "
+        f"{len(untraced)} (target 0)"
+    )
+
+
 def _drain_seconds(n: int, multiplier: int) -> float:
     """Seconds from a new worker's `ready` to its n-th task done, with n tasks queued before
     it started (what a worker that replaces a killed one finds). The tasks are for labs that
@@ -329,6 +387,7 @@ BENCHMARKS = {
     "producer": bench_producer,
     "firehose": bench_firehose,
     "lab_start": bench_lab_start,
+    "class_start": bench_class_start,
     **live.BENCHMARKS,
     **classes.BENCHMARKS,
     **clusters.BENCHMARKS,
