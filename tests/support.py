@@ -83,6 +83,14 @@ class Worker:
         self.log.close()
 
 
+def lab_vhosts_of_this_run(api) -> set[str]:
+    """The lab vhosts on the broker tagged with this test run's mark: other runs (and
+    consoles) share the broker and make and delete vhosts of their own meanwhile."""
+    from labconsole.broker import amqp
+
+    return {v["name"] for v in api.vhosts() if amqp.lab_mark() in (v.get("tags") or [])}
+
+
 def free_port() -> int:
     """A free port of 127.0.0.1 below the kernel's ephemeral range. A port from that range
     can be taken while its server is down (a broker restart, a web process restarted on the

@@ -11,6 +11,7 @@ from exercises.services import (
     lab_session_stop,
 )
 from labconsole.broker import amqp
+from tests.support import lab_vhosts_of_this_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,20 +103,14 @@ def test_broker_refusal_rolls_back_everything(api, catalogue, learner, labs):
 def test_invalid_source_is_refused_before_anything_is_made(api, catalogue, learner, labs):
     """Nothing made: no lab vhost of this test run (tagged with its mark; other runs share
     the broker and make vhosts of their own meanwhile), no lab row."""
-    from labconsole.broker import amqp
-
-    def ours() -> set[str]:
-        vhosts = api.listing("vhosts?columns=name,tags")
-        return {v["name"] for v in vhosts if amqp.lab_mark() in (v.get("tags") or [])}
-
-    before = ours()
+    before = lab_vhosts_of_this_run(api)
     with pytest.raises(LabError, match=r"topology\.queues\[0\]"):
         lab_session_start(
             exercise=catalogue["direct-routing"],
             owner=learner,
             source=BROKER_REFUSES.replace("- name: work", "- name: ''"),
         )
-    assert not ours() - before and not LabSession.objects.exists()
+    assert not lab_vhosts_of_this_run(api) - before and not LabSession.objects.exists()
 
 
 def test_an_exercise_whose_plugins_the_broker_has_starts(api, catalogue, learner, labs):

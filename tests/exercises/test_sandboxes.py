@@ -18,6 +18,7 @@ from exercises import sandboxes, services
 from exercises.models import LabSession, SandboxMember, Workload
 from exercises.selectors import can_act_on_lab, can_view_lab, exercises_in_catalogue
 from tests.exercises.test_stream import Reader, connect, headers_for, receive, run
+from tests.support import lab_vhosts_of_this_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -444,7 +445,7 @@ def test_a_sandbox_whose_workloads_need_more_than_its_limits_is_not_started(
     """Started from an exercise whose workloads need more connections than a sandbox has,
     the New sandbox page says so in a sandbox's words, and nothing is made."""
     settings.SANDBOX_MAX_CONNECTIONS = 3
-    vhosts_before = {v["name"] for v in api.listing("vhosts")}
+    vhosts_before = lab_vhosts_of_this_run(api)
     response = client_of(people["owner"]).post(
         reverse("sandbox-new"),
         {
@@ -458,7 +459,7 @@ def test_a_sandbox_whose_workloads_need_more_than_its_limits_is_not_started(
     assert "This sandbox would need more than a sandbox may use: connections:" in html, html
     assert "(at most 3)" in html
     assert not LabSession.objects.filter(sandbox=True, owner=people["owner"]).exists()
-    assert {v["name"] for v in api.listing("vhosts")} == vhosts_before
+    assert lab_vhosts_of_this_run(api) == vhosts_before
 
 
 def test_a_sandbox_ended_for_idling_says_so_and_leads_back_to_the_sandboxes(people, labs, settings):
