@@ -38,7 +38,7 @@ from django.utils import timezone
 from labconsole.broker import amqp, control
 from labconsole.broker.brokers import CLUSTER
 from labconsole.broker.management import BrokerError, quorum_of
-from labconsole.flow.monitor import LabMonitor, streams_of
+from labconsole.flow.monitor import TRACED_AGAIN, TRACES, UNTRACED, LabMonitor, streams_of
 from labconsole.flow.reporter import FlowReporter
 from labconsole.runtime.bus import ConsoleBus, Incoming
 from labconsole.runtime.unit import Unit
@@ -585,20 +585,21 @@ def _monitor(session: LabSession, bus: ConsoleBus) -> LabMonitor:
             if q["name"] in expiring
         }
 
-    def ensure_tracing() -> bool:
-        """Whether the vhost traces again (or is gone: nothing more to do). A node that
-        takes AMQP connections again may not yet answer on its management API, or may not
-        yet hold the vhost's setting: read back, and the monitor tries again."""
+    def ensure_tracing() -> str:
+        """Whether the vhost traces (or is gone: nothing more to do), traces again, or
+        does not yet. A node that takes AMQP connections again may not yet answer on its
+        management API, or may not yet hold the vhost's setting: read back, and the
+        monitor tries again."""
         try:
             if api.traces(session.vhost) is not False:
-                return True  # it traces; or it is gone, which ends the lab (the sweeper)
+                return TRACES  # it traces; or it is gone, which ends the lab (the sweeper)
             # Never makes the vhost again.
             if not api.tracing_on(session.vhost):
-                return True
-            return api.traces(session.vhost) is not False
+                return TRACES
+            return TRACED_AGAIN if api.traces(session.vhost) is not False else UNTRACED
         except BrokerError:
             log.warning("tracing of %s not turned on again yet", session.vhost, exc_info=True)
-            return False
+            return UNTRACED
 
     graph = lab_graph(spec)
     read_broker_events = None

@@ -19,6 +19,7 @@ lab however many people watch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -66,6 +67,9 @@ TRACING_ATTEMPTS = 30
 # The lab's producers said they published while the firehose brought nothing for this
 # long: the broker is asked whether it still traces the vhost, and told to if not.
 TRACING_WATCH_SECONDS = 5.0
+# What `ensure_tracing` found: the vhost traces (or is gone), it did not and does now, or
+# it still does not.
+TRACES, TRACED_AGAIN, UNTRACED = "traces", "traced again", "untraced"
 # Routes (exchange, queues) whose exchanges passed through are remembered.
 DOWNSTREAM_ROUTES = 1000
 YOU = "@you"  # the learner's publishes from the page (app_id), the graph's p:@you
@@ -360,7 +364,7 @@ class LabMonitor(Unit):
         mandatory: set[str] | frozenset[str] = frozenset(),
         expiring: set[str] | frozenset[str] = frozenset(),
         read_expiring: Callable[[], dict[str, dict]] = dict,
-        ensure_tracing: Callable[[], bool] = lambda: True,
+        ensure_tracing: Callable[[], str] = lambda: TRACES,
         pace: Callable[[float], None] = lambda seconds: None,
         read_broker_events: Callable[[], list[dict]] | None = None,
         alert_rules: Iterable[AlertRule] = (),
@@ -529,13 +533,19 @@ class LabMonitor(Unit):
         self._open_firehose()
         self._open_depths()
 
-    def _ensure_tracing(self, attempt: int, attempts: int = TRACING_ATTEMPTS) -> None:
+    def _ensure_tracing(
+        self, attempt: int, attempts: int = TRACING_ATTEMPTS, *, say: bool = False
+    ) -> None:
         """Turns the lab's tracing on again, on the blocking pool, and tries again every
-        TRACING_RETRY_SECONDS until the broker says it is on (`attempts` at most)."""
+        TRACING_RETRY_SECONDS until the broker says it is on (`attempts` at most). With
+        `say`, the log tells when it was off and is on again."""
         self.ensuring_tracing = True
 
-        def done(on, error) -> None:
-            if on or self.lab is None or self.outcome is not None:
+        def done(state, error) -> None:
+            if say and state == TRACED_AGAIN:
+                # What the page could not draw meanwhile: say why (kind "broker").
+                self._broker_event({"kind": "broker", "t": time.time(), "tracing": "restored"})
+            if state in (TRACES, TRACED_AGAIN) or self.lab is None or self.outcome is not None:
                 self.ensuring_tracing = False
                 return
             if attempt >= attempts:
@@ -543,7 +553,10 @@ class LabMonitor(Unit):
                 self.ensuring_tracing = False
                 return
             self.loop.call_later(
-                TRACING_RETRY_SECONDS, self.guarded(self._ensure_tracing), attempt + 1, attempts
+                TRACING_RETRY_SECONDS,
+                self.guarded(functools.partial(self._ensure_tracing, say=say)),
+                attempt + 1,
+                attempts,
             )
 
         self.loop.run_blocking(self.ensure_tracing, done)
@@ -563,7 +576,7 @@ class LabMonitor(Unit):
         self.traced_seen, self.published_seen = self.traced, published
         if silent and not self.ensuring_tracing and self.lab is not None:
             log.info("monitor %s: publishes but no traces; asking the broker", self.name)
-            self._ensure_tracing(attempt=1, attempts=3)
+            self._ensure_tracing(attempt=1, attempts=3, say=True)
 
     def _open_firehose(self) -> None:
         def opened(channel):

@@ -279,7 +279,7 @@ def test_the_badges_read_in_russian_on_a_russian_page(
 ):
     """An exchange's unroutable count and a producer's returned count, on a page in
     Russian (the language the learner chose: Django's cookie): Russian numbers on the
-    badges, Russian words in their tooltips."""
+    badges, Russian words in their tooltips and in the log's notes."""
     session = lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False)
     context = browser.new_context(viewport=VIEWPORT, locale="en-US")
     context.add_cookies([{"name": "django_language", "value": "ru", "url": live_server_url}])
@@ -303,6 +303,8 @@ def test_the_badges_read_in_russian_on_a_russian_page(
                         "exchange": "sensors",
                     },
                     {"kind": "unanswered", "seq": 2, "t": time.time(), "workload": "you"},
+                    # The monitor found the vhost no longer traced, and traced it again.
+                    {"kind": "broker", "seq": 3, "t": time.time(), "tracing": "restored"},
                 ],
             },
         )
@@ -310,6 +312,10 @@ def test_the_badges_read_in_russian_on_a_russian_page(
         expect(refused).to_have_text("отвергнуто")
         expect(page.locator("#log-rows tr[data-kind=unanswered] .kind-badge")).to_have_text(
             "без ответа"
+        )
+        expect(page.locator("#log-rows tr[data-kind=broker] td.m")).to_have_text(
+            "брокер перестал трассировать эту лабораторию: трассировка снова включена; "
+            "отправленное за это время не показано"
         )
         kinds = page.locator("#log-filter-kind option").all_inner_texts()
         assert "отвергнуто" in kinds and "nacked_by_broker" not in kinds, kinds

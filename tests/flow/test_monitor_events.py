@@ -160,6 +160,9 @@ def test_a_lab_whose_tracing_goes_off_is_traced_again_by_its_monitor(
     )
     watch.wait(published, timeout=30, message="publishes seen again")
     assert api.traces(session.vhost) is True
+    # The log says why nothing was drawn meanwhile.
+    said = watch.wait(first("broker"), timeout=10, message="the log says tracing was off")
+    assert said["tracing"] == "restored"
 
 
 def test_the_learners_publishes_count_and_a_mandatory_one_that_comes_back_is_returned(

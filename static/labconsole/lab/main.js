@@ -76,6 +76,7 @@ function main(configEl, labEl) {
     instructor: gettext("your instructor"),
     // The lab's brokers (kind "broker"): what the learner did to a node, and what followed.
     brokerActions: { stop: gettext("stopped it"), kill: gettext("killed it"), start: gettext("started it") },
+    tracingRestored: gettext("the broker had stopped tracing this lab: it traces again; what was sent meanwhile is not drawn"),
     nodeStates: { running: gettext("running"), stopped: gettext("stopped (the VM runs)"), down: gettext("down") },
     newLeader: (leader, was) => interpolate(gettext("leader %(was)s → %(leader)s"), { leader: leader || "–", was: was || "–" }, true),
     membersOnline: (online, size) => interpolate(gettext("%(online)s of %(size)s online"), { online, size }, true),
@@ -1263,6 +1264,7 @@ function main(configEl, labEl) {
   // The node or queue is in the route's column: "killed it" (by you), "down",
   // "leader lab1 → lab3", "2 of 3 online", "down with lab1".
   function brokerNote(ev) {
+    if (ev.tracing === "restored") return T.tracingRestored;
     if (ev.action) return T.brokerActions[ev.action] || ev.action;
     if (ev.state) return T.nodeStates[ev.state] || ev.state;
     if (ev.was !== undefined) return T.newLeader(ev.leader, ev.was);
