@@ -18,6 +18,7 @@ from django.urls import reverse
 from exercises.models import LabSession, Workload
 from exercises.services import LabBusy, LabError, lab_session_reset, lab_session_start
 from labconsole.broker import amqp
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -120,10 +121,25 @@ def test_reset_and_end_at_once_leave_the_lab_ended(api, catalogue, learner, labs
     assert_gone(api, session.pk)
 
 
-def test_end_while_starting_ends_the_lab(api, catalogue, learner, labs):
+def test_end_while_starting_ends_the_lab(api, catalogue, learner, labs, monkeypatch):
     """End pressed on a lab whose start has not finished (its page open in another tab):
     the start says the lab was ended instead of showing a lab that runs without a vhost,
-    and nothing of it stays on the broker."""
+    and nothing of it stays on the broker. The start waits, once its broker objects are
+    made, for the End to be recorded: a loaded machine may otherwise finish the start
+    before the End's request gets that far."""
+    from exercises import services
+
+    provision = services._provision
+
+    def provision_then_wait_for_the_end(session):
+        provision(session)
+        wait_for(
+            lambda: LabSession.objects.filter(pk=session.pk, state=LabSession.State.ENDED).exists(),
+            timeout=10,
+            message="the End recorded",
+        )
+
+    monkeypatch.setattr(services, "_provision", provision_then_wait_for_the_end)
     starter, ender = logged_in(learner), logged_in(learner)
     start_url = reverse("lab-start", args=[catalogue["direct-routing"].slug])
 
