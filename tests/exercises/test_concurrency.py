@@ -154,14 +154,28 @@ def test_end_while_starting_ends_the_lab(api, catalogue, learner, labs, monkeypa
     assert_gone(api, session_id)
 
 
-def test_reset_while_starting_is_refused(api, catalogue, learner, labs):
+def test_reset_while_starting_is_refused(api, catalogue, learner, labs, monkeypatch):
     """Reset of a lab still starting is refused with its reason; the start finishes and
-    the lab runs with the vhost and password it made."""
+    the lab runs with the vhost and password it made. The start waits, once its broker
+    objects are made, for the reset to have been answered (however loaded the machine)."""
+    from exercises import services
+
     copies = {}
+    answered = threading.Event()
+    provision = services._provision
+
+    def provision_then_wait_for_the_reset(session):
+        provision(session)
+        assert answered.wait(10), "the reset answered"
+
+    monkeypatch.setattr(services, "_provision", provision_then_wait_for_the_reset)
 
     def reset_when_recorded():
         copies["session"] = starting_lab(learner)
-        return lab_session_reset(session=copies["session"])
+        try:
+            return lab_session_reset(session=copies["session"])
+        finally:
+            answered.set()
 
     started, reset = at_once(
         lambda: lab_session_start(exercise=catalogue["direct-routing"], owner=learner, run=False),
